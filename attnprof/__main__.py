@@ -1,0 +1,3 @@
+from attnprof.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Analysis: pure functions from the trace model (and runinfo) to a Report."""
+from __future__ import annotations
+
+from attnprof.analysis.calls import find_calls
+from attnprof.analysis.records import SCHEMA_VERSION, Report
+from attnprof.analysis.sites import summarize_sites
+from attnprof.trace.model import Trace
+from attnprof.trace.runinfo import RunInfo
+
+
+def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
+    calls, notes = [], []
+    for trace in traces:
+        found, trace_notes = find_calls(trace, runinfo)
+        calls.extend(found)
+        notes.extend(trace_notes)
+    if not calls:
+        notes.append("no attention call found (no attnprof range and no attention op in the trace)")
+    if runinfo and runinfo.note:
+        notes.append(runinfo.note)
+    device = runinfo.device if runinfo else _device_name(traces)
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        source=source,
+        trace_files=[t.source for t in traces],
+        device=device,
+        torch_version=runinfo.torch_version if runinfo else None,
+        calls=calls,
+        sites=summarize_sites(calls, runinfo),
+        run=_run_summary(runinfo),
+        notes=notes,
+    )
+
+
+def _device_name(traces: list[Trace]) -> str:
+    for t in traces:
+        for p in t.device_properties:
+            if p.get("name"):
+                return str(p["name"])
+    return "cpu" if not any(t.has_device_activity for t in traces) else "unknown GPU"
+
+
+def _run_summary(runinfo: RunInfo | None) -> dict | None:
+    if runinfo is None:
+        return None
+    s = runinfo.steps
+    return {
+        "command": runinfo.command,
+        "outcome": runinfo.outcome,
+        "exit_code": runinfo.exit_code,
+        "started_at": runinfo.started_at,
+        "steps": {"unit": s.unit, "warmup": s.warmup, "timed": s.timed, "active": s.active, "seen": s.seen,
+                  "profiled": s.profiled, "profiled_calls": s.profiled_calls, "stopped_early": s.stopped_early},
+        "cuda_version": runinfo.cuda_version,
+        "device_capability": runinfo.device_capability,
+    }

@@ -1,0 +1,391 @@
+"""Find every attention call in a trace and split it: the heart of attnprof.
+
+For each call (an attnprof range, or else the outermost attention op):
+1. walk its siblings on the thread back and forth to the layout-prep ops that feed it (the seed's
+   `transpose(1, 2).contiguous()` on q, k, v before, on the output after), skipping views, stopping at real work;
+2. attach the device work each op launched through correlation ids, and classify it compute / copy / other;
+3. follow autograd sequence numbers to the backward nodes of the attention op and of its prep ops (phase bwd);
+4. split each phase's window (decomposition.split_window).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from attnprof.analysis import taxonomy as tx
+from attnprof.analysis.decomposition import FOREIGN, split_window
+from attnprof.analysis.index import TraceIndex
+from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice
+from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
+from attnprof.trace.runinfo import RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo
+
+#: How far to walk from a call to find its prep ops (siblings), so a pathological thread cannot stall analysis.
+MAX_WALK = 64
+_FILL_OPS = frozenset(("aten::fill_", "aten::zero_", "aten::zeros", "aten::zeros_like", "aten::ones", "aten::full"))
+_CPU_DATA_OPS = frozenset(("aten::copy_", "aten::cat", "aten::stack", "aten::index_select", "aten::constant_pad_nd",
+                           "aten::repeat_interleave", "aten::_unsafe_index", "aten::index"))
+_GROWING_PREP = frozenset(("aten::repeat", "aten::repeat_interleave", "aten::expand_copy", "aten::_unsafe_index",
+                           "aten::index_select", "aten::cat", "aten::stack", "aten::reshape", "aten::flatten"))
+_PAD_OPS = frozenset(("aten::constant_pad_nd", "aten::pad"))
+_GPU_PRIORITY = (COMPUTE, COPY, OTHER, FOREIGN)
+_CPU_PRIORITY = (COPY, OTHER, COMPUTE, FOREIGN)  # host ops nest: the innermost, more specific category wins
+
+
+@dataclass
+class _Prep:
+    row: int  # the op that moved data (inside an attnprof.src range when there is one)
+    top: int  # the sibling row it was found as (the range itself, or the op)
+    position: str  # before | after
+
+
+@dataclass
+class _Phase:
+    """The host rows of one phase of one call, before it is split."""
+
+    anchor_rows: list[int]  # the attention op (fwd) or its autograd nodes (bwd)
+    preps: list[_Prep] = field(default_factory=list)
+
+
+def _numel(dims) -> int:
+    return math.prod(dims) if dims else 0
+
+
+def _tensor_dims(dims: list) -> list[list[int]]:
+    return [d for d in dims if isinstance(d, list) and len(d) >= 2 and all(isinstance(x, int) for x in d)]
+
+
+class CallFinder:
+    def __init__(self, trace: Trace, runinfo: RunInfo | None):
+        self.trace = trace
+        self.ix = TraceIndex(trace)
+        self.on_device = trace.has_device_activity
+        self.call_info = {c.id: c for c in runinfo.calls} if runinfo else {}
+        self.notes: list[str] = []
+        h = trace.host
+        strings = trace.strings
+        self.range_ids = set(strings.ids_where(lambda s: s.startswith(RANGE_PREFIX)).tolist())
+        self.fwd_ids = set(strings.ids_where(tx.is_attention_fwd_op).tolist())
+        node_ids = strings.ids_where(lambda s: s.startswith(tx.AUTOGRAD_NODE_PREFIX))
+        nodes = np.flatnonzero(np.isin(h.name, node_ids) & (h.kind == HostKind.OP) & (h.seq != NO_ID))
+        self.nodes_by_seq: dict[int, list[int]] = {}
+        for r, s in zip(nodes.tolist(), h.seq[nodes].tolist()):
+            self.nodes_by_seq.setdefault(s, []).append(r)
+
+    # --- anchors -----------------------------------------------------------------------------------------------
+
+    def anchors(self) -> list[int]:
+        h = self.trace.host
+        names = h.name
+        ranges = np.flatnonzero(np.isin(names, list(self.range_ids)) & (h.kind == HostKind.ANNOTATION))
+        ops = np.flatnonzero(np.isin(names, list(self.fwd_ids)) & (h.kind == HostKind.OP))
+        marks = self.range_ids | self.fwd_ids
+        out = ranges.tolist()
+        for r in ops.tolist():
+            if not any(int(names[a]) in marks for a in self.ix.ancestors(r)):
+                out.append(r)
+        out.sort(key=lambda r: self.ix.ts[r])
+        return out
+
+    # --- classification of host rows -----------------------------------------------------------------------------
+
+    def _moves_data(self, row: int) -> bool:
+        if self.on_device:
+            return bool(self.ix.launches(row))
+        name = self.ix.name(row)
+        return name in _CPU_DATA_OPS or any(self.ix.name(r) in _CPU_DATA_OPS for r in self.ix.subtree(row).tolist())
+
+    def _classify_sibling(self, row: int) -> tuple[str, int]:
+        """("view" | "prep" | "barrier", the row that moved data)."""
+        name = self.ix.name(row)
+        if self.trace.host.kind[row] == HostKind.ANNOTATION:
+            if not name.startswith(SOURCE_PREFIX):
+                return "barrier", row
+            children = [r for r in self.ix.subtree(row).tolist() if self.ix.parent[r] == row]
+            verdicts = [self._classify_sibling(c) for c in children]
+            preps = [v for v in verdicts if v[0] == "prep"]
+            if preps:
+                return preps[0]
+            if all(v[0] == "view" for v in verdicts):
+                return "view", row
+            return "barrier", row
+        if int(self.trace.host.name[row]) in self.fwd_ids:
+            return "barrier", row
+        if tx.is_view_op(name):
+            return "view", row
+        if tx.is_prep_op(name):
+            return ("prep", row) if self._moves_data(row) else ("view", row)
+        return "barrier", row
+
+    def _feeds(self, prep_row: int, targets: list[list[int]]) -> bool:
+        name = self.ix.name(prep_row)
+        dims = _tensor_dims(self.trace.host.dims(prep_row))
+        if not dims or not targets:
+            return not targets  # nothing to check against: trust adjacency
+        first = dims[0]
+        n = _numel(first)
+        for t in targets:
+            nt = _numel(t)
+            if n == nt:
+                return True
+            if name in _GROWING_PREP and n and nt % n == 0 and first[-1] == t[-1]:
+                return True
+            if name in _PAD_OPS and len(first) == len(t) and first[:-1] == t[:-1]:
+                return True
+        return False
+
+    def _walk(self, anchor: int, direction: int, targets: list[list[int]]) -> list[_Prep]:
+        sib, _, pos = self.ix.siblings(anchor)
+        found: list[_Prep] = []
+        position = "before" if direction < 0 else "after"
+        i = pos + direction
+        steps = 0
+        while 0 <= i < len(sib) and steps < MAX_WALK:
+            row = int(sib[i])
+            verdict, mover = self._classify_sibling(row)
+            if verdict == "barrier":
+                break
+            if verdict == "prep":
+                if not self._feeds(mover, targets):
+                    break
+                found.append(_Prep(row=mover, top=row, position=position))
+            i += direction
+            steps += 1
+        if direction < 0:
+            found.reverse()
+        return found
+
+    # --- inputs and outputs of a call ------------------------------------------------------------------------------
+
+    def _attention_ops(self, anchor: int) -> list[int]:
+        return [r for r in self.ix.subtree(anchor).tolist() if int(self.trace.host.name[r]) in self.fwd_ids]
+
+    def _io_dims(self, info: CallInfo | None, attn_ops: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+        """(input shapes to match prep copies against, output shapes)."""
+        if info and info.tensors:
+            ins = [t.shape for k, t in info.tensors.items() if k not in ("out", "lse")]
+            outs = [info.tensors["out"].shape] if "out" in info.tensors else []
+        elif attn_ops:
+            ins = _tensor_dims(self.trace.host.dims(attn_ops[0]))[:3]
+            outs = []
+        else:
+            ins, outs = [], []
+        if not outs and len(ins) >= 3:
+            q, v = ins[0], ins[2]
+            outs = [q[:-1] + v[-1:]]
+        return ins, outs
+
+    # --- splitting ---------------------------------------------------------------------------------------------------
+
+    def build(self) -> list[CallSplit]:
+        calls: list[CallSplit] = []
+        next_id = max(self.call_info, default=0) + 1
+        for anchor in self.anchors():
+            name = self.ix.name(anchor)
+            m = RANGE_RE.match(name)
+            attn_ops = self._attention_ops(anchor)
+            if m:
+                call_id, op, site, found_by = int(m["id"]), m["op"], m["site"], "attnprof"
+                info = self.call_info.get(call_id)
+            else:
+                call_id, op, found_by, info = next_id, name, "aten", None
+                next_id += 1
+                located = self.ix.python_site(anchor)
+                site = located[0] if located else "unknown"
+            ins, outs = self._io_dims(info, attn_ops)
+            fwd = _Phase(anchor_rows=[anchor])
+            fwd.preps = self._walk(anchor, -1, ins) + self._walk(anchor, +1, outs)
+            base = self._base_record(call_id, op, site, found_by, info, attn_ops)
+            calls.append(self._split(base, "fwd", fwd, attn_ops, info))
+            bwd = self._backward_phase(anchor, fwd)
+            if bwd is not None:
+                calls.append(self._split(base, "bwd", bwd, attn_ops, info))
+        return calls
+
+    def _base_record(self, call_id, op, site, found_by, info: CallInfo | None, attn_ops: list[int]) -> CallSplit:
+        h = self.trace.host
+        if info is not None:
+            shapes = {k: list(t.shape) for k, t in info.tensors.items()}
+            tensor = next(iter(info.tensors.values()), None)
+            dtype = tensor.dtype if tensor else None
+            device = tensor.device if tensor else ("cuda" if self.on_device else "cpu")
+            return CallSplit(id=call_id, op=op, backend="unknown", phase="fwd", site=site, found_by=found_by,
+                             device=device, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
+                             gqa_ratio=info.gqa_ratio)
+        shapes, dtype, gqa = {}, None, None
+        if attn_ops:
+            dims = _tensor_dims(h.dims(attn_ops[0]))
+            shapes = dict(zip(("q", "k", "v"), dims[:3]))
+            types = h.types(attn_ops[0])
+            dtype = tx.dtype_name(types[0]) if types else None
+            if len(dims) >= 2 and len(dims[0]) == 4 and dims[1][1]:
+                heads_axis = 1 if self.ix.name(attn_ops[0]) not in ("aten::_flash_attention_forward",) else 2
+                gqa = dims[0][heads_axis] / dims[1][heads_axis]
+        return CallSplit(id=call_id, op=op, backend="unknown", phase="fwd", site=site, found_by=found_by,
+                         device="cuda" if self.on_device else "cpu", shapes=shapes, dtype=dtype, gqa_ratio=gqa,
+                         layout=None)
+
+    def _backward_phase(self, anchor: int, fwd: _Phase) -> _Phase | None:
+        h = self.trace.host
+        attn_seqs = {int(h.seq[r]) for r in self.ix.subtree(anchor).tolist() if h.seq[r] != NO_ID}
+        attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.ts[r])
+        if not attn_nodes:
+            return None
+        phase = _Phase(anchor_rows=attn_nodes)
+        for prep in fwd.preps:
+            seqs = {int(h.seq[r]) for r in self.ix.subtree(prep.row).tolist() if h.seq[r] != NO_ID}
+            for s in seqs:
+                for node in self.nodes_by_seq.get(s, ()):
+                    if self._moves_data(node):
+                        position = "before" if self.ix.ts[node] < self.ix.ts[attn_nodes[0]] else "after"
+                        phase.preps.append(_Prep(row=node, top=node, position=position))
+        return phase
+
+    def _device_work(self, phase: _Phase) -> list[tuple[int, str, str, int | None]]:
+        """(device row, category, position, prep row or None) for every piece of device work of the phase."""
+        out = []
+        d = self.trace.device
+        strings = self.trace.strings.values
+        for anchor in phase.anchor_rows:
+            sub = self.ix.subtree(anchor)
+            for runtime, drow in self.ix.launches(anchor):
+                kname = strings[d.name[drow]]
+                launcher = self.ix.innermost_op(sub, self.ix.ts[runtime])
+                lname = self.ix.name(launcher) if launcher >= 0 else ""
+                if d.kind[drow] == DeviceKind.MEMSET or lname in _FILL_OPS:
+                    cat = OTHER
+                elif d.kind[drow] == DeviceKind.MEMCPY or tx.is_copy_op(lname) or tx.is_copy_kernel_name(kname):
+                    cat = COPY
+                else:
+                    cat = COMPUTE
+                out.append((drow, cat, "inside", launcher if cat == COPY else None))
+        for prep in phase.preps:
+            for _, drow in self.ix.launches(prep.row):
+                cat = OTHER if d.kind[drow] == DeviceKind.MEMSET else COPY
+                out.append((drow, cat, prep.position, prep.row))
+        return out
+
+    def _split(self, base: CallSplit, phase_name: str, phase: _Phase, attn_ops: list[int],
+               info: CallInfo | None) -> CallSplit:
+        call = CallSplit(**{**base.__dict__, "phase": phase_name, "kernels": [], "copies": []})
+        h = self.trace.host
+        ix = self.ix
+        host_rows = phase.anchor_rows + [p.top for p in phase.preps]
+        host_start = float(min(ix.ts[r] for r in host_rows))
+        host_end = float(max(ix.end[r] for r in host_rows))
+        op_names = [ix.name(r) for a in phase.anchor_rows for r in ix.subtree(a).tolist()]
+        work = self._device_work(phase) if self.on_device else []
+        if work:
+            self._split_device(call, work, host_start)
+        else:
+            outermost = [r for r in attn_ops if not any(a in attn_ops for a in ix.ancestors(r))]
+            self._split_host(call, phase, outermost if phase_name == "fwd" else phase.anchor_rows, host_start,
+                             host_end)
+        compute_kernels = [k.name for k in call.kernels if k.category == COMPUTE]
+        backend = next(filter(None, map(tx.backend_from_kernel, compute_kernels)), None)
+        backend = backend or tx.backend_from_library(info.library if info else None) or tx.backend_from_ops(op_names)
+        if backend is None and compute_kernels:
+            backend = "math"
+        call.backend = backend or "unknown"
+        return call
+
+    def _copy_site(self, row: int, call: CallSplit) -> str | None:
+        site = self.ix.source_annotation(row)
+        if site:
+            return site
+        located = self.ix.python_site(row)
+        return located[0] if located else None
+
+    def _copy_bytes(self, row: int) -> int:
+        h = self.trace.host
+        dims = _tensor_dims(h.dims(row))
+        types = h.types(row)
+        if not dims or not types:
+            return 0
+        return 2 * _numel(dims[0]) * tx.itemsize(types[0])
+
+    def _split_device(self, call: CallSplit, work, host_start: float) -> None:
+        d = self.trace.device
+        strings = self.trace.strings.values
+        ours = {w[0] for w in work}
+        first = float(min(d.ts[w[0]] for w in work))
+        end = float(max(d.ts[w[0]] + d.dur[w[0]] for w in work))
+        device = int(d.device[work[0][0]])
+        # The GPU may still be busy with earlier work when the first prep op is issued: that wait is not launch time.
+        busy_until = self.ix.last_device_end_before(first, device, ours)
+        start = min(max(host_start, busy_until), first)
+        intervals = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, _, _ in work]
+        for r in self.ix.device_rows_between(start, end, device).tolist():
+            if r not in ours:
+                intervals.append((float(d.ts[r]), float(d.ts[r] + d.dur[r]), FOREIGN))
+        s = split_window(start, end, intervals, _GPU_PRIORITY)
+        call.device = f"cuda:{device}"
+        call.start_us, call.window_us = float(start), s.window_us
+        call.compute_us, call.copy_us, call.other_us, call.launch_us = s.compute_us, s.copy_us, s.other_us, s.idle_us
+        call.interleaved_us = s.span_us - s.window_us
+        call.kernels = [KernelSlice(name=strings[d.name[r]], category=cat, start_us=float(d.ts[r]),
+                                    dur_us=float(d.dur[r]), stream=int(d.stream[r]))
+                        for r, cat, _, _ in sorted(work, key=lambda w: d.ts[w[0]])]
+        by_op: dict[int, list] = {}
+        for r, cat, position, op_row in work:
+            if cat == COPY and op_row is not None:
+                by_op.setdefault(op_row, [position, 0.0, 0])
+                by_op[op_row][1] += float(d.dur[r])
+                by_op[op_row][2] += int(d.nbytes[r])
+        for op_row, (position, dur, nbytes) in sorted(by_op.items(), key=lambda kv: self.ix.ts[kv[0]]):
+            call.copies.append(CopyRecord(
+                site=self._copy_site(op_row, call) or (call.site if position == "inside" else None),
+                op=self.ix.name(op_row), bytes=nbytes or self._copy_bytes(op_row), dur_us=dur, position=position))
+
+    def _split_host(self, call: CallSplit, phase: _Phase, compute_rows: list[int], host_start: float,
+                    host_end: float) -> None:
+        """CPU-only: the ops are the work; gaps between them (Python, dispatcher) count as other."""
+        ix = self.ix
+        intervals = []
+        kernels = []
+        copy_rows = []
+        for r in compute_rows:
+            intervals.append((ix.ts[r], ix.end[r], COMPUTE))
+            kernels.append((r, COMPUTE))
+            for inner in ix.subtree(r).tolist():
+                n = ix.name(inner)
+                outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent[inner]))
+                if inner != r and outermost_copy and self._moves_data(inner):
+                    intervals.append((ix.ts[inner], ix.end[inner], COPY))
+                    copy_rows.append((inner, "inside"))
+                elif inner != r and n in _FILL_OPS:
+                    intervals.append((ix.ts[inner], ix.end[inner], OTHER))
+        for p in phase.preps:
+            intervals.append((ix.ts[p.top], ix.end[p.top], COPY))
+            copy_rows.append((p.row, p.position))
+        ours = set(phase.anchor_rows) | {p.top for p in phase.preps}
+        for anchor in phase.anchor_rows:
+            sib, starts, _ = ix.siblings(anchor)
+            # siblings never overlap each other: only the one starting last before host_start can reach into it
+            lo = max(int(np.searchsorted(starts, host_start, side="right")) - 1, 0)
+            hi = int(np.searchsorted(starts, host_end, side="left"))
+            for r in sib[lo:hi].tolist():
+                if r not in ours and ix.end[r] > host_start:
+                    intervals.append((float(ix.ts[r]), float(ix.end[r]), FOREIGN))
+        s = split_window(host_start, host_end, intervals, _CPU_PRIORITY)
+        call.device = "cpu"
+        call.start_us, call.window_us = float(host_start), s.window_us
+        call.compute_us, call.copy_us = s.compute_us, s.copy_us
+        call.other_us, call.launch_us = s.other_us + s.idle_us, None
+        call.interleaved_us = s.span_us - s.window_us
+        call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=float(ix.ts[r]),
+                                    dur_us=float(ix.end[r] - ix.ts[r])) for r, cat in kernels]
+        for r, position in copy_rows:
+            call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.ts[r]),
+                                            dur_us=float(ix.end[r] - ix.ts[r])))
+            call.copies.append(CopyRecord(site=self._copy_site(r, call) or (call.site if position == "inside" else None),
+                                          op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
+                                          position=position))
+        call.kernels.sort(key=lambda k: k.start_us)
+
+
+def find_calls(trace: Trace, runinfo: RunInfo | None) -> tuple[list[CallSplit], list[str]]:
+    finder = CallFinder(trace, runinfo)
+    calls = finder.build()
+    return calls, finder.notes

@@ -1,0 +1,199 @@
+"""Lookups over a Trace that the analyses share: an op's subtree, its siblings, the device work it launched,
+the Python source line it ran from. Built once per trace with numpy; each query touches only a call's neighbourhood.
+"""
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+import numpy as np
+
+from attnprof.trace.model import NO_ID, HostKind, Trace
+from attnprof.trace.runinfo import SOURCE_PREFIX
+
+_PY_FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>.*)$")
+#: Frames that are never "the user's code": the libraries attnprof looks through to find a call site.
+_LIBRARY_PATH_RE = re.compile(
+    r"(^|/)(torch|flash_attn|flash_attn_interface|xformers|einops|attnprof|triton|importlib|runpy|contextlib|"
+    r"functools|threading)(/|\.py)|^<"
+)
+
+
+def parse_python_frame(name: str) -> tuple[str, int, str] | None:
+    m = _PY_FRAME_RE.match(name)
+    if not m:
+        return None
+    return m["file"], int(m["line"]), m["func"]
+
+
+def short_path(path: str) -> str:
+    """site-packages/x/y.py -> x/y.py; keeps what a user recognises."""
+    for marker in ("site-packages/", "dist-packages/"):
+        i = path.rfind(marker)
+        if i >= 0:
+            return path[i + len(marker):]
+    return path
+
+
+class TraceIndex:
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        h = trace.host
+        self.names = trace.strings.values
+        self.ts = h.ts
+        self.end = h.ts + h.dur
+        self.parent = trace.op_parent
+        order = trace.host_order
+        kinds = h.kind[order]
+        self._nested = self._per_thread(order[(kinds == HostKind.OP) | (kinds == HostKind.ANNOTATION)])
+        self._runtime = self._per_thread(order[kinds == HostKind.RUNTIME])
+        self._python = self._per_thread(order[kinds == HostKind.PYTHON])
+        self._siblings: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _per_thread(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """thread -> (rows sorted by start, their starts)."""
+        h = self.trace.host
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if len(rows) == 0:
+            return out
+        tids = h.tid[rows]
+        bounds = np.flatnonzero(np.diff(tids)) + 1
+        for chunk in np.split(rows, bounds):
+            out[int(h.tid[chunk[0]])] = (chunk, h.ts[chunk])
+        return out
+
+    # --- host tree ---------------------------------------------------------------------------------------------
+
+    def name(self, row: int) -> str:
+        return self.names[self.trace.host.name[row]]
+
+    def subtree(self, row: int) -> np.ndarray:
+        """Ops and ranges nested in `row` (itself included), in start order."""
+        rows, starts = self._nested.get(int(self.trace.host.tid[row]), (np.empty(0, np.int64), np.empty(0)))
+        lo = np.searchsorted(starts, self.ts[row], side="left")
+        hi = np.searchsorted(starts, self.end[row], side="right")
+        sub = rows[lo:hi]
+        return sub[self.end[sub] <= self.end[row] + 1e-3]
+
+    def siblings(self, row: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Ops and ranges with the same parent on the same thread, in start order; their starts; `row`'s position."""
+        key = (int(self.trace.host.tid[row]), int(self.parent[row]))
+        cached = self._siblings.get(key)
+        if cached is None:
+            tid, p = key
+            rows, starts = self._nested.get(tid, (np.empty(0, np.int64), np.empty(0)))
+            if p >= 0:
+                lo = np.searchsorted(starts, self.ts[p], side="left")
+                hi = np.searchsorted(starts, self.end[p], side="right")
+                rows = rows[lo:hi]
+            sib = rows[self.parent[rows] == p]
+            cached = self._siblings[key] = (sib, self.ts[sib])
+        sib, starts = cached
+        pos = int(np.searchsorted(starts, self.ts[row], side="left"))
+        while sib[pos] != row:  # equal start times: step to the row itself
+            pos += 1
+        return sib, starts, pos
+
+    def ancestors(self, row: int):
+        p = self.parent[row]
+        while p >= 0:
+            yield int(p)
+            p = self.parent[p]
+
+    # --- device work ---------------------------------------------------------------------------------------------
+
+    def launches(self, row: int) -> list[tuple[int, int]]:
+        """(runtime row, device row) for every piece of device work launched inside `row`'s time on its thread."""
+        entry = self._runtime.get(int(self.trace.host.tid[row]))
+        if entry is None:
+            return []
+        rows, starts = entry
+        lo = np.searchsorted(starts, self.ts[row], side="left")
+        hi = np.searchsorted(starts, self.end[row], side="right")
+        by_corr = self.trace.device_by_correlation
+        corr = self.trace.host.correlation
+        out = []
+        for r in rows[lo:hi].tolist():
+            c = int(corr[r])
+            if c != NO_ID:
+                out.extend((r, d) for d in by_corr.get(c, ()))
+        return out
+
+    def innermost_op(self, candidates: np.ndarray, t: float) -> int:
+        """The latest-starting row among `candidates` (start-ordered) whose interval contains t, or -1."""
+        for r in candidates[::-1].tolist():
+            if self.ts[r] <= t <= self.end[r]:
+                return r
+        return -1
+
+    @cached_property
+    def device_order(self) -> np.ndarray:
+        return np.argsort(self.trace.device.ts, kind="stable")
+
+    def device_rows_between(self, start: float, end: float, device: int | None = None) -> np.ndarray:
+        """Device rows overlapping [start, end] (on one device if given)."""
+        d = self.trace.device
+        order = self.device_order
+        starts = d.ts[order]
+        hi = np.searchsorted(starts, end, side="right")
+        rows = order[:hi]
+        rows = rows[d.ts[rows] + d.dur[rows] > start]
+        if device is not None:
+            rows = rows[d.device[rows] == device]
+        return rows
+
+    def last_device_end_before(self, t: float, device: int, exclude: set[int]) -> float:
+        """End of the latest-ending device work that started before t on `device`, excluding rows in `exclude`."""
+        d = self.trace.device
+        order = self.device_order
+        hi = np.searchsorted(d.ts[order], t, side="left")
+        rows = order[:hi]
+        rows = rows[d.device[rows] == device]
+        if exclude:
+            rows = rows[~np.isin(rows, np.fromiter(exclude, dtype=np.int64))]
+        if len(rows) == 0:
+            return -np.inf
+        return float((d.ts[rows] + d.dur[rows]).max())
+
+    # --- source lines ----------------------------------------------------------------------------------------------
+
+    def source_annotation(self, row: int) -> str | None:
+        """Site from the `attnprof.src:` range that attnprof put around the torch call that ran `row`."""
+        for a in [row, *self.ancestors(row)]:
+            n = self.name(a)
+            if n.startswith(SOURCE_PREFIX):
+                return n[len(SOURCE_PREFIX):]
+        return None
+
+    @cached_property
+    def _py_row_by_id(self) -> dict[int, int]:
+        h = self.trace.host
+        rows = np.flatnonzero(h.kind == HostKind.PYTHON)
+        return dict(zip(h.py_id[rows].tolist(), rows.tolist()))
+
+    def python_site(self, row: int) -> tuple[str, str] | None:
+        """(file:line, function) of the innermost user-code Python frame around `row`, from with_stack frames.
+
+        torch.profiler records the line a frame was at when it was entered, so for a function this is its first
+        line: the right function, not always the exact statement (attnprof's own ranges give the statement).
+        """
+        entry = self._python.get(int(self.trace.host.tid[row]))
+        if entry is None:
+            return None
+        rows, starts = entry
+        t = self.ts[row]
+        i = int(np.searchsorted(starts, t, side="right")) - 1
+        if i < 0:
+            return None
+        h = self.trace.host
+        frame = int(rows[i])
+        by_id = self._py_row_by_id
+        while frame >= 0 and self.end[frame] < t:
+            frame = by_id.get(int(h.py_parent[frame]), -1)
+        while frame >= 0:
+            parsed = parse_python_frame(self.name(frame))
+            if parsed and not _LIBRARY_PATH_RE.search(parsed[0]):
+                file, line, func = parsed
+                return f"{short_path(file)}:{line}", func
+            frame = by_id.get(int(h.py_parent[frame]), -1)
+        return None

@@ -1,0 +1,104 @@
+"""What analysis hands to render: one record per attention call and phase, one per call site, and the report.
+
+These records are attnprof.json (README, "attnprof.json schema"): render/json_report.py serialises them as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+COMPUTE, COPY, OTHER = "compute", "copy", "other"
+
+
+@dataclass
+class KernelSlice:
+    """One piece of device work attributed to a call (on CPU runs: one host op)."""
+
+    name: str
+    category: str  # compute | copy | other
+    start_us: float  # relative to the trace's t=0
+    dur_us: float
+    stream: int | None = None
+
+
+@dataclass
+class CopyRecord:
+    """A layout-prep op attributed to a call: where in the source it is, what it moved, how long its kernels ran."""
+
+    site: str | None  # "model.py:42", or the enclosing function's first line without attnprof's ranges
+    op: str  # aten::contiguous, aten::_to_copy, ...
+    bytes: int  # bytes read + written
+    dur_us: float  # its kernels' busy time (host op time on CPU)
+    position: str  # before | inside | after  (relative to the attention op)
+
+
+@dataclass
+class CallSplit:
+    id: int
+    op: str  # entry point (sdpa, flash_attn_func, ...) or the aten op name for traces without attnprof ranges
+    backend: str  # cudnn | flash | flash-attn2 | fa3 | fa4 | efficient | math | cpu-flash | unknown
+    phase: str  # fwd | bwd
+    site: str
+    found_by: str  # "attnprof" (its range) | "aten" (op names only)
+    device: str  # "cuda:0" | "cpu"
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    dtype: str | None = None
+    layout: str | None = None
+    causal: bool | None = None
+    gqa_ratio: float | None = None
+    start_us: float = 0.0
+    window_us: float = 0.0
+    compute_us: float = 0.0
+    copy_us: float = 0.0
+    launch_us: float | None = 0.0  # None on CPU-only traces
+    other_us: float = 0.0
+    interleaved_us: float = 0.0  # other code's device work inside the span, left out of the window
+    kernels: list[KernelSlice] = field(default_factory=list)
+    copies: list[CopyRecord] = field(default_factory=list)
+
+
+@dataclass
+class CopySummary:
+    site: str | None
+    op: str
+    bytes: int  # per call
+    dur_us: float  # per call
+    count: int  # copies of this site and op, over all calls
+
+
+@dataclass
+class SiteSummary:
+    site: str
+    op: str
+    phase: str
+    backend: str
+    calls: int
+    shapes: dict[str, list[int]]
+    dtype: str | None
+    layout: str | None
+    true_us: float | None  # median end-to-end per call, CUDA events outside the profiler
+    profiled_us: float | None  # the same measurement inside the profiled window (window mean without runinfo)
+    inflation: float | None  # profiled / true
+    timed_calls: int  # calls behind true_us
+    window_us: float  # means per call from here on
+    compute_us: float
+    copy_us: float
+    launch_us: float | None
+    launch_true_us: float | None  # launch less the profiler's inflation
+    other_us: float
+    interleaved_us: float
+    copies: list[CopySummary] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    schema_version: int
+    source: str  # what was analysed
+    trace_files: list[str]
+    device: str  # device name, or "cpu"
+    torch_version: str | None
+    calls: list[CallSplit]
+    sites: list[SiteSummary]
+    run: dict | None = None  # from runinfo.json: command, steps, outcome, exit_code
+    notes: list[str] = field(default_factory=list)

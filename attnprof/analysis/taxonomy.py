@@ -1,0 +1,204 @@
+"""What names mean: attention ops, layout-prep ops, views, kernel categories, backends, dtype sizes.
+
+Everything attnprof knows about PyTorch, flash-attn, cuDNN and xformers naming lives here, so the rest of the
+analysis reasons about categories, not strings.
+"""
+from __future__ import annotations
+
+import re
+
+# --- host ops -------------------------------------------------------------------------------------------------
+
+#: Forward attention ops, outermost first. The first one found on a thread, not nested in another, is a call.
+ATTENTION_FWD_OPS = (
+    "aten::scaled_dot_product_attention",
+    "aten::_native_multi_head_attention",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+    "aten::_scaled_dot_product_attention_math",
+    "aten::_scaled_dot_product_attention_math_for_mps",
+    "aten::_scaled_dot_product_fused_attention_overrideable",
+    "aten::_flash_attention_forward",
+    "aten::_efficient_attention_forward",
+    "aten::_cudnn_attention_forward",
+    "flash_attn::_flash_attn_forward",
+    "flash_attn::_flash_attn_varlen_forward",
+    "flash_attn::_flash_attn_forward_kvcache",
+    "flash_attn_3::fwd",
+    "flash_attn_3::_flash_attn_forward",
+    "xformers::efficient_attention_forward_cutlass",
+    "xformers_flash::flash_fwd",
+    "xformers_flash3::flash_fwd",
+)
+ATTENTION_BWD_OPS = (
+    "aten::_scaled_dot_product_flash_attention_backward",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_scaled_dot_product_efficient_attention_backward",
+    "aten::_scaled_dot_product_cudnn_attention_backward",
+    "aten::_scaled_dot_product_fused_attention_overrideable_backward",
+    "aten::_flash_attention_backward",
+    "aten::_efficient_attention_backward",
+    "aten::_cudnn_attention_backward",
+    "flash_attn::_flash_attn_backward",
+    "flash_attn::_flash_attn_varlen_backward",
+    "flash_attn_3::bwd",
+    "flash_attn_3::_flash_attn_backward",
+    "xformers::efficient_attention_backward_cutlass",
+    "xformers_flash::flash_bwd",
+)
+_FWD_SET = frozenset(ATTENTION_FWD_OPS)
+_BWD_SET = frozenset(ATTENTION_BWD_OPS)
+# Autograd nodes of attention ops run in backward: evaluate_function: <Node>Backward0
+_ATTENTION_NODE_RE = re.compile(
+    r"(ScaledDotProduct\w*Backward|FlashAttention\w*Backward|EfficientAttention\w*Backward|CudnnAttention\w*Backward"
+    r"|FlashAttn\w*Backward|FlashAttnFunc\w*Backward|MemoryEfficientAttention\w*Backward|\bFmha\w*Backward)"
+)
+AUTOGRAD_NODE_PREFIX = "autograd::engine::evaluate_function: "
+
+
+def is_attention_fwd_op(name: str) -> bool:
+    return name in _FWD_SET
+
+
+def is_attention_bwd_op(name: str) -> bool:
+    if name in _BWD_SET:
+        return True
+    return name.startswith(AUTOGRAD_NODE_PREFIX) and bool(_ATTENTION_NODE_RE.search(name))
+
+
+#: Ops that never move data: skipped when walking from an attention call to the copies that feed it.
+VIEW_OPS = frozenset(
+    "aten::" + n
+    for n in (
+        "view transpose permute t as_strided unsqueeze squeeze expand slice select narrow split split_with_sizes chunk "
+        "unbind alias detach _unsafe_view unflatten view_as expand_as lift_fresh numpy_T movedim swapaxes swapdims "
+        "empty empty_like empty_strided resolve_conj resolve_neg _reshape_alias diagonal real imag unfold"
+    ).split()
+)
+#: Ops that can copy to change layout, dtype or shape: the "layout prep" of the seed case and its relatives.
+PREP_OPS = frozenset(
+    "aten::" + n
+    for n in (
+        "contiguous clone copy_ _to_copy to type_as reshape flatten repeat repeat_interleave constant_pad_nd pad "
+        "cat stack index_select expand_copy _unsafe_index"
+    ).split()
+)
+#: Ops that, when launching a kernel, launch a copy.
+COPY_OPS = frozenset(
+    "aten::" + n
+    for n in "copy_ clone contiguous _to_copy to reshape flatten cat stack repeat repeat_interleave index_select".split()
+)
+#: Ops that reshape data without changing its element count (repeat-like ops and pads change it).
+NUMEL_PRESERVING_PREP = frozenset(
+    "aten::" + n for n in "contiguous clone copy_ _to_copy to type_as reshape flatten".split()
+)
+
+
+def is_view_op(name: str) -> bool:
+    return name in VIEW_OPS
+
+
+def is_prep_op(name: str) -> bool:
+    return name in PREP_OPS
+
+
+def is_copy_op(name: str) -> bool:
+    return name in COPY_OPS
+
+
+# --- device activity ------------------------------------------------------------------------------------------
+
+_COPY_KERNEL_RE = re.compile(
+    r"direct_copy_kernel|copy_kernel|CatArrayBatchedCopy|[Mm]emcpy|transpose|indexSelect|index_select|"
+    r"_to_copy|copy_device_to_device"
+)
+
+
+def is_copy_kernel_name(name: str) -> bool:
+    return bool(_COPY_KERNEL_RE.search(name))
+
+
+#: Backends, checked in this order (cuDNN's Hopper SDPA kernels contain "flash": never match on that alone).
+_BACKEND_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    ("cudnn", re.compile(r"cudnn|fort_native_sdpa|sdpa_sm\d+|_sdpa_", re.I)),
+    ("fa4", re.compile(r"FlashAttentionForwardSm\d+|FlashAttentionBackwardSm\d+|flash_attn\.cute|flash_attn_cute")),
+    ("fa3", re.compile(r"FlashAttnFwdSm90|FlashAttnBwdSm90|flash::enable_sm90|flash_attn_3|FlashAttnFwdCombine")),
+    ("flash", re.compile(r"pytorch_flash::")),
+    ("flash-attn2", re.compile(r"flash::flash_(fwd|bwd)|flash_fwd_kernel|flash_bwd_|flash_fwd_splitkv")),
+    ("efficient", re.compile(r"fmha_cutlass|efficient_attention|AttentionKernel|AttentionBackwardKernel|fmha_")),
+)
+
+_OP_BACKEND = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_backward": "flash",
+    "aten::_flash_attention_forward": "flash",
+    "aten::_flash_attention_backward": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_efficient_attention_backward": "efficient",
+    "aten::_efficient_attention_forward": "efficient",
+    "aten::_efficient_attention_backward": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_cudnn_attention_backward": "cudnn",
+    "aten::_cudnn_attention_forward": "cudnn",
+    "aten::_cudnn_attention_backward": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "cpu-flash",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "cpu-flash",
+    "flash_attn::_flash_attn_forward": "flash-attn2",
+    "flash_attn::_flash_attn_backward": "flash-attn2",
+    "flash_attn::_flash_attn_varlen_forward": "flash-attn2",
+    "flash_attn::_flash_attn_varlen_backward": "flash-attn2",
+    "flash_attn::_flash_attn_forward_kvcache": "flash-attn2",
+    "flash_attn_3::fwd": "fa3",
+    "flash_attn_3::bwd": "fa3",
+    "flash_attn_3::_flash_attn_forward": "fa3",
+    "flash_attn_3::_flash_attn_backward": "fa3",
+    "xformers::efficient_attention_forward_cutlass": "efficient",
+    "xformers::efficient_attention_backward_cutlass": "efficient",
+}
+
+_LIBRARY_BACKEND = {"flash_attn": "flash-attn2", "flash_attn_interface": "fa3", "flash_attn.cute": "fa4"}
+
+
+def backend_from_kernel(name: str) -> str | None:
+    for backend, pattern in _BACKEND_PATTERNS:
+        if pattern.search(name):
+            return backend
+    return None
+
+
+def backend_from_ops(op_names: list[str]) -> str | None:
+    """The innermost known attention op decides (sdpa -> _scaled_dot_product_cudnn_attention -> "cudnn")."""
+    found = None
+    for n in op_names:
+        if n in _OP_BACKEND:
+            found = _OP_BACKEND[n]
+    if found is None and any(n == "aten::scaled_dot_product_attention" for n in op_names):
+        found = "math"  # sdpa that dispatched to no fused op ran the math fallback
+    return found
+
+
+def backend_from_library(library: str | None) -> str | None:
+    return _LIBRARY_BACKEND.get(library or "")
+
+
+# --- dtypes ---------------------------------------------------------------------------------------------------
+
+_ITEMSIZE = {
+    "c10::Half": 2, "c10::BFloat16": 2, "float": 4, "double": 8, "long int": 8, "int": 4, "short int": 2,
+    "signed char": 1, "unsigned char": 1, "bool": 1, "c10::Float8_e4m3fn": 1, "c10::Float8_e5m2": 1,
+    "c10::complex<float>": 8, "c10::complex<double>": 16,
+    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1,
+}
+_DTYPE_NAME = {"c10::Half": "float16", "c10::BFloat16": "bfloat16", "float": "float32", "double": "float64",
+               "long int": "int64", "int": "int32", "bool": "bool"}
+
+
+def itemsize(type_name: str) -> int:
+    return _ITEMSIZE.get(type_name, 0)
+
+
+def dtype_name(type_name: str) -> str:
+    return _DTYPE_NAME.get(type_name, type_name)

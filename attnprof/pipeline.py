@@ -1,0 +1,37 @@
+"""The stages end to end, for the CLI and for library users: load -> analyze -> render."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from attnprof.analysis import analyze
+from attnprof.analysis.records import Report
+from attnprof.render.console import ConsoleRenderer
+from attnprof.render.json_report import JsonRenderer
+from attnprof.trace.load import load_path
+
+
+def analyze_path(path: Path) -> Report:
+    run = load_path(Path(path))
+    return analyze(run.traces, run.runinfo, run.source)
+
+
+def render_json(report: Report) -> str:
+    return JsonRenderer().render(report)
+
+
+def render_console(report: Report, show_calls: bool = False, file=None) -> None:
+    console = Console(file=file or sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a pipe or log file: do not squeeze the table to 80 columns
+    ConsoleRenderer(show_calls=show_calls).print_to(console, report)
+
+
+def write_reports(report: Report, folder: Path, console: bool = True) -> None:
+    """What `attnprof trace` leaves in a run folder after the run (and prints, to stderr: stdout is the script's)."""
+    renderer = JsonRenderer()
+    (Path(folder) / renderer.output_name).write_text(renderer.render(report) + "\n")
+    if console:
+        render_console(report, file=sys.stderr)

@@ -1,0 +1,59 @@
+"""Open what the user points at: a run folder, a torch.profiler trace, (later) an Nsight Systems export."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from attnprof.errors import AttnprofError
+from attnprof.trace.model import Trace
+from attnprof.trace.runinfo import RunInfo, read_runinfo
+from attnprof.trace.torch_json import load_torch_trace
+
+TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
+#: Files attnprof writes next to the original trace; never inputs.
+DERIVED_MARK = ".attnprof."
+
+
+@dataclass
+class LoadedRun:
+    source: str
+    traces: list[Trace]
+    runinfo: RunInfo | None
+    folder: Path | None  # the run folder, when one was given
+
+
+def trace_files_in(folder: Path) -> list[Path]:
+    files = [p for p in sorted(folder.iterdir())
+             if p.is_file() and p.name.endswith(TRACE_SUFFIXES) and DERIVED_MARK not in p.name]
+    if not files:  # any JSON trace will do in a folder that is not a run folder
+        files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith((".json", ".json.gz"))
+                 and p.name not in ("runinfo.json", "attnprof.json") and DERIVED_MARK not in p.name]
+    return files
+
+
+def load_path(path: Path) -> LoadedRun:
+    path = Path(path)
+    if not path.exists():
+        raise AttnprofError(f"{path}: no such file or folder")
+    if path.is_dir():
+        try:
+            runinfo = read_runinfo(path)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise AttnprofError(f"{path}/runinfo.json is damaged ({e})") from None
+        files = trace_files_in(path)
+        if not files:
+            if runinfo and runinfo.note:
+                raise AttnprofError(f"{path} holds no trace: {runinfo.note}")
+            raise AttnprofError(f"{path} holds no torch.profiler trace (*.pt.trace.json[.gz])")
+        return LoadedRun(source=str(path), traces=[load_trace(f) for f in files], runinfo=runinfo, folder=path)
+    return LoadedRun(source=str(path), traces=[load_trace(path)], runinfo=None, folder=None)
+
+
+def load_trace(path: Path) -> Trace:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"SQLite format 3"):
+        raise AttnprofError(f"{path} is an SQLite file: Nsight Systems exports are not supported yet")
+    return load_torch_trace(path)

@@ -1,0 +1,192 @@
+"""The one normalized event model every loader produces and every analysis reads.
+
+Columnar on purpose: a training trace holds millions of events, so events live in numpy arrays (one row per event,
+names interned in a string table), never as one Python object each. Times are float64 microseconds relative to
+`Trace.base_us`, which keeps nanosecond precision for traces that start hours after the epoch of their clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+
+import msgspec
+import numpy as np
+
+NO_ID = -1
+
+
+class HostKind(IntEnum):
+    OP = 0  # an operator: aten::*, custom ops, autograd nodes (torch cpu_op; nsys autograd NVTX range)
+    ANNOTATION = 1  # a user range: record_function / NVTX push-pop (attnprof's own ranges among them)
+    RUNTIME = 2  # a CUDA runtime or driver call (cudaLaunchKernel, cuLaunchKernel, cudaMemcpyAsync, ...)
+    PYTHON = 3  # a Python function frame (torch.profiler with_stack=True)
+
+
+class DeviceKind(IntEnum):
+    KERNEL = 0
+    MEMCPY = 1
+    MEMSET = 2
+
+
+class StringTable:
+    """Interned strings: events store an int32 id, the table stores each distinct name once."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def intern(self, s: str) -> int:
+        i = self._index.get(s)
+        if i is None:
+            i = self._index[s] = len(self.values)
+            self.values.append(s)
+        return i
+
+    def intern_many(self, names: list[str]) -> np.ndarray:
+        index = self._index
+        values = self.values
+        out = np.empty(len(names), dtype=np.int32)
+        for j, s in enumerate(names):
+            i = index.get(s)
+            if i is None:
+                i = index[s] = len(values)
+                values.append(s)
+            out[j] = i
+        return out
+
+    def ids_where(self, predicate) -> np.ndarray:
+        """Ids of all strings for which predicate(str) is true (to select events by name, vectorised)."""
+        return np.array([i for i, s in enumerate(self.values) if predicate(s)], dtype=np.int32)
+
+    def __getitem__(self, i: int) -> str:
+        return self.values[i]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class HostEvents:
+    """CPU-side intervals: ops, annotations, runtime calls, Python frames."""
+
+    ts: np.ndarray  # float64 µs, relative to Trace.base_us
+    dur: np.ndarray  # float64 µs
+    tid: np.ndarray  # int32 index into Trace.threads
+    kind: np.ndarray  # int8 HostKind
+    name: np.ndarray  # int32 string id
+    ext_id: np.ndarray  # int64 profiler "External id", NO_ID if none
+    seq: np.ndarray  # int64 autograd sequence number linking forward ops to their backward nodes, NO_ID if none
+    fwd_tid: np.ndarray  # int64 thread id of the forward op, for backward nodes (0 or NO_ID otherwise)
+    correlation: np.ndarray  # int64 runtime calls: correlation id of the device work they launch
+    py_id: np.ndarray  # int64 Python frames: own id
+    py_parent: np.ndarray  # int64 Python frames: parent frame id
+    input_dims: list  # per row: raw JSON bytes of the op's input shapes, or None (decoded on demand)
+    input_types: list  # per row: raw JSON bytes of the op's input dtypes, or None
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.ts + self.dur
+
+    def dims(self, i: int) -> list:
+        raw = self.input_dims[i]
+        return msgspec.json.decode(raw) if raw else []
+
+    def types(self, i: int) -> list:
+        raw = self.input_types[i]
+        return msgspec.json.decode(raw) if raw else []
+
+
+@dataclass
+class DeviceEvents:
+    """GPU activity: kernels, memcpys, memsets."""
+
+    ts: np.ndarray  # float64 µs, relative to Trace.base_us
+    dur: np.ndarray
+    device: np.ndarray  # int16
+    stream: np.ndarray  # int64
+    kind: np.ndarray  # int8 DeviceKind
+    name: np.ndarray  # int32 string id
+    correlation: np.ndarray  # int64 id shared with the runtime call that launched it
+    nbytes: np.ndarray  # int64 memcpy/memset bytes, 0 for kernels
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.ts + self.dur
+
+
+@dataclass
+class Trace:
+    source: str  # path it was loaded from
+    format: str  # "torch.profiler" | "nsys"
+    strings: StringTable
+    host: HostEvents
+    device: DeviceEvents
+    threads: list[str]  # thread identities, indexed by HostEvents.tid
+    base_us: float  # absolute time of t=0, µs
+    device_properties: list[dict] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # loader-specific facts (with_stack, record_shapes, ...)
+
+    @property
+    def has_device_activity(self) -> bool:
+        return len(self.device) > 0
+
+    def names(self, ids: np.ndarray) -> list[str]:
+        values = self.strings.values
+        return [values[i] for i in ids]
+
+    @cached_property
+    def host_order(self) -> np.ndarray:
+        """Host event rows sorted by thread, then start time, outer before inner (longer first on ties)."""
+        h = self.host
+        return np.lexsort((-h.dur, h.ts, h.tid))
+
+    @cached_property
+    def op_parent(self) -> np.ndarray:
+        """For OP and ANNOTATION rows: the row of the innermost OP/ANNOTATION enclosing it on its thread, else -1.
+
+        Python frames and runtime calls are left out of this tree (they are -1 and are never parents): an op's
+        parent is the op or range that called it.
+        """
+        h = self.host
+        parent = np.full(len(h), -1, dtype=np.int64)
+        nested = (h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION)
+        order = self.host_order[nested[self.host_order]]
+        tids = h.tid[order].tolist()
+        starts = h.ts[order].tolist()
+        ends = (h.ts[order] + h.dur[order]).tolist()
+        rows = order.tolist()
+        stack_rows: list[int] = []
+        stack_ends: list[float] = []
+        current_tid = None
+        out = [-1] * len(rows)
+        for j in range(len(rows)):
+            if tids[j] != current_tid:
+                current_tid = tids[j]
+                stack_rows.clear()
+                stack_ends.clear()
+            s = starts[j]
+            while stack_ends and stack_ends[-1] <= s:
+                stack_rows.pop()
+                stack_ends.pop()
+            if stack_rows:
+                out[j] = stack_rows[-1]
+            stack_rows.append(rows[j])
+            stack_ends.append(ends[j])
+        parent[order] = np.array(out, dtype=np.int64)
+        return parent
+
+    @cached_property
+    def device_by_correlation(self) -> dict[int, list[int]]:
+        """correlation id -> device rows it launched (one launch can start several kernels, e.g. cuDNN)."""
+        out: dict[int, list[int]] = {}
+        for row, c in enumerate(self.device.correlation.tolist()):
+            if c != NO_ID:
+                out.setdefault(c, []).append(row)
+        return out

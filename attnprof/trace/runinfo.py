@@ -1,0 +1,121 @@
+"""What `attnprof trace` knew at run time and a trace file cannot say: the run's `runinfo.json`.
+
+Capture writes it beside the profiler trace; analysis reads it to join each attnprof range (`#<id>` in its name)
+with the call's arguments, and to take each site's true (unprofiled) time. A trace analysed without it (someone
+else's torch.profiler file) still gets the full split, only without true times and argument details.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+RUNINFO_FILE = "runinfo.json"
+RUNINFO_VERSION = 1
+
+#: Name of every attnprof range, identical in torch.profiler and (domain `attnprof`) in Nsight Systems.
+RANGE_PREFIX = "attnprof:"
+RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
+#: Range put around a layout-prep torch call made from user code during profiled steps, to name its source line.
+SOURCE_PREFIX = "attnprof.src:"
+
+
+def range_name(op: str, site: str, call_id: int) -> str:
+    return f"{RANGE_PREFIX}{op} {site} #{call_id}"
+
+
+@dataclass
+class TensorInfo:
+    shape: list[int]
+    stride: list[int]
+    dtype: str  # torch dtype name without "torch.", e.g. "float16"
+    device: str  # "cuda:0", "cpu"
+
+
+@dataclass
+class CallInfo:
+    """One wrapped attention call that ran inside the profiled window."""
+
+    id: int
+    op: str  # short entry-point name, e.g. "sdpa", "flash_attn_func", "fa3.flash_attn_func"
+    library: str  # "torch", "flash_attn", "flash_attn_interface" (FA3), "flash_attn.cute" (FA4), "xformers"
+    site: str  # "path/file.py:42" of the first frame outside torch/attnprof/attention libraries
+    function: str  # function enclosing the site
+    step: int
+    range_name: str
+    layout: str  # BHLD | BLHD | qkvpacked | kvpacked | varlen | varlen-qkvpacked | varlen-kvpacked | kvcache | BLE
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)  # q, k, v, qkv, kv, mask, out, ...
+    batch: int | None = None
+    heads_q: int | None = None
+    heads_kv: int | None = None
+    seqlen_q: int | None = None
+    seqlen_k: int | None = None
+    head_dim: int | None = None
+    head_dim_v: int | None = None
+    gqa_ratio: float | None = None
+    causal: bool | None = None
+    dropout_p: float = 0.0
+    scale: float | None = None
+    mask: str | None = None  # "bool[1, 1, 256, 256]" or None
+    extra: dict[str, str] = field(default_factory=dict)  # window_size, softcap, ... as text
+
+
+@dataclass
+class SiteTiming:
+    """End-to-end time of one call site and phase, measured around the call with CUDA events (host clock on CPU)."""
+
+    site: str
+    op: str
+    phase: str  # "fwd" | "bwd"
+    clock: str  # "cuda_event" | "host"
+    true_us: list[float] = field(default_factory=list)  # unprofiled calls after warm-up
+    profiled_us: list[float] = field(default_factory=list)  # the same measurement inside the profiled window
+    warmup_calls: int = 0
+
+
+@dataclass
+class StepInfo:
+    unit: str  # "optimizer" | "iteration" | "call": what one step is
+    warmup: int
+    timed: int
+    active: int
+    seen: int  # steps the script ran
+    profiled: list[int] = field(default_factory=list)  # [first, last] step inside the profiler, empty if none
+    profiled_calls: int = 0
+    stopped_early: str | None = None  # why the profiled window was cut short (call cap reached, script ended)
+
+
+@dataclass
+class RunInfo:
+    version: int
+    attnprof_version: str
+    torch_version: str
+    cuda_version: str | None
+    device: str  # "NVIDIA H100 80GB HBM3" or "cpu"
+    device_capability: str | None  # "9.0"
+    hostname: str
+    pid: int
+    command: list[str]  # what the user ran after `attnprof trace`
+    started_at: str  # ISO 8601
+    trace_files: list[str]
+    steps: StepInfo
+    calls: list[CallInfo] = field(default_factory=list)
+    sites: list[SiteTiming] = field(default_factory=list)
+    exit_code: int = 0
+    outcome: str = "completed"  # completed | exited | raised | interrupted
+    note: str | None = None
+
+
+def write_runinfo(info: RunInfo, folder: Path) -> Path:
+    path = Path(folder) / RUNINFO_FILE
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(info), indent=1))
+    return path
+
+
+def read_runinfo(folder: Path) -> RunInfo | None:
+    path = Path(folder) / RUNINFO_FILE
+    if not path.is_file():
+        return None
+    return msgspec.json.decode(path.read_bytes(), type=RunInfo)
