@@ -211,7 +211,7 @@ class CallFinder:
             dtype = tensor.dtype if tensor else None
             device = tensor.device if tensor else ("cuda" if self.on_device else "cpu")
             return CallSplit(id=call_id, op=op, backend="unknown", phase="fwd", site=site, found_by=found_by,
-                             device=device, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
+                             device=device, step=info.step, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
                              gqa_ratio=info.gqa_ratio)
         shapes, dtype, gqa = {}, None, None
         if attn_ops:

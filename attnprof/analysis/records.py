@@ -42,6 +42,7 @@ class CallSplit:
     site: str
     found_by: str  # "attnprof" (its range) | "aten" (op names only)
     device: str  # "cuda:0" | "cpu"
+    step: int | None = None  # the step it ran in (attnprof runs)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     dtype: str | None = None
     layout: str | None = None

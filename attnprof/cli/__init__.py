@@ -1,0 +1,52 @@
+"""`attnprof` command line: wires capture -> trace model -> analysis -> render, and owns exit codes.
+
+One module per command (`attnprof/cli/<command>.py`), each with `register(subparsers)` that adds its parser and
+sets `run=<function(namespace) -> exit code>`. Every user-facing failure is an `AttnprofError` printed as one
+line; a traced script's own traceback and exit code pass through unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from attnprof import __version__
+from attnprof.errors import AttnprofError
+
+PROG = "attnprof"
+#: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
+COMMANDS = ("trace", "analyze")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Where the time of every attention call goes.")
+    parser.add_argument("--version", action="version", version=f"attnprof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"attnprof.cli.{name}_cmd").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv and argv[0] == "trace":
+            from attnprof.cli.trace_cmd import split_script_argv
+
+            argv = split_script_argv(argv)
+        ns = parser.parse_args(argv)
+        return ns.run(ns)
+    except AttnprofError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
