@@ -29,6 +29,8 @@ _CPU_DATA_OPS = frozenset(("aten::copy_", "aten::cat", "aten::stack", "aten::ind
 _GROWING_PREP = frozenset(("aten::repeat", "aten::repeat_interleave", "aten::expand_copy", "aten::_unsafe_index",
                            "aten::index_select", "aten::cat", "aten::stack", "aten::reshape", "aten::flatten"))
 _PAD_OPS = frozenset(("aten::constant_pad_nd", "aten::pad"))
+_SHAPE_KEEPING = frozenset(("aten::contiguous", "aten::clone", "aten::copy_", "aten::_to_copy", "aten::to",
+                            "aten::type_as"))
 _GPU_PRIORITY = (COMPUTE, COPY, OTHER, FOREIGN)
 _CPU_PRIORITY = (COPY, OTHER, COMPUTE, FOREIGN)  # host ops nest: the innermost, more specific category wins
 
@@ -50,6 +52,58 @@ class _Phase:
 
 def _numel(dims) -> int:
     return math.prod(dims) if dims else 0
+
+
+def _stride_at(strides: list, i: int) -> list[int] | None:
+    if i < len(strides) and isinstance(strides[i], list) and strides[i]:
+        return strides[i]
+    return None
+
+
+def _shape_argument(concrete: list, numel: int) -> list[int] | None:
+    """reshape's target shape from the profiler's "Concrete Inputs" text ("[2, 4, -1]"), with -1 resolved."""
+    for text in concrete[1:]:
+        if isinstance(text, str) and text.startswith("["):
+            try:
+                shape = [int(x) for x in text.strip("[]").split(",") if x.strip()]
+            except ValueError:
+                return None
+            if shape.count(-1) == 1:
+                known = _numel([x for x in shape if x != -1])
+                shape = [numel // known if x == -1 else x for x in shape] if known else shape
+            return shape if _numel(shape) == numel else None
+    return None
+
+
+@dataclass
+class _Layout:
+    """A tensor's shape and strides (None: contiguous)."""
+
+    dims: list[int]
+    strides: list[int] | None
+
+    @property
+    def numel(self) -> int:
+        return _numel(self.dims)
+
+    def memory_shape(self) -> tuple[int, ...]:
+        """The sizes in memory order (outermost first), size-1 dims dropped: equal for a tensor and its permuted
+        views, different for a tensor and a copy laid out in another order."""
+        pairs = list(zip(self.dims, self.strides if self.strides and len(self.strides) == len(self.dims)
+                         else _contiguous_strides(self.dims)))
+        pairs.sort(key=lambda p: -p[1])  # stable: equal strides keep their order
+        return tuple(d for d, _ in pairs if d != 1)
+
+    def same_memory_shape(self, other: "_Layout") -> bool:
+        return self.numel == other.numel and self.memory_shape() == other.memory_shape()
+
+
+def _contiguous_strides(dims: list[int]) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(dims):
+        out.append(acc)
+        acc *= max(d, 1)
+    return out[::-1]
 
 
 def _tensor_dims(dims: list) -> list[list[int]]:
@@ -118,24 +172,53 @@ class CallFinder:
             return ("prep", row) if self._moves_data(row) else ("view", row)
         return "barrier", row
 
-    def _feeds(self, prep_row: int, targets: list[list[int]]) -> bool:
+    def _feeds(self, prep_row: int, targets: list[_Layout], position: str) -> bool:
+        """Could this copy produce one of the call's inputs (before) / read the call's output (after)?
+
+        A trace records each op's input shapes and strides, not its tensors, so this compares layouts in memory
+        order: a copy feeds the call if the tensor it writes, laid out as in memory, is the one the call reads
+        (possibly through views), and reads the output if what it reads is the output seen through views. The
+        output copy of one call and the input copies of the next, side by side in a loop, differ exactly there.
+        """
+        if not targets:
+            return True  # nothing known about the call's tensors: trust adjacency
+        h = self.trace.host
         name = self.ix.name(prep_row)
-        dims = _tensor_dims(self.trace.host.dims(prep_row))
-        if not dims or not targets:
-            return not targets  # nothing to check against: trust adjacency
-        first = dims[0]
-        n = _numel(first)
+        dims = _tensor_dims(h.dims(prep_row))
+        if not dims:
+            return False
+        strides = h.strides(prep_row)
+        if position == "after":
+            src = 1 if name == "aten::copy_" else 0  # copy_(dst, src) reads src
+            if src >= len(dims):
+                return False
+            read = _Layout(dims[src], _stride_at(strides, src))
+            return any(read.same_memory_shape(t) for t in targets)
+        written = self._written_layout(prep_row, name, dims, strides)
         for t in targets:
-            nt = _numel(t)
-            if n == nt:
+            if written is not None and written.same_memory_shape(t):
                 return True
-            if name in _GROWING_PREP and n and nt % n == 0 and first[-1] == t[-1]:
+            n, first = _numel(dims[0]), dims[0]
+            if name in _GROWING_PREP and n and t.numel % n == 0 and first[-1] == t.dims[-1]:
                 return True
-            if name in _PAD_OPS and len(first) == len(t) and first[:-1] == t[:-1]:
+            if name in _PAD_OPS and len(first) == len(t.dims) and first[:-1] == t.dims[:-1]:
                 return True
         return False
 
-    def _walk(self, anchor: int, direction: int, targets: list[list[int]]) -> list[_Prep]:
+    def _written_layout(self, row: int, name: str, dims: list, strides: list) -> _Layout | None:
+        """The layout of the tensor a copy op produces, from its inputs (None when the trace cannot tell)."""
+        if name == "aten::copy_":
+            return _Layout(dims[0], _stride_at(strides, 0))
+        if name == "aten::contiguous":
+            return _Layout(dims[0], None)  # contiguous in its own dims
+        if name in ("aten::reshape", "aten::flatten"):
+            target = _shape_argument(self.trace.host.concrete(row), _numel(dims[0]))
+            return _Layout(target, None) if target else None
+        if name in _SHAPE_KEEPING:  # clone / _to_copy keep the input's memory order (preserve_format)
+            return _Layout(dims[0], _stride_at(strides, 0))
+        return None
+
+    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int]) -> list[_Prep]:
         sib, _, pos = self.ix.siblings(anchor)
         found: list[_Prep] = []
         position = "before" if direction < 0 else "after"
@@ -144,12 +227,14 @@ class CallFinder:
         while 0 <= i < len(sib) and steps < MAX_WALK:
             row = int(sib[i])
             verdict, mover = self._classify_sibling(row)
-            if verdict == "barrier":
+            if verdict == "barrier" or row in claimed:
                 break
             if verdict == "prep":
-                if not self._feeds(mover, targets):
-                    break
-                found.append(_Prep(row=mover, top=row, position=position))
+                if self._feeds(mover, targets, position):
+                    found.append(_Prep(row=mover, top=row, position=position))
+                elif position == "after":
+                    break  # what follows the call without reading its output ends its after-copies
+                # before the call, a copy of some other tensor (a mask, position ids) does not end the walk
             i += direction
             steps += 1
         if direction < 0:
@@ -161,41 +246,54 @@ class CallFinder:
     def _attention_ops(self, anchor: int) -> list[int]:
         return [r for r in self.ix.subtree(anchor).tolist() if int(self.trace.host.name[r]) in self.fwd_ids]
 
-    def _io_dims(self, info: CallInfo | None, attn_ops: list[int]) -> tuple[list[list[int]], list[list[int]]]:
-        """(input shapes to match prep copies against, output shapes)."""
+    def _io_layouts(self, info: CallInfo | None, attn_ops: list[int]) -> tuple[list[_Layout], list[_Layout]]:
+        """(the call's input tensors, its output tensors), to match prep copies against."""
         if info and info.tensors:
-            ins = [t.shape for k, t in info.tensors.items() if k not in ("out", "lse")]
-            outs = [info.tensors["out"].shape] if "out" in info.tensors else []
+            ins = [_Layout(t.shape, t.stride) for k, t in info.tensors.items() if k not in ("out", "lse")]
+            outs = [_Layout(t.shape, t.stride) for k, t in info.tensors.items() if k == "out"]
         elif attn_ops:
-            ins = _tensor_dims(self.trace.host.dims(attn_ops[0]))[:3]
+            h = self.trace.host
+            row = attn_ops[0]
+            dims = h.dims(row)
+            strides = h.strides(row)
+            ins = [_Layout(d, _stride_at(strides, i)) for i, d in enumerate(dims[:3]) if d in _tensor_dims([d])]
             outs = []
         else:
             ins, outs = [], []
         if not outs and len(ins) >= 3:
             q, v = ins[0], ins[2]
-            outs = [q[:-1] + v[-1:]]
+            outs = [_Layout(q.dims[:-1] + v.dims[-1:], None)]  # attention ops return a fresh contiguous tensor
         return ins, outs
 
     # --- splitting ---------------------------------------------------------------------------------------------------
 
     def build(self) -> list[CallSplit]:
-        calls: list[CallSplit] = []
+        anchors = []
         next_id = max(self.call_info, default=0) + 1
         for anchor in self.anchors():
-            name = self.ix.name(anchor)
-            m = RANGE_RE.match(name)
-            attn_ops = self._attention_ops(anchor)
+            m = RANGE_RE.match(self.ix.name(anchor))
             if m:
                 call_id, op, site, found_by = int(m["id"]), m["op"], m["site"], "attnprof"
                 info = self.call_info.get(call_id)
             else:
-                call_id, op, found_by, info = next_id, name, "aten", None
+                call_id, op, found_by, info = next_id, self.ix.name(anchor), "aten", None
                 next_id += 1
                 located = self.ix.python_site(anchor)
                 site = located[0] if located else "unknown"
-            ins, outs = self._io_dims(info, attn_ops)
+            attn_ops = self._attention_ops(anchor)
+            anchors.append((anchor, call_id, op, site, found_by, info, attn_ops, *self._io_layouts(info, attn_ops)))
+        # Copies feeding a call are claimed first, so that the walk after the previous call, which cannot tell its
+        # output's copy from the next call's input copies by shape alone, stops where the next call's prep begins.
+        claimed: set[int] = set()
+        before = {}
+        for anchor, *_, ins, _outs in anchors:
+            before[anchor] = self._walk(anchor, -1, ins, set())
+            claimed.update(p.top for p in before[anchor])
+        calls: list[CallSplit] = []
+        for anchor, call_id, op, site, found_by, info, attn_ops, _ins, outs in anchors:
             fwd = _Phase(anchor_rows=[anchor])
-            fwd.preps = self._walk(anchor, -1, ins) + self._walk(anchor, +1, outs)
+            fwd.preps = before[anchor] + self._walk(anchor, +1, outs, claimed)
+            claimed.update(p.top for p in fwd.preps)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
             calls.append(self._split(base, "fwd", fwd, attn_ops, info))
             bwd = self._backward_phase(anchor, fwd)

@@ -83,6 +83,8 @@ class HostEvents:
     py_parent: np.ndarray  # int64 Python frames: parent frame id
     input_dims: list  # per row: raw JSON bytes of the op's input shapes, or None (decoded on demand)
     input_types: list  # per row: raw JSON bytes of the op's input dtypes, or None
+    input_strides: list  # per row: raw JSON bytes of the op's input strides, or None
+    concrete_inputs: list  # per row: raw JSON bytes of the op's scalar arguments as text, or None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -97,6 +99,14 @@ class HostEvents:
 
     def types(self, i: int) -> list:
         raw = self.input_types[i]
+        return msgspec.json.decode(raw) if raw else []
+
+    def strides(self, i: int) -> list:
+        raw = self.input_strides[i]
+        return msgspec.json.decode(raw) if raw else []
+
+    def concrete(self, i: int) -> list:
+        raw = self.concrete_inputs[i]
         return msgspec.json.decode(raw) if raw else []
 
 

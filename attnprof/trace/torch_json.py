@@ -32,6 +32,8 @@ class _Args(msgspec.Struct, gc=False):
     nbytes: Union[int, float] = msgspec.field(name="bytes", default=0)
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_EMPTY)
     input_types: msgspec.Raw = msgspec.field(name="Input type", default=_EMPTY)
+    input_strides: msgspec.Raw = msgspec.field(name="Input Strides", default=_EMPTY)
+    concrete_inputs: msgspec.Raw = msgspec.field(name="Concrete Inputs", default=_EMPTY)
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -156,6 +158,8 @@ def _load(path: Path) -> Trace:
         py_parent=np.array([NO_ID if a.py_parent is None else a.py_parent for a in h_args], dtype=np.int64),
         input_dims=[bytes(a.input_dims) or None for a in h_args],
         input_types=[bytes(a.input_types) or None for a in h_args],
+        input_strides=[bytes(a.input_strides) or None for a in h_args],
+        concrete_inputs=[bytes(a.concrete_inputs) or None for a in h_args],
     )
     del h_args, host_ev, thread_keys
     d_args = [e.args or none for e in dev_ev]
