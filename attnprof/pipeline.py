@@ -33,5 +33,8 @@ def write_reports(report: Report, folder: Path, console: bool = True) -> None:
     """What `attnprof trace` leaves in a run folder after the run (and prints, to stderr: stdout is the script's)."""
     renderer = JsonRenderer()
     (Path(folder) / renderer.output_name).write_text(renderer.render(report) + "\n")
+    from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
+
+    write_trace_views(report, folder)
     if console:
         render_console(report, file=sys.stderr)

@@ -87,6 +87,12 @@ def test_seed_copies_are_attributed_with_their_lines_and_parts_sum(tmp_path):
         total = call.compute_us + call.copy_us + call.other_us
         assert total == pytest.approx(call.window_us, rel=0.01)
         assert call.copy_us >= sum(c.dur_us for c in call.copies) * 0.99
+        by_part = {}
+        for seg in call.segments:
+            by_part[seg.part] = by_part.get(seg.part, 0.0) + seg.dur_us
+        assert by_part.get("copy", 0) == pytest.approx(call.copy_us)
+        assert by_part.get("compute", 0) == pytest.approx(call.compute_us)
+        assert sum(by_part.values()) == pytest.approx(call.window_us + call.interleaved_us)
         assert call.backend == "flash-attn2"  # the library that was called (runinfo), not the CPU stand-in
         assert call.layout == "BLHD" and call.step in (0, 1)
     site = report.sites[0]

@@ -43,3 +43,9 @@ def test_intervals_are_clipped_to_the_window():
 def test_empty_window():
     s = split_window(3, 3, [], GPU)
     assert s.window_us == 0 and parts(s) == 0
+
+
+def test_segments_tile_the_span_in_time_order():
+    s = split_window(0, 40, [(0, 10, "copy"), (5, 15, FOREIGN), (12, 30, "compute")], GPU)
+    assert s.segments == [(0, 10, "copy"), (10, 12, FOREIGN), (12, 30, "compute"), (30, 40, "idle")]
+    assert sum(b - a for a, b, _ in s.segments) == s.span_us

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from attnprof.analysis import taxonomy as tx
-from attnprof.analysis.decomposition import FOREIGN, split_window
+from attnprof.analysis.decomposition import FOREIGN, IDLE, split_window
 from attnprof.analysis.index import TraceIndex
-from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice
+from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment
 from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
 from attnprof.trace.runinfo import RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo
 
@@ -418,6 +418,7 @@ class CallFinder:
             if r not in ours:
                 intervals.append((float(d.ts[r]), float(d.ts[r] + d.dur[r]), FOREIGN))
         s = split_window(start, end, intervals, _GPU_PRIORITY)
+        call.segments = _segments(s, idle="launch")
         call.device = f"cuda:{device}"
         call.start_us, call.window_us = float(start), s.window_us
         call.compute_us, call.copy_us, call.other_us, call.launch_us = s.compute_us, s.copy_us, s.other_us, s.idle_us
@@ -467,6 +468,7 @@ class CallFinder:
                 if r not in ours and ix.end[r] > host_start:
                     intervals.append((float(ix.ts[r]), float(ix.end[r]), FOREIGN))
         s = split_window(host_start, host_end, intervals, _CPU_PRIORITY)
+        call.segments = _segments(s, idle=OTHER)  # CPU: time between ops is other, there is no launch
         call.device = "cpu"
         call.start_us, call.window_us = float(host_start), s.window_us
         call.compute_us, call.copy_us = s.compute_us, s.copy_us
@@ -481,6 +483,11 @@ class CallFinder:
                                           op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
                                           position=position))
         call.kernels.sort(key=lambda k: k.start_us)
+
+
+def _segments(split, idle: str) -> list[Segment]:
+    names = {FOREIGN: "interleaved", IDLE: idle}
+    return [Segment(start_us=float(a), dur_us=float(b - a), part=names.get(c, c)) for a, b, c in split.segments]
 
 
 def find_calls(trace: Trace, runinfo: RunInfo | None) -> tuple[list[CallSplit], list[str]]:

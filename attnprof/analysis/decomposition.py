@@ -4,9 +4,12 @@ Pure arithmetic over intervals: no trace, no names. See DEVELOPERS.md for the de
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FOREIGN = "foreign"  # other code's work inside the span: not the call's, left out of its window
+
+
+IDLE = "idle"
 
 
 @dataclass
@@ -17,6 +20,7 @@ class Split:
     copy_us: float
     other_us: float
     idle_us: float  # no work at all: on a GPU timeline, launch
+    segments: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, category or IDLE)
 
 
 def split_window(start: float, end: float, intervals: list[tuple[float, float, str]],
@@ -36,15 +40,20 @@ def split_window(start: float, end: float, intervals: list[tuple[float, float, s
     edges.sort(key=lambda x: (x[0], x[1]))
     totals = [0.0] * len(priority)
     active = [0] * len(priority)
+    segments: list[tuple[float, float, str]] = []
     t_prev = start
-    for t, step, r in edges:
+    for t, step, r in edges + [(end, 0, 0)]:
         if t > t_prev:
-            for i, n in enumerate(active):
-                if n:
-                    totals[i] += t - t_prev
-                    break
+            owner = next((i for i, n in enumerate(active) if n), None)
+            if owner is not None:
+                totals[owner] += t - t_prev
+            label = priority[owner] if owner is not None else IDLE
+            if segments and segments[-1][2] == label and segments[-1][1] == t_prev:
+                segments[-1] = (segments[-1][0], t, label)
+            else:
+                segments.append((t_prev, t, label))
         active[r] += step
-        t_prev = t
+        t_prev = max(t_prev, t)
     span = max(float(end - start), 0.0)
     by_name = dict(zip(priority, totals))
     busy = sum(totals)
@@ -56,4 +65,5 @@ def split_window(start: float, end: float, intervals: list[tuple[float, float, s
         copy_us=by_name.get("copy", 0.0),
         other_us=by_name.get("other", 0.0),
         idle_us=max(span - busy, 0.0),
+        segments=segments,
     )

@@ -23,6 +23,15 @@ class KernelSlice:
 
 
 @dataclass
+class Segment:
+    """A stretch of a call's window owned by one part: how the window splits, in time order."""
+
+    start_us: float
+    dur_us: float
+    part: str  # compute | copy | other | launch | interleaved
+
+
+@dataclass
 class CopyRecord:
     """A layout-prep op attributed to a call: where in the source it is, what it moved, how long its kernels ran."""
 
@@ -57,6 +66,7 @@ class CallSplit:
     interleaved_us: float = 0.0  # other code's device work inside the span, left out of the window
     kernels: list[KernelSlice] = field(default_factory=list)
     copies: list[CopyRecord] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)  # the window, tiled by part
 
 
 @dataclass

@@ -9,6 +9,7 @@ import msgspec
 from attnprof.errors import AttnprofError
 from attnprof.trace.model import Trace
 from attnprof.trace.runinfo import RunInfo, read_runinfo
+from attnprof.trace.nsys_sqlite import load_nsys_sqlite
 from attnprof.trace.torch_json import load_torch_trace
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
@@ -52,8 +53,12 @@ def load_path(path: Path) -> LoadedRun:
 
 
 def load_trace(path: Path) -> Trace:
-    with open(path, "rb") as f:
-        head = f.read(16)
+    """A torch.profiler trace (.json / .json.gz) or an Nsight Systems SQLite export, told apart by content."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
     if head.startswith(b"SQLite format 3"):
-        raise AttnprofError(f"{path} is an SQLite file: Nsight Systems exports are not supported yet")
+        return load_nsys_sqlite(path)
     return load_torch_trace(path)

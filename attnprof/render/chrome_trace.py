@@ -1,0 +1,367 @@
+"""The Perfetto / chrome://tracing overlay: a copy of a run's trace with attnprof's own tracks added.
+
+`<worker>.attnprof.pt.trace.json.gz` holds every event of `<worker>.pt.trace.json.gz` byte for byte (the original is
+never touched), plus one process, "attnprof", with
+
+- a "calls" track: one slice per attention call window, named `<op> → <backend> <phase>`, its args the call's site,
+  shapes, dtype, layout and split (µs) and its layout copies with their source lines;
+- a "split" track under it: the same window cut into compute / copy / launch / other segments (and interleaved:
+  other code's device work inside the window, which the window leaves out), so the GPU idle is visible;
+- flow arrows from every copy the call was charged for (the kernel, or the host op on CPU runs) to the call.
+
+Calls whose windows overlap go on extra "calls N" / "split N" tracks: slices on one track must nest.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import msgspec
+import numpy as np
+
+from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
+from attnprof.errors import AttnprofError
+from attnprof.trace.load import DERIVED_MARK
+from attnprof.trace.model import HostKind, Trace
+from attnprof.trace.torch_json import load_torch_trace, read_bytes
+
+LAUNCH = "launch"
+INTERLEAVED = "interleaved"  # other code's work inside the window: shown, but not part of the window
+PROCESS_NAME = "attnprof"
+CATEGORY = "attnprof"  # the cat of every event attnprof adds (flows are matched by cat and id)
+FLOW_NAME = "copy → call"
+#: Trace suffixes the overlay name replaces; the overlay always ends in .pt.trace.json.gz.
+_TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json", ".json.gz", ".json")
+#: How close a report time must be to a trace event's to be that event: attnprof.json rounds µs to 3 decimals.
+_MATCH_TOL_US = 0.01
+#: Which category owns an instant where several are busy, as analysis counts them (DEVELOPERS.md, "Definitions"):
+#: on a device the first of compute, copy, other; host ops nest, so there the innermost, more specific one wins.
+_DEVICE_PRIORITY = (COMPUTE, COPY, OTHER, INTERLEAVED)
+_HOST_PRIORITY = (COPY, OTHER, COMPUTE, INTERLEAVED)
+#: Colours for viewers that honour `cname` (chrome://tracing, TensorBoard's trace view); Perfetto colours by name.
+_CNAME = {COMPUTE: "good", COPY: "terrible", LAUNCH: "grey", OTHER: "yellow", INTERLEAVED: "white"}
+
+
+class _Event(msgspec.Struct, gc=False):
+    """What the overlay needs of an original event: where it is, to bind arrows to it and keep ids unique."""
+
+    ph: str = ""
+    name: str = ""
+    ts: float = 0.0
+    dur: float = 0.0
+    pid: Union[int, str, None] = None
+    tid: Union[int, str, None] = None
+    id: Union[int, str, None] = None
+
+
+@dataclass
+class _Placed:
+    """A call placed on this trace's timeline (absolute µs), with the original events of its kernels."""
+
+    call: CallSplit
+    start: float
+    end: float
+    copy_events: list[_Event]  # the original slices of the copies charged to the call
+    segments: list[tuple[float, float, str]]  # (start, end, category), tiling [start, end]
+    lane: int = 0
+
+
+def overlay_path(trace_path: Path, folder: Path | None = None) -> Path:
+    """`<worker>.attnprof.pt.trace.json.gz` for `<worker>.pt.trace.json[.gz]`, in `folder` (default: beside it)."""
+    trace_path = Path(trace_path)
+    name = trace_path.name
+    stem = next((name[: -len(s)] for s in _TRACE_SUFFIXES if name.endswith(s)), name)
+    return Path(folder or trace_path.parent) / f"{stem}{DERIVED_MARK}pt.trace.json.gz"
+
+
+def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None) -> Path:
+    """Write a copy of `trace_path` with attnprof's call, split and flow tracks for `report`'s calls in it.
+
+    Returns the overlay's path (`overlay_path(trace_path)` unless `out_path` is given). The original is only read.
+    """
+    trace_path = Path(trace_path)
+    out_path = Path(out_path) if out_path else overlay_path(trace_path)
+    if out_path.resolve() == trace_path.resolve():
+        raise AttnprofError(f"refusing to overwrite the original trace {trace_path}")
+    data = read_bytes(trace_path)
+    try:
+        # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
+        if data.lstrip()[:1] == b"[":
+            header, events_json = None, data
+        else:
+            header = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+            events_json = header.get("traceEvents", b"[]")
+        raw_events = msgspec.json.decode(events_json, type=list[msgspec.Raw])
+        events = msgspec.json.decode(events_json, type=list[_Event])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise AttnprofError(f"{trace_path} is not a Chrome trace ({e})") from None
+    # The times in the report are relative to the loader's t=0: take it from the loader itself, not a copy of its rule.
+    trace = load_torch_trace(trace_path)
+    added = _overlay_events(report, trace, events, single_trace=len(report.trace_files) <= 1)
+    all_events = [*raw_events, *added]
+    if header is None:
+        doc = msgspec.json.encode(all_events)
+    else:
+        doc = msgspec.json.encode({**header, "traceEvents": all_events})
+    _write_atomically(out_path, gzip.compress(doc, compresslevel=6))
+    return out_path
+
+
+def _overlay_events(report: Report, trace: Trace, events: list[_Event], single_trace: bool = True) -> list[dict]:
+    """The events attnprof adds to one trace: metadata, call slices, split segments and copy → call flows."""
+    base = trace.base_us
+    by_name = _index_slices(events, {k.name for c in report.calls for k in c.kernels})
+    finder = _ForeignWork(trace)
+    placed: list[_Placed] = []
+    for call in report.calls:
+        matched = [_find(by_name, k.name, base + k.start_us, k.dur_us) for k in call.kernels]
+        if not single_trace and not any(matched):
+            continue  # a call of another worker's trace
+        start = base + call.start_us
+        end = start + call.window_us + call.interleaved_us
+        on_device = call.device != "cpu"
+        ours = [(base + k.start_us, base + k.start_us + k.dur_us, k.category) for k in call.kernels]
+        foreign = finder.intervals(call, on_device)
+        segments = _segments(start, end, ours + [(base + s, base + e, INTERLEAVED) for s, e in foreign],
+                             _DEVICE_PRIORITY if on_device else _HOST_PRIORITY,
+                             gap=LAUNCH if on_device else OTHER)
+        copies = [ev for k, ev in zip(call.kernels, matched) if ev is not None and k.category == COPY]
+        placed.append(_Placed(call, start, end, copies, segments))
+    if not placed:
+        return []
+    lanes = _assign_lanes(placed)
+    pid, tids = _free_ids(events, 2 * lanes)
+    meta_ts = base
+    out: list[dict] = [
+        {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "ts": meta_ts, "args": {"name": PROCESS_NAME}},
+        # first in viewers that sort processes (chrome://tracing, TensorBoard's trace view)
+        {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "ts": meta_ts, "args": {"sort_index": -1}},
+    ]
+    for lane in range(lanes):
+        suffix = f" {lane + 1}" if lane else ""
+        for offset, track in enumerate(("calls", "split")):
+            tid = tids[2 * lane + offset]
+            out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "ts": meta_ts,
+                        "args": {"name": track + suffix}})
+            out.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "ts": meta_ts,
+                        "args": {"sort_index": 2 * lane + offset}})
+    flow_id = _first_free_flow_id(events)
+    for p in placed:
+        calls_tid, split_tid = tids[2 * p.lane], tids[2 * p.lane + 1]
+        c = p.call
+        out.append({"ph": "X", "cat": CATEGORY, "name": f"{c.op} → {c.backend} {c.phase}", "pid": pid,
+                    "tid": calls_tid, "ts": p.start, "dur": p.end - p.start, "args": _call_args(c)})
+        for s, e, category in p.segments:
+            out.append({"ph": "X", "cat": CATEGORY, "name": category, "pid": pid, "tid": split_tid, "ts": s,
+                        "dur": e - s, "cname": _CNAME[category],
+                        "args": {"call": c.id, "phase": c.phase, "site": c.site, "part": category}})
+        for ev in p.copy_events:
+            if ev.pid is None or ev.tid is None:
+                continue
+            # Bound like Kineto's own arrows: the start at the copy slice's first instant on its own track, the end
+            # (bp "e": the enclosing slice) at the same instant on the call's track, inside the call slice.
+            end_ts = min(max(ev.ts, p.start), p.end)
+            out.append({"ph": "s", "id": flow_id, "cat": CATEGORY, "name": FLOW_NAME, "pid": ev.pid, "tid": ev.tid,
+                        "ts": ev.ts})
+            out.append({"ph": "f", "bp": "e", "id": flow_id, "cat": CATEGORY, "name": FLOW_NAME, "pid": pid,
+                        "tid": calls_tid, "ts": end_ts})
+            flow_id += 1
+    return out
+
+
+# --- placing calls ------------------------------------------------------------------------------------------------
+
+
+def _index_slices(events: list[_Event], names: set[str]) -> dict[str, list[_Event]]:
+    """Complete events with one of `names`, by name, in time order."""
+    out: dict[str, list[_Event]] = {}
+    for ev in events:
+        if ev.ph == "X" and ev.name in names:
+            out.setdefault(ev.name, []).append(ev)
+    for evs in out.values():
+        evs.sort(key=lambda e: e.ts)
+    return out
+
+
+def _find(by_name: dict[str, list[_Event]], name: str, ts: float, dur: float) -> _Event | None:
+    """The original slice with this name, start and duration (the same op can start at once on two threads)."""
+    evs = by_name.get(name)
+    if not evs:
+        return None
+    lo = _bisect_ts(evs, ts - _MATCH_TOL_US)
+    for ev in evs[lo:]:
+        if ev.ts > ts + _MATCH_TOL_US:
+            break
+        if abs(ev.dur - dur) <= _MATCH_TOL_US:
+            return ev
+    return None
+
+
+def _bisect_ts(evs: list[_Event], ts: float) -> int:
+    lo, hi = 0, len(evs)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if evs[mid].ts < ts:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class _ForeignWork:
+    """Other code's work inside a call's window, which analysis counts as `interleaved_us` and leaves out of it.
+
+    The report keeps only the total, so the overlay finds where it lies, by the same rule: on a device, any other
+    device work on the call's device; on the host, ops on the call's thread that neither contain nor are part of
+    the call's own ops (the transposes between the seed wrapper's copies).
+
+    On a device the call's kernels are all its work, so the split track reproduces the report's parts exactly. On
+    CPU runs the report lists the ops, not everything analysis times: fills inside a backward node (counted as
+    other) and the rest of the attnprof.src range around a copy (counted as copy) show here as compute, and as
+    interleaved or other; the call slice's args carry the report's own numbers.
+    """
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        d, h = trace.device, trace.host
+        self.name_id = {s: i for i, s in enumerate(trace.strings.values)}
+        self.dev_order = np.argsort(d.ts, kind="stable")
+        self.dev_ts = d.ts[self.dev_order]
+        self.dev_max_dur = float(d.dur.max()) if len(d) else 0.0
+        nested = np.flatnonzero((h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION))
+        self.host_order = nested[np.argsort(h.ts[nested], kind="stable")]
+        self.host_ts = h.ts[self.host_order]
+
+    def intervals(self, call: CallSplit, on_device: bool) -> list[tuple[float, float]]:
+        """(start, end) relative µs of foreign work overlapping the call's window."""
+        start = call.start_us
+        end = start + call.window_us + call.interleaved_us
+        if call.interleaved_us <= 0 or not call.kernels:
+            return []
+        k_name = np.array([self.name_id.get(k.name, -1) for k in call.kernels])
+        k_start = np.array([k.start_us for k in call.kernels])
+        k_dur = np.array([k.dur_us for k in call.kernels])
+        if on_device:
+            d = self.trace.device
+            # device work that started before the window may still run into it: look back by the longest kernel
+            lo = np.searchsorted(self.dev_ts, start - self.dev_max_dur, side="left")
+            hi = np.searchsorted(self.dev_ts, end, side="left")
+            rows = self.dev_order[lo:hi]
+            rows = rows[d.ts[rows] + d.dur[rows] > start]
+            ours = _matches(d.name[rows], d.ts[rows], d.dur[rows], k_name, k_start, k_dur)
+            devices = set(d.device[rows[ours]].tolist())
+            foreign = rows[~ours & np.isin(d.device[rows], list(devices))]
+            return list(zip(d.ts[foreign].tolist(), (d.ts[foreign] + d.dur[foreign]).tolist()))
+        h = self.trace.host
+        # host ops nest: one that starts before the window and reaches into it contains the call's first op
+        lo = np.searchsorted(self.host_ts, start, side="left")
+        hi = np.searchsorted(self.host_ts, end, side="left")
+        rows = self.host_order[lo:hi]
+        ours = _matches(h.name[rows], h.ts[rows], h.dur[rows], k_name, k_start, k_dur)
+        threads = set(h.tid[rows[ours]].tolist())
+        r_start, r_end = h.ts[rows], h.ts[rows] + h.dur[rows]
+        overlaps_ours = ((r_start[:, None] < (k_start + k_dur)[None, :]) & (k_start[None, :] < r_end[:, None])).any(1)
+        foreign = rows[~overlaps_ours & np.isin(h.tid[rows], list(threads))]
+        return list(zip(h.ts[foreign].tolist(), (h.ts[foreign] + h.dur[foreign]).tolist()))
+
+
+def _matches(names, starts, durs, k_name, k_start, k_dur) -> np.ndarray:
+    """Which rows are one of the call's kernels (same name, start and duration)."""
+    if len(names) == 0:
+        return np.zeros(0, dtype=bool)
+    same = ((names[:, None] == k_name[None, :]) & (np.abs(starts[:, None] - k_start[None, :]) <= _MATCH_TOL_US)
+            & (np.abs(durs[:, None] - k_dur[None, :]) <= _MATCH_TOL_US))
+    return same.any(axis=1)
+
+
+def _segments(start: float, end: float, intervals: list[tuple[float, float, str]], priority: tuple[str, ...],
+              gap: str) -> list[tuple[float, float, str]]:
+    """Cut [start, end] into (start, end, category) pieces: at each instant the first busy category of `priority`,
+    else `gap`; neighbours of one category merged. The pieces tile the window exactly."""
+    rank = {c: i for i, c in enumerate(priority)}
+    edges: list[tuple[float, int, int]] = []
+    for s, e, c in intervals:
+        s, e = max(s, start), min(e, end)
+        if e > s:
+            edges.append((s, 1, rank[c]))
+            edges.append((e, -1, rank[c]))
+    edges.sort(key=lambda x: (x[0], x[1]))
+    active = [0] * len(priority)
+    out: list[list] = []
+    t_prev = start
+
+    def emit(t0: float, t1: float) -> None:
+        if t1 <= t0:
+            return
+        category = next((priority[i] for i, n in enumerate(active) if n), gap)
+        if out and out[-1][2] == category:
+            out[-1][1] = t1
+        else:
+            out.append([t0, t1, category])
+
+    for t, step, r in edges:
+        emit(t_prev, t)
+        t_prev = max(t_prev, t)
+        active[r] += step
+    emit(t_prev, end)
+    return [tuple(s) for s in out]
+
+
+def _assign_lanes(placed: list[_Placed]) -> int:
+    """Give each call the first lane free at its start; returns the number of lanes."""
+    lane_ends: list[float] = []
+    for p in sorted(placed, key=lambda p: (p.start, -p.end)):
+        for i, lane_end in enumerate(lane_ends):
+            if lane_end <= p.start:
+                p.lane, lane_ends[i] = i, p.end
+                break
+        else:
+            p.lane = len(lane_ends)
+            lane_ends.append(p.end)
+    return len(lane_ends)
+
+
+def _free_ids(events: list[_Event], n_tids: int) -> tuple[int, list[int]]:
+    """A pid and `n_tids` tids used by no event as pid or tid: viewers key threads by tid, so ours must not collide
+    (small numbers, since Perfetto reads pids and tids as 32-bit)."""
+    used = {v for ev in events for v in (ev.pid, ev.tid) if isinstance(v, int)}
+    free = (i for i in range(1, 2**31) if i not in used)
+    pid = next(free)
+    return pid, [next(free) for _ in range(n_tids)]
+
+
+def _first_free_flow_id(events: list[_Event]) -> int:
+    ids = [ev.id for ev in events if isinstance(ev.id, int) and ev.ph in ("s", "t", "f")]
+    return max(ids, default=0) + 1
+
+
+def _call_args(c: CallSplit) -> dict:
+    args = {
+        "call": c.id, "op": c.op, "phase": c.phase, "site": c.site, "backend": c.backend, "found_by": c.found_by,
+        "device": c.device, "step": c.step,
+        "shapes": {k: "×".join(map(str, v)) for k, v in c.shapes.items()},
+        "dtype": c.dtype, "layout": c.layout, "causal": c.causal, "gqa_ratio": c.gqa_ratio,
+        "window_us": c.window_us, "compute_us": c.compute_us, "copy_us": c.copy_us, "launch_us": c.launch_us,
+        "other_us": c.other_us, "interleaved_us": c.interleaved_us,
+        "copies": [{"site": cp.site, "op": cp.op, "bytes": cp.bytes, "dur_us": round(cp.dur_us, 3),
+                    "position": cp.position} for cp in c.copies],
+    }
+    # Viewers show null as "null": leave unknowns out; µs to the nanosecond.
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in args.items() if v is not None}
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """A viewer or TensorBoard polling the folder never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
