@@ -210,10 +210,7 @@ def _check_split(report: Report, doc: dict, exact_parts) -> None:
 
 def test_split_tiles_each_window(cpu_run):
     report, _, doc = _overlay(cpu_run)
-    assert any(c.interleaved_us > 0 for c in report.calls)  # the transposes between the seed wrapper's copies
-    # On CPU the report lists the ops of forward calls completely; backward nodes also hold fills (zeros for the
-    # gradients) that analysis counts as other without listing them, so there only the total is checked.
-    _check_split(report, doc, exact_parts=lambda call: call.phase == "fwd")
+    _check_split(report, doc, exact_parts=lambda call: True)
     assert not any(e["name"] == LAUNCH for segs in _segments_by_call(doc).values() for e in segs)
 
 

@@ -48,6 +48,7 @@ class _Phase:
 
     anchor_rows: list[int]  # the attention op (fwd) or its autograd nodes (bwd)
     preps: list[_Prep] = field(default_factory=list)
+    views: list[int] = field(default_factory=list)  # views between the prep ops and the call: its, not foreign
 
 
 def _numel(dims) -> int:
@@ -218,9 +219,13 @@ class CallFinder:
             return _Layout(dims[0], _stride_at(strides, 0))
         return None
 
-    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int]) -> list[_Prep]:
+    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int]
+              ) -> tuple[list[_Prep], list[int]]:
+        """(the prep ops found, the views between them and the call)."""
         sib, _, pos = self.ix.siblings(anchor)
         found: list[_Prep] = []
+        views: list[int] = []
+        pending_views: list[int] = []
         position = "before" if direction < 0 else "after"
         i = pos + direction
         steps = 0
@@ -229,9 +234,13 @@ class CallFinder:
             verdict, mover = self._classify_sibling(row)
             if verdict == "barrier" or row in claimed:
                 break
-            if verdict == "prep":
+            if verdict == "view":
+                pending_views.append(row)
+            elif verdict == "prep":
                 if self._feeds(mover, targets, position):
                     found.append(_Prep(row=mover, top=row, position=position))
+                    views.extend(pending_views)
+                    pending_views.clear()
                 elif position == "after":
                     break  # what follows the call without reading its output ends its after-copies
                 # before the call, a copy of some other tensor (a mask, position ids) does not end the walk
@@ -239,7 +248,7 @@ class CallFinder:
             steps += 1
         if direction < 0:
             found.reverse()
-        return found
+        return found, views
 
     # --- inputs and outputs of a call ------------------------------------------------------------------------------
 
@@ -288,11 +297,11 @@ class CallFinder:
         before = {}
         for anchor, *_, ins, _outs in anchors:
             before[anchor] = self._walk(anchor, -1, ins, set())
-            claimed.update(p.top for p in before[anchor])
+            claimed.update(p.top for p in before[anchor][0])
         calls: list[CallSplit] = []
         for anchor, call_id, op, site, found_by, info, attn_ops, _ins, outs in anchors:
-            fwd = _Phase(anchor_rows=[anchor])
-            fwd.preps = before[anchor] + self._walk(anchor, +1, outs, claimed)
+            after, after_views = self._walk(anchor, +1, outs, claimed)
+            fwd = _Phase(anchor_rows=[anchor], preps=before[anchor][0] + after, views=before[anchor][1] + after_views)
             claimed.update(p.top for p in fwd.preps)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
             calls.append(self._split(base, "fwd", fwd, attn_ops, info))
@@ -367,7 +376,6 @@ class CallFinder:
     def _split(self, base: CallSplit, phase_name: str, phase: _Phase, attn_ops: list[int],
                info: CallInfo | None) -> CallSplit:
         call = CallSplit(**{**base.__dict__, "phase": phase_name, "kernels": [], "copies": []})
-        h = self.trace.host
         ix = self.ix
         host_rows = phase.anchor_rows + [p.top for p in phase.preps]
         host_start = float(min(ix.ts[r] for r in host_rows))
@@ -458,7 +466,7 @@ class CallFinder:
         for p in phase.preps:
             intervals.append((ix.ts[p.top], ix.end[p.top], COPY))
             copy_rows.append((p.row, p.position))
-        ours = set(phase.anchor_rows) | {p.top for p in phase.preps}
+        ours = set(phase.anchor_rows) | {p.top for p in phase.preps} | set(phase.views)
         for anchor in phase.anchor_rows:
             sib, starts, _ = ix.siblings(anchor)
             # siblings never overlap each other: only the one starting last before host_start can reach into it

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Union
 
 import msgspec
-import numpy as np
 
 from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
 from attnprof.errors import AttnprofError
 from attnprof.trace.load import DERIVED_MARK
-from attnprof.trace.model import HostKind, Trace
+from attnprof.trace.model import Trace
 from attnprof.trace.torch_json import load_torch_trace, read_bytes
 
 LAUNCH = "launch"
@@ -38,10 +37,6 @@ FLOW_NAME = "copy → call"
 _TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json", ".json.gz", ".json")
 #: How close a report time must be to a trace event's to be that event: attnprof.json rounds µs to 3 decimals.
 _MATCH_TOL_US = 0.01
-#: Which category owns an instant where several are busy, as analysis counts them (DEVELOPERS.md, "Definitions"):
-#: on a device the first of compute, copy, other; host ops nest, so there the innermost, more specific one wins.
-_DEVICE_PRIORITY = (COMPUTE, COPY, OTHER, INTERLEAVED)
-_HOST_PRIORITY = (COPY, OTHER, COMPUTE, INTERLEAVED)
 #: Colours for viewers that honour `cname` (chrome://tracing, TensorBoard's trace view); Perfetto colours by name.
 _CNAME = {COMPUTE: "good", COPY: "terrible", LAUNCH: "grey", OTHER: "yellow", INTERLEAVED: "white"}
 
@@ -115,7 +110,6 @@ def _overlay_events(report: Report, trace: Trace, events: list[_Event], single_t
     """The events attnprof adds to one trace: metadata, call slices, split segments and copy → call flows."""
     base = trace.base_us
     by_name = _index_slices(events, {k.name for c in report.calls for k in c.kernels})
-    finder = _ForeignWork(trace)
     placed: list[_Placed] = []
     for call in report.calls:
         matched = [_find(by_name, k.name, base + k.start_us, k.dur_us) for k in call.kernels]
@@ -123,12 +117,7 @@ def _overlay_events(report: Report, trace: Trace, events: list[_Event], single_t
             continue  # a call of another worker's trace
         start = base + call.start_us
         end = start + call.window_us + call.interleaved_us
-        on_device = call.device != "cpu"
-        ours = [(base + k.start_us, base + k.start_us + k.dur_us, k.category) for k in call.kernels]
-        foreign = finder.intervals(call, on_device)
-        segments = _segments(start, end, ours + [(base + s, base + e, INTERLEAVED) for s, e in foreign],
-                             _DEVICE_PRIORITY if on_device else _HOST_PRIORITY,
-                             gap=LAUNCH if on_device else OTHER)
+        segments = [(base + g.start_us, base + g.start_us + g.dur_us, g.part) for g in call.segments]
         copies = [ev for k, ev in zip(call.kernels, matched) if ev is not None and k.category == COPY]
         placed.append(_Placed(call, start, end, copies, segments))
     if not placed:
@@ -210,105 +199,6 @@ def _bisect_ts(evs: list[_Event], ts: float) -> int:
         else:
             hi = mid
     return lo
-
-
-class _ForeignWork:
-    """Other code's work inside a call's window, which analysis counts as `interleaved_us` and leaves out of it.
-
-    The report keeps only the total, so the overlay finds where it lies, by the same rule: on a device, any other
-    device work on the call's device; on the host, ops on the call's thread that neither contain nor are part of
-    the call's own ops (the transposes between the seed wrapper's copies).
-
-    On a device the call's kernels are all its work, so the split track reproduces the report's parts exactly. On
-    CPU runs the report lists the ops, not everything analysis times: fills inside a backward node (counted as
-    other) and the rest of the attnprof.src range around a copy (counted as copy) show here as compute, and as
-    interleaved or other; the call slice's args carry the report's own numbers.
-    """
-
-    def __init__(self, trace: Trace):
-        self.trace = trace
-        d, h = trace.device, trace.host
-        self.name_id = {s: i for i, s in enumerate(trace.strings.values)}
-        self.dev_order = np.argsort(d.ts, kind="stable")
-        self.dev_ts = d.ts[self.dev_order]
-        self.dev_max_dur = float(d.dur.max()) if len(d) else 0.0
-        nested = np.flatnonzero((h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION))
-        self.host_order = nested[np.argsort(h.ts[nested], kind="stable")]
-        self.host_ts = h.ts[self.host_order]
-
-    def intervals(self, call: CallSplit, on_device: bool) -> list[tuple[float, float]]:
-        """(start, end) relative µs of foreign work overlapping the call's window."""
-        start = call.start_us
-        end = start + call.window_us + call.interleaved_us
-        if call.interleaved_us <= 0 or not call.kernels:
-            return []
-        k_name = np.array([self.name_id.get(k.name, -1) for k in call.kernels])
-        k_start = np.array([k.start_us for k in call.kernels])
-        k_dur = np.array([k.dur_us for k in call.kernels])
-        if on_device:
-            d = self.trace.device
-            # device work that started before the window may still run into it: look back by the longest kernel
-            lo = np.searchsorted(self.dev_ts, start - self.dev_max_dur, side="left")
-            hi = np.searchsorted(self.dev_ts, end, side="left")
-            rows = self.dev_order[lo:hi]
-            rows = rows[d.ts[rows] + d.dur[rows] > start]
-            ours = _matches(d.name[rows], d.ts[rows], d.dur[rows], k_name, k_start, k_dur)
-            devices = set(d.device[rows[ours]].tolist())
-            foreign = rows[~ours & np.isin(d.device[rows], list(devices))]
-            return list(zip(d.ts[foreign].tolist(), (d.ts[foreign] + d.dur[foreign]).tolist()))
-        h = self.trace.host
-        # host ops nest: one that starts before the window and reaches into it contains the call's first op
-        lo = np.searchsorted(self.host_ts, start, side="left")
-        hi = np.searchsorted(self.host_ts, end, side="left")
-        rows = self.host_order[lo:hi]
-        ours = _matches(h.name[rows], h.ts[rows], h.dur[rows], k_name, k_start, k_dur)
-        threads = set(h.tid[rows[ours]].tolist())
-        r_start, r_end = h.ts[rows], h.ts[rows] + h.dur[rows]
-        overlaps_ours = ((r_start[:, None] < (k_start + k_dur)[None, :]) & (k_start[None, :] < r_end[:, None])).any(1)
-        foreign = rows[~overlaps_ours & np.isin(h.tid[rows], list(threads))]
-        return list(zip(h.ts[foreign].tolist(), (h.ts[foreign] + h.dur[foreign]).tolist()))
-
-
-def _matches(names, starts, durs, k_name, k_start, k_dur) -> np.ndarray:
-    """Which rows are one of the call's kernels (same name, start and duration)."""
-    if len(names) == 0:
-        return np.zeros(0, dtype=bool)
-    same = ((names[:, None] == k_name[None, :]) & (np.abs(starts[:, None] - k_start[None, :]) <= _MATCH_TOL_US)
-            & (np.abs(durs[:, None] - k_dur[None, :]) <= _MATCH_TOL_US))
-    return same.any(axis=1)
-
-
-def _segments(start: float, end: float, intervals: list[tuple[float, float, str]], priority: tuple[str, ...],
-              gap: str) -> list[tuple[float, float, str]]:
-    """Cut [start, end] into (start, end, category) pieces: at each instant the first busy category of `priority`,
-    else `gap`; neighbours of one category merged. The pieces tile the window exactly."""
-    rank = {c: i for i, c in enumerate(priority)}
-    edges: list[tuple[float, int, int]] = []
-    for s, e, c in intervals:
-        s, e = max(s, start), min(e, end)
-        if e > s:
-            edges.append((s, 1, rank[c]))
-            edges.append((e, -1, rank[c]))
-    edges.sort(key=lambda x: (x[0], x[1]))
-    active = [0] * len(priority)
-    out: list[list] = []
-    t_prev = start
-
-    def emit(t0: float, t1: float) -> None:
-        if t1 <= t0:
-            return
-        category = next((priority[i] for i, n in enumerate(active) if n), gap)
-        if out and out[-1][2] == category:
-            out[-1][1] = t1
-        else:
-            out.append([t0, t1, category])
-
-    for t, step, r in edges:
-        emit(t_prev, t)
-        t_prev = max(t_prev, t)
-        active[r] += step
-    emit(t_prev, end)
-    return [tuple(s) for s in out]
 
 
 def _assign_lanes(placed: list[_Placed]) -> int:
