@@ -20,10 +20,9 @@ import pytest
 from seed_traces import profile_seed_case
 
 from attnprof.analysis.records import CallSplit, Report
-from attnprof.pipeline import analyze_path, write_reports
+from attnprof.pipeline import analyze_run, write_reports
 from attnprof.render.chrome_trace import overlay_path
 from attnprof.render.tensorboard import scalar_series, write_scalars
-from attnprof.render.trace_views import write_trace_views
 from attnprof.tbplugin.plugin import DASHBOARD_FILE, PLUGIN_NAME
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,31 +37,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _plotly_dashboard(report, path: Path) -> None:
-    """A stand-in for `attnprof dashboard`: a self-contained plotly page (plotly.js inline), which the tab must be
-    able to run under TensorBoard's Content-Security-Policy."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure([go.Bar(name=part, x=[f"{s.site} {s.phase}" for s in report.sites],
-                            y=[getattr(s, f"{part}_us") for s in report.sites])
-                     for part in ("compute", "copy", "other")], layout={"barmode": "stack"})
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True, div_id="attnprof-test-figure")
-
-
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
-    """Two run folders as attnprof leaves them: trace, attnprof.json, overlay, scalars; the first with a dashboard."""
+    """Two run folders as attnprof leaves them (trace, attnprof.json, dashboard, overlay, scalars); the second's
+    dashboard removed, for the tab's placeholder."""
     root = tmp_path_factory.mktemp("logdir")
     runs = {}
     for name, argv in (("seed-backward", ["--variant", "seed", "--steps", "2", "--backward"]),
                        ("all-variants", ["--variant", "all", "--steps", "2"])):
         folder = root / name
         profile_seed_case(folder, argv, worker=WORKER)
-        report = analyze_path(folder)
-        write_reports(report, folder, console=False)
-        write_trace_views(report, folder)
-        runs[name] = report
-    _plotly_dashboard(runs["seed-backward"], root / "seed-backward" / DASHBOARD_FILE)
+        run = analyze_run(folder)
+        write_reports(run, folder, console=False)
+        runs[name] = run.report
+    (root / "all-variants" / DASHBOARD_FILE).unlink()
     return root, runs
 
 
@@ -261,7 +249,7 @@ def test_attnprof_tab_renders_in_a_browser(tensorboard, logdir):
             dashboard.locator("#attnprof-no-dashboard").wait_for(timeout=10_000)
             tab.locator("#attnprof-run").select_option(second)
             # the dashboard runs inside the tab: plotly drew its figure
-            dashboard.locator("#attnprof-test-figure .main-svg").first.wait_for(timeout=20_000)
+            dashboard.locator(".figure .main-svg").first.wait_for(timeout=20_000)  # the real dashboard drew
             page.wait_for_function(
                 "([sel, n]) => { const f = document.querySelector(sel);"
                 " return f && f.contentDocument.querySelectorAll('#attnprof-calls tbody tr').length === n; }",

@@ -396,7 +396,7 @@ class CallFinder:
         call.backend = backend or "unknown"
         return call
 
-    def _copy_site(self, row: int, call: CallSplit) -> str | None:
+    def _copy_site(self, row: int) -> str | None:
         site = self.ix.source_annotation(row)
         if site:
             return site
@@ -431,6 +431,11 @@ class CallFinder:
         call.start_us, call.window_us = float(start), s.window_us
         call.compute_us, call.copy_us, call.other_us, call.launch_us = s.compute_us, s.copy_us, s.other_us, s.idle_us
         call.interleaved_us = s.span_us - s.window_us
+        inside = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, position, _ in work
+                  if position == "inside"]
+        if inside:
+            busy = split_window(min(a for a, _, _ in inside), max(b for _, b, _ in inside), inside, _GPU_PRIORITY)
+            call.entry_busy_us = busy.compute_us + busy.copy_us + busy.other_us
         call.kernels = [KernelSlice(name=strings[d.name[r]], category=cat, start_us=float(d.ts[r]),
                                     dur_us=float(d.dur[r]), stream=int(d.stream[r]))
                         for r, cat, _, _ in sorted(work, key=lambda w: d.ts[w[0]])]
@@ -442,7 +447,7 @@ class CallFinder:
                 by_op[op_row][2] += int(d.nbytes[r])
         for op_row, (position, dur, nbytes) in sorted(by_op.items(), key=lambda kv: self.ix.ts[kv[0]]):
             call.copies.append(CopyRecord(
-                site=self._copy_site(op_row, call) or (call.site if position == "inside" else None),
+                site=call.site if position == "inside" else self._copy_site(op_row),
                 op=self.ix.name(op_row), bytes=nbytes or self._copy_bytes(op_row), dur_us=dur, position=position))
 
     def _split_host(self, call: CallSplit, phase: _Phase, compute_rows: list[int], host_start: float,
@@ -487,7 +492,7 @@ class CallFinder:
         for r, position in copy_rows:
             call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.ts[r]),
                                             dur_us=float(ix.end[r] - ix.ts[r])))
-            call.copies.append(CopyRecord(site=self._copy_site(r, call) or (call.site if position == "inside" else None),
+            call.copies.append(CopyRecord(site=call.site if position == "inside" else self._copy_site(r),
                                           op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
                                           position=position))
         call.kernels.sort(key=lambda k: k.start_us)

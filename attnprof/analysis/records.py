@@ -64,6 +64,7 @@ class CallSplit:
     launch_us: float | None = 0.0  # None on CPU-only traces
     other_us: float = 0.0
     interleaved_us: float = 0.0  # other code's device work inside the span, left out of the window
+    entry_busy_us: float = 0.0  # device busy time of the entry point's own work: what its CUDA events span, less idle
     kernels: list[KernelSlice] = field(default_factory=list)
     copies: list[CopyRecord] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)  # the window, tiled by part
@@ -96,9 +97,10 @@ class SiteSummary:
     compute_us: float
     copy_us: float
     launch_us: float | None
-    launch_true_us: float | None  # launch less the profiler's inflation
+    launch_true_us: float | None  # launch with the profiler's inflation of GPU idle taken out (see sites.py)
     other_us: float
     interleaved_us: float
+    window_true_us: float | None  # compute + copy + other + launch_true: the window as it runs unprofiled
     copies: list[CopySummary] = field(default_factory=list)
 
 

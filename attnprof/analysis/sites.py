@@ -16,6 +16,24 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _launch_without_profiler(launch: float | None, true_us: float | None, profiled_us: float | None,
+                             busy_us: float) -> float | None:
+    """The window's GPU idle with the profiler's inflation taken out.
+
+    CUDA events time the entry point's span with and without the profiler; less the entry point's own busy time,
+    both leave its GPU idle. The profiler's CPU cost inflates idle across the window alike (every op pays it), so
+    the window's traced launch is scaled by the measured ratio true idle / profiled idle. With no true time (a
+    trace attnprof did not make) nothing can be corrected: the traced launch stands.
+    """
+    if launch is None or true_us is None or profiled_us is None:
+        return launch
+    profiled_idle = max(profiled_us - busy_us, 0.0)
+    true_idle = max(true_us - busy_us, 0.0)
+    if profiled_idle <= 0.0:
+        return launch  # the profiler left no idle to inflate
+    return launch * min(true_idle / profiled_idle, 1.0)
+
+
 def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[SiteSummary]:
     timings: dict[tuple[str, str, str], SiteTiming] = {}
     if runinfo:
@@ -32,9 +50,7 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
         true_us = _median(timing.true_us) if timing else None
         profiled_us = _median(timing.profiled_us) if timing else _mean([c.window_us for c in group])
         inflation = profiled_us / true_us if (true_us and profiled_us) else None
-        launch_true = launch
-        if launch is not None and true_us is not None and profiled_us is not None:
-            launch_true = max(0.0, launch - max(0.0, profiled_us - true_us))
+        launch_true = _launch_without_profiler(launch, true_us, profiled_us, _mean([c.entry_busy_us for c in group]))
         first = group[0]
         copies: dict[tuple, list] = {}
         for c in group:
@@ -53,6 +69,8 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
             compute_us=_mean([c.compute_us for c in group]),
             copy_us=_mean([c.copy_us for c in group]),
             launch_us=launch, launch_true_us=launch_true,
+            window_true_us=(None if launch_true is None else
+                            _mean([c.compute_us + c.copy_us + c.other_us for c in group]) + launch_true),
             other_us=_mean([c.other_us for c in group]),
             interleaved_us=_mean([c.interleaved_us for c in group]),
             copies=[CopySummary(site=s, op=o, bytes=int(b / n), dur_us=d / n, count=k)

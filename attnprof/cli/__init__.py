@@ -15,7 +15,7 @@ from attnprof.errors import AttnprofError
 
 PROG = "attnprof"
 #: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
-COMMANDS = ("trace", "analyze")
+COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,13 +110,13 @@ def run(ns: argparse.Namespace) -> int:
 def _analyze_run_folder(folder: Path, quiet: bool) -> None:
     """Analyse a finished run and leave attnprof.json in it; the run's own exit code stays the user's."""
     from attnprof.errors import AttnprofError
-    from attnprof.pipeline import analyze_path, write_reports
+    from attnprof.pipeline import analyze_run, write_reports
 
     if quiet:
         print(folder)
     try:
-        report = analyze_path(folder)
+        run = analyze_run(folder)
     except AttnprofError as e:
         print(f"attnprof: {e} (run folder kept: {folder})", file=sys.stderr)
         return
-    write_reports(report, folder, console=not quiet)
+    write_reports(run, folder, console=not quiet)

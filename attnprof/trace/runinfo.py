@@ -22,8 +22,13 @@ RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
 SOURCE_PREFIX = "attnprof.src:"
 
 
+def ascii_name(text: str) -> str:
+    """torch.profiler drops ranges whose names are not ASCII from its trace: escape anything else."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def range_name(op: str, site: str, call_id: int) -> str:
-    return f"{RANGE_PREFIX}{op} {site} #{call_id}"
+    return ascii_name(f"{RANGE_PREFIX}{op} {site} #{call_id}")
 
 
 @dataclass
@@ -85,6 +90,7 @@ class StepInfo:
     profiled: list[int] = field(default_factory=list)  # [first, last] step inside the profiler, empty if none
     profiled_calls: int = 0
     stopped_early: str | None = None  # why the profiled window was cut short (call cap reached, script ended)
+    boundary: str | None = None  # what one step was: "one optimizer step", "one forward of GPT", "one attention call"
 
 
 @dataclass
@@ -104,7 +110,7 @@ class RunInfo:
     calls: list[CallInfo] = field(default_factory=list)
     sites: list[SiteTiming] = field(default_factory=list)
     exit_code: int = 0
-    outcome: str = "completed"  # completed | exited | raised | interrupted
+    outcome: str = "completed"  # completed | exited | raised | interrupted (| running: the process never finished)
     note: str | None = None
 
 

@@ -1,0 +1,256 @@
+"""Replacing every attention entry point with a wrapper, now and for modules imported later, and undoing it.
+
+A wrapper is inert unless a session has set the dispatch function: it then hands (entry, original, args, kwargs)
+to it. One wrapper per original function, whatever module holds it. Under torch.compile tracing the wrapper calls
+the original directly, so compiled graphs see the real op.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import sys
+import threading
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+
+from attnprof.capture.entrypoints import ENTRY_POINTS, TORCHSCRIPT_BUILTINS, EntryPoint
+
+Dispatch = Callable[[EntryPoint, Any, tuple, dict], Any]
+
+#: Set by the running session; None means every wrapper calls straight through.
+_dispatch: Dispatch | None = None
+#: id(original) -> (original, wrapper); id(wrapper) -> original. Wrappers live as long as the process.
+_wrappers: dict[int, tuple[Any, Any]] = {}
+_originals: dict[int, Any] = {}
+_lock = threading.Lock()
+
+_is_compiling = torch.compiler.is_compiling
+
+
+def set_dispatch(dispatch: Dispatch | None) -> None:
+    global _dispatch
+    _dispatch = dispatch
+
+
+def is_wrapper(obj: Any) -> bool:
+    return type(obj) is _WatchedPacket or _originals.get(id(obj)) is not None
+
+
+#: id(packet) -> wrapper, for the torch.ops packets turned into _WatchedPacket.
+_packet_wrappers: dict[int, Any] = {}
+
+
+class _WatchedPacket(torch._ops.OpOverloadPacket):
+    """A torch.ops packet whose calls go through attnprof's wrapper. A packet becomes one by `__class__` assignment,
+    so it stays the very object torch and its registries know (identity, hash, isinstance); replacing the attribute
+    with another object breaks modules that register the op at import (torch.utils.flop_counter, which
+    torch.compile imports)."""
+
+    def __call__(self, /, *args, **kwargs):
+        wrapper = _packet_wrappers.get(id(self))
+        if wrapper is None:
+            return torch._ops.OpOverloadPacket.__call__(self, *args, **kwargs)
+        return wrapper(*args, **kwargs)
+
+
+def wrapper_for(entry: EntryPoint, original: Any) -> Any:
+    with _lock:
+        found = _wrappers.get(id(original))
+        if found is not None and found[0] is original:
+            return found[1]
+        wrapper = _make_wrapper(entry, original)
+        _wrappers[id(original)] = (original, wrapper)
+        _originals[id(wrapper)] = original
+        return wrapper
+
+
+def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
+    def wrapper(*args, **kwargs):
+        if _is_compiling():
+            return original(*args, **kwargs)
+        dispatch = _dispatch
+        if dispatch is None:
+            return original(*args, **kwargs)
+        return dispatch(entry, original, args, kwargs)
+
+    try:
+        functools.update_wrapper(wrapper, original)
+    except Exception:
+        wrapper.__wrapped__ = original
+    op = TORCHSCRIPT_BUILTINS.get(entry.attr) if entry.library == "torch" else None
+    if op is not None:
+        try:
+            from torch.jit._builtins import _register_builtin
+
+            _register_builtin(wrapper, op)
+        except Exception:
+            pass
+    return wrapper
+
+
+def _namespace(name: str) -> Any:
+    if name == "torch.ops.aten":
+        return torch.ops.aten
+    return sys.modules.get(name)
+
+
+def _skip_module(name: str) -> bool:
+    return name.startswith(("attnprof.", "torch._C")) or name == "attnprof"
+
+
+class Patcher:
+    """Installs the wrappers (attributes of the defining modules, references in other modules' globals, and a
+    post-import hook for modules not imported yet) and removes all of it again."""
+
+    def __init__(self, entries: tuple[EntryPoint, ...] = ENTRY_POINTS):
+        self.by_module: dict[str, list[EntryPoint]] = defaultdict(list)
+        for e in entries:
+            for m in e.modules:
+                self.by_module[m].append(e)
+        self._patched: list[tuple[Any, str, Any, Any]] = []  # (namespace, attr, original, wrapper)
+        self._replaced: list[tuple[dict, str, Any, Any]] = []  # (module globals, name, original, wrapper)
+        self._finder: _PostImportFinder | None = None
+        self._packets: list[Any] = []
+        self.errors: list[str] = []
+
+    def install(self) -> None:
+        for name in self.by_module:
+            ns = _namespace(name)
+            if ns is not None:
+                self.patch_namespace(name, ns)
+        self._replace_globals()
+        self._finder = _PostImportFinder(frozenset(self.by_module), self._on_import)
+        sys.meta_path.insert(0, self._finder)
+
+    def patch_namespace(self, name: str, ns: Any) -> None:
+        for entry in self.by_module.get(name, ()):
+            try:
+                current = getattr(ns, entry.attr, None)
+                if type(current) is torch._ops.OpOverloadPacket:
+                    self._watch_packet(entry, current)
+                    continue
+                if current is None or not callable(current) or id(current) in _originals:
+                    continue
+                wrapper = wrapper_for(entry, current)
+                setattr(ns, entry.attr, wrapper)
+                self._patched.append((ns, entry.attr, current, wrapper))
+            except Exception as e:  # never break an import or the run
+                self.errors.append(f"{name}.{entry.attr}: {e}")
+
+    def _watch_packet(self, entry: EntryPoint, packet: Any) -> None:
+        call = functools.partial(torch._ops.OpOverloadPacket.__call__, packet)
+        _packet_wrappers[id(packet)] = _make_wrapper(entry, call)
+        packet.__class__ = _WatchedPacket
+        self._packets.append(packet)
+
+    def _on_import(self, module: Any) -> None:
+        self.patch_namespace(module.__name__, module)
+
+    def _replace_globals(self) -> None:
+        """`from torch.nn.functional import scaled_dot_product_attention as sdpa` done before we started."""
+        originals = {id(o): w for _, _, o, w in self._patched}
+        if not originals:
+            return
+        for name, module in list(sys.modules.items()):
+            if _skip_module(name):
+                continue
+            d = getattr(module, "__dict__", None)
+            if not isinstance(d, dict):
+                continue
+            for key, value in list(d.items()):
+                w = originals.get(id(value))
+                if w is not None and _originals.get(id(w)) is value:
+                    d[key] = w
+                    self._replaced.append((d, key, value, w))
+
+    def uninstall(self) -> None:
+        if self._finder is not None:
+            try:
+                sys.meta_path.remove(self._finder)
+            except ValueError:
+                pass
+            self._finder = None
+        for ns, attr, original, wrapper in reversed(self._patched):
+            try:
+                if getattr(ns, attr, None) is wrapper:
+                    setattr(ns, attr, original)
+            except Exception:
+                pass
+        for d, key, original, wrapper in reversed(self._replaced):
+            if d.get(key) is wrapper:
+                d[key] = original
+        # modules imported during the run that took a wrapper (`from flash_attn import flash_attn_func`)
+        wrapped = {id(w): o for _, _, o, w in self._patched}
+        if wrapped:
+            for name, module in list(sys.modules.items()):
+                d = getattr(module, "__dict__", None)
+                if not isinstance(d, dict) or _skip_module(name):
+                    continue
+                for key, value in list(d.items()):
+                    o = wrapped.get(id(value))
+                    if o is not None and _originals.get(id(value)) is o:
+                        d[key] = o
+        for packet in self._packets:
+            if type(packet) is _WatchedPacket:
+                packet.__class__ = torch._ops.OpOverloadPacket
+            _packet_wrappers.pop(id(packet), None)
+        self._packets.clear()
+        self._patched.clear()
+        self._replaced.clear()
+
+
+class _PostImportLoader(importlib.abc.Loader):
+    """Runs the real loader, then patches the module right after it executed."""
+
+    def __init__(self, loader: Any, on_loaded: Callable[[Any], None]):
+        self._loader = loader
+        self._on_loaded = on_loaded
+
+    def create_module(self, spec):
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module) -> None:
+        loader = self._loader
+        try:  # the module sees its real loader, during and after its execution
+            module.__loader__ = loader
+            if getattr(module, "__spec__", None) is not None:
+                module.__spec__.loader = loader
+        except Exception:
+            pass
+        loader.exec_module(module)
+        try:
+            self._on_loaded(module)
+        except Exception:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds watched modules with the other finders and wraps their loader."""
+
+    def __init__(self, names: frozenset[str], on_loaded: Callable[[Any], None]):
+        self.names = names
+        self.on_loaded = on_loaded
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.names:
+            return None
+        spec = None
+        for finder in list(sys.meta_path):
+            if finder is self or isinstance(finder, _PostImportFinder):
+                continue
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _PostImportLoader(spec.loader, self.on_loaded)
+        return spec

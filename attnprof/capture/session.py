@@ -1,0 +1,550 @@
+"""`trace_script`: run a script unchanged, wrap its attention calls, profile a window of steps, write a run folder.
+
+Every wrapped call gets an NVTX range `<op> <site> #<id>` (domain "attnprof"), a host or CUDA-event timing, and,
+inside the profiled window only, a `torch.profiler.record_function` range of the same name plus a `CallInfo`.
+The run folder holds `<host>_<pid>.pt.trace.json.gz` (written when the window closes) and `runinfo.json`.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import os
+import re
+import socket
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnprof import __version__
+from attnprof.capture import patching
+from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
+from attnprof.capture.runner import (
+    Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
+)
+from attnprof.capture.sources import SiteResolver, SourceLines
+from attnprof.capture.timing import PROFILED, TRUE, WARMUP, Timer
+from attnprof.capture.window import StepWindow
+from attnprof.errors import AttnprofError
+from attnprof.trace.runinfo import (
+    RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, range_name, write_runinfo,
+)
+
+try:
+    import nvtx as _nvtx
+except ImportError:  # pragma: no cover - nvtx is a dependency; torch's NVTX (CUDA builds) is the fallback
+    _nvtx = None
+
+NVTX_DOMAIN = "attnprof"
+STEP_UNITS = ("auto", "optimizer", "iteration", "call")
+
+
+@dataclass
+class TraceOptions:
+    target: str
+    is_module: bool
+    args: list[str]
+    out: Path | None
+    root: Path = Path("traces")
+    warmup: int = 2
+    timed: int = 3
+    active: int = 2
+    step_on: str = "auto"  # auto | optimizer | iteration | call
+    max_calls: int = 512
+    source_lines: bool = True
+    quiet: bool = False  # no "attnprof:" progress lines (errors are still printed)
+
+
+@dataclass
+class RunResult:
+    folder: Path | None  # None only when the script did not compile (nothing ran, nothing saved)
+    exit_code: int
+    outcome: str
+    trace_files: list[Path] = field(default_factory=list)
+    runinfo: RunInfo | None = None
+
+
+#: The session running in this process, if any (one at a time).
+_active: Session | None = None
+
+
+def trace_script(options: TraceOptions) -> RunResult:
+    """Run `options.target` as python would, traced. Raises AttnprofError only for bad input, before it runs."""
+    if _active is not None:
+        raise AttnprofError("attnprof is already tracing a script in this process")
+    _check_options(options)
+    target = resolve_target(options.target, options.is_module, list(options.args))
+    if options.out is not None and Path(options.out).exists():
+        raise AttnprofError(f"{options.out} already exists: choose another --out or remove it")
+    session = Session(options, target)
+    if target.syntax_error is not None:
+        print_syntax_error(target.syntax_error)
+        return RunResult(folder=None, exit_code=1, outcome="raised", trace_files=[],
+                         runinfo=session.runinfo(exit_code=1, outcome="raised"))
+    return session.run()
+
+
+def _check_options(o: TraceOptions) -> None:
+    for name in ("warmup", "timed", "active", "max_calls"):
+        if getattr(o, name) < 0:
+            raise AttnprofError(f"--{name.replace('_', '-')} must be >= 0")
+    if o.step_on not in STEP_UNITS:
+        raise AttnprofError(f"--step-on must be one of {', '.join(STEP_UNITS)}")
+
+
+def _now() -> datetime:
+    return datetime.now()
+
+
+def new_run_folder(root: Path, stem: str, when: datetime) -> Path:
+    """<root>/<stem>-<YYYYmmdd-HHMMSS>/, or -2, -3, ... if that exists; created here."""
+    base = f"{stem}-{when:%Y%m%d-%H%M%S}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        folder = Path(root) / (base if n == 1 else f"{base}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
+
+
+def worker_name() -> str:
+    """`<hostname>_<pid>`: the worker name torch-tb-profiler reads from `<worker>[.<span>].pt.trace.json[.gz]`."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+    return f"{host}_{os.getpid()}"
+
+
+def trace_file_name(worker: str, span: int | None = None) -> str:
+    return f"{worker}.pt.trace.json.gz" if span is None else f"{worker}.{span}.pt.trace.json.gz"
+
+
+class _Call:
+    """What `dispatch` needs between the entry and the exit of one call."""
+
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name")
+
+
+class Session:
+    def __init__(self, options: TraceOptions, target: Target):
+        self.options = options
+        self.target = target
+        self.cwd = os.getcwd()
+        self.started_at = _now()
+        self.worker = worker_name()
+        self.folder: Path | None = None
+        self.resolver = SiteResolver(self.cwd)
+        self.timer = Timer()
+        self.window = StepWindow(options.step_on, options.warmup, options.timed, options.active, options.max_calls,
+                                 start=self._start_profiler, stop=self._stop_profiler)
+        self.patcher = patching.Patcher()
+        self.sources = SourceLines(self.resolver) if options.source_lines else None
+        self.calls: list[CallInfo] = []
+        self.trace_files: list[Path] = []
+        self.errors: list[str] = []
+        self._binders: dict[int, Binder] = {}
+        self._prof: Any = None
+        self._spans = 0
+        self._tls = threading.local()
+        self._optimizer_hook = None
+        self._enabled = False
+        self._cuda_device: int | None = None
+        self._warned: set[str] = set()
+        self._final: RunInfo | None = None
+
+    # --- the run ----------------------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        global _active
+        exit_code, outcome = 1, "raised"
+        try:
+            if self.options.out is not None:
+                self.folder = Path(self.options.out)
+                self.folder.mkdir(parents=True, exist_ok=False)
+            else:
+                self.folder = new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
+        except FileExistsError:
+            raise AttnprofError(f"{self.options.out} already exists: choose another --out or remove it") from None
+        except OSError as e:
+            where = self.options.out if self.options.out is not None else self.options.root
+            raise AttnprofError(f"can't create the run folder in {where}: {e.strerror or e}") from None
+        _active = self
+        try:
+            with sigterm_raises():
+                try:
+                    self._activate()
+                    self.window.before_script()
+                    exit_code, outcome = run_target(self.target, list(self.options.args))
+                finally:
+                    with signals_held(redeliver=False):
+                        self._finish(exit_code, outcome)
+        finally:
+            _active = None
+        return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
+                         trace_files=list(self.trace_files), runinfo=self._final)
+
+    def _activate(self) -> None:
+        self._enabled = True
+        try:
+            self.patcher.install()
+        except Exception as e:
+            self._note_error("could not wrap the attention functions", e)
+        patching.set_dispatch(self.dispatch)
+        try:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            self._optimizer_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
+        except Exception as e:
+            self._note_error("could not watch optimizer steps", e)
+
+    def _deactivate(self) -> None:
+        self._enabled = False
+        patching.set_dispatch(None)
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+            self._optimizer_hook = None
+        self.window.remove_hooks()
+        self.patcher.uninstall()
+        if self.sources is not None:
+            self.sources.cleanup()
+
+    def _finish(self, exit_code: int, outcome: str) -> None:
+        """Stop what runs, restore what was patched, resolve timings, write runinfo.json: each step on its own, so
+        that one failing still leaves the others done (and never a traceback)."""
+        self._save_step("the profiled window", self.window.script_ended)
+        self._save_step("the run state (unpatching)", self._deactivate)
+        self._save_step("the timings", self.timer.finish)
+
+        def save() -> None:
+            self._final = self.runinfo(exit_code, outcome)
+            write_runinfo(self._final, self.folder)
+
+        if self._save_step("runinfo.json", save):
+            self._say(f"run saved to {self.folder}{os.sep}")
+
+    def _save_step(self, what: str, fn) -> bool:
+        try:
+            fn()
+            return True
+        except BaseException as e:  # noqa: BLE001 - never an attnprof traceback
+            print(f"attnprof: could not save {what}: {_reason(e)}", file=sys.stderr)
+            return False
+
+    # --- the profiler -----------------------------------------------------------------------------------------------
+
+    def _start_profiler(self) -> bool:
+        w = self.window
+        steps = f"step {w.first}" if w.active == 1 else f"steps {w.first}-{w.end - 1}"
+        self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary})")
+        try:
+            with signals_held(redeliver=True):
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True)
+                with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
+                    warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+                    prof.start()
+                self._prof = prof
+        except Exception as e:
+            self._prof = None
+            self._note_error("could not start the profiler", e)
+            return False
+        if self.sources is not None:
+            try:
+                self.sources.push()
+            except Exception as e:
+                self._note_error("could not mark source lines", e)
+        return True
+
+    def _stop_profiler(self) -> None:
+        if self.sources is not None:
+            try:
+                self.sources.pop()
+            except Exception as e:
+                self._note_error("could not unmark source lines", e)
+        prof, self._prof = self._prof, None
+        if prof is None:
+            return
+        with signals_held(redeliver=True):
+            try:
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()
+                prof.stop()
+            except Exception as e:
+                print(f"attnprof: could not stop the profiler: {_reason(e)}", file=sys.stderr)
+                return
+            self._export(prof)
+
+    def _export(self, prof: Any) -> None:
+        self._spans += 1
+        name = trace_file_name(self.worker) if self._spans == 1 else trace_file_name(self.worker, self._spans)
+        path = self.folder / name
+        try:
+            _export_trace(prof, path)
+            self.trace_files.append(path)
+        except Exception as e:
+            print(f"attnprof: could not save the trace {path}: {_reason(e)}", file=sys.stderr)
+            return
+        try:  # in case the process dies before the end (killed): the calls are known already
+            write_runinfo(self.runinfo(exit_code=0, outcome="running"), self.folder)
+        except Exception:
+            pass
+
+    # --- hooks ------------------------------------------------------------------------------------------------------
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if not self._enabled:
+            return
+        try:
+            if self.sources is not None and self.sources.pending:
+                self.sources.retry()
+            with self.window.lock:
+                self.window.optimizer_step()
+        except Exception as e:
+            self._note_error("step counting failed", e)
+
+    # --- every attention call ---------------------------------------------------------------------------------------
+
+    def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
+        tls = self._tls
+        if not self._enabled or getattr(tls, "busy", False):
+            return original(*args, **kwargs)
+        if self.sources is not None and self.sources.pending:
+            self.sources.retry()
+        if entry.record_if is not None:
+            try:
+                if not entry.record_if(args, kwargs):
+                    return original(*args, **kwargs)
+            except Exception:
+                return original(*args, **kwargs)
+        try:
+            call = self._enter(entry, args, kwargs)
+        except Exception as e:
+            self._note_error("could not follow an attention call", e)
+            return original(*args, **kwargs)
+        tls.busy = True
+        try:
+            if call.phase == PROFILED:
+                with torch.profiler.record_function(RANGE_PREFIX + call.name):
+                    result = original(*args, **kwargs)
+            else:
+                result = original(*args, **kwargs)
+        except BaseException:
+            tls.busy = False
+            self._abort(call)
+            raise
+        tls.busy = False
+        try:
+            self._exit(entry, original, call, args, kwargs, result)
+        except Exception as e:
+            self._note_error("could not follow an attention call", e)
+        return result
+
+    def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict) -> _Call:
+        call = _Call()
+        site, function, user = self.resolver.call_site(sys._getframe(2))
+        with self.window.lock:
+            call.call_id, call.step, profiled = self.window.enter_call(site, user)
+        call.phase = PROFILED if profiled else (WARMUP if call.step < self.window.warmup else TRUE)
+        call.site, call.function = site, function
+        call.name = f"{entry.op} {site} #{call.call_id}"
+        call.device = _cuda_index(args, kwargs)
+        if call.device is not None and self._cuda_device is None:
+            self._cuda_device = call.device
+        call.clock = clock = self.timer.clock(site, entry.op, "fwd")
+        call.token = None
+        if call.phase == WARMUP:
+            clock.timing.warmup_calls += 1
+        _nvtx_push(call.name)
+        if call.phase != WARMUP and clock.has_room(call.phase):
+            try:
+                call.token = self.timer.start(call.device)
+            except Exception as e:
+                self._note_error("could not time an attention call", e)
+        return call
+
+    def _exit(self, entry: EntryPoint, original: Any, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
+        try:
+            if call.token is not None:
+                self.timer.stop(call.token, call.clock, call.phase)
+        except Exception as e:
+            self._note_error("could not time an attention call", e)
+        _nvtx_pop()
+        try:
+            if call.phase == PROFILED:
+                self._record(entry, original, call, args, kwargs, result)
+            self._arm_backward(entry, call, args, kwargs, result)
+        finally:
+            self.timer.tick()
+            with self.window.lock:
+                self.window.exit_call()
+
+    def _abort(self, call: _Call) -> None:
+        try:
+            if call.token is not None:
+                self.timer.cancel(call.token)
+            _nvtx_pop()
+            with self.window.lock:
+                self.window.exit_call()
+        except Exception:
+            pass
+
+    def _record(self, entry: EntryPoint, original: Any, call: _Call, args: tuple, kwargs: dict,
+                result: Any) -> None:
+        info = CallInfo(id=call.call_id, op=entry.op, library=entry.library, site=call.site, function=call.function,
+                        step=call.step, range_name=range_name(entry.op, call.site, call.call_id), layout="unknown")
+        try:
+            binder = self._binders.get(id(original))
+            if binder is None:
+                binder = self._binders[id(original)] = Binder(entry, original)
+            with torch._C.DisableTorchFunction():  # our own reads must not go through the source-line mode
+                fields = describe_call(entry, binder, args, kwargs, result)
+            for k, v in fields.items():
+                setattr(info, k, v)
+        except Exception as e:
+            info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
+        self.calls.append(info)
+
+    def _arm_backward(self, entry: EntryPoint, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
+        if not torch.is_grad_enabled():
+            return
+        out = first_tensor(result)
+        if out is None or not out.requires_grad or out.grad_fn is None:
+            return
+        clock = self.timer.clock(call.site, entry.op, "bwd")
+        if call.phase == WARMUP:
+            self.timer.count_backward(out, clock)
+            return
+        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        inputs += [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+        self.timer.arm_backward(out, inputs, clock, call.phase, call.device)
+
+    # --- records ----------------------------------------------------------------------------------------------------
+
+    def runinfo(self, exit_code: int, outcome: str) -> RunInfo:
+        w = self.window
+        device, capability = "cpu", None
+        if self._cuda_device is not None:
+            try:
+                device = torch.cuda.get_device_name(self._cuda_device)
+                major, minor = torch.cuda.get_device_capability(self._cuda_device)
+                capability = f"{major}.{minor}"
+            except Exception:
+                device = f"cuda:{self._cuda_device}"
+        steps = StepInfo(unit=w.unit_name, warmup=w.warmup, timed=w.timed, active=w.active, seen=w.seen,
+                         profiled=list(w.profiled), profiled_calls=w.profiled_calls, stopped_early=w.stopped_early,
+                         boundary=w.boundary)
+        return RunInfo(
+            version=RUNINFO_VERSION, attnprof_version=__version__, torch_version=str(torch.__version__),
+            cuda_version=torch.version.cuda, device=device, device_capability=capability,
+            hostname=socket.gethostname(), pid=os.getpid(), command=list(self.target.command),
+            started_at=self.started_at.astimezone().isoformat(timespec="seconds"),
+            trace_files=[p.name for p in self.trace_files], steps=steps, calls=list(self.calls),
+            sites=self.timer.timings(), exit_code=exit_code, outcome=outcome, note=self._note(outcome),
+        )
+
+    def _note(self, outcome: str) -> str | None:
+        w = self.window
+        notes = []
+        if outcome == "running":
+            notes.append("written when the profiled window closed: the process did not get to the end of the run "
+                         "(killed?)")
+        elif not self.trace_files and w.state != "open":
+            if w.calls == 0 and w.unit_name != "optimizer":
+                notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
+                             "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
+            elif not w.tried:
+                seen = w.seen
+                notes.append(
+                    f"the script ran {seen} step{'' if seen == 1 else 's'} (one step = {w.boundary}); profiling "
+                    f"starts after {w.first} (--warmup {w.warmup} --timed {w.timed}): rerun with --warmup 0 "
+                    f"--timed 0")
+        notes.extend(self.errors)
+        return "; ".join(notes) if notes else None
+
+    # --- messages ---------------------------------------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if not self.options.quiet:
+            print(f"attnprof: {message}", file=sys.stderr)
+
+    def _note_error(self, what: str, e: BaseException) -> None:
+        """An attnprof failure during the run: said once on stderr, kept in runinfo's note; the run goes on."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        line = f"{what}: {_reason(e)}"
+        self.errors.append(line)
+        print(f"attnprof: {line}", file=sys.stderr)
+
+
+def _export_trace(prof: Any, path: Path) -> None:
+    """prof.export_chrome_trace, gzipped here: torch writes names from its Python tracer as it has them, and a code
+    object freed inside the window (a module imported there, say) leaves bytes that are not UTF-8 (pytorch#113564):
+    they become U+FFFD instead of making the whole file unreadable."""
+    raw = path.with_name(path.name.removesuffix(".gz") + ".part")
+    try:
+        prof.export_chrome_trace(str(raw))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:
+            for chunk in iter(lambda: src.read(1 << 22), b""):
+                dst.write(decoder.decode(chunk).encode("utf-8"))
+            dst.write(decoder.decode(b"", final=True).encode("utf-8"))
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _cuda_index(args: tuple, kwargs: dict) -> int | None:
+    """Device index of the first tensor argument if it is on CUDA (where the call's events go)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.get_device() if a.is_cuda else None
+    for a in kwargs.values():
+        if isinstance(a, torch.Tensor):
+            return a.get_device() if a.is_cuda else None
+    return None
+
+
+def _nvtx_push(message: str) -> None:
+    if _nvtx is not None:
+        _nvtx.push_range(message=message, domain=NVTX_DOMAIN)
+    elif _TORCH_NVTX:
+        torch.cuda.nvtx.range_push(RANGE_PREFIX + message)
+
+
+def _nvtx_pop() -> None:
+    if _nvtx is not None:
+        _nvtx.pop_range(domain=NVTX_DOMAIN)
+    elif _TORCH_NVTX:
+        torch.cuda.nvtx.range_pop()
+
+
+_TORCH_NVTX = _nvtx is None and torch.cuda.is_available()
+
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (DataLoader worker, multiprocessing) runs user code with the wrappers in place: inert there."""
+    session = _active
+    if session is not None:
+        session._enabled = False
+        patching.set_dispatch(None)
+        session.window.state = "done"  # no profiler in the child, whatever its hooks see
+        session.window.remove_hooks()
+        restore_default_sigterm()  # Pool.terminate() SIGTERMs its workers: they must die quietly, as under python
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,260 @@
+"""Where a call comes from in the user's code, and the source-line ranges put around layout copies.
+
+The call site of an attention call is the first frame outside attnprof, torch, the attention libraries, einops
+and the import machinery. Frames are classified once per code object and sites are cached per (code, line), so
+the unprofiled path pays a few dictionary lookups per call.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from types import CodeType, FrameType
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from attnprof.trace.runinfo import SOURCE_PREFIX, ascii_name
+
+USER, SKIP, ATTENTION = 0, 1, 2
+
+#: Top-level packages whose frames are never a call site.
+SKIPPED_PACKAGES = frozenset({"attnprof", "torch", "einops", "importlib", "runpy"})
+#: Attention libraries: never a call site either, and torch calls made from them are the op's own business.
+ATTENTION_PACKAGES = frozenset({"flash_attn", "flash_attn_interface", "xformers"})
+
+#: Modules that only dispatch to an attention kernel (HF transformers' glue): the site is the model line above them.
+SKIPPED_MODULES = frozenset({
+    "transformers.integrations.sdpa_attention", "transformers.integrations.flash_attention",
+    "transformers.integrations.flex_attention", "transformers.integrations.sdpa_paged",
+    "transformers.integrations.flash_paged", "transformers.modeling_flash_attention_utils",
+})
+
+_ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+UNKNOWN_SITE = "<unknown>"
+
+
+def short_path(filename: str, cwd: str) -> str:
+    """site-packages/x/y.py -> x/y.py; under cwd -> relative; else absolute."""
+    if filename.startswith("<"):
+        return filename
+    path = filename if os.path.isabs(filename) else os.path.join(cwd, filename)
+    path = os.path.normpath(path)
+    for marker in ("site-packages", "dist-packages"):
+        i = path.rfind(os.sep + marker + os.sep)
+        if i >= 0:
+            return path[i + len(marker) + 2:]
+    rel = os.path.relpath(path, cwd)
+    if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+        return rel
+    return path
+
+
+def _classify(frame: FrameType) -> int:
+    code = frame.f_code
+    if code.co_filename.startswith(_ATTNPROF_DIR):
+        return SKIP
+    name = frame.f_globals.get("__name__")
+    if not isinstance(name, str):
+        return USER
+    top = name.partition(".")[0]
+    if top in ATTENTION_PACKAGES:
+        return ATTENTION
+    if top in SKIPPED_PACKAGES or name in SKIPPED_MODULES or code.co_filename.startswith("<frozen importlib"):
+        return SKIP
+    return USER
+
+
+class SiteResolver:
+    """Finds the user frame behind a call and names it `path:line` (cached)."""
+
+    def __init__(self, cwd: str | None = None):
+        self.cwd = cwd or os.getcwd()
+        self._kinds: dict[CodeType, int] = {}
+        self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
+        self._call_sites: dict[tuple, tuple[str, str]] = {}
+        self._paths: dict[str, str] = {}
+
+    def user_frame(self, frame: FrameType | None, through_attention: bool = True) -> FrameType | None:
+        """The first user frame from `frame` outwards; None if there is none (or, unless `through_attention`,
+        if an attention library's frame comes first)."""
+        kinds = self._kinds
+        while frame is not None:
+            kind = kinds.get(frame.f_code)
+            if kind is None:
+                kind = kinds[frame.f_code] = _classify(frame)
+            if kind == USER:
+                return frame
+            if kind == ATTENTION and not through_attention:
+                return None
+            frame = frame.f_back
+        return None
+
+    def _caller(self, frame: FrameType | None) -> FrameType | None:
+        """The user frame that called the call site's function, stopping at attnprof's runner: frames below the
+        script are not the user's (whoever ran `attnprof trace`)."""
+        kinds = self._kinds
+        while frame is not None:
+            code = frame.f_code
+            if code.co_filename.startswith(_ATTNPROF_DIR):
+                return None
+            kind = kinds.get(code)
+            if kind is None:
+                kind = kinds[code] = _classify(frame)
+            if kind == USER:
+                return frame
+            frame = frame.f_back
+        return None
+
+    def site(self, frame: FrameType) -> tuple[str, str]:
+        """(`path:line`, function) of a frame."""
+        code = frame.f_code
+        line = frame.f_lineno or code.co_firstlineno
+        key = (code, line)
+        found = self._sites.get(key)
+        if found is None:
+            path = self._paths.get(code.co_filename)
+            if path is None:
+                path = self._paths[code.co_filename] = ascii_name(short_path(code.co_filename, self.cwd))
+            found = self._sites[key] = (f"{path}:{line}", getattr(code, "co_qualname", code.co_name))
+        return found
+
+    def call_site(self, frame: FrameType | None) -> tuple[str, str, FrameType | None]:
+        """(site, function, frame) of an attention call: its line and the user line that called that function
+        (`model.py:40 via :55`), so one helper used for two variants gives two sites, while the layers of a model,
+        which all come through the same two lines, share one."""
+        user = self.user_frame(frame)
+        if user is None:
+            return UNKNOWN_SITE, "?", None
+        caller = None if user.f_code.co_name == "<module>" else self._caller(user.f_back)
+        key = (user.f_code, user.f_lineno, caller.f_code if caller else None, caller.f_lineno if caller else None)
+        found = self._call_sites.get(key)
+        if found is None:
+            site, function = self.site(user)
+            if caller is not None:
+                caller_site = self.site(caller)[0]
+                path = site.rpartition(":")[0]
+                caller_path, _, caller_line = caller_site.rpartition(":")
+                site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
+            found = self._call_sites[key] = (site, function)
+        return found[0], found[1], user
+
+
+def _copy_functions() -> frozenset:
+    """torch functions that can copy memory (the layout-prep calls whose source line is worth naming)."""
+    T = torch.Tensor
+    F = torch.nn.functional
+    names = [
+        (T, "contiguous"), (T, "clone"), (torch, "clone"), (T, "to"), (T, "type"), (T, "float"), (T, "half"),
+        (T, "bfloat16"), (T, "double"), (T, "reshape"), (torch, "reshape"), (T, "flatten"), (torch, "flatten"),
+        (T, "repeat"), (T, "repeat_interleave"), (torch, "repeat_interleave"), (F, "pad"), (torch, "cat"),
+        (torch, "concat"), (torch, "concatenate"), (torch, "stack"), (T, "copy_"),
+    ]
+    out = set()
+    for owner, name in names:
+        fn = getattr(owner, name, None)
+        if fn is not None:
+            out.add(fn)
+    return frozenset(out)
+
+
+class SourceLineMode(TorchFunctionMode):
+    """While the profiler runs: a `attnprof.src:<site>` range around each memory-copying torch call made from user
+    code. Everything else passes straight through, exceptions included."""
+
+    def __init__(self, resolver: SiteResolver):
+        super().__init__()
+        self.resolver = resolver
+        self.active = True
+        self.copies = _copy_functions()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        if self.active:
+            name = self._range_name(func)
+            if name is not None:
+                with torch.profiler.record_function(name):
+                    return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _range_name(self, func: Any) -> str | None:
+        try:
+            if func not in self.copies:
+                return None
+            user = self.resolver.user_frame(sys._getframe(2), through_attention=False)
+            if user is None:
+                return None
+            return SOURCE_PREFIX + self.resolver.site(user)[0]
+        except Exception:
+            return None
+
+
+class SourceLines:
+    """Pushes the mode when the profiler starts and takes it off when it stops, without corrupting a user's mode
+    stack: if ours is not on top then (a mode the user pushed since sits above it, or torch has it popped for the
+    duration of one of our own pass-through calls), it stays, inert, and comes off at a later attnprof event (an
+    attention call, an optimizer step, the end of the run) that finds it on top.
+
+    While it is on the stack, `torch.overrides.has_torch_function` is shimmed so that our mode alone does not count:
+    otherwise nn.MultiheadAttention and TransformerEncoderLayer would leave their inference fast path (their check
+    asks whether any torch-function override is active) and the profiled steps would run different code.
+    """
+
+    def __init__(self, resolver: SiteResolver):
+        self.mode = SourceLineMode(resolver)
+        self.pending = False  # inert, waiting to come off the stack
+        self._thread: int | None = None
+        self._original_htf = None
+
+    def push(self) -> None:
+        self.mode.active = True
+        self.mode.__enter__()
+        self._thread = threading.get_ident()
+        self._install_shim()
+
+    def pop(self) -> None:
+        if self._thread is None:
+            return
+        self.mode.active = False
+        self.pending = True
+        self.retry()
+
+    def retry(self) -> None:
+        if not self.pending or threading.get_ident() != self._thread:
+            return
+        n = torch._C._len_torch_function_stack()
+        if n and torch._C._get_function_stack_at(n - 1) is self.mode:
+            self.mode.__exit__(None, None, None)
+            self.pending = False
+            self._thread = None
+            self._remove_shim()
+
+    def cleanup(self) -> None:
+        """The run is over: off the stack if possible, and has_torch_function is torch's own again."""
+        self.retry()
+        self._remove_shim()
+
+    def _install_shim(self) -> None:
+        original = torch.overrides.has_torch_function
+        mode = self.mode
+
+        def has_torch_function(relevant_args):
+            n = torch._C._len_torch_function_stack()
+            if n and torch._C._get_function_stack_at(n - 1) is mode:
+                torch._C._pop_torch_function_stack()
+                try:
+                    return original(relevant_args)
+                finally:
+                    torch._C._push_on_torch_function_stack(mode)
+            return original(relevant_args)
+
+        has_torch_function.__doc__ = original.__doc__
+        self._original_htf = original
+        torch.overrides.has_torch_function = has_torch_function
+
+    def _remove_shim(self) -> None:
+        if self._original_htf is not None:
+            torch.overrides.has_torch_function = self._original_htf
+            self._original_htf = None

@@ -1,0 +1,259 @@
+"""End-to-end time of each call site, forward and backward, measured around the call.
+
+On CUDA: a pair of pooled `torch.cuda.Event`s recorded on the current stream before and after the call (after the
+backward), resolved lazily with `.query()` and once with a synchronize at the end, never a sync per call. On CPU:
+the host clock. A call's phase decides its list: warm-up calls are only counted, calls in timed steps and after the
+profiled window go to `true_us`, calls inside it to `profiled_us`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import torch
+
+from attnprof.trace.runinfo import SiteTiming
+
+#: At most this many values per site, op, phase and list: enough for a median, bounded memory and overhead.
+MAX_VALUES = 10_000
+#: Resolve finished event pairs every this many calls.
+POLL_EVERY = 256
+#: How far up the autograd graph to look for the nodes that produce the inputs' gradients.
+MAX_GRAPH_NODES = 32
+
+WARMUP, TRUE, PROFILED = "warmup", "true", "profiled"
+
+
+class SiteClock:
+    """The SiteTiming of one (site, op, phase) and its pending measurements."""
+
+    __slots__ = ("timing", "pending")
+
+    def __init__(self, timing: SiteTiming):
+        self.timing = timing
+        self.pending = {TRUE: 0, PROFILED: 0}
+
+    def values(self, phase: str) -> list[float]:
+        return self.timing.profiled_us if phase == PROFILED else self.timing.true_us
+
+    def has_room(self, phase: str) -> bool:
+        return len(self.values(phase)) + self.pending[phase] < MAX_VALUES
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.sites: dict[tuple[str, str, str], SiteClock] = {}
+        self._pools: dict[int, list[Any]] = {}
+        self._pending: deque = deque()
+        self._lock = threading.Lock()
+        self._calls = 0
+        self.devices: set[int] = set()
+
+    # --- sites ----------------------------------------------------------------------------------------------------
+
+    def clock(self, site: str, op: str, phase: str) -> SiteClock:
+        key = (site, op, phase)
+        c = self.sites.get(key)
+        if c is None:
+            c = self.sites[key] = SiteClock(SiteTiming(site=site, op=op, phase=phase, clock="host"))
+        return c
+
+    def timings(self) -> list[SiteTiming]:
+        """Sites and phases with something measured or counted (a backward that never ran leaves nothing)."""
+        return [c.timing for c in self.sites.values()
+                if c.timing.true_us or c.timing.profiled_us or c.timing.warmup_calls]
+
+    # --- one measurement --------------------------------------------------------------------------------------------
+
+    def _event(self, device: int) -> Any:
+        with self._lock:
+            pool = self._pools.get(device)
+            if pool:
+                return pool.pop()
+        return torch.cuda.Event(enable_timing=True)
+
+    def start(self, device: int | None) -> tuple:
+        """A token for `stop`: the start event recorded now on `device`'s current stream (the end goes on the same
+        stream), or the host clock."""
+        if device is None:
+            return (None, time.perf_counter_ns(), None)
+        stream = torch.cuda.current_stream(device)
+        ev = self._event(device)
+        ev.record(stream)
+        return (device, ev, stream)
+
+    def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
+        device, start, stream = token
+        if device is None:
+            clock.values(phase).append((time.perf_counter_ns() - start) / 1000.0)
+            return
+        end = self._event(device)
+        end.record(stream)
+        clock.timing.clock = "cuda_event"
+        clock.pending[phase] += 1
+        self._pending.append((device, start, end, clock, phase))
+        self.devices.add(device)
+
+    def cancel(self, token: tuple) -> None:
+        device, start, _ = token
+        if device is not None:
+            self._release(device, start)
+
+    def _release(self, device: int, *events: Any) -> None:
+        with self._lock:
+            self._pools.setdefault(device, []).extend(events)
+
+    def tick(self) -> None:
+        self._calls += 1
+        if self._calls % POLL_EVERY == 0 and self._pending:
+            self.poll()
+
+    def poll(self, wait: bool = False) -> None:
+        """Move finished pairs into their lists (oldest first; stops at the first unfinished one)."""
+        pending = self._pending
+        while pending:
+            device, start, end, clock, phase = pending[0]
+            if not wait and not end.query():
+                break
+            pending.popleft()
+            if wait:
+                end.synchronize()
+            clock.pending[phase] -= 1
+            clock.values(phase).append(start.elapsed_time(end) * 1000.0)
+            self._release(device, start, end)
+
+    def finish(self) -> None:
+        """Synchronize once and resolve everything still pending."""
+        if self._pending:
+            for device in sorted(self.devices):
+                torch.cuda.synchronize(device)
+            self.poll(wait=True)
+
+    # --- backward ---------------------------------------------------------------------------------------------------
+
+    def arm_backward(self, out: Any, inputs: list, clock: SiteClock, phase: str, device: int | None) -> None:
+        """Time the backward of one call: from the moment the grad of `out` arrives (before the op's backward
+        runs) to the moment the gradients of all `inputs` (those requiring grad) have been produced.
+
+        The end is taken on the autograd nodes that produce the inputs' gradients (found by walking the graph from
+        `out` to the inputs), not on hooks of the inputs themselves: the engine may run unrelated nodes (other
+        projections' backward) before it gets to an input's own node. If the graph is too large to walk, the
+        last input hook gives the end instead. Events are taken from the pool only when the backward runs.
+        """
+        node = out.grad_fn
+        if node is None:
+            return
+        grads = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        unique: dict[int, torch.Tensor] = {}
+        for t in grads:
+            unique.setdefault(id(t), t)
+        producers = _producers(node, list(unique.values()))
+        measure = _Backward(self, clock, phase, device)
+        node.register_prehook(measure.begin)
+        if producers:
+            measure.parts = len(producers)
+            for p in producers:
+                p.register_hook(measure.node_done)
+        elif any(t.grad_fn is not None for t in unique.values()):
+            # hooks on non-leaf inputs only: a leaf's hooks would outlive this call (they stay on the tensor)
+            non_leaf = [t for t in unique.values() if t.grad_fn is not None]
+            measure.parts = len(non_leaf)
+            for t in non_leaf:
+                t.register_hook(measure.tensor_done)
+        else:
+            measure.parts = 1
+            node.register_hook(measure.node_done)
+
+    def count_backward(self, out: Any, clock: SiteClock) -> None:
+        """Warm-up calls: count their backward, no timing."""
+        node = out.grad_fn
+        if node is not None:
+            node.register_prehook(_Counter(clock).hit)
+
+
+class _Counter:
+    __slots__ = ("clock",)
+
+    def __init__(self, clock: SiteClock):
+        self.clock = clock
+
+    def hit(self, grad_outputs):
+        self.clock.timing.warmup_calls += 1
+        return None
+
+
+class _Backward:
+    __slots__ = ("timer", "clock", "phase", "device", "token", "parts", "left")
+
+    def __init__(self, timer: Timer, clock: SiteClock, phase: str, device: int | None):
+        self.timer, self.clock, self.phase, self.device = timer, clock, phase, device
+        self.token = None
+        self.parts = 1
+        self.left = 0
+
+    def begin(self, grad_outputs):
+        try:
+            if self.token is not None:
+                self.timer.cancel(self.token)
+            self.token = None
+            if self.clock.has_room(self.phase):
+                self.left = self.parts
+                self.token = self.timer.start(self.device)
+        except Exception:
+            self.token = None
+        return None
+
+    def _part_done(self) -> None:
+        if self.token is None:
+            return
+        self.left -= 1
+        if self.left <= 0:
+            token, self.token = self.token, None
+            try:
+                self.timer.stop(token, self.clock, self.phase)
+            except Exception:
+                pass
+
+    def node_done(self, grad_inputs, grad_outputs):
+        self._part_done()
+        return None
+
+    def tensor_done(self, grad):
+        self._part_done()
+        return None
+
+
+def _producers(out_node: Any, inputs: list[torch.Tensor]) -> list | None:
+    """Autograd nodes between `out_node` and the inputs that hand a gradient to an input; None if the walk gets
+    larger than MAX_GRAPH_NODES (the op's backward is then not a small subgraph) or finds no input."""
+    if not inputs:
+        return None
+    targets = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    leaves = {id(t) for t in inputs if t.grad_fn is None}
+    producers = []
+    seen = {out_node}
+    stack = [out_node]
+    while stack:
+        node = stack.pop()
+        feeds_input = False
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            if nxt in targets:
+                feeds_input = True
+                continue
+            var = getattr(nxt, "variable", None)  # AccumulateGrad of a leaf
+            if var is not None:
+                if id(var) in leaves:
+                    feeds_input = True
+                continue
+            if nxt not in seen:
+                if len(seen) >= MAX_GRAPH_NODES:
+                    return None
+                seen.add(nxt)
+                stack.append(nxt)
+        if feeds_input:
+            producers.append(node)
+    return producers or None

@@ -1,0 +1,88 @@
+"""`attnprof compare` output: the console tables, the `--json` rows and the run folder's compare.json."""
+from __future__ import annotations
+
+from itertools import groupby
+
+import msgspec
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from attnprof.analysis.compare import CompareRow
+from attnprof.render.json_report import round_floats
+from attnprof.render.console import DTYPE_SHORT, part_text, us_text
+from attnprof.trace.ceilings import Ceilings
+from attnprof.trace.compare import COMPARE_SCHEMA_VERSION, CompareRun
+
+
+def rows_json(rows: list[CompareRow]) -> list[dict]:
+    return round_floats(msgspec.to_builtins(rows))
+
+
+def compare_document(run: CompareRun, rows: list[CompareRow], ceilings: Ceilings | None, notes: list[str]) -> dict:
+    """compare.json: the environment, the ceilings the percentages divide by, and every row."""
+    env = msgspec.to_builtins(run)
+    env.pop("measurements")  # the rows carry them, joined with their split
+    return {"schema_version": COMPARE_SCHEMA_VERSION, "run": env,
+            "ceilings": msgspec.to_builtins(ceilings) if ceilings else None, "rows": rows_json(rows), "notes": notes}
+
+
+def _rate(v: float | None) -> str:
+    """Three significant figures: CPU rates are fractions of a TFLOP/s, H100 rates hundreds."""
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _case_title(row: CompareRow) -> str:
+    bits = ["×".join(map(str, row.shape)), DTYPE_SHORT.get(row.dtype, row.dtype)]
+    if row.causal:
+        bits.append("causal")
+    return " ".join(bits)
+
+
+def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], ceilings: Ceilings | None,
+                  notes: list[str]) -> None:
+    console.print(Text(f"attnprof compare — {run.device}  [torch {run.versions.get('torch', '?')}]", style="bold"))
+    on_cpu = all(r.launch_us is None for r in rows)
+    for title, group in groupby(rows, key=_case_title):
+        group = list(group)
+        ran = [r for r in group if r.unsupported is None]
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title=title, title_justify="left",
+                      title_style="bold")
+        for col in ("backend", "variant", "phase", "kernels"):
+            table.add_column(col)
+        for col in ("median µs", "window µs", "compute", "copy", "launch", "other", "TFLOP/s", "GB/s", "% peak"):
+            table.add_column(col, justify="right")
+        for r in ran:
+            window = r.window_us or 0.0
+            parts = [part_text(v, window) if r.window_us is not None else Text("—")
+                     for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
+            peak = "—" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}% {r.bound[0]}"
+            table.add_row(r.backend, r.variant, r.phase, r.kernels or "?", us_text(r.median_us), us_text(r.window_us),
+                          *parts, _rate(r.tflops), _rate(r.gbps), peak)
+        console.print(table)
+        # one line per backend, variant and reason: the phases that share a reason are listed together
+        skipped: dict[tuple[str, str, str], list[str]] = {}
+        for r in group:
+            if r.unsupported is not None:
+                skipped.setdefault((r.backend, r.variant, r.unsupported), []).append(r.phase)
+        if skipped:
+            console.print(Text("  not run here:", style="bold"))
+            for (backend, variant, reason), phases in skipped.items():
+                console.print(f"    {backend:<15} {variant:<13} {'+'.join(phases):<8} {reason}", soft_wrap=True)
+    split_from = "launch is n/a on CPU; time between ops is in other" if on_cpu else \
+        "launch = GPU idle inside the call's window"
+    console.print(Text(
+        f"median µs: {run.method}. compute/copy/launch/other: the profiled repetition's window split by attnprof "
+        f"(% of that window; {split_from}). TFLOP/s and GB/s from the median and the minimum FLOPs/bytes "
+        "(README: roofline).", style="dim"))
+    if ceilings:
+        console.print(Text(
+            f"% peak: of this device's measured ceilings ({ceilings.copy_gbps:,.0f} GB/s copy, "
+            f"{ceilings.matmul_tflops:,.1f} TFLOP/s {ceilings.dtype} matmul; c = compute-bound, m = memory-bound; "
+            f"{ceilings.method}, {ceilings.measured_at}).", style="dim"))
+    console.print(Text(f"traces: {run.folder}", style="dim"))
+    for note in notes:
+        console.print(Text(f"note: {note}", style="yellow"))

@@ -1,0 +1,89 @@
+"""`attnprof explain` output: an Explanation (B against A) or Diagnoses (where a call's time goes), as a rich
+table with the fix next to every cause, or as JSON (the records as they are, floats rounded)."""
+from __future__ import annotations
+
+import msgspec
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from attnprof.analysis.diagnosis import EXPLAINED_TOLERANCE, KIND_TITLES, Cause, Diagnosis, Explanation, Side
+from attnprof.render.json_report import round_floats
+
+
+def _us(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    text = f"{v:+,.1f}" if signed else f"{v:,.1f}"
+    return text if abs(v) < 1000 else (f"{v:+,.0f}" if signed else f"{v:,.0f}")
+
+
+def explanation_json(e: Explanation) -> str:
+    return msgspec.json.format(msgspec.json.encode(round_floats(msgspec.to_builtins(e))), indent=1).decode()
+
+
+def diagnoses_json(diagnoses: list[Diagnosis]) -> str:
+    doc = {"diagnoses": round_floats(msgspec.to_builtins(diagnoses))}
+    return msgspec.json.format(msgspec.json.encode(doc), indent=1).decode()
+
+
+def _side_line(tag: str, s: Side) -> Text:
+    t = Text(f"  {tag}  ", style="bold")
+    t.append(s.label, style="bold")
+    t.append(f"   {_us(s.us)} µs   {' / '.join(s.backends) or '?'}   {s.calls} call{'s' * (s.calls != 1)}   "
+             f"compute {_us(s.compute_us)}  copy {_us(s.copy_us)}  launch {_us(s.launch_us)}  other {_us(s.other_us)}")
+    return t
+
+
+def _causes_table(causes: list[Cause], total: float, share_label: str, signed: bool) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("cause", no_wrap=True)
+    table.add_column("µs", justify="right", no_wrap=True)
+    table.add_column(share_label, justify="right", no_wrap=True)
+    table.add_column("what", ratio=3)
+    table.add_column("fix", ratio=3)
+    for i, c in enumerate(causes, 1):
+        share = f"{100 * c.us / total:.0f}%" if total else "—"
+        table.add_row(str(i), KIND_TITLES.get(c.kind, c.kind), _us(c.us, signed), share, c.detail, c.fix)
+    return table
+
+
+def print_explanation(console: Console, e: Explanation) -> None:
+    console.print(Text("attnprof explain: why B is slower than A", style="bold"))
+    console.print(_side_line("A", e.a))
+    console.print(_side_line("B", e.b))
+    ratio = f" ({e.b.us / e.a.us:.2f}x)" if e.a.us > 0 else ""
+    console.print(Text(f"  B is slower by {_us(e.gap_us)} {e.unit}{ratio}", style="bold"))
+    console.print(Text(f"  numbers: {e.basis_detail}", style="dim"))
+    for note in e.notes:
+        console.print(Text(f"  note: {note}", style="yellow"))
+    table = _causes_table(e.causes, e.gap_us, "of gap", signed=True)
+    pct = f"{100 * e.unexplained_us / e.gap_us:.0f}%" if e.gap_us else "—"
+    what = ("what the causes do not cover: kernel time beyond the true time, negligible causes"
+            if e.explained else f"more than {EXPLAINED_TOLERANCE:.0%} of the gap is not covered by the causes: the "
+                                "traced kernels took longer than the true time allows (the profiler stretched host "
+                                "ops, or the true times are noisy: time more steps)")
+    table.add_row("", Text("unexplained", style="dim" if e.explained else "bold red"), _us(e.unexplained_us, True),
+                  pct, what, "")
+    console.print(table)
+
+
+def print_diagnoses(console: Console, diagnoses: list[Diagnosis]) -> None:
+    for d in diagnoses:
+        s = d.subject
+        head = Text(f"{s.label}", style="bold")
+        head.append(f" — {_us(s.us)} {d.unit}, {' / '.join(s.backends) or '?'}, {s.calls} call"
+                    f"{'s' * (s.calls != 1)}")
+        console.print(head)
+        console.print(Text(f"  numbers: {d.basis_detail}", style="dim"))
+        table = _causes_table(d.causes, s.us, "share", signed=False)
+        if abs(d.unexplained_us) > EXPLAINED_TOLERANCE * max(s.us, 1e-9):
+            table.add_row("", Text("unexplained", style="bold red"), _us(d.unexplained_us, True),
+                          f"{100 * d.unexplained_us / s.us:.0f}%" if s.us else "—",
+                          "the traced kernels took longer than the true time allows", "")
+        console.print(table)
+        for note in d.notes:
+            console.print(Text(f"  note: {note}", style="yellow"))
+        console.print()

@@ -1,0 +1,6 @@
+class AttentionBias:
+    pass
+
+
+class LowerTriangularMask(AttentionBias):
+    """Causal mask (top-left aligned)."""

@@ -1,0 +1,182 @@
+"""Capture: what a step is (optimizer / iteration / call / auto) and which steps run under the profiler."""
+from __future__ import annotations
+
+import gzip
+import json
+
+from attnprof.trace.runinfo import RANGE_PREFIX, SOURCE_PREFIX
+
+
+def trace_names(result) -> list[str]:
+    """Names of the attnprof ranges in the run's trace, in time order."""
+    (path,) = result.trace_files
+    events = json.load(gzip.open(path))["traceEvents"]
+    events = [e for e in events if e.get("ph") == "X" and e.get("name", "").startswith(("attnprof:", "attnprof."))]
+    return [e["name"] for e in sorted(events, key=lambda e: e["ts"])]
+
+
+OPTIMIZER = """\
+import torch, torch.nn as nn, torch.nn.functional as F
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+    def forward(self, x):
+        q = self.proj(x).view(2, 4, 2, 4).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, q, q).sum()
+net = Net()
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+x = torch.randn(2, 4, 8)
+for step in range(6):
+    for micro in range(FORWARDS):
+        net(x).backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_optimizer_steps(trace):
+    r = trace(OPTIMIZER.replace("FORWARDS", "2"), warmup=1, timed=1, active=2, step_on="optimizer")
+    s = r.runinfo.steps
+    assert (s.unit, s.seen, s.profiled, s.profiled_calls, s.stopped_early) == ("optimizer", 6, [2, 3], 4, None)
+    assert [c.step for c in r.runinfo.calls] == [2, 2, 3, 3]
+    assert [c.id for c in r.runinfo.calls] == [5, 6, 7, 8]
+    names = [n for n in trace_names(r) if n.startswith(RANGE_PREFIX)]
+    assert names == [c.range_name for c in r.runinfo.calls]
+
+
+def test_auto_picks_optimizer_when_it_steps_before_the_next_forward(trace):
+    r = trace(OPTIMIZER.replace("FORWARDS", "1"), warmup=1, timed=1, active=2)
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.seen, s.profiled, s.profiled_calls) == ("optimizer", "one optimizer step", 6,
+                                                                           [2, 3], 2)
+
+
+def test_auto_picks_iteration_when_the_model_is_called_again_first(trace):
+    r = trace(OPTIMIZER.replace("FORWARDS", "2"), warmup=1, timed=1, active=2)
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.seen, s.profiled) == ("iteration", "one forward of Net", 12, [2, 3])
+    assert [c.step for c in r.runinfo.calls] == [2, 3]
+
+
+LAYERS = """\
+import torch, torch.nn as nn, torch.nn.functional as F
+class Layer(nn.Module):
+    def forward(self, x):
+        return F.scaled_dot_product_attention(x, x, x)
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(Layer() for _ in range(3))
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+net = Net()
+x = torch.randn(1, 2, 4, 8)
+with torch.no_grad():
+    for i in range(6):
+        net(x)
+"""
+
+
+def test_iteration_is_one_forward_of_the_outermost_module_not_one_layer(trace):
+    """All three layers call attention from the same line: a step is still one forward of the whole model."""
+    r = trace(LAYERS, warmup=1, timed=1, active=2, step_on="iteration")
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.seen, s.profiled, s.profiled_calls) == ("iteration", "one forward of Net", 6,
+                                                                           [2, 3], 6)
+    assert [c.id for c in r.runinfo.calls] == [7, 8, 9, 10, 11, 12]
+    assert [c.step for c in r.runinfo.calls] == [2, 2, 2, 3, 3, 3]
+    assert {c.site for c in r.runinfo.calls} == {"script.py:4 via :11"}  # every layer: one line, one caller
+
+
+SITES = """\
+import torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 4, 8)
+for i in range(6):
+    x = q.transpose(1, 2).contiguous().transpose(1, 2)
+    a = F.scaled_dot_product_attention(x, x, x)
+    b = F.scaled_dot_product_attention(q, q, q)
+"""
+
+
+def test_iteration_without_a_module_is_the_recurrence_of_the_first_site(trace):
+    r = trace(SITES, warmup=1, timed=1, active=2, step_on="auto")
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.seen, s.profiled) == ("iteration", "one pass through script.py:6", 6, [2, 3])
+    assert [(c.id, c.step, c.site) for c in r.runinfo.calls] == [
+        (5, 2, "script.py:6"), (6, 2, "script.py:7"), (7, 3, "script.py:6"), (8, 3, "script.py:7")]
+    names = trace_names(r)
+    # started right after the exit of call 4, so step 2's layout copy is in; stopped at the entry of call 9
+    assert names == [f"{SOURCE_PREFIX}script.py:5", "attnprof:sdpa script.py:6 #5", "attnprof:sdpa script.py:7 #6",
+                     f"{SOURCE_PREFIX}script.py:5", "attnprof:sdpa script.py:6 #7", "attnprof:sdpa script.py:7 #8",
+                     f"{SOURCE_PREFIX}script.py:5"]
+
+
+CALLS = """\
+import torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 4, 8, requires_grad=True)
+for i in range(N):
+    F.scaled_dot_product_attention(q * 1, q, q).sum().backward()
+"""
+
+
+def test_call_steps(trace):
+    r = trace(CALLS.replace("N", "8"), warmup=2, timed=1, active=2, step_on="call")
+    s = r.runinfo.steps
+    assert (s.unit, s.seen, s.profiled, s.profiled_calls) == ("call", 8, [3, 4], 2)
+    assert [(c.id, c.step) for c in r.runinfo.calls] == [(4, 3), (5, 4)]
+
+
+def test_timing_phases_follow_the_window(trace):
+    r = trace(CALLS.replace("N", "10"), warmup=2, timed=3, active=2, step_on="call")
+    timings = {t.phase: t for t in r.runinfo.sites}
+    for phase in ("fwd", "bwd"):
+        t = timings[phase]
+        assert (t.site, t.op, t.clock) == ("script.py:5", "sdpa", "host")
+        assert (t.warmup_calls, len(t.true_us), len(t.profiled_us)) == (2, 6, 2)
+        assert all(v > 0 for v in t.true_us + t.profiled_us)
+
+
+def test_max_calls_caps_the_window(trace):
+    r = trace(CALLS.replace("N", "8"), warmup=0, timed=0, active=10, step_on="call", max_calls=3)
+    s = r.runinfo.steps
+    assert [c.id for c in r.runinfo.calls] == [1, 2, 3] and s.profiled_calls == 3 and s.profiled == [0, 2]
+    assert "--max-calls 3" in s.stopped_early
+    assert len([n for n in trace_names(r) if n.startswith(RANGE_PREFIX)]) == 3
+
+
+def test_script_ending_inside_the_window_stops_it_there(trace):
+    r = trace(SITES.replace("range(6)", "range(2)"), warmup=0, timed=0, active=5)
+    s = r.runinfo.steps
+    assert s.profiled == [0, 1] and s.profiled_calls == 4
+    assert s.stopped_early == "the script ended during step 1, before the window's last step 4"
+    assert len(r.trace_files) == 1
+
+
+def test_script_ending_in_the_last_active_step_is_not_early(trace):
+    r = trace(SITES.replace("range(6)", "range(2)"), warmup=0, timed=0, active=2)
+    assert r.runinfo.steps.stopped_early is None and r.runinfo.steps.profiled == [0, 1]
+
+
+def test_script_ending_before_the_window_leaves_a_note_and_no_trace(trace):
+    r = trace(SITES.replace("range(6)", "range(2)"), warmup=2, timed=3, active=2)
+    assert r.trace_files == [] and r.runinfo.trace_files == [] and r.runinfo.steps.profiled == []
+    assert r.runinfo.note == ("the script ran 2 steps (one step = one pass through script.py:6); profiling starts "
+                              "after 5 (--warmup 2 --timed 3): rerun with --warmup 0 --timed 0")
+    assert sorted(p.name for p in r.folder.iterdir()) == ["runinfo.json"]
+
+
+def test_no_attention_call_says_so(trace):
+    r = trace("import torch\nx = torch.ones(3) * 2\n", warmup=1)
+    assert r.trace_files == [] and "no attention call" in r.runinfo.note
+
+
+def test_no_warmup_and_no_timed_steps_profiles_from_the_start(trace):
+    r = trace("import torch\ny = torch.randn(4).contiguous()\n" + SITES, warmup=0, timed=0, active=1)
+    names = trace_names(r)
+    assert names[0] == f"{SOURCE_PREFIX}script.py:2"  # before any attention call: the profiler ran already
+    assert r.runinfo.steps.profiled == [0, 0] and [c.id for c in r.runinfo.calls] == [1, 2]

@@ -1,0 +1,180 @@
+"""`attnprof compare` on CPU: every backend and variant is a row, the CPU ones timed and split, the rest with reasons."""
+import argparse
+import contextlib
+import io
+import json
+import os
+
+import pytest
+import torch
+
+from attnprof.analysis.roofline import AttentionShape, shape_of_call
+from attnprof.capture.ceilings import device_name, measure_ceilings
+from attnprof.capture.compare import _native_warnings, input_sets_needed, new_run_folder
+from attnprof.cli import compare_cmd
+from attnprof.errors import AttnprofError
+from attnprof.pipeline import analyze_path
+from attnprof.trace.ceilings import Ceilings, save_ceilings
+
+#: The --json row fields, as the README documents them.
+ROW_FIELDS = {"backend", "variant", "shape", "dtype", "causal", "phase", "median_us", "window_us", "compute_us",
+              "copy_us", "launch_us", "other_us", "tflops", "gbps", "pct_of_peak", "bound", "kernels", "trace",
+              "unsupported"}
+#: What torch 2.13's CPU build runs; everything else needs CUDA or a package CI does not have.
+CPU_RUNS = {("sdpa-auto", "native"), ("sdpa-flash", "native"), ("sdpa-math", "native"), ("sdpa-blhd", "native"),
+            ("sdpa-blhd", "seed-wrapper")}
+ALL_VARIANTS = CPU_RUNS | {("sdpa-efficient", "native"), ("sdpa-cudnn", "native")} | {
+    (b, v) for b in ("aten-flash", "flash-attn2", "fa3", "fa4", "xformers") for v in ("native", "seed-wrapper")}
+#: Ceilings put in the cache beforehand, so the test does not spend seconds measuring real ones.
+TEST_CEILINGS = dict(copy_gbps=10.0, matmul_tflops=0.05, dtype="float32", measured_at="2026-01-01T00:00:00+00:00",
+                     method="test values")
+
+
+def run_compare(*argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    compare_cmd.register(parser.add_subparsers())
+    ns = parser.parse_args(["compare", *argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = ns.run(ns)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(home))
+        save_ceilings(Ceilings(device=device_name(torch.device("cpu")), torch_version=str(torch.__version__),
+                               **TEST_CEILINGS))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def json_run(tmp_path_factory, cache_home):
+    root = tmp_path_factory.mktemp("traces")
+    code, out = run_compare("--device", "cpu", "--shape", "1,2,32,16", "--backward", "--reps", "2", "--warmup", "1",
+                            "--root", str(root), "--json")
+    assert code == 0
+    (folder,) = root.iterdir()
+    return json.loads(out), folder
+
+
+def by_key(rows):
+    return {(r["backend"], r["variant"], r["phase"]): r for r in rows}
+
+
+def test_every_backend_and_variant_is_a_row_in_both_phases(json_run):
+    rows, _ = json_run
+    assert set(by_key(rows)) == {(b, v, p) for b, v in ALL_VARIANTS for p in ("fwd", "bwd")}
+    assert all(set(r) == ROW_FIELDS for r in rows)
+    assert all(r["shape"] == [1, 2, 32, 16] and r["dtype"] == "float32" and r["causal"] is False for r in rows)
+
+
+def test_cpu_backends_are_timed_and_split(json_run):
+    rows, _ = json_run
+    ran = [r for r in rows if r["unsupported"] is None]
+    assert {(r["backend"], r["variant"]) for r in ran} == CPU_RUNS
+    for r in ran:
+        assert r["median_us"] > 0 and r["window_us"] > 0
+        assert r["launch_us"] is None  # CPU: nothing to wait for
+        parts = r["compute_us"] + r["copy_us"] + r["other_us"]
+        assert parts == pytest.approx(r["window_us"], rel=1e-4)  # JSON keeps 6 significant digits
+        assert r["compute_us"] > 0
+        assert r["tflops"] > 0 and r["gbps"] > 0 and r["bound"] in ("compute", "memory")
+
+
+def test_percent_of_peak_divides_by_the_cached_ceilings(json_run):
+    rows, _ = json_run
+    for r in rows:
+        if r["unsupported"] is None:
+            achieved, ceiling = ((r["tflops"], TEST_CEILINGS["matmul_tflops"]) if r["bound"] == "compute"
+                                 else (r["gbps"], TEST_CEILINGS["copy_gbps"]))
+            assert r["pct_of_peak"] == pytest.approx(100 * achieved / ceiling, rel=1e-4)  # JSON keeps 6 digits
+
+
+def test_unsupported_rows_carry_the_reason(json_run):
+    rows = by_key(json_run[0])
+    for r in rows.values():
+        if (r["backend"], r["variant"]) not in CPU_RUNS:
+            assert r["unsupported"] and r["median_us"] is None and r["copy_us"] is None
+    assert "_flash_attention_forward" in rows["aten-flash", "native", "fwd"]["unsupported"]
+    assert "flash_attn" in rows["flash-attn2", "native", "fwd"]["unsupported"]
+
+
+def test_seed_wrapper_copies_are_attributed_to_the_call(json_run):
+    rows = by_key(json_run[0])
+    # the wrapper's transpose(1, 2).contiguous() of q, k, v; native (B, L, H, D) inputs need none
+    assert rows["sdpa-blhd", "seed-wrapper", "fwd"]["copy_us"] > 0
+    assert rows["sdpa-blhd", "native", "fwd"]["copy_us"] == 0
+
+
+def test_run_folder_holds_compare_json_and_analysable_traces(json_run):
+    rows, folder = json_run
+    doc = json.loads((folder / "compare.json").read_text())
+    assert doc["rows"] == rows
+    assert doc["ceilings"]["method"] == "test values"
+    assert doc["run"]["versions"]["torch"] == str(torch.__version__)
+    traces = sorted(p.name for p in folder.glob("*.pt.trace.json.gz"))
+    assert traces == sorted({r["trace"] for r in rows if r["trace"]})
+    assert len(traces) == len(CPU_RUNS)
+    report = analyze_path(folder)  # what `attnprof analyze <folder>` reads
+    assert {c.site for c in report.calls} == {f"{b}/{v}" for b, v in CPU_RUNS}
+    # the roofline reads the same shape back from every analysed call (as the dashboard does)
+    assert all(shape_of_call(c) == AttentionShape(1, 2, 2, 32, 32, 16, 16) for c in report.calls)
+
+
+def test_console_table_lists_runs_and_reasons(tmp_path, cache_home):
+    code, out = run_compare("--device", "cpu", "--shape", "1,4,2,32,16", "--causal", "--reps", "2", "--warmup", "1",
+                            "--backends", "sdpa-blhd,aten-flash", "--out", str(tmp_path / "run"))
+    assert code == 0
+    assert "1×4×2×32×16 fp32 causal" in out
+    assert "seed-wrapper" in out and "not run here" in out
+    assert "Could not run 'aten::_flash_attention_forward'" in out
+    assert (tmp_path / "run" / "compare.json").is_file()
+
+
+def test_run_folders_are_never_overwritten(tmp_path):
+    first = new_run_folder(None, tmp_path)
+    second = new_run_folder(None, tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
+    (first / "compare.json").write_text("{}")
+    with pytest.raises(AttnprofError):
+        new_run_folder(first, tmp_path)
+
+
+def test_unknown_backend_is_a_one_line_error(tmp_path, cache_home):
+    with pytest.raises(AttnprofError, match="unknown backend nope"):
+        run_compare("--device", "cpu", "--backends", "nope", "--root", str(tmp_path))
+
+
+def test_shape_argument():
+    assert compare_cmd._shape("2,8,128,64") == (2, 8, 8, 128, 64)
+    assert compare_cmd._shape("2,8,2,128,64") == (2, 8, 2, 128, 64)
+    for bad in ("2,8,128", "2,8,3,128,64", "2,0,128,64", "a,b,c,d"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            compare_cmd._shape(bad)
+
+
+def test_input_sets_exceed_twice_the_cache():
+    # 2 × 50 MB of cache over 1 MB sets: 100 sets; a set larger than twice the cache: 1
+    assert input_sets_needed(1_000_000, 50_000_000) == 100
+    assert input_sets_needed(3_000_000, 50_000_000) == 34
+    assert input_sets_needed(200_000_000, 50_000_000) == 1
+    assert input_sets_needed(1_000_000, 0) == 1
+
+
+def test_measured_cpu_ceilings_are_positive():
+    c = measure_ceilings(torch.device("cpu"), copy_bytes=1 << 20, matmul_n=64, warmup=1, reps=2)
+    assert c.copy_gbps > 0 and c.matmul_tflops > 0
+    assert c.dtype == "float32" and c.device.startswith("cpu") and c.torch_version == str(torch.__version__)
+
+
+def test_torch_printed_warnings_become_the_reason(capfd):
+    # on CUDA, can_use_*_attention(params, debug=True) prints its reasons as c10 warnings on stderr
+    line = (b"[W1125 13:33:43.758003136 sdp_utils_cpp.h:418] Warning: For dense input, both fused kernels require "
+            b"query, key and value to have the same num_heads. (function check_batch_size_and_num_heads_dense)\n")
+    with _native_warnings() as printed:
+        os.write(2, line + b"something else\n")
+    assert printed == ["For dense input, both fused kernels require query, key and value to have the same num_heads."]
+    assert capfd.readouterr().err == "something else\n"  # what is not a torch warning is passed on

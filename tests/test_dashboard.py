@@ -1,0 +1,233 @@
+"""Dashboards: the figures and their numbers (from the JSON the page embeds), the page being self-contained,
+`attnprof dashboard` for run folders, trace files and compare folders, and the gallery."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnprof.analysis import diagnosis as dg
+from attnprof.analysis.records import KernelSlice
+from attnprof.analysis.roofline import attention_flops, attention_min_bytes, shape_of_call
+from attnprof.cli.dashboard_cmd import write_for_path
+from attnprof.gallery import build_gallery, load_gallery_runs, run_identity
+from attnprof.pipeline import analyze_path
+from attnprof.render import dashboard as db
+from attnprof.trace.ceilings import Ceilings
+from seed_runs import H100_TRACES, h100_run_folders, seed_runs
+from test_diagnosis import call, report, seed_vs_sdpa
+
+CEILINGS = Ceilings(device="NVIDIA H100 80GB HBM3", copy_gbps=3000.0, matmul_tflops=790.0, dtype="bfloat16",
+                    measured_at="2026-11-25T13:00:00", method="test")
+
+
+@pytest.fixture(scope="module")
+def cpu_runs(tmp_path_factory):
+    return seed_runs(tmp_path_factory.getbasetemp())
+
+
+def traces_by_name(fig: dict) -> dict[str, dict]:
+    return {t.get("name"): t for t in fig["data"]}
+
+
+# --- figures from hand-built records (exact numbers) -------------------------------------------------------------
+
+
+def test_site_bars_split_true_and_profiled():
+    r, _, _ = seed_vs_sdpa()
+    fig = db.site_bars_figure(r).to_plotly_json()
+    t = traces_by_name(fig)
+    assert list(t) == ["compute", "copy", "launch (GPU idle)", "other", "profiler's own cost (left out)",
+                       "true µs (end-to-end, median)", "profiled µs (end-to-end, median)"]
+    assert list(t["compute"]["y"]) == ["model.py:9 · fwd", "seed.py:47 · fwd"]
+    assert list(t["compute"]["x"]) == pytest.approx([41.0, 69.0])
+    assert list(t["copy"]["x"]) == pytest.approx([0.0, 152.0])
+    # solid parts add up to the true estimate; the hatched rest of the window is the profiler's
+    assert list(t["launch (GPU idle)"]["x"]) == pytest.approx([60.0 - 42.0, 81.0 + 152.0 - 221.0])
+    assert list(t["profiler's own cost (left out)"]["x"]) == pytest.approx([102.0 - 60.0, 1121.0 - 233.0])
+    assert list(t["true µs (end-to-end, median)"]["x"]) == pytest.approx([60.0, 81.0])
+    assert list(t["profiled µs (end-to-end, median)"]["x"]) == pytest.approx([100.0, 240.0])
+    assert "cudnn" in json.dumps(t["compute"]["customdata"]) and "x-thin-open" in json.dumps(fig)
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("µs per call")
+
+
+def test_site_bars_on_cpu_have_no_launch():
+    r = report([call("a.py:1", "cpu-flash", launch=None, other=5.0, device="cpu")], device="cpu")
+    names = [t["name"] for t in db.site_bars_figure(r).to_plotly_json()["data"]]
+    assert names == ["compute", "copy", "other"]
+
+
+def test_waterfall_walks_from_a_through_the_causes_to_b():
+    _, a, b = seed_vs_sdpa()
+    e = dg.explain(a, b)
+    w = db.waterfall_figure(e).to_plotly_json()["data"][0]
+    assert w["type"] == "waterfall"
+    assert list(w["x"]) == ["A"] + [dg.KIND_TITLES[c.kind] for c in e.causes] + ["unexplained", "B"]
+    assert list(w["measure"]) == ["absolute"] + ["relative"] * (len(e.causes) + 1) + ["total"]
+    assert list(w["y"]) == pytest.approx([e.a.us] + [c.us for c in e.causes] + [e.unexplained_us, e.b.us])
+    assert w["x"][1] == "layout copies" and "seed.py:44" in w["hovertext"][1]
+
+
+def test_timeline_bars_are_the_kernels_relative_to_the_window():
+    c = call("m.py:3", "cudnn", compute=30.0, launch=20.0)
+    c.start_us = 1000.0
+    c.kernels = [KernelSlice("copy_kernel", "copy", 1005.0, 10.0),
+                 KernelSlice("cudnn_fprop", "compute", 1030.0, 30.0)]
+    fig = db.timeline_figure(report([c])).to_plotly_json()
+    t = traces_by_name(fig)
+    assert list(t["compute"]["base"]) == [30.0] and list(t["compute"]["x"]) == [30.0]
+    assert list(t["copy"]["base"]) == [5.0] and list(t["copy"]["customdata"]) == ["copy_kernel"]
+    window = next(v for k, v in t.items() if k.startswith("window"))
+    assert list(window["x"]) == [60.0] and "GPU idle" in window["name"]  # the gaps show against it
+
+
+def test_timeline_picks_the_median_call_of_each_site():
+    calls = [call("m.py:3", "cudnn", id=i, compute=float(us)) for i, us in ((1, 10), (2, 50), (3, 30))]
+    assert [c.id for c in db.representative_calls(report(calls))] == [3]
+
+
+def test_roofline_points_and_ceilings():
+    r, _, _ = seed_vs_sdpa()
+    points = db.roofline_points(r, CEILINGS)
+    kernels = next(p for p in points if p["site"] == "model.py:9" and p["what"] == "kernels")
+    shape = shape_of_call(r.calls[0])
+    flops, nbytes = attention_flops(shape), attention_min_bytes(shape, 2)
+    assert kernels["intensity"] == pytest.approx(flops / nbytes)
+    assert kernels["tflops"] == pytest.approx(flops / 41.0 / 1e6)
+    fig = db.roofline_figure(points, CEILINGS).to_plotly_json()
+    ceiling = next(t for t in fig["data"] if t["name"].startswith("ceilings"))
+    assert max(ceiling["y"]) == pytest.approx(790.0)
+    assert fig["layout"]["xaxis"]["type"] == "log" and "FLOP / byte" in fig["layout"]["xaxis"]["title"]["text"]
+
+
+def compare_doc() -> dict:
+    rows = []
+    for backend, base in (("sdpa-auto", 40.0), ("aten-flash", 70.0)):
+        for L in (256, 1024, 4096):
+            rows.append({"backend": backend, "variant": "native", "shape": [8, 16, L, 64], "dtype": "float16",
+                         "causal": False, "phase": "fwd", "median_us": base * L / 256, "compute_us": None,
+                         "copy_us": None, "launch_us": None, "other_us": None, "tflops": 100.0, "gbps": 900.0,
+                         "pct_of_peak": 12.5, "unsupported": None})
+    rows.append({"backend": "fa3", "variant": "native", "shape": [8, 16, 256, 64], "dtype": "float16",
+                 "causal": False, "phase": "fwd", "median_us": None, "unsupported": "flash_attn_interface missing"})
+    return {"schema_version": 1, "run": {"device": "NVIDIA H100 80GB HBM3", "command": ["compare"]},
+            "ceilings": {"device": CEILINGS.device, "copy_gbps": CEILINGS.copy_gbps,
+                         "matmul_tflops": CEILINGS.matmul_tflops, "dtype": "bfloat16",
+                         "measured_at": CEILINGS.measured_at, "method": "test", "torch_version": "2.11"},
+            "rows": rows, "notes": []}
+
+
+def test_compare_sweep_and_table():
+    doc = compare_doc()
+    fig = db.sweep_figure(doc["rows"]).to_plotly_json()
+    lines = traces_by_name(fig)
+    assert set(lines) == {"sdpa-auto native fwd", "aten-flash native fwd"}  # the unsupported row draws nothing
+    assert list(lines["sdpa-auto native fwd"]["x"]) == [256, 1024, 4096]
+    assert list(lines["aten-flash native fwd"]["y"]) == pytest.approx([70.0, 280.0, 1120.0])
+    table = db.compare_table_figure(doc["rows"]).to_plotly_json()["data"][0]
+    assert table["type"] == "table" and len(table["cells"]["values"][0]) == 7
+    assert "flash_attn_interface missing" in table["cells"]["values"][-1]
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+
+
+def test_written_page_embeds_every_figure_and_plotly_js(tmp_path):
+    r, _, _ = seed_vs_sdpa()
+    (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
+    path = db.write_dashboard(r, tmp_path)
+    assert path == tmp_path / "dashboard.html"
+    html = path.read_text()
+    data = db.read_dashboard_data(path)
+    assert list(data["figures"]) == ["sites", "waterfall-0", "timeline", "roofline", "sweep", "compare-table"]
+    assert set(data["templates"]) == {"light", "dark"}
+    assert data["templates"]["dark"]["layout"]["paper_bgcolor"] != data["templates"]["light"]["layout"][
+        "paper_bgcolor"]
+    assert all("template" not in f["layout"] for f in data["figures"].values())  # the page applies the theme
+    # roofline under compare.json's ceilings
+    ceiling = next(t for t in data["figures"]["roofline"]["data"] if t["name"].startswith("ceilings"))
+    assert max(ceiling["y"]) == pytest.approx(790.0)
+    # self-contained: plotly.js inline, nothing fetched
+    assert "<script src" not in html and "cdn.plot.ly/plotly" not in html
+    assert "Plotly.newPlot" in html and len(html) > 3_000_000
+    assert 'id="fig-sites"' in html and "causes and fixes per site" in html
+
+
+def test_empty_folder_page_says_so(tmp_path):
+    path = db.write_dashboard(None, tmp_path)
+    assert db.read_dashboard_data(path)["figures"] == {} and "nothing to chart" in path.read_text()
+
+
+# --- real CPU runs, the command, the gallery -----------------------------------------------------------------------
+
+
+def test_dashboard_of_a_cpu_run_folder(cpu_runs):
+    path = write_for_path(cpu_runs["all"])
+    assert path == cpu_runs["all"] / "dashboard.html"
+    figures = db.read_dashboard_data(path)["figures"]
+    assert {"sites", "waterfall-0", "timeline", "roofline"} <= set(figures)
+    r = analyze_path(cpu_runs["all"])
+    labels = set(traces_by_name(figures["sites"])["compute"]["y"])
+    assert labels == {f"{s.site} · {s.phase}" for s in r.sites}
+    waterfall = figures["waterfall-0"]["data"][0]
+    assert waterfall["x"][1] == "layout copies"
+
+
+def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):
+    trace = next(cpu_runs["seed"].glob("*.pt.trace.json"))
+    path = write_for_path(trace)
+    assert path.parent == trace.parent and path.name.endswith(".attnprof.dashboard.html")
+    assert "sites" in db.read_dashboard_data(path)["figures"]
+
+
+def test_dashboard_of_a_compare_folder(tmp_path):
+    (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
+    figures = db.read_dashboard_data(write_for_path(tmp_path))["figures"]
+    assert list(figures) == ["sweep", "compare-table"]
+
+
+def test_run_identity_from_command_or_folder_name(tmp_path):
+    assert run_identity(tmp_path / "x", ["examples/seed_case.py", "--variant", "seed", "--backward"]) == (
+        "seed_case", "seed", "--backward")
+    assert run_identity(tmp_path / "x", ["-m", "llama", "--attn=eager"]) == ("llama", "eager", "")
+    assert run_identity(tmp_path / "hf_llama-sdpa-20261125-130200", None) == ("hf_llama", "sdpa", "")
+
+
+def test_gallery_of_cpu_runs(cpu_runs, tmp_path):
+    root = cpu_runs["all"].parent
+    out = tmp_path / "dashboards"
+    entries = build_gallery(root, out)
+    names = {e.path.name for e in entries}
+    assert {"seed_case-seed.html", "seed_case-native.html", "seed_case-sdpa.html", "seed_case-all.html",
+            "seed_case-seed-vs-sdpa.html", "seed_case-seed-vs-native.html"} == names
+    pair = db.read_dashboard_data(out / "seed_case-seed-vs-native.html")["figures"]
+    assert pair["waterfall-0"]["data"][0]["x"][1] == "layout copies"
+    sites = traces_by_name(pair["sites"])["compute"]["y"]
+    assert any(y.startswith("seed_case-native::") for y in sites) and any(y.startswith("seed_case-seed::")
+                                                                           for y in sites)
+    readme = (out / "README.md").read_text()
+    assert "attnprof dashboard --gallery" in readme
+    for name in names:
+        assert f"]({name})" in readme
+    assert "layout copies" in readme and "examples/seed_case.py:44" in readme
+
+
+# --- the H100 reference runs (traces/h100/, recorded later): skipped while absent -------------------------------
+
+H100_FOLDERS = h100_run_folders()
+
+
+@pytest.mark.skipif(not H100_FOLDERS, reason="no H100 reference runs under traces/h100/")
+def test_h100_gallery(tmp_path):
+    entries = build_gallery(H100_TRACES, tmp_path)
+    runs = load_gallery_runs(H100_TRACES)
+    assert len(entries) >= len(runs)
+    for run in runs:
+        figures = db.read_dashboard_data(tmp_path / f"{run.name}.html")["figures"]
+        if run.report is not None and run.report.sites:
+            assert {"sites", "timeline"} <= set(figures)
+            if run.report.device.startswith("NVIDIA"):
+                names = [t["name"] for t in figures["sites"]["data"]]
+                assert "launch (GPU idle)" in names
+        if run.compare:
+            assert "compare-table" in figures

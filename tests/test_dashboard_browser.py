@@ -1,0 +1,110 @@
+"""A generated dashboard in headless Chromium: every chart drawn, the theme toggle re-themes them, no console or
+page error, and nothing fetched from the network (the page is self-contained)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attnprof.pipeline import analyze_path
+from attnprof.render import dashboard as db
+from seed_runs import seed_runs
+from test_dashboard import compare_doc
+from test_diagnosis import seed_vs_sdpa
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, path: Path):
+    """The page with its problems: console errors and warnings, page errors, requests that left the file."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+    def route(r):
+        if r.request.url.startswith("file://"):
+            r.continue_()
+        else:
+            problems.append(f"network: {r.request.url}")
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(path.as_uri())
+    return page, problems
+
+
+_DRAWN = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
+    id: gd.id,
+    svgs: gd.querySelectorAll('.main-svg').length,
+    traces: (gd._fullData || []).length,
+    drawn: gd.querySelectorAll('g.trace, g.table').length,
+    marks: gd.querySelectorAll('g.trace path, g.trace .point, g.table .cell-text').length,
+    paper: gd._fullLayout.paper_bgcolor,
+}))"""
+
+
+def check_all_drawn(page, path: Path) -> list[dict]:
+    expected = db.read_dashboard_data(path)["figures"]
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === {len(expected)}")
+    drawn = {d["id"]: d for d in page.evaluate(_DRAWN)}
+    assert set(drawn) == {f"fig-{k}" for k in expected}
+    for key, fig in expected.items():
+        d = drawn[f"fig-{key}"]
+        assert d["svgs"] >= 1, key
+        assert d["traces"] == len(fig["data"]), key
+        assert d["drawn"] >= 1 and d["marks"] >= 1, f"{key}: nothing drawn"
+    return list(drawn.values())
+
+
+def test_every_chart_renders_and_the_theme_toggles(browser, tmp_path):
+    r, _, _ = seed_vs_sdpa()
+    (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
+    path = db.write_dashboard(r, tmp_path)  # every panel kind: bars, waterfall, timeline, roofline, sweep, table
+    page, problems = open_page(browser, path)
+    before = check_all_drawn(page, path)
+    theme = page.evaluate("document.documentElement.dataset.theme")
+    page.click("#theme")
+    page.wait_for_function(f"document.documentElement.dataset.theme !== '{theme}'")
+    after = page.evaluate(_DRAWN)
+    # every chart took the other template
+    assert all(a["paper"] != b["paper"] for a, b in zip(after, before, strict=True))
+    assert problems == []
+    page.close()
+
+
+def test_cpu_run_dashboard_renders(browser, tmp_path_factory):
+    run = seed_runs(tmp_path_factory.getbasetemp())["all"]
+    path = db.write_dashboard(analyze_path(run), run)
+    page, problems = open_page(browser, path)
+    drawn = check_all_drawn(page, path)
+    assert {d["id"] for d in drawn} >= {"fig-sites", "fig-waterfall-0", "fig-timeline"}
+    assert problems == []
+    page.close()
+
+
+def test_dark_preference_is_the_first_theme(browser, tmp_path):
+    r, _, _ = seed_vs_sdpa()
+    path = db.write_dashboard(r, tmp_path)
+    page = browser.new_page(color_scheme="dark")
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length > 0")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    dark_paper = db.read_dashboard_data(path)["templates"]["dark"]["layout"]["paper_bgcolor"]
+    assert page.evaluate("document.querySelector('.js-plotly-plot')._fullLayout.paper_bgcolor") == dark_paper
+    page.close()

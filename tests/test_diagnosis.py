@@ -1,0 +1,436 @@
+"""Diagnosis: ranked causes that add up, on real CPU traces of the seed case and on hand-built records of the other
+cases (fallback, launch-bound, GQA copies, casts, pads, cuDNN vs FA2 on Hopper); and `attnprof explain`."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import pytest
+
+from attnprof.analysis import diagnosis as dg
+from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, CopyRecord, KernelSlice, Report
+from attnprof.analysis.sites import summarize_sites
+from attnprof.cli import explain_cmd
+from attnprof.errors import AttnprofError
+from attnprof.pipeline import analyze_path
+from attnprof.trace.runinfo import CallInfo, RunInfo, SiteTiming, StepInfo, TensorInfo
+from seed_runs import REPO, h100_run_folders, seed_runs
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+# --- hand-built records ---------------------------------------------------------------------------------------
+
+
+def call(site, backend, *, id=1, phase="fwd", compute=40.0, copies=(), launch=0.0, other=0.0, op="sdpa",
+         shapes=None, dtype="float16", layout="BHLD", device="cuda:0", gqa=None) -> CallSplit:
+    """A call whose window is exactly its parts; copies are (op, µs, position, line)."""
+    records = [CopyRecord(site=line, op=cop, bytes=1 << 20, dur_us=us, position=pos) for cop, us, pos, line in copies]
+    copy = sum(r.dur_us for r in records)
+    shapes = shapes or {"q": [2, 16, 256, 64], "k": [2, 16, 256, 64], "v": [2, 16, 256, 64]}
+    return CallSplit(id=id, op=op, backend=backend, phase=phase, site=site, found_by="attnprof", device=device,
+                     shapes=shapes, dtype=dtype, layout=layout, gqa_ratio=gqa,
+                     window_us=compute + copy + (launch or 0.0) + other, compute_us=compute, copy_us=copy,
+                     launch_us=launch, other_us=other, copies=records,
+                     kernels=[KernelSlice("attention_kernel", "compute", 0.0, compute)])
+
+
+def report(calls: list[CallSplit], timings: dict | None = None, device: str = H100) -> Report:
+    """`timings`: {(site, phase): (true_us, profiled_us)} as capture measures them around the entry point."""
+    info = None
+    if timings:
+        info = RunInfo(version=1, attnprof_version="test", torch_version="2.11", cuda_version="13.0", device=device,
+                       device_capability="9.0" if "H100" in device else None, hostname="h", pid=1,
+                       command=["m.py"], started_at="2026-11-25T13:00:00", trace_files=[],
+                       steps=StepInfo(unit="iteration", warmup=2, timed=3, active=2, seen=7),
+                       sites=[SiteTiming(site=s, op=next(c.op for c in calls if c.site == s), phase=p,
+                                         clock="cuda_event", true_us=[t] * 3, profiled_us=[pr] * 2)
+                              for (s, p), (t, pr) in timings.items()])
+    run = {"device_capability": "9.0"} if "H100" in device else None
+    return Report(schema_version=SCHEMA_VERSION, source="hand-built", trace_files=[], device=device,
+                  torch_version="2.11", calls=calls, sites=summarize_sites(calls, info), run=run)
+
+
+def kinds(causes):
+    return [c.kind for c in causes]
+
+
+def assert_adds_up(e: dg.Explanation):
+    assert sum(c.us for c in e.causes) + e.unexplained_us == pytest.approx(e.gap_us, abs=1e-6)
+    assert e.gap_us == pytest.approx(e.b.us - e.a.us)
+
+
+# --- the seed case, hand-built as an H100 measured it ----------------------------------------------------------
+
+SEED_COPIES = [("aten::contiguous", 38.0, "before", f"seed.py:{n}") for n in (44, 45, 46)] + [
+    ("aten::contiguous", 38.0, "after", "seed.py:48")]
+
+
+def seed_vs_sdpa():
+    sdpa = [call("model.py:9", "cudnn", id=i, compute=41.0, launch=60.0, other=1.0) for i in (1, 2)]
+    seed = [call("seed.py:47", "flash", id=i, compute=69.0, copies=SEED_COPIES, launch=900.0, op="flash_attn_func",
+                 layout="BLHD", shapes={"q": [2, 256, 16, 64], "k": [2, 256, 16, 64], "v": [2, 256, 16, 64]})
+            for i in (3, 4)]
+    timings = {("model.py:9", "fwd"): (60.0, 100.0), ("seed.py:47", "fwd"): (81.0, 240.0)}
+    r = report(sdpa + seed, timings)
+    return r, dg.select(r, site="model.py:9"), dg.select(r, site="seed.py:47")
+
+
+def test_true_basis_counts_the_entry_point_plus_prep_copies_not_the_profilers_idle():
+    r, a, b = seed_vs_sdpa()
+    e = dg.explain(a, b)
+    assert e.basis == "true"
+    # B: true 81 around the call + 4 copies of 38 µs; its 900 µs of profiled idle is the profiler's
+    assert e.b.us == pytest.approx(81.0 + 4 * 38.0) and e.a.us == pytest.approx(60.0)
+    assert e.b.launch_us == pytest.approx(81.0 + 152.0 - 69.0 - 152.0)
+    assert e.b.profiler_us == pytest.approx(69.0 + 152.0 + 900.0 - 233.0)
+    assert kinds(e.causes)[:2] == [dg.LAYOUT_COPY, dg.KERNEL]
+    layout, kernel = e.causes[0], e.causes[1]
+    assert layout.us == pytest.approx(152.0)
+    assert layout.sources == ["seed.py:44", "seed.py:45", "seed.py:46", "seed.py:48"]
+    assert "seed.py:44, 45, 46, 48" in layout.fix and "(B, L, H, D)" in layout.fix
+    assert kernel.us == pytest.approx(69.0 - 41.0)
+    assert "FlashAttention-3" in kernel.fix and "cuDNN" in kernel.fix  # FA2 on Hopper
+    launch = next(c for c in e.causes if c.kind == dg.LAUNCH)
+    assert launch.us == pytest.approx(12.0 - (60.0 - 42.0))
+    assert e.unexplained_us == pytest.approx(0.0, abs=1e-6) and e.explained
+    assert_adds_up(e)
+    assert any("profiler's own cost" in n for n in e.notes)
+
+
+def test_without_true_times_the_profiled_windows_are_compared():
+    r, a, b = seed_vs_sdpa()
+    bare = report(r.calls)  # no runinfo: no true times
+    e = dg.explain(dg.select(bare, site="model.py:9"), dg.select(bare, site="seed.py:47"))
+    assert e.basis == "profiled" and "no true times" in e.basis_detail
+    assert e.causes[0].kind == dg.LAUNCH  # the profiler's idle, on the profiled basis, is what it is
+    assert_adds_up(e)
+
+
+def test_sides_given_the_other_way_round_are_swapped():
+    r, a, b = seed_vs_sdpa()
+    e = dg.explain(b, a)
+    assert e.swapped and e.gap_us > 0 and e.b.label.endswith("seed.py:47")
+    assert e.causes[0].kind == dg.LAYOUT_COPY
+
+
+def test_single_site_diagnosis_adds_up_to_its_time():
+    r, a, b = seed_vs_sdpa()
+    d = dg.diagnose(b)
+    assert d.basis == "true"
+    assert kinds(d.causes)[:2] == [dg.LAYOUT_COPY, dg.KERNEL]  # FA2 on a Hopper GPU is a cause by itself
+    assert sum(c.us for c in d.causes) + d.unexplained_us == pytest.approx(d.subject.us)
+
+
+# --- the other cases ---------------------------------------------------------------------------------------------
+
+
+def test_fallback_to_math_with_its_reason():
+    mask = {"q": [2, 16, 256, 64], "k": [2, 16, 256, 64], "v": [2, 16, 256, 64], "mask": [2, 1, 256, 256]}
+    calls = [call("fast.py:3", "flash", id=1, compute=40.0, launch=2.0),
+             call("slow.py:7", "math", id=2, compute=310.0, launch=25.0, other=5.0, shapes=mask)]
+    r = report(calls)
+    e = dg.explain(dg.select(r, site="fast.py:3"), dg.select(r, site="slow.py:7"))
+    assert e.causes[0].kind == dg.FALLBACK and e.causes[0].us == pytest.approx(270.0)
+    assert "attn_mask" in e.causes[0].detail and "math" in e.causes[0].detail
+    assert "is_causal" in e.causes[0].fix
+    assert e.causes[0].sources == ["slow.py:7"]
+    assert_adds_up(e)
+    d = dg.diagnose(dg.select(r, site="slow.py:7"))
+    assert d.causes[0].kind == dg.FALLBACK
+
+
+def test_hugging_face_eager_attention_is_unfused_not_a_dispatch_fallback():
+    calls = [call("modeling_llama.py:250", "cudnn", id=1, compute=40.0),
+             call("modeling_llama.py:260", "math", id=2, compute=190.0, op="eager_attention_forward")]
+    r = report(calls)
+    e = dg.explain(dg.select(r, site="modeling_llama.py:250"), dg.select(r, site="modeling_llama.py:260"))
+    assert e.causes[0].kind == dg.FALLBACK and "unfused" in e.causes[0].detail
+    assert 'attn_implementation="sdpa"' in e.causes[0].fix
+
+
+def test_fallback_reasons_from_dtype_head_dim_dropout_and_strides():
+    c = call("m.py:1", "math", dtype="float32", shapes={"q": [1, 4, 128, 60], "k": [1, 4, 128, 60],
+                                                        "v": [1, 4, 128, 60]})
+    reasons = " | ".join(dg.fallback_reasons(c))
+    assert "float32" in reasons and "head dim 60 is not a multiple of 8" in reasons
+    t = TensorInfo(shape=[1, 4, 128, 64], stride=[32768, 64, 1, 2], dtype="float16", device="cuda:0")
+    info = CallInfo(id=1, op="sdpa", library="torch", site="m.py:1", function="f", step=0, range_name="r",
+                    layout="BHLD", tensors={"q": t}, head_dim=320, dropout_p=0.1)
+    reasons = " | ".join(dg.fallback_reasons(call("m.py:1", "efficient"), info))
+    assert "head dim 320 > 256" in reasons and "dropout_p=0.1" in reasons
+    assert "q's last dim is not contiguous" in reasons
+    assert dg.fallback_reasons(call("m.py:1", "math")) == []
+
+
+def test_launch_bound_cudnn_small_step():
+    calls = [call("fa2.py:1", "flash", id=1, compute=40.0, launch=200.0),
+             call("cudnn.py:1", "cudnn", id=2, compute=30.0, launch=400.0, other=1.0)]
+    r = report(calls, {("fa2.py:1", "fwd"): (46.0, 240.0), ("cudnn.py:1", "fwd"): (111.0, 431.0)})
+    e = dg.explain(dg.select(r, site="fa2.py:1"), dg.select(r, site="cudnn.py:1"))
+    assert e.basis == "true"
+    assert e.causes[0].kind == dg.LAUNCH
+    assert e.causes[0].us == pytest.approx((111.0 - 31.0) - (46.0 - 40.0))
+    assert "cuDNN's CPU-side cost" in e.causes[0].fix and "CUDA graphs" in e.causes[0].fix
+    kernel = next(c for c in e.causes if c.kind == dg.KERNEL)
+    assert kernel.us == pytest.approx(-10.0)  # cuDNN's kernel is the faster one
+    assert e.causes[-1] is kernel or e.causes[-1].us <= kernel.us  # ranked by µs: what makes B slower first
+    assert_adds_up(e)
+
+
+def test_gqa_expansion_casts_and_pads_are_told_apart():
+    expand = [("aten::repeat_interleave", 20.0, "before", "llama.py:30"),
+              ("aten::repeat_interleave", 20.0, "before", "llama.py:31"),
+              ("aten::_to_copy", 12.0, "before", "llama.py:33"),
+              ("aten::constant_pad_nd", 6.0, "before", "llama.py:34")]
+    calls = [call("gqa.py:5", "flash", id=1, compute=50.0, gqa=4.0),
+             call("llama.py:36", "flash", id=2, compute=50.0, copies=expand)]
+    r = report(calls)
+    e = dg.explain(dg.select(r, site="gqa.py:5"), dg.select(r, site="llama.py:36"))
+    by_kind = {c.kind: c for c in e.causes}
+    assert kinds(e.causes)[:3] == [dg.GQA_EXPAND, dg.CAST, dg.PAD]
+    assert by_kind[dg.GQA_EXPAND].us == pytest.approx(40.0)
+    assert by_kind[dg.GQA_EXPAND].sources == ["llama.py:30", "llama.py:31"]
+    assert "enable_gqa" in by_kind[dg.GQA_EXPAND].fix
+    assert "x2" in by_kind[dg.GQA_EXPAND].detail  # two repeat_interleave copies per call
+    assert by_kind[dg.CAST].us == pytest.approx(12.0) and by_kind[dg.PAD].us == pytest.approx(6.0)
+    assert_adds_up(e)
+
+
+def test_backward_node_copies_are_classified_like_their_forward_ops():
+    assert dg.copy_kind("autograd::engine::evaluate_function: ToCopyBackward0") == dg.CAST
+    assert dg.copy_kind("autograd::engine::evaluate_function: RepeatInterleaveBackward0") == dg.GQA_EXPAND
+    assert dg.copy_kind("autograd::engine::evaluate_function: CloneBackward0") == dg.LAYOUT_COPY
+    assert dg.copy_kind("aten::contiguous") == dg.LAYOUT_COPY
+
+
+def test_per_call_unit_weights_sites_by_their_calls():
+    one_layer = [call("a.py:1", "cudnn", id=i, compute=100.0) for i in range(8)]
+    two_layers = ([call("b.py:1", "cudnn", id=10 + i, compute=150.0) for i in range(4)]
+                  + [call("b.py:2", "cudnn", id=20 + i, compute=150.0) for i in range(4)])
+    r = report(one_layer + two_layers)
+    e = dg.explain(dg.select(r, site="a.py"), dg.select(r, site="b.py"))  # a file selects all its sites
+    assert e.a.calls == 8 and e.b.calls == 8
+    assert e.gap_us == pytest.approx(50.0) and e.causes[0].kind == dg.COMPUTE
+    assert "same backend (cudnn) and shapes" in e.causes[0].detail
+
+
+def test_phases_add_per_call_and_the_basis_is_mixed_when_only_fwd_was_timed():
+    calls = [call("a.py:1", "cudnn", id=1, compute=40.0, launch=5.0), call("a.py:1", "cudnn", id=1, phase="bwd",
+                                                                           compute=100.0, launch=10.0),
+             call("b.py:1", "flash", id=2, compute=70.0, launch=5.0), call("b.py:1", "flash", id=2, phase="bwd",
+                                                                           compute=160.0, launch=10.0)]
+    r = report(calls, {("a.py:1", "fwd"): (45.0, 60.0), ("b.py:1", "fwd"): (75.0, 90.0)})
+    e = dg.explain(dg.select(r, site="a.py:1"), dg.select(r, site="b.py:1"))
+    assert e.basis == "mixed" and "bwd: profiled windows" in e.basis_detail
+    kernel = e.causes[0]
+    assert kernel.kind == dg.KERNEL and kernel.by_phase == pytest.approx({"fwd": 30.0, "bwd": 60.0})
+    assert e.gap_us == pytest.approx(90.0)
+    assert_adds_up(e)
+
+
+def test_kernels_longer_than_the_true_time_leave_an_unexplained_remainder():
+    calls = [call("a.py:1", "flash", id=1, compute=40.0, launch=10.0),
+             call("b.py:1", "flash", id=2, compute=200.0, launch=10.0)]
+    r = report(calls, {("a.py:1", "fwd"): (50.0, 50.0), ("b.py:1", "fwd"): (120.0, 210.0)})
+    e = dg.explain(dg.select(r, site="a.py:1"), dg.select(r, site="b.py:1"))
+    assert e.gap_us == pytest.approx(70.0)
+    assert e.unexplained_us == pytest.approx(70.0 - 160.0 + 10.0) and not e.explained
+    assert_adds_up(e)
+
+
+def test_cpu_runs_have_no_launch_and_take_the_profilers_time_out_of_other():
+    calls = [call("a.py:1", "cpu-flash", id=1, compute=400.0, launch=None, other=300.0, device="cpu"),
+             call("b.py:1", "cpu-flash", id=2, compute=400.0, launch=None, other=50.0, device="cpu",
+                  copies=[("aten::contiguous", 500.0, "before", "b.py:0")])]
+    r = report(calls, {("a.py:1", "fwd"): (450.0, 700.0), ("b.py:1", "fwd"): (420.0, 450.0)}, device="cpu")
+    e = dg.explain(dg.select(r, site="a.py:1"), dg.select(r, site="b.py:1"))
+    assert e.a.launch_us is None and dg.LAUNCH not in kinds(e.causes)
+    assert e.a.other_us == pytest.approx(50.0) and e.b.other_us == pytest.approx(20.0)
+    assert kinds(e.causes)[0] == dg.LAYOUT_COPY
+    assert "host time between the call's ops" in next(c for c in e.causes if c.kind == dg.OTHER).fix
+    assert_adds_up(e)
+
+
+def test_selecting_sites_and_calls():
+    assert dg.site_matches("examples/seed_case.py:44", "seed_case.py:44")
+    assert dg.site_matches("examples/seed_case.py:44", "seed_case.py")
+    assert not dg.site_matches("examples/seed_case.py:44", "case.py:44")
+    assert not dg.site_matches("examples/seed_case.py:44", "seed_case.py:4")
+    r, _, _ = seed_vs_sdpa()
+    one = dg.select(r, call_id=3)
+    assert [c.id for c in one.calls] == [3] and one.sites[0].calls == 1
+    with pytest.raises(AttnprofError, match="its sites: model.py:9, seed.py:47"):
+        dg.select(r, site="nowhere.py:1")
+    with pytest.raises(AttnprofError, match="no attention call #99"):
+        dg.select(r, call_id=99)
+
+
+def test_comparable_sites_are_explained_slowest_against_fastest():
+    r, _, _ = seed_vs_sdpa()
+    [e] = dg.site_explanations(r)
+    assert e.a.label == "model.py:9" and e.b.label == "seed.py:47" and e.causes[0].kind == dg.LAYOUT_COPY
+
+
+# --- real CPU traces of examples/seed_case.py ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu_runs(tmp_path_factory):
+    return seed_runs(tmp_path_factory.getbasetemp())
+
+
+def _contiguous_lines() -> set[str]:
+    """examples/seed_case.py lines that copy in seed_wrapper: `.contiguous()` ones."""
+    lines = (REPO / "examples" / "seed_case.py").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("def seed_wrapper"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("def "))
+    return {f"examples/seed_case.py:{i + 1}" for i in range(start, end) if ".contiguous()" in lines[i]}
+
+
+def _qkv_lines() -> set[str]:
+    lines = (REPO / "examples" / "seed_case.py").read_text().splitlines()
+    return {f"examples/seed_case.py:{i + 1}" for i, line in enumerate(lines)
+            if re.match(r"\s+[qkv] = [qkv]\.transpose\(1, 2\)\.contiguous\(\)", line)}
+
+
+def test_cpu_seed_vs_native_run_folders(cpu_runs):
+    a, b = analyze_path(cpu_runs["native"]), analyze_path(cpu_runs["seed"])
+    e = dg.explain(dg.select(a), dg.select(b))
+    assert e.basis == "true" and not e.swapped
+    layout = e.causes[0]
+    assert layout.kind == dg.LAYOUT_COPY and layout.us > 0
+    assert _qkv_lines() <= set(layout.sources) <= _contiguous_lines()  # the exact lines of the copies
+    assert_adds_up(e)
+    assert e.explained == (abs(e.unexplained_us) <= dg.EXPLAINED_TOLERANCE * e.gap_us)
+
+
+def test_cpu_seed_vs_native_bare_traces_add_up_within_5_percent(cpu_runs):
+    # the trace files alone (no runinfo.json): someone else's torch.profiler traces
+    trace_a = next(cpu_runs["native"].glob("*.pt.trace.json"))
+    trace_b = next(cpu_runs["seed"].glob("*.pt.trace.json"))
+    e = dg.explain(dg.select(analyze_path(trace_a)), dg.select(analyze_path(trace_b)))
+    assert e.basis == "profiled"
+    assert e.causes[0].kind == dg.LAYOUT_COPY and _qkv_lines() <= set(e.causes[0].sources)
+    assert abs(e.gap_us - sum(c.us for c in e.causes)) <= 0.05 * e.gap_us and e.explained
+
+
+def test_cpu_sites_of_one_run(cpu_runs):
+    r = analyze_path(cpu_runs["all"])
+    [e] = dg.site_explanations(r)
+    assert e.b.label == "examples/seed_case.py:47" and e.causes[0].kind == dg.LAYOUT_COPY
+    assert_adds_up(e)
+    diagnoses = dg.diagnose_sites(r)
+    assert {d.subject.label for d in diagnoses} == {s.site for s in r.sites}
+    for d in diagnoses:
+        assert sum(c.us for c in d.causes) + d.unexplained_us == pytest.approx(d.subject.us)
+
+
+def test_cpu_training_step_has_both_phases(tmp_path_factory):
+    runs = seed_runs(tmp_path_factory.getbasetemp(), backward=True)
+    e = dg.explain(dg.select(analyze_path(runs["native"])), dg.select(analyze_path(runs["seed"])))
+    assert e.basis == "mixed"  # the runs time the forward entry point only
+    layout = next(c for c in e.causes if c.kind == dg.LAYOUT_COPY)
+    assert set(layout.by_phase) == {"fwd", "bwd"}
+    # the seed's copies count for it: positive while it is B, negative if CPU noise in backward made it the faster
+    seed_is_b = e.b.label == str(runs["seed"])
+    assert (layout.by_phase["fwd"] > 0) == seed_is_b and e.swapped == (not seed_is_b)
+    assert_adds_up(e)
+
+
+# --- attnprof explain ---------------------------------------------------------------------------------------------
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser()
+    explain_cmd.register(parser.add_subparsers())
+    ns = parser.parse_args(["explain", *argv])
+    return ns.run(ns)
+
+
+def test_parse_side():
+    assert explain_cmd.parse_side("run/::seed_case.py:40") == ("run/", "seed_case.py:40")
+    assert explain_cmd.parse_side("::seed_case.py:40") == (None, "seed_case.py:40")
+    assert explain_cmd.parse_side("run") == ("run", None)
+    assert explain_cmd.parse_side("run::#12") == ("run", "#12")
+
+
+def test_explain_json(cpu_runs, capsys):
+    assert _cli([str(cpu_runs["native"]), str(cpu_runs["seed"]), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {"a", "b", "gap_us", "causes", "unexplained_us", "basis", "basis_detail"} <= set(doc)
+    assert {"kind", "us", "detail", "fix", "sources"} <= set(doc["causes"][0])
+    assert doc["causes"][0]["kind"] == "layout_copy"
+    assert sum(c["us"] for c in doc["causes"]) + doc["unexplained_us"] == pytest.approx(doc["gap_us"], abs=0.01)
+
+
+def test_explain_sites_of_one_run_on_the_console(cpu_runs, capsys):
+    run = str(cpu_runs["all"])
+    sdpa_site = next(s.site for s in analyze_path(cpu_runs["sdpa"]).sites)
+    assert _cli([f"{run}::seed_case.py:47", f"::{sdpa_site}"]) == 0
+    out = capsys.readouterr().out
+    assert "layout copies" in out and "examples/seed_case.py:44, 45, 46" in out and "unexplained" in out
+    assert _cli([run, "--site-a", sdpa_site, "--site-b", "seed_case.py:47", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["causes"][0]["kind"] == "layout_copy"
+
+
+def test_explain_one_side_diagnoses_every_site(cpu_runs, capsys):
+    assert _cli([str(cpu_runs["all"]), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["diagnoses"]) == 3
+    seed = next(d for d in doc["diagnoses"] if d["subject"]["label"] == "examples/seed_case.py:47")
+    layout = next(c for c in seed["causes"] if c["kind"] == "layout_copy")
+    assert _qkv_lines() <= set(layout["sources"])
+    assert _cli([f"{cpu_runs['all']}::#1"]) == 0
+    assert "#1" in capsys.readouterr().out
+
+
+def test_explain_errors_are_one_line(cpu_runs):
+    with pytest.raises(AttnprofError, match="has no site nope.py:3"):
+        _cli([str(cpu_runs["all"]), "::nope.py:3"])
+    with pytest.raises(AttnprofError, match="A and B are the same"):
+        _cli([str(cpu_runs["all"]), str(cpu_runs["all"])])
+    with pytest.raises(AttnprofError, match="names a site twice"):
+        _cli([f"{cpu_runs['all']}::a.py:1", "::c.py:3", "--site-a", "b.py:2"])
+    with pytest.raises(AttnprofError, match="call is #<number>"):
+        _cli([f"{cpu_runs['all']}::#x"])
+
+
+# --- the H100 reference runs (traces/h100/, recorded later): skipped while absent ------------------------------
+
+H100_FOLDERS = h100_run_folders()
+
+
+@pytest.mark.skipif(not H100_FOLDERS, reason="no H100 reference runs under traces/h100/")
+@pytest.mark.parametrize("folder", H100_FOLDERS, ids=lambda p: p.name)
+def test_h100_every_site_diagnosis_adds_up(folder):
+    from attnprof.trace.load import TRACE_SUFFIXES
+
+    if not any(p.name.endswith(TRACE_SUFFIXES) for p in folder.iterdir()):
+        pytest.skip("a compare-only folder")
+    r = analyze_path(folder)
+    for d in dg.diagnose_sites(r):
+        assert sum(c.us for c in d.causes) + d.unexplained_us == pytest.approx(d.subject.us)
+    for e in dg.site_explanations(r):
+        assert_adds_up(e)
+
+
+@pytest.mark.skipif(not H100_FOLDERS, reason="no H100 reference runs under traces/h100/")
+def test_h100_variant_pairs():
+    from attnprof.gallery import gallery_pairs, load_gallery_runs
+    from seed_runs import H100_TRACES
+
+    pairs = gallery_pairs(load_gallery_runs(H100_TRACES))
+    if not pairs:
+        pytest.skip("no pair of variants (sdpa/seed, sdpa/eager, native/seed) among the H100 runs")
+    for base, other in pairs:
+        e = dg.explain(dg.select(base.report, call_info=base.call_info), dg.select(other.report,
+                                                                                   call_info=other.call_info))
+        assert_adds_up(e)
+        assert e.explained, f"{other.name} vs {base.name}: {e.unexplained_us:.1f} of {e.gap_us:.1f} µs unexplained"
+        if {base.variant, other.variant} == {"native", "seed"}:
+            assert e.causes[0].kind == dg.LAYOUT_COPY and e.causes[0].sources
+        if {base.variant, other.variant} == {"sdpa", "seed"}:
+            layout = next(c for c in e.causes if c.kind == dg.LAYOUT_COPY)
+            assert layout.us > 0 and layout.sources
