@@ -96,6 +96,37 @@ def test_hf_transformers_attention_glue_is_not_the_call_site(trace, tmp_path):
             del sys.modules[name]
 
 
+def test_hf_eager_attention_is_a_call(trace, tmp_path):
+    """attn_implementation="eager" runs matmul + softmax in the model's own eager_attention_forward: still a call."""
+    if "transformers" in sys.modules:
+        pytest.skip("a real transformers is imported in this process")
+    llama = tmp_path / "transformers" / "models" / "llama"
+    llama.mkdir(parents=True)
+    for d in (tmp_path / "transformers", tmp_path / "transformers" / "models", llama):
+        (d / "__init__.py").write_text("")
+    (llama / "modeling_llama.py").write_text(
+        "import torch\n"
+        "def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):\n"
+        "    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)\n"
+        "    value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)\n"
+        "    w = torch.softmax(query @ key.transpose(2, 3) * scaling, dim=-1)\n"
+        "    return (w @ value).transpose(1, 2).contiguous(), w\n")
+    try:
+        r = trace("""\
+            import torch
+            from transformers.models.llama.modeling_llama import eager_attention_forward
+            q, kv = torch.randn(2, 8, 16, 4), torch.randn(2, 2, 16, 4)
+            out, _ = eager_attention_forward(None, q, kv, kv, None, scaling=0.5)
+            """, active=1)
+        (call,) = r.runinfo.calls
+        assert (call.op, call.library, call.layout, call.site) == ("hf.eager_attention_forward", "transformers",
+                                                                  "BHLD", "script.py:4")
+        assert (call.heads_q, call.heads_kv, call.gqa_ratio, call.scale) == (8, 2, 4.0, 0.5)
+    finally:
+        for name in [n for n in sys.modules if n.partition(".")[0] == "transformers"]:
+            del sys.modules[name]
+
+
 MHA = """\
 import torch, torch.nn as nn
 mha = nn.MultiheadAttention(16, 4, batch_first=True)

@@ -180,3 +180,13 @@ def test_no_warmup_and_no_timed_steps_profiles_from_the_start(trace):
     names = trace_names(r)
     assert names[0] == f"{SOURCE_PREFIX}script.py:2"  # before any attention call: the profiler ran already
     assert r.runinfo.steps.profiled == [0, 0] and [c.id for c in r.runinfo.calls] == [1, 2]
+
+
+def test_active_zero_runs_no_profiler_but_times_every_call(trace):
+    """`--active 0` (what `attnprof nsys` runs under Nsight): NVTX ranges and CUDA-event timing, no trace."""
+    r = trace(LAYERS, warmup=1, timed=2, active=0, step_on="iteration")
+    assert r.trace_files == [] and r.runinfo.calls == [] and r.runinfo.steps.profiled == []
+    (timing,) = r.runinfo.sites
+    assert timing.warmup_calls == 3 and len(timing.true_us) == 15 and timing.profiled_us == []
+    assert "no profiler (--active 0)" in r.runinfo.note
+    assert not list(r.folder.glob("*.pt.trace.json*"))

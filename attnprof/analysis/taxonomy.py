@@ -159,7 +159,8 @@ _OP_BACKEND = {
     "xformers::efficient_attention_backward_cutlass": "efficient",
 }
 
-_LIBRARY_BACKEND = {"flash_attn": "flash-attn2", "flash_attn_interface": "fa3", "flash_attn.cute": "fa4"}
+_LIBRARY_BACKEND = {"flash_attn": "flash-attn2", "flash_attn_interface": "fa3", "flash_attn.cute": "fa4",
+                    "transformers": "eager"}  # HF eager: plain matmul + softmax, no fused kernel
 
 
 def backend_from_kernel(name: str) -> str | None:

@@ -452,6 +452,27 @@ _FA4 = (
 )
 _XFORMERS_MODULES = ("xformers.ops.fmha", "xformers.ops")
 
+def describe_hf_eager(a: Args, result: Any) -> dict:
+    """transformers' eager attention (`eager_attention_forward(module, query, key, value, attention_mask, scaling,
+    dropout)`): matmul + softmax + matmul on (B, H, L, D), k/v expanded to the query heads inside (repeat_kv)."""
+    q, k, v, mask = a["query"], a["key"], a["value"], a.get("attention_mask")
+    qs, ks, vs = shape(q), shape(k), shape(v)
+    out: dict = dict(
+        layout="BHLD", tensors=_tensors(q=q, k=k, v=v, mask=mask), batch=qs[0], heads_q=qs[1], heads_kv=ks[1],
+        seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3], dropout_p=_float(a.get("dropout")) or 0.0,
+        scale=_float(a.get("scaling")), causal=None,
+    )
+    if isinstance(mask, torch.Tensor):
+        out["mask"] = tensor_text(mask)
+    return out
+
+
+#: transformers models whose modeling module defines `eager_attention_forward` (attn_implementation="eager").
+_HF_EAGER_MODULES = tuple(f"transformers.models.{m}.modeling_{m}" for m in (
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "phi3",
+    "olmo", "olmo2", "granite", "cohere", "starcoder2", "smollm3", "glm", "deepseek_v3", "gpt_oss",
+))
+
 ENTRY_POINTS: tuple[EntryPoint, ...] = (
     EntryPoint("sdpa", "torch", ("torch.nn.functional",), "scaled_dot_product_attention", describe_sdpa,
                params=SDPA_PARAMS),
@@ -468,6 +489,8 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                describe_xformers),
     EntryPoint("xformers.memory_efficient_attention_forward", "xformers", _XFORMERS_MODULES,
                "memory_efficient_attention_forward", describe_xformers),
+    EntryPoint("hf.eager_attention_forward", "transformers", _HF_EAGER_MODULES, "eager_attention_forward",
+               describe_hf_eager),
 )
 
 #: Where TorchScript should see the aten op instead of the Python wrapper (it cannot compile `*args`).

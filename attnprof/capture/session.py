@@ -456,6 +456,8 @@ class Session:
         if outcome == "running":
             notes.append("written when the profiled window closed: the process did not get to the end of the run "
                          "(killed?)")
+        elif w.active == 0:
+            notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
         elif not self.trace_files and w.state != "open":
             if w.calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "

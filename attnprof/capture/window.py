@@ -44,7 +44,7 @@ class StepWindow:
         self.end = self.first + active  # first step after the window
         self.max_calls = max_calls
         self._start, self._stop = start, stop
-        self.state = WAITING
+        self.state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
         self.tried = False  # the window was due to open (whether or not the profiler started)
         self.lock = threading.RLock()  # callers hold it around every event; hooks take it themselves
         self.step = 0

@@ -87,6 +87,7 @@ def run(ns: argparse.Namespace) -> int:
         if getattr(ns, name) < 0:
             raise AttnprofError(f"--{name.replace('_', '-')} must be >= 0")
     options = TraceOptions(
+        quiet=ns.quiet,
         target=ns.module or ns.target,
         is_module=bool(ns.module),
         args=_script_args(ns),
@@ -102,8 +103,11 @@ def run(ns: argparse.Namespace) -> int:
     result = trace_script(options)
     if result.trace_files:
         _analyze_run_folder(result.folder, quiet=ns.quiet)
-    elif ns.quiet:
-        print(result.folder)
+    elif result.folder is not None:
+        if ns.quiet:
+            print(result.folder)
+        elif result.runinfo is not None and result.runinfo.note:
+            print(f"attnprof: {result.runinfo.note}", file=sys.stderr)
     return result.exit_code
 
 

@@ -35,6 +35,42 @@ def event_median_us(fn, reps: int = 300, warmup: int = 30) -> float:
     return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs)
 
 
+def loop_spans_us(bhld, blhd, steps: int = 40, warmup: int = 5) -> dict:
+    """The seed_case.py loop (seed, native, sdpa in turn), with a CUDA event pair around exactly the call attnprof
+    wraps at each site, and nothing else added: the independent timing of the same code in the same setting."""
+    L = bhld[0].shape[2]
+
+    def fa2(q, k, v):
+        return torch.ops.aten._flash_attention_forward(q, k, v, None, None, L, L, 0.0, False, False)[0]
+
+    spans = {"seed": [], "native": [], "sdpa": []}
+    for step in range(warmup + steps):
+        pairs = {}
+        q, k, v = (t.transpose(1, 2).contiguous() for t in bhld)
+        pairs["seed"] = _event_pair()
+        pairs["seed"][0].record()
+        out = fa2(q, k, v)
+        pairs["seed"][1].record()
+        out.transpose(1, 2).contiguous()
+        pairs["native"] = _event_pair()
+        pairs["native"][0].record()
+        fa2(*blhd)
+        pairs["native"][1].record()
+        pairs["sdpa"] = _event_pair()
+        pairs["sdpa"][0].record()
+        F.scaled_dot_product_attention(*bhld)
+        pairs["sdpa"][1].record()
+        if step >= warmup:
+            for name, pair in pairs.items():
+                spans[name].append(pair)
+    torch.cuda.synchronize()
+    return {name: statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs) for name, pairs in spans.items()}
+
+
+def _event_pair():
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
 def measure(shape: tuple[int, int, int, int], dtype) -> dict:
     B, H, L, D = shape
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype) for _ in range(3))
@@ -54,6 +90,7 @@ def measure(shape: tuple[int, int, int, int], dtype) -> dict:
         "fa2_native_us": event_median_us(lambda: flash_attention(qb, kb, vb)),
         "sdpa_auto_us": event_median_us(lambda: F.scaled_dot_product_attention(q, k, v)),
         "seed_total_us": event_median_us(lambda: seed_wrapper(q, k, v)),
+        "loop_call_us": loop_spans_us([q, k, v], [qb, kb, vb]),
     }
     return out
 
@@ -70,7 +107,9 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "method": "median of 300 CUDA-event pairs, each around one call, back to back after 30 warm-up calls",
+        "method": "*_us: median of 300 CUDA-event pairs, each around one call, back to back after 30 warm-up calls; "
+                  "loop_call_us: median CUDA-event span of the call attnprof wraps at each site of "
+                  "examples/seed_case.py's loop (40 steps after 5), timed by hand without attnprof",
         "results": [measure(s, dtype) for s in shapes],
     }
     args.out.write_text(json.dumps(doc, indent=1))

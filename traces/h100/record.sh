@@ -12,7 +12,7 @@ step() {  # step NAME command...
     local name=$1; shift
     echo "== $name: $*"
     local t0=$SECONDS
-    "$@" > "$OUT/$name.log" 2>&1
+    timeout "${STEP_TIMEOUT:-150}" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "== $name: rc=$rc in $((SECONDS - t0)) s"
     [ $rc -eq 0 ] || tail -n 25 "$OUT/$name.log"
@@ -42,10 +42,9 @@ trace seed-train examples/seed_case.py --variant all --steps 12 --backward
 # A small transformer training step (optimizer steps) per attention implementation.
 trace train-seed examples/tiny_transformer.py --attn seed --steps 10
 trace train-sdpa examples/tiny_transformer.py --attn sdpa --steps 10
-trace train-native examples/tiny_transformer.py --attn native --steps 10
 # Hugging Face Llama, random weights from a config, sdpa vs eager.
-trace hf-llama-sdpa --active 1 examples/hf_llama.py --attn sdpa --steps 8
-trace hf-llama-eager --active 1 examples/hf_llama.py --attn eager --steps 8
+trace hf-llama-sdpa --active 1 examples/hf_llama.py --attn sdpa --steps 6
+trace hf-llama-eager --active 1 examples/hf_llama.py --attn eager --steps 6
 # Ground truth measured independently with CUDA events, in the same session.
 step truth python3 traces/h100/ground_truth.py "$OUT/truth.json" --shape 12,64,256,64 --shape 16,128,784,128
 
