@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Records the reference runs under traces/h100/ on the GPU machine (see traces/h100/README.md).
-#   bash traces/h100/record.sh OUTDIR
+#   bash traces/h100/record.sh OUTDIR [runs|nsys|all]
 # Each step logs to OUTDIR/<name>.log and goes on after a failure, so one bad step never loses the others.
 set -u
-OUT=${1:?usage: record.sh OUTDIR}
+OUT=${1:?usage: record.sh OUTDIR [runs|nsys|all]}
+PART=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 NSYS=${NSYS:-/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys}
@@ -30,6 +31,7 @@ except Exception as e:
 EOF
 cat "$OUT/environment.txt"
 
+if [ "$PART" != nsys ]; then
 trace() {  # trace NAME [attnprof trace options and script...]
     local name=$1; shift
     step "$name" python3 -m attnprof trace --out "$OUT/$name" "$@"
@@ -47,6 +49,8 @@ trace hf-llama-sdpa --active 1 examples/hf_llama.py --attn sdpa --steps 6
 trace hf-llama-eager --active 1 examples/hf_llama.py --attn eager --steps 6
 # Ground truth measured independently with CUDA events, in the same session.
 step truth python3 traces/h100/ground_truth.py "$OUT/truth.json" --shape 12,64,256,64 --shape 16,128,784,128
+fi
+[ "$PART" = runs ] && exit 0
 
 # Nsight Systems: the seed case with attnprof's NVTX ranges (no torch.profiler: --active 0), then PyTorch's own
 # autograd NVTX ranges without attnprof.
