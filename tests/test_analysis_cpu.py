@@ -12,6 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from attnprof.analysis import analyze  # noqa: E402
+from attnprof.pipeline import analyze_path  # noqa: E402
 from attnprof.trace.runinfo import SOURCE_PREFIX, CallInfo, RunInfo, StepInfo, TensorInfo, range_name  # noqa: E402
 from attnprof.trace.torch_json import load_torch_trace  # noqa: E402
 
@@ -179,3 +180,25 @@ def test_gqa_expansion_copy_counts_as_layout_prep(tmp_path):
     report = analyze([_record(tmp_path, body)], None, "test")
     for call in report.calls:
         assert [c.op for c in call.copies] == ["aten::reshape", "aten::reshape"]
+
+
+def test_the_next_passes_copies_are_not_the_previous_calls(trace):
+    """attnprof stops the profiler at the next step's first call, after that step's input copies ran: they read a
+    tensor shaped like the last call's output, but attnprof recorded what each copy read, so they are not its."""
+    r = trace("""\
+        import torch
+        import torch.nn.functional as F
+        q, k, v = (torch.randn(2, 4, 64, 16) for _ in range(3))
+        def wrapper():
+            qb, kb, vb = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+            return F.scaled_dot_product_attention(qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2))
+        for step in range(6):
+            wrapper()
+            F.scaled_dot_product_attention(q, k, v)  # output (B, H, L, D), like q
+        """, warmup=1, timed=1, active=2, step_on="iteration")
+    report = analyze_path(r.folder)
+    direct = [c for c in report.calls if c.site.endswith(":9")]
+    wrapped = [c for c in report.calls if not c.site.endswith(":9")]
+    assert len(direct) == 2 and len(wrapped) == 2
+    assert all(c.copies == [] for c in direct)
+    assert all([c.position for c in call.copies] == ["before"] * 3 for call in wrapped)

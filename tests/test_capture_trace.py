@@ -11,14 +11,19 @@ import torch.nn.functional as F
 
 from attnprof.capture import timing as timing_mod
 from attnprof.capture.timing import Timer, _producers
-from attnprof.trace.runinfo import RANGE_RE, SOURCE_PREFIX
+from attnprof.trace.runinfo import RANGE_RE, SOURCE_PREFIX, parse_source_range
 
 
 def trace_names(result) -> list[str]:
     (path,) = result.trace_files
     events = json.load(gzip.open(path))["traceEvents"]
     events = [e for e in events if e.get("ph") == "X" and e.get("name", "").startswith(("attnprof:", "attnprof."))]
-    return [e["name"] for e in sorted(events, key=lambda e: e["ts"])]
+    return [_without_storage(e["name"]) for e in sorted(events, key=lambda e: e["ts"])]
+
+
+def _without_storage(name: str) -> str:
+    """Source-line range names carry the address their copy read (` in=<hex>`): compare by line."""
+    return SOURCE_PREFIX + parse_source_range(name)[0] if name.startswith(SOURCE_PREFIX) else name
 
 
 def test_every_profiled_call_has_its_range_in_the_trace(trace):
@@ -121,8 +126,9 @@ def test_backward_is_timed_when_the_script_calls_backward(trace):
             F.scaled_dot_product_attention(q, k, v).sum().backward()
         """, warmup=1, timed=1, active=2, step_on="call")
     bwd = next(t for t in r.runinfo.sites if t.phase == "bwd")
+    # 6 calls: 1 warm-up, 1 timed, 2 profiled, 1 settling after the profiler (untimed), 1 timed
     assert (bwd.site, bwd.op, bwd.warmup_calls, len(bwd.true_us), len(bwd.profiled_us)) == ("script.py:7", "sdpa",
-                                                                                            1, 3, 2)
+                                                                                            2, 2, 2)
 
 
 def test_no_backward_no_backward_timing(trace):
@@ -241,3 +247,19 @@ def test_backward_events_are_taken_only_when_the_backward_runs(fake_cuda):
     fake_cuda.ready = True
     timer.poll()
     assert fake_cuda.created == 2 and len(clock.timing.true_us) == 1
+
+
+def test_source_ranges_name_the_storage_the_copy_reads(trace):
+    """The output copy's range names the attention output's storage, the one CallInfo records for the call."""
+    r = trace("""\
+        import torch
+        import torch.nn.functional as F
+        q = torch.randn(1, 2, 8, 4)
+        out = F.scaled_dot_product_attention(q, q, q)
+        back = out.transpose(1, 2).contiguous()
+        """, active=1)
+    (call,) = r.runinfo.calls
+    (path,) = r.trace_files
+    names = [e["name"] for e in json.load(gzip.open(path))["traceEvents"]
+             if e.get("name", "").startswith(SOURCE_PREFIX)]
+    assert [parse_source_range(n) for n in names] == [("script.py:5", call.tensors["out"].storage)]

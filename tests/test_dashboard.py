@@ -170,7 +170,8 @@ def test_dashboard_of_a_cpu_run_folder(cpu_runs):
     labels = set(traces_by_name(figures["sites"])["compute"]["y"])
     assert labels == {f"{s.site} · {s.phase}" for s in r.sites}
     waterfall = figures["waterfall-0"]["data"][0]
-    assert waterfall["x"][1] == "layout copies"
+    # which cause is biggest on a CPU depends on the machine's load; that the copies are a step is not
+    assert "layout copies" in waterfall["x"]
 
 
 def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):

@@ -14,6 +14,14 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         found, trace_notes = find_calls(trace, runinfo)
         calls.extend(found)
         notes.extend(trace_notes)
+    first = runinfo.steps.first_timed_call if runinfo else None
+    if first is not None:
+        # A trace of the whole run (Nsight under `attnprof nsys`) holds the warm-up calls too: autotuning, cuDNN's
+        # first-call planning. They are not what the site costs.
+        warm = [c for c in calls if c.found_by == "attnprof" and c.id < first]
+        if warm:
+            calls = [c for c in calls if not (c.found_by == "attnprof" and c.id < first)]
+            notes.append(f"{len({c.id for c in warm})} calls of the warm-up steps left out")
     if not calls:
         notes.append("no attention call found (no attnprof range and no attention op in the trace)")
     if runinfo and runinfo.note:

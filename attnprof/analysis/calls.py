@@ -122,6 +122,16 @@ class CallFinder:
         strings = trace.strings
         self.range_ids = set(strings.ids_where(lambda s: s.startswith(RANGE_PREFIX)).tolist())
         self.fwd_ids = set(strings.ids_where(tx.is_attention_fwd_op).tolist())
+        # Where the tool numbers ops and records which op produced each input (Nsight Systems with PyTorch's
+        # autograd NVTX ranges), the copies feeding a call are read off the data flow, not guessed from shapes.
+        self.row_by_op: dict[int, int] = {}
+        self.consumers: dict[int, list[int]] = {}
+        if h.op_id is not None and h.input_ops is not None:
+            for row in np.flatnonzero(h.op_id != NO_ID).tolist():
+                self.row_by_op[int(h.op_id[row])] = row
+            for row, inputs in enumerate(h.input_ops):
+                for producer, _ in inputs or ():
+                    self.consumers.setdefault(producer, []).append(row)
         node_ids = strings.ids_where(lambda s: s.startswith(tx.AUTOGRAD_NODE_PREFIX))
         nodes = np.flatnonzero(np.isin(h.name, node_ids) & (h.kind == HostKind.OP) & (h.seq != NO_ID))
         self.nodes_by_seq: dict[int, list[int]] = {}
@@ -219,9 +229,34 @@ class CallFinder:
             return _Layout(dims[0], _stride_at(strides, 0))
         return None
 
-    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int]
-              ) -> tuple[list[_Prep], list[int]]:
+    def _same_invocation(self, call_stack: list[int], prep_row: int) -> bool:
+        """Was the copy made by the code that made the call, not by another pass through the loop around it?
+
+        With Python frames in the trace (with_stack), a copy feeds or reads a call when it ran in a function that is
+        on the call's own stack (the seed wrapper's copies), or in a helper called from the function that made the
+        call or its caller (HF's repeat_kv, a `to_bhld(out)`). Copies made further out belong to other passes.
+        """
+        if not call_stack:
+            return True  # no frames recorded: shapes and adjacency only
+        chain = self.ix.python_chain(prep_row)
+        if not chain:
+            return True
+        on_stack = set(call_stack)
+        own = next((f for f in chain if self.ix.is_user_frame(f)), None)
+        if own is not None and own in on_stack:
+            return True
+        callers = [f for f in call_stack if self.ix.is_user_frame(f)][:2]  # the call's line, and what called it
+        nearest = next((f for f in chain if f in on_stack), None)
+        return nearest is not None and nearest in callers
+
+    def _storage_read(self, row: int) -> int | None:
+        annotated = self.ix.source_annotation(row) if self.trace.host.kind[row] == HostKind.ANNOTATION else None
+        return annotated[1] if annotated else None
+
+    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int],
+              out_storages: set[int] = frozenset()) -> tuple[list[_Prep], list[int]]:
         """(the prep ops found, the views between them and the call)."""
+        call_stack = self.ix.python_chain(anchor)
         sib, _, pos = self.ix.siblings(anchor)
         found: list[_Prep] = []
         views: list[int] = []
@@ -237,7 +272,12 @@ class CallFinder:
             if verdict == "view":
                 pending_views.append(row)
             elif verdict == "prep":
-                if self._feeds(mover, targets, position):
+                read = self._storage_read(row) if position == "after" else None
+                if read is not None and out_storages:
+                    feeds = read in out_storages  # attnprof recorded what the copy read: no guessing
+                else:
+                    feeds = self._feeds(mover, targets, position) and self._same_invocation(call_stack, mover)
+                if feeds:
                     found.append(_Prep(row=mover, top=row, position=position))
                     views.extend(pending_views)
                     pending_views.clear()
@@ -249,6 +289,47 @@ class CallFinder:
         if direction < 0:
             found.reverse()
         return found, views
+
+    # --- data flow, where the trace records it ---------------------------------------------------------------------
+
+    def _has_flow(self, attn_ops: list[int]) -> bool:
+        return bool(attn_ops) and bool(self.row_by_op) and self.trace.host.op_id[attn_ops[0]] != NO_ID
+
+    def _flow_walk(self, start: list[int], step, position: str) -> list[_Prep]:
+        """Follow the data flow from `start` through views and copies: the copies found are the call's."""
+        found: list[_Prep] = []
+        seen: set[int] = set()
+        frontier = list(start)
+        while frontier and len(seen) < MAX_WALK:
+            row = frontier.pop()
+            if row in seen:
+                continue
+            seen.add(row)
+            name = self.ix.name(row)
+            parent = self.ix.parent[row]
+            if parent >= 0 and (tx.is_prep_op(self.ix.name(parent)) or tx.is_view_op(self.ix.name(parent))):
+                continue  # clone and copy_ inside contiguous(): the outer op is the one the code called
+            if tx.is_view_op(name):
+                frontier.extend(step(row))
+            elif tx.is_prep_op(name) and self._moves_data(row):
+                found.append(_Prep(row=row, top=row, position=position))
+                frontier.extend(step(row))
+        found.sort(key=lambda p: self.ix.ts[p.row])
+        return found
+
+    def _inputs_of(self, row: int) -> list[int]:
+        inputs = self.trace.host.input_ops[row] or ()
+        return [self.row_by_op[p] for p, _ in inputs if p in self.row_by_op]
+
+    def _outputs_of(self, row: int) -> list[int]:
+        tid = self.trace.host.tid[row]
+        return [c for c in self.consumers.get(int(self.trace.host.op_id[row]), ()) if self.trace.host.tid[c] == tid]
+
+    def _producers(self, attn_op: int) -> list[_Prep]:
+        return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, "before")
+
+    def _consumers(self, attn_op: int) -> list[_Prep]:
+        return self._flow_walk(self._outputs_of(attn_op), self._outputs_of, "after")
 
     # --- inputs and outputs of a call ------------------------------------------------------------------------------
 
@@ -295,12 +376,15 @@ class CallFinder:
         # output's copy from the next call's input copies by shape alone, stops where the next call's prep begins.
         claimed: set[int] = set()
         before = {}
-        for anchor, *_, ins, _outs in anchors:
-            before[anchor] = self._walk(anchor, -1, ins, set())
+        for anchor, call_id, op, site, found_by, info, attn_ops, ins, _outs in anchors:
+            before[anchor] = (self._producers(attn_ops[0]), []) if self._has_flow(attn_ops) else \
+                self._walk(anchor, -1, ins, set())
             claimed.update(p.top for p in before[anchor][0])
         calls: list[CallSplit] = []
         for anchor, call_id, op, site, found_by, info, attn_ops, _ins, outs in anchors:
-            after, after_views = self._walk(anchor, +1, outs, claimed)
+            out_storages = {t.storage for k, t in (info.tensors.items() if info else ()) if k == "out" and t.storage}
+            after, after_views = (self._consumers(attn_ops[0]), []) if self._has_flow(attn_ops) else \
+                self._walk(anchor, +1, outs, claimed, out_storages)
             fwd = _Phase(anchor_rows=[anchor], preps=before[anchor][0] + after, views=before[anchor][1] + after_views)
             claimed.update(p.top for p in fwd.preps)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
@@ -397,9 +481,9 @@ class CallFinder:
         return call
 
     def _copy_site(self, row: int) -> str | None:
-        site = self.ix.source_annotation(row)
-        if site:
-            return site
+        annotated = self.ix.source_annotation(row)
+        if annotated:
+            return annotated[0]
         located = self.ix.python_site(row)
         return located[0] if located else None
 
@@ -434,8 +518,10 @@ class CallFinder:
         inside = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, position, _ in work
                   if position == "inside"]
         if inside:
-            busy = split_window(min(a for a, _, _ in inside), max(b for _, b, _ in inside), inside, _GPU_PRIORITY)
+            first_op, last_end = min(a for a, _, _ in inside), max(b for _, b, _ in inside)
+            busy = split_window(first_op, last_end, inside, _GPU_PRIORITY)
             call.entry_busy_us = busy.compute_us + busy.copy_us + busy.other_us
+            call.projected_us = last_end - first_op
         call.kernels = [KernelSlice(name=strings[d.name[r]], category=cat, start_us=float(d.ts[r]),
                                     dur_us=float(d.dur[r]), stream=int(d.stream[r]))
                         for r, cat, _, _ in sorted(work, key=lambda w: d.ts[w[0]])]

@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from attnprof.trace.model import NO_ID, HostKind, Trace
-from attnprof.trace.runinfo import SOURCE_PREFIX
+from attnprof.trace.runinfo import SOURCE_PREFIX, parse_source_range
 
 _PY_FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>.*)$")
 #: Frames that are never "the user's code": the libraries attnprof looks through to find a call site.
@@ -157,12 +157,12 @@ class TraceIndex:
 
     # --- source lines ----------------------------------------------------------------------------------------------
 
-    def source_annotation(self, row: int) -> str | None:
-        """Site from the `attnprof.src:` range that attnprof put around the torch call that ran `row`."""
+    def source_annotation(self, row: int) -> tuple[str, int | None] | None:
+        """(site, storage read) from the `attnprof.src:` range attnprof put around the torch call that ran `row`."""
         for a in [row, *self.ancestors(row)]:
             n = self.name(a)
             if n.startswith(SOURCE_PREFIX):
-                return n[len(SOURCE_PREFIX):]
+                return parse_source_range(n)
         return None
 
     @cached_property
@@ -170,6 +170,30 @@ class TraceIndex:
         h = self.trace.host
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
         return dict(zip(h.py_id[rows].tolist(), rows.tolist()))
+
+    def python_chain(self, row: int) -> list[int]:
+        """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
+        entry = self._python.get(int(self.trace.host.tid[row]))
+        if entry is None:
+            return []
+        rows, starts = entry
+        t = self.ts[row]
+        i = int(np.searchsorted(starts, t, side="right")) - 1
+        if i < 0:
+            return []
+        parent = self.trace.host.py_parent
+        by_id = self._py_row_by_id
+        frame = int(rows[i])
+        chain = []
+        while frame >= 0:
+            if self.end[frame] >= t:
+                chain.append(frame)
+            frame = by_id.get(int(parent[frame]), -1)
+        return chain
+
+    def is_user_frame(self, frame: int) -> bool:
+        parsed = parse_python_frame(self.name(frame))
+        return bool(parsed) and not _LIBRARY_PATH_RE.search(parsed[0])
 
     def python_site(self, row: int) -> tuple[str, str] | None:
         """(file:line, function) of the innermost user-code Python frame around `row`, from with_stack frames.

@@ -65,6 +65,7 @@ class CallSplit:
     other_us: float = 0.0
     interleaved_us: float = 0.0  # other code's device work inside the span, left out of the window
     entry_busy_us: float = 0.0  # device busy time of the entry point's own work: what its CUDA events span, less idle
+    projected_us: float | None = None  # first to last device op launched inside the call's range (nsys's projection)
     kernels: list[KernelSlice] = field(default_factory=list)
     copies: list[CopyRecord] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)  # the window, tiled by part

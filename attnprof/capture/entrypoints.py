@@ -94,7 +94,12 @@ def tensor_info(t: torch.Tensor) -> TensorInfo:
         stride = [_dim(s) for s in t.stride()]
     except Exception:  # sparse, nested
         stride = []
-    return TensorInfo(shape=shape(t), stride=stride, dtype=str(t.dtype).removeprefix("torch."), device=str(t.device))
+    try:
+        storage = t.untyped_storage().data_ptr()
+    except Exception:  # tensors without storage (meta, some subclasses)
+        storage = None
+    return TensorInfo(shape=shape(t), stride=stride, dtype=str(t.dtype).removeprefix("torch."), device=str(t.device),
+                      storage=storage)
 
 
 def tensor_text(t: torch.Tensor) -> str:

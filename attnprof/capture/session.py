@@ -352,7 +352,8 @@ class Session:
         site, function, user = self.resolver.call_site(sys._getframe(2))
         with self.window.lock:
             call.call_id, call.step, profiled = self.window.enter_call(site, user)
-        call.phase = PROFILED if profiled else (WARMUP if call.step < self.window.warmup else TRUE)
+        untimed = call.step < self.window.warmup or self.window.settling(call.step)
+        call.phase = PROFILED if profiled else (WARMUP if untimed else TRUE)
         call.site, call.function = site, function
         call.name = f"{entry.op} {site} #{call.call_id}"
         call.device = _cuda_index(args, kwargs)
@@ -440,7 +441,7 @@ class Session:
                 device = f"cuda:{self._cuda_device}"
         steps = StepInfo(unit=w.unit_name, warmup=w.warmup, timed=w.timed, active=w.active, seen=w.seen,
                          profiled=list(w.profiled), profiled_calls=w.profiled_calls, stopped_early=w.stopped_early,
-                         boundary=w.boundary)
+                         boundary=w.boundary, first_timed_call=w.first_timed_call)
         return RunInfo(
             version=RUNINFO_VERSION, attnprof_version=__version__, torch_version=str(torch.__version__),
             cuda_version=torch.version.cuda, device=device, device_capability=capability,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from attnprof.trace.runinfo import SOURCE_PREFIX, ascii_name
+from attnprof.trace.runinfo import SOURCE_PREFIX, SOURCE_STORAGE, ascii_name
 
 USER, SKIP, ATTENTION = 0, 1, 2
 
@@ -33,6 +33,11 @@ SKIPPED_MODULES = frozenset({
 
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 UNKNOWN_SITE = "<unknown>"
+
+
+def storage_of(t: torch.Tensor) -> int:
+    """Address of the memory a tensor (or any view of it) lives in."""
+    return t.untyped_storage().data_ptr()
 
 
 def short_path(filename: str, cwd: str) -> str:
@@ -173,20 +178,29 @@ class SourceLineMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         if self.active:
-            name = self._range_name(func)
+            name = self._range_name(func, args)
             if name is not None:
                 with torch.profiler.record_function(name):
                     return func(*args, **kwargs)
         return func(*args, **kwargs)
 
-    def _range_name(self, func: Any) -> str | None:
+    def _range_name(self, func: Any, args: tuple) -> str | None:
+        """`attnprof.src:<site> in=<storage>`: the line, and the storage the copy reads (so analysis can tell a copy
+        of the attention output from a copy of the next step's input shaped alike)."""
         try:
             if func not in self.copies:
                 return None
             user = self.resolver.user_frame(sys._getframe(2), through_attention=False)
             if user is None:
                 return None
-            return SOURCE_PREFIX + self.resolver.site(user)[0]
+            name = SOURCE_PREFIX + self.resolver.site(user)[0]
+            source = args[0] if args else None
+            if isinstance(source, (list, tuple)) and source:  # torch.cat / stack: a list of tensors
+                source = source[0]
+            if isinstance(source, torch.Tensor):
+                with torch._C.DisableTorchFunction():
+                    name += f" {SOURCE_STORAGE}{storage_of(source):x}"
+            return name
         except Exception:
             return None
 

@@ -56,6 +56,7 @@ class StepWindow:
         self._root_handle = None
         self.optimizer_steps = 0
         self.profiled_calls = 0
+        self.first_timed_call: int | None = None  # id of the first call after the warm-up steps
         self.profiled: list[int] = []
         self._last_profiled_step: int | None = None
         self.stopped_early: str | None = None
@@ -114,6 +115,8 @@ class StepWindow:
             self.profiled_calls += 1
             self._last_profiled_step = self.step
         self.calls_in_step += 1
+        if self.first_timed_call is None and self.step >= self.warmup:
+            self.first_timed_call = self.calls
         return self.calls, self.step, profiled
 
     def exit_call(self) -> None:
@@ -170,6 +173,11 @@ class StepWindow:
             self._close(None, last=self.step - 1)
         elif self.state == WAITING and self.first <= self.step < self.end:
             self._open()
+
+    def settling(self, step: int) -> bool:
+        """The step right after the profiled window: the profiler has just stopped and exported (hundreds of ms of
+        host work, caches cold), so its calls are not representative and are not timed."""
+        return self.state == DONE and len(self.profiled) == 2 and step == self.profiled[1] + 1
 
     def _open(self) -> None:
         self.tried = True

@@ -1,7 +1,8 @@
 """`attnprof` command line: wires capture -> trace model -> analysis -> render, and owns exit codes.
 
-One module per command (`attnprof/cli/<command>.py`), each with `register(subparsers)` that adds its parser and
-sets `run=<function(namespace) -> exit code>`. Every user-facing failure is an `AttnprofError` printed as one
+One module per command (`attnprof/cli/<command>_cmd.py`), each with `register(subparsers)` that adds its parser
+and sets `run=<function(namespace) -> exit code>`, and, for commands that run a script, `split_script_argv(argv)`.
+Every user-facing failure is an `AttnprofError` printed as one
 line; a traced script's own traceback and exit code pass through unchanged.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from attnprof.errors import AttnprofError
 
 PROG = "attnprof"
 #: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
-COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard")
+COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "correlate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        if argv and argv[0] == "trace":
-            from attnprof.cli.trace_cmd import split_script_argv
-
-            argv = split_script_argv(argv)
+        if argv and argv[0] in COMMANDS:
+            # commands that run a script keep its arguments (and nsys's options) away from argparse
+            split = getattr(importlib.import_module(f"attnprof.cli.{argv[0]}_cmd"), "split_script_argv", None)
+            if split is not None:
+                argv = split(argv)
         ns = parser.parse_args(argv)
         return ns.run(ns)
     except AttnprofError as e:

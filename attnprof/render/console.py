@@ -39,6 +39,8 @@ def _shape(s: SiteSummary | CallSplit) -> str:
 
 
 def _mb(n: int) -> str:
+    if n <= 0:
+        return "?"  # the trace records no dtype (Nsight) or no shape
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
 

@@ -9,10 +9,11 @@ import msgspec
 from attnprof.errors import AttnprofError
 from attnprof.trace.model import Trace
 from attnprof.trace.runinfo import RunInfo, read_runinfo
-from attnprof.trace.nsys_sqlite import load_nsys_sqlite
+from attnprof.trace.nsys_sqlite import export_sqlite, find_nsys, load_nsys_sqlite
 from attnprof.trace.torch_json import load_torch_trace
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
+NSYS_SUFFIXES = (".sqlite",)
 #: Files attnprof writes next to the original trace; never inputs.
 DERIVED_MARK = ".attnprof."
 
@@ -26,8 +27,9 @@ class LoadedRun:
 
 
 def trace_files_in(folder: Path) -> list[Path]:
+    """The traces of a run folder: torch.profiler's, or the Nsight Systems export `attnprof nsys` leaves."""
     files = [p for p in sorted(folder.iterdir())
-             if p.is_file() and p.name.endswith(TRACE_SUFFIXES) and DERIVED_MARK not in p.name]
+             if p.is_file() and p.name.endswith(TRACE_SUFFIXES + NSYS_SUFFIXES) and DERIVED_MARK not in p.name]
     if not files:  # any JSON trace will do in a folder that is not a run folder
         files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith((".json", ".json.gz"))
                  and p.name not in ("runinfo.json", "attnprof.json") and DERIVED_MARK not in p.name]
@@ -61,4 +63,14 @@ def load_trace(path: Path) -> Trace:
         raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
     if head.startswith(b"SQLite format 3"):
         return load_nsys_sqlite(path)
+    if Path(path).suffix == ".nsys-rep":
+        return load_nsys_sqlite(_exported(Path(path)))
     return load_torch_trace(path)
+
+
+def _exported(report: Path) -> Path:
+    """The SQLite export next to an .nsys-rep, made with nsys if it is not there yet."""
+    out = report.with_suffix(".sqlite")
+    if not out.is_file() or out.stat().st_mtime < report.stat().st_mtime:
+        export_sqlite(find_nsys(), report, out)
+    return out

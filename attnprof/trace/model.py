@@ -85,6 +85,8 @@ class HostEvents:
     input_types: list  # per row: raw JSON bytes of the op's input dtypes, or None
     input_strides: list  # per row: raw JSON bytes of the op's input strides, or None
     concrete_inputs: list  # per row: raw JSON bytes of the op's scalar arguments as text, or None
+    op_id: np.ndarray | None = None  # int64 per row: the op's id where the tool numbers ops (nsys + PyTorch NVTX)
+    input_ops: list | None = None  # per row: [(producer op id, output index), ...] for each input, or None
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -13,8 +13,12 @@ as for torch.profiler traces.
 """
 from __future__ import annotations
 
+import glob
+import os
 import re
+import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +30,10 @@ from attnprof.trace.runinfo import RANGE_PREFIX
 ATTNPROF_DOMAIN = "attnprof"
 _PUSH_POP, _START_END, _DOMAIN_CREATE = 59, 60, 75
 _AUTOGRAD_RANGE = re.compile(
-    r"^(?P<name>[^,]+?)(?:, (?P<stashed>stashed )?seq = (?P<seq>\d+))?(?:, op_id = \d+)?"
-    r"(?:, sizes = (?P<sizes>\[.*?\]))?(?:, input_op_ids = .*)?$"
+    r"^(?P<name>[^,]+?)(?:, (?P<stashed>stashed )?seq = (?P<seq>\d+))?(?:, op_id = (?P<op_id>\d+))?"
+    r"(?:, sizes = (?P<sizes>\[.*?\]))?(?:, input_op_ids = (?P<inputs>.*))?$"
 )
+_INPUT_OP = re.compile(r"\((\d+),\s*(-?\d+)\)")
 
 
 def _tables(con: sqlite3.Connection) -> set[str]:
@@ -39,22 +44,28 @@ def _columns(con: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
-def _name_range(text: str, domain: str | None) -> tuple[int, str, int, bytes | None]:
-    """(HostKind, name, seq, input dims as JSON) of one NVTX range."""
+def _name_range(text: str, domain: str | None) -> tuple:
+    """(HostKind, name, seq, input dims as JSON, op id, [(producer op id, output index)]) of one NVTX range."""
     if domain == ATTNPROF_DOMAIN:
-        return HostKind.ANNOTATION, RANGE_PREFIX + text, NO_ID, None
+        return HostKind.ANNOTATION, RANGE_PREFIX + text, NO_ID, None, NO_ID, None
     m = _AUTOGRAD_RANGE.match(text)
-    if m and m["seq"] is not None:
-        seq = int(m["seq"])
+    if m and (m["seq"] is not None or m["op_id"] is not None):
+        name = m["name"]
+        seq = int(m["seq"]) if m["seq"] is not None else NO_ID
+        op_id = int(m["op_id"]) if m["op_id"] is not None else NO_ID
+        inputs = [(int(a), int(b)) for a, b in _INPUT_OP.findall(m["inputs"])] if m["inputs"] else None
         sizes = m["sizes"].encode() if m["sizes"] else None
-        if m["stashed"]:
-            return HostKind.OP, "autograd::engine::evaluate_function: " + m["name"], seq, None
-        return HostKind.OP, m["name"], seq, sizes
-    if m and "::" in m["name"] and m["sizes"]:
-        return HostKind.OP, m["name"], NO_ID, m["sizes"].encode()
+        if seq != NO_ID and (m["stashed"] or ("::" not in name and name.endswith(_NODE_SUFFIXES))):
+            # an autograd node applying backward: named as torch.profiler names it, so analysis links it to the
+            # forward op with the same sequence number
+            return HostKind.OP, "autograd::engine::evaluate_function: " + name, seq, None, op_id, inputs
+        return HostKind.OP, name, seq, sizes, op_id, inputs
     if text.startswith("aten::"):
-        return HostKind.OP, text, NO_ID, None
-    return HostKind.ANNOTATION, text if domain is None else f"{domain}:{text}", NO_ID, None
+        return HostKind.OP, text, NO_ID, None, NO_ID, None
+    return HostKind.ANNOTATION, text if domain is None else f"{domain}:{text}", NO_ID, None, NO_ID, None
+
+
+_NODE_SUFFIXES = tuple(f"Backward{i}" for i in range(4))
 
 
 def load_nsys_sqlite(path: Path) -> Trace:
@@ -77,7 +88,7 @@ def _load(con: sqlite3.Connection, tables: set[str], path: Path) -> Trace:
     ids = dict(con.execute("SELECT id, value FROM StringIds")) if "StringIds" in tables else {}
     strings = StringTable()
 
-    host_rows: list[tuple] = []  # (start_ns, end_ns, globalTid, kind, name, seq, correlation, dims)
+    host_rows: list[tuple] = []  # (start_ns, end_ns, globalTid, kind, name, seq, correlation, dims, op id, inputs)
     if "NVTX_EVENTS" in tables:
         cols = _columns(con, "NVTX_EVENTS")
         text_id = "textId" if "textId" in cols else "NULL"
@@ -87,12 +98,14 @@ def _load(con: sqlite3.Connection, tables: set[str], path: Path) -> Trace:
                  f"WHERE eventType IN ({_PUSH_POP}, {_START_END}) AND end IS NOT NULL")
         for start, end, tid, text, tid_text, domain_id in con.execute(query):
             text = text if text is not None else ids.get(tid_text, "")
-            kind, name, seq, dims = _name_range(text or "", domains.get(domain_id) if domain_id else None)
-            host_rows.append((start, end, tid, kind, name, seq, NO_ID, dims))
+            kind, name, seq, dims, op_id, inputs = _name_range(text or "",
+                                                               domains.get(domain_id) if domain_id else None)
+            host_rows.append((start, end, tid, kind, name, seq, NO_ID, dims, op_id, inputs))
     if "CUPTI_ACTIVITY_KIND_RUNTIME" in tables:
         for start, end, tid, corr, name_id in con.execute(
                 "SELECT start, end, globalTid, correlationId, nameId FROM CUPTI_ACTIVITY_KIND_RUNTIME"):
-            host_rows.append((start, end, tid, HostKind.RUNTIME, ids.get(name_id, "cuda_api"), NO_ID, corr, None))
+            host_rows.append((start, end, tid, HostKind.RUNTIME, ids.get(name_id, "cuda_api"), NO_ID, corr, None,
+                              NO_ID, None))
 
     device_rows: list[tuple] = []  # (start, end, device, stream, kind, name, correlation, bytes)
     if "CUPTI_ACTIVITY_KIND_KERNEL" in tables:
@@ -129,6 +142,8 @@ def _load(con: sqlite3.Connection, tables: set[str], path: Path) -> Trace:
         input_types=[None] * n,
         input_strides=[None] * n,
         concrete_inputs=[None] * n,
+        op_id=np.array([r[8] for r in host_rows], dtype=np.int64),
+        input_ops=[r[9] for r in host_rows],
     )
     device = DeviceEvents(
         ts=np.array([(r[0] - base_ns) / 1e3 for r in device_rows], dtype=np.float64),
@@ -149,3 +164,36 @@ def _load(con: sqlite3.Connection, tables: set[str], path: Path) -> Trace:
                  threads=[str(t) for t in thread_index], base_us=base_ns / 1e3, device_properties=props,
                  metadata={"with_stack": False, "record_shapes": any(r[7] for r in host_rows)})
 
+
+#: Where Nsight Systems installs its binary when it is not on PATH.
+_SEARCH = (
+    "/opt/nvidia/nsight-systems/*/bin/nsys",
+    "/opt/nvidia/nsight-systems-cli/*/bin/nsys",
+    "/usr/local/cuda*/bin/nsys",
+    "/usr/local/cuda*/nsight-systems-*/bin/nsys",
+    "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys",
+)
+
+
+def find_nsys(explicit: str | None = None) -> str:
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise AttnprofError(f"--nsys {explicit}: not an executable file")
+        return explicit
+    found = shutil.which("nsys")
+    if found:
+        return found
+    for pattern in _SEARCH:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[-1]  # the newest version folder sorts last
+    raise AttnprofError("nsys not found on PATH or in the usual Nsight Systems / CUDA folders: pass --nsys PATH")
+
+
+def export_sqlite(nsys: str, report: Path, out: Path) -> Path:
+    cmd = [nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", str(out), str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+        raise AttnprofError(f"nsys export failed for {report}: {tail}")
+    return out

@@ -18,8 +18,22 @@ RUNINFO_VERSION = 1
 #: Name of every attnprof range, identical in torch.profiler and (domain `attnprof`) in Nsight Systems.
 RANGE_PREFIX = "attnprof:"
 RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
-#: Range put around a layout-prep torch call made from user code during profiled steps, to name its source line.
+#: Range put around a layout-prep torch call made from user code during profiled steps, to name its source line:
+#: `attnprof.src:<site> in=<hex>`, the second part the address of the storage the call reads.
 SOURCE_PREFIX = "attnprof.src:"
+SOURCE_STORAGE = "in="
+
+
+def parse_source_range(name: str) -> tuple[str, int | None]:
+    """(site, storage address read or None) of an `attnprof.src:` range name."""
+    body = name[len(SOURCE_PREFIX):]
+    site, sep, storage = body.rpartition(" " + SOURCE_STORAGE)
+    if sep:
+        try:
+            return site, int(storage, 16)
+        except ValueError:
+            pass
+    return body, None
 
 
 def ascii_name(text: str) -> str:
@@ -37,6 +51,7 @@ class TensorInfo:
     stride: list[int]
     dtype: str  # torch dtype name without "torch.", e.g. "float16"
     device: str  # "cuda:0", "cpu"
+    storage: int | None = None  # address of the memory it lives in, shared by its views
 
 
 @dataclass
@@ -77,7 +92,7 @@ class SiteTiming:
     clock: str  # "cuda_event" | "host"
     true_us: list[float] = field(default_factory=list)  # unprofiled calls after warm-up
     profiled_us: list[float] = field(default_factory=list)  # the same measurement inside the profiled window
-    warmup_calls: int = 0
+    warmup_calls: int = 0  # calls not timed: warm-up steps, and the step right after the profiled window
 
 
 @dataclass
@@ -91,6 +106,7 @@ class StepInfo:
     profiled_calls: int = 0
     stopped_early: str | None = None  # why the profiled window was cut short (call cap reached, script ended)
     boundary: str | None = None  # what one step was: "one optimizer step", "one forward of GPT", "one attention call"
+    first_timed_call: int | None = None  # id of the first call after warm-up: earlier ones are not representative
 
 
 @dataclass
