@@ -33,6 +33,7 @@ def call(site, backend, *, id=1, phase="fwd", compute=40.0, copies=(), launch=0.
                      shapes=shapes, dtype=dtype, layout=layout, gqa_ratio=gqa,
                      window_us=compute + copy + (launch or 0.0) + other, compute_us=compute, copy_us=copy,
                      launch_us=launch, other_us=other, copies=records,
+                     entry_busy_us=compute + other + sum(r.dur_us for r in records if r.position == "inside"),
                      kernels=[KernelSlice("attention_kernel", "compute", 0.0, compute)])
 
 

@@ -277,6 +277,10 @@ def site_split(s: SiteSummary, calls: list[CallSplit], use_true: bool) -> SiteSp
     """The parts of one site per call; with `use_true` (and a true time) the true estimate, else the trace's."""
     if not use_true or s.true_us is None:
         return SiteSplit(s.window_us, s.compute_us, s.copy_us, s.launch_us, s.other_us, 0.0, 0.0)
+    if s.window_true_us is not None and s.launch_true_us is not None:  # GPU: the core analysis's estimate
+        parts = s.compute_us + s.copy_us + s.launch_true_us + s.other_us
+        return SiteSplit(s.window_true_us, s.compute_us, s.copy_us, s.launch_true_us, s.other_us,
+                         max(0.0, s.window_us - parts), s.window_true_us - parts)
     total = s.true_us + prep_copy_us(calls)
     launch, other = s.launch_us, s.other_us
     if launch is not None:  # GPU: idle is what the true time leaves after the kernels

@@ -94,14 +94,15 @@ class SiteSummary:
     profiled_us: float | None  # the same measurement inside the profiled window (window mean without runinfo)
     inflation: float | None  # profiled / true
     timed_calls: int  # calls behind true_us
+    after_us: float | None  # median of the same timing after the profiled window (the profiler's aftermath)
     window_us: float  # means per call from here on
     compute_us: float
     copy_us: float
     launch_us: float | None
-    launch_true_us: float | None  # launch with the profiler's inflation of GPU idle taken out (see sites.py)
+    launch_true_us: float | None  # the call's own GPU idle: true_us less its kernels' busy time (see sites.py)
     other_us: float
     interleaved_us: float
-    window_true_us: float | None  # compute + copy + other + launch_true: the window as it runs unprofiled
+    window_true_us: float | None  # compute + copy + other + launch_true: the window without the profiler's cost
     copies: list[CopySummary] = field(default_factory=list)
 
 

@@ -16,22 +16,17 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _launch_without_profiler(launch: float | None, true_us: float | None, profiled_us: float | None,
-                             busy_us: float) -> float | None:
-    """The window's GPU idle with the profiler's inflation taken out.
+def _launch_without_profiler(launch: float | None, true_us: float | None, busy_us: float) -> float | None:
+    """The call's GPU idle with the profiler's own cost taken out.
 
-    CUDA events time the entry point's span with and without the profiler; less the entry point's own busy time,
-    both leave its GPU idle. The profiler's CPU cost inflates idle across the window alike (every op pays it), so
-    the window's traced launch is scaled by the measured ratio true idle / profiled idle. With no true time (a
-    trace attnprof did not make) nothing can be corrected: the traced launch stands.
+    CUDA events time the entry point's span outside the profiler (true_us); less its own kernels' busy time, what is
+    left is the idle the call really has (its host-side launch cost, cuDNN's planning). The idle the trace shows
+    around the layout copies is the profiler's (with_stack, record_shapes): it counts as none. Without a true time
+    (a trace attnprof did not make) nothing can be corrected: the traced launch stands.
     """
-    if launch is None or true_us is None or profiled_us is None:
+    if launch is None or true_us is None:
         return launch
-    profiled_idle = max(profiled_us - busy_us, 0.0)
-    true_idle = max(true_us - busy_us, 0.0)
-    if profiled_idle <= 0.0:
-        return launch  # the profiler left no idle to inflate
-    return launch * min(true_idle / profiled_idle, 1.0)
+    return max(true_us - busy_us, 0.0)
 
 
 def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[SiteSummary]:
@@ -47,10 +42,12 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
         n = len(group)
         launch = None if any(c.launch_us is None for c in group) else _mean([c.launch_us for c in group])
         timing = timings.get(key)
-        true_us = _median(timing.true_us) if timing else None
+        # before the window when timed there; after it (slowed by the profiler's aftermath) only as a fallback
+        true_us = (_median(timing.true_us) or _median(timing.after_us)) if timing else None
+        after_us = _median(timing.after_us) if timing else None
         profiled_us = _median(timing.profiled_us) if timing else _mean([c.window_us for c in group])
         inflation = profiled_us / true_us if (true_us and profiled_us) else None
-        launch_true = _launch_without_profiler(launch, true_us, profiled_us, _mean([c.entry_busy_us for c in group]))
+        launch_true = _launch_without_profiler(launch, true_us, _mean([c.entry_busy_us for c in group]))
         first = group[0]
         copies: dict[tuple, list] = {}
         for c in group:
@@ -63,14 +60,15 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
             site=site, op=op, phase=phase,
             backend=Counter(c.backend for c in group).most_common(1)[0][0],
             calls=n, shapes=first.shapes, dtype=first.dtype, layout=first.layout,
-            true_us=true_us, profiled_us=profiled_us, inflation=inflation,
-            timed_calls=len(timing.true_us) if timing else 0,
+            true_us=true_us, profiled_us=profiled_us, inflation=inflation, after_us=after_us,
+            timed_calls=len(timing.true_us or timing.after_us) if timing else 0,
             window_us=_mean([c.window_us for c in group]),
             compute_us=_mean([c.compute_us for c in group]),
             copy_us=_mean([c.copy_us for c in group]),
             launch_us=launch, launch_true_us=launch_true,
-            window_true_us=(None if launch_true is None else
-                            _mean([c.compute_us + c.copy_us + c.other_us for c in group]) + launch_true),
+            # true around the entry point, plus the busy time of the work outside it (the layout copies)
+            window_true_us=(None if launch is None or true_us is None else
+                            true_us + _mean([c.compute_us + c.copy_us + c.other_us - c.entry_busy_us for c in group])),
             other_us=_mean([c.other_us for c in group]),
             interleaved_us=_mean([c.interleaved_us for c in group]),
             copies=[CopySummary(site=s, op=o, bytes=int(b / n), dur_us=d / n, count=k)

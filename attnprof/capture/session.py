@@ -28,7 +28,7 @@ from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
 from attnprof.capture.sources import SiteResolver, SourceLines
-from attnprof.capture.timing import PROFILED, TRUE, WARMUP, Timer
+from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import (
@@ -247,6 +247,10 @@ class Session:
                 activities = [torch.profiler.ProfilerActivity.CPU]
                 if torch.cuda.is_available():
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    # Unless CUPTI is torn down when the profiler stops, every later kernel launch keeps paying its
+                    # callbacks (pytorch#144455): the steps timed after the window would be slower than the run
+                    # really is. A user who needs it kept (CUDA graphs before CUDA 12.6) sets TEARDOWN_CUPTI=0.
+                    os.environ.setdefault("TEARDOWN_CUPTI", "1")
                 prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True)
                 with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
                     warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
@@ -353,7 +357,10 @@ class Session:
         with self.window.lock:
             call.call_id, call.step, profiled = self.window.enter_call(site, user)
         untimed = call.step < self.window.warmup or self.window.settling(call.step)
-        call.phase = PROFILED if profiled else (WARMUP if untimed else TRUE)
+        # The profiler leaves the process slower for the rest of the run (CUPTI stays attached, pytorch#144455):
+        # calls after the window are timed apart, and true times come from before it when there are any.
+        after = self.window.tried and self.window.state == "done"
+        call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.name = f"{entry.op} {site} #{call.call_id}"
         call.device = _cuda_index(args, kwargs)

@@ -23,7 +23,7 @@ POLL_EVERY = 256
 #: How far up the autograd graph to look for the nodes that produce the inputs' gradients.
 MAX_GRAPH_NODES = 32
 
-WARMUP, TRUE, PROFILED = "warmup", "true", "profiled"
+WARMUP, TRUE, PROFILED, AFTER = "warmup", "true", "profiled", "after"
 
 
 class SiteClock:
@@ -33,10 +33,11 @@ class SiteClock:
 
     def __init__(self, timing: SiteTiming):
         self.timing = timing
-        self.pending = {TRUE: 0, PROFILED: 0}
+        self.pending = {TRUE: 0, PROFILED: 0, AFTER: 0}
 
     def values(self, phase: str) -> list[float]:
-        return self.timing.profiled_us if phase == PROFILED else self.timing.true_us
+        t = self.timing
+        return t.profiled_us if phase == PROFILED else t.after_us if phase == AFTER else t.true_us
 
     def has_room(self, phase: str) -> bool:
         return len(self.values(phase)) + self.pending[phase] < MAX_VALUES
@@ -63,7 +64,7 @@ class Timer:
     def timings(self) -> list[SiteTiming]:
         """Sites and phases with something measured or counted (a backward that never ran leaves nothing)."""
         return [c.timing for c in self.sites.values()
-                if c.timing.true_us or c.timing.profiled_us or c.timing.warmup_calls]
+                if c.timing.true_us or c.timing.profiled_us or c.timing.after_us or c.timing.warmup_calls]
 
     # --- one measurement --------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Open what the user points at: a run folder, a torch.profiler trace, (later) an Nsight Systems export."""
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,10 @@ from attnprof.errors import AttnprofError
 from attnprof.trace.model import Trace
 from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.nsys_sqlite import export_sqlite, find_nsys, load_nsys_sqlite
-from attnprof.trace.torch_json import load_torch_trace
+from attnprof.trace.torch_json import load_torch_trace, read_bytes
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
-NSYS_SUFFIXES = (".sqlite",)
+NSYS_SUFFIXES = (".sqlite", ".sqlite.gz")
 #: Files attnprof writes next to the original trace; never inputs.
 DERIVED_MARK = ".attnprof."
 
@@ -63,9 +64,21 @@ def load_trace(path: Path) -> Trace:
         raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
     if head.startswith(b"SQLite format 3"):
         return load_nsys_sqlite(path)
+    if head.startswith(b"\x1f\x8b") and Path(path).name.endswith(".sqlite.gz"):
+        return _load_gzipped_sqlite(Path(path))
     if Path(path).suffix == ".nsys-rep":
         return load_nsys_sqlite(_exported(Path(path)))
     return load_torch_trace(path)
+
+
+def _load_gzipped_sqlite(path: Path) -> Trace:
+    """A gzipped Nsight export (how small fixtures are kept): SQLite needs a file, so unpack to a temporary one."""
+    with tempfile.TemporaryDirectory(prefix="attnprof-") as tmp:
+        plain = Path(tmp) / path.name.removesuffix(".gz")
+        plain.write_bytes(read_bytes(path))
+        trace = load_nsys_sqlite(plain)
+    trace.source = str(path)
+    return trace
 
 
 def _exported(report: Path) -> Path:

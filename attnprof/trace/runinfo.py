@@ -90,8 +90,9 @@ class SiteTiming:
     op: str
     phase: str  # "fwd" | "bwd"
     clock: str  # "cuda_event" | "host"
-    true_us: list[float] = field(default_factory=list)  # unprofiled calls after warm-up
+    true_us: list[float] = field(default_factory=list)  # unprofiled calls after warm-up, before the profiled window
     profiled_us: list[float] = field(default_factory=list)  # the same measurement inside the profiled window
+    after_us: list[float] = field(default_factory=list)  # and after it (the profiler can leave the process slower)
     warmup_calls: int = 0  # calls not timed: warm-up steps, and the step right after the profiled window
 
 

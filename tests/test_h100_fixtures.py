@@ -1,0 +1,186 @@
+"""attnprof's split of real H100 runs (traces/h100/, README there) against the CUDA-event ground truth measured
+in the same session (truth.json) and against what Nsight Systems reports for the same script."""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from attnprof.pipeline import analyze_path
+from attnprof.trace.load import load_path
+
+H100 = Path(__file__).resolve().parents[1] / "traces" / "h100"
+pytestmark = pytest.mark.skipif(not (H100 / "seed-fwd").is_dir(), reason="no recorded H100 runs")
+
+SEED = "examples/seed_case.py:34 via :47"  # FlashAttention-2 through the seed's wrapper
+NATIVE = "examples/seed_case.py:34 via :84"  # FlashAttention-2 on (B, L, H, D) tensors
+SDPA = "examples/seed_case.py:52 via :86"  # SDPA on (B, H, L, D): cuDNN on an H100
+COPY_LINES = ["examples/seed_case.py:44", "examples/seed_case.py:45", "examples/seed_case.py:46",
+              "examples/seed_case.py:48"]
+
+
+@pytest.fixture(scope="module")
+def truth():
+    doc = json.loads((H100 / "truth.json").read_text())
+    return next(r for r in doc["results"] if r["shape_bhld"] == [12, 64, 256, 64])
+
+
+@pytest.fixture(scope="module")
+def fwd():
+    return analyze_path(H100 / "seed-fwd")
+
+
+def site(report, name, phase="fwd"):
+    return next(s for s in report.sites if (s.site, s.phase) == (name, phase))
+
+
+def test_the_four_seed_copies_are_the_calls_with_their_lines(fwd, truth):
+    s = site(fwd, SEED)
+    assert sorted(c.site for c in s.copies) == COPY_LINES
+    assert all(c.op == "aten::contiguous" and c.bytes == 2 * 12 * 64 * 256 * 64 * 2 for c in s.copies)
+    assert s.copy_us == pytest.approx(truth["copies4_us"], rel=0.10)  # the four copies timed alone
+    for call in fwd.calls:
+        if call.site == SEED:
+            assert [c.position for c in call.copies] == ["before"] * 3 + ["after"]
+
+
+def test_compute_is_the_flash_kernel(fwd, truth):
+    for name in (SEED, NATIVE):
+        s = site(fwd, name)
+        assert s.backend == "flash"  # PyTorch's own FlashAttention-2
+        assert s.compute_us == pytest.approx(truth["fa2_native_us"], rel=0.05)
+    assert site(fwd, NATIVE).copies == []
+
+
+def test_sdpa_resolves_to_cudnn_and_its_compute_is_the_cudnn_kernel(fwd):
+    s = site(fwd, SDPA)
+    assert s.backend == "cudnn" and s.copies == []
+    for call in fwd.calls:
+        if call.site == SDPA:
+            cudnn = [k for k in call.kernels if "cudnn" in k.name]
+            assert cudnn and all(k.category == "compute" for k in cudnn)
+            assert call.compute_us == pytest.approx(sum(k.dur_us for k in cudnn), rel=1e-6)
+            assert {k.category for k in call.kernels if k not in cudnn} <= {"other"}  # cuDNN's 4-byte memset
+
+
+def test_true_time_matches_an_independent_cuda_event_timing_of_the_same_code(fwd, truth):
+    independent = truth["loop_call_us"]  # the example's loop, timed by hand without attnprof
+    for name, key in ((SEED, "seed"), (NATIVE, "native"), (SDPA, "sdpa")):
+        assert site(fwd, name).true_us == pytest.approx(independent[key], rel=0.10)
+
+
+@pytest.mark.parametrize("run", ["seed-fwd", "seed-train", "train-seed", "train-sdpa", "hf-llama-sdpa",
+                                 "hf-llama-eager"])
+def test_parts_sum_to_the_window(run):
+    report = analyze_path(H100 / run)
+    assert report.calls
+    for c in report.calls:
+        assert c.launch_us is not None  # a GPU timeline
+        assert c.compute_us + c.copy_us + c.launch_us + c.other_us == pytest.approx(c.window_us, rel=0.01)
+        assert sum(g.dur_us for g in c.segments) == pytest.approx(c.window_us + c.interleaved_us, rel=0.01)
+
+
+def test_training_step_backward_belongs_to_its_forward_call():
+    report = analyze_path(H100 / "seed-train")
+    fwd = {c.id for c in report.calls if c.phase == "fwd"}
+    bwd = [c for c in report.calls if c.phase == "bwd"]
+    assert bwd and {c.id for c in bwd} == fwd
+    for c in bwd:
+        names = " ".join(k.name for k in c.kernels if k.category == "compute")
+        assert ("flash_bwd" in names) if c.backend == "flash" else ("bprop" in names)
+    # the seed wrapper's output copy makes the gradient arrive transposed: FA2's backward copies it itself
+    seed_bwd = [c for c in report.calls if (c.site, c.phase) == (SEED, "bwd")]
+    assert all([c.position for c in call.copies] == ["inside"] and call.copy_us > 0 for call in seed_bwd)
+
+
+def test_model_training_step_attributes_the_wrappers_copies():
+    report = analyze_path(H100 / "train-seed")
+    s = site(report, SEED)
+    assert sorted(c.site for c in s.copies) == COPY_LINES and s.calls == 4  # two layers, two profiled steps
+    assert {x.phase for x in report.sites} == {"fwd", "bwd"}
+
+
+def test_hf_llama_eager_is_unfused_and_slower_than_sdpa():
+    sdpa, eager = analyze_path(H100 / "hf-llama-sdpa"), analyze_path(H100 / "hf-llama-eager")
+    s, e = site(sdpa, sdpa.sites[0].site), site(eager, eager.sites[0].site)
+    assert s.backend == "cudnn" and s.op == "sdpa"
+    assert e.backend == "eager" and e.op == "hf.eager_attention_forward"
+    assert e.compute_us > 5 * s.compute_us  # matmul + softmax + matmul against one fused kernel
+
+
+# --- Nsight Systems ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nsys():
+    return analyze_path(H100 / "nsys-seed")
+
+
+def test_nsight_and_profiler_agree_on_compute_per_site(fwd, nsys):
+    for name in (SEED, NATIVE, SDPA):
+        assert site(nsys, name).compute_us == pytest.approx(site(fwd, name).compute_us, rel=0.05)
+    # the layout copies, found through the data flow PyTorch's NVTX ranges record
+    assert site(nsys, SEED).copy_us == pytest.approx(site(fwd, SEED).copy_us, rel=0.05)
+    assert any("warm-up" in n for n in nsys.notes)
+
+
+def test_projected_gpu_time_equals_nsys_stats(nsys):
+    """Each attnprof NVTX range's projection (first to last GPU op it launched) is nvtx_gpu_proj_sum's."""
+    rows = {r["Range"]: r for r in csv.DictReader(io.StringIO(
+        gzip.decompress((H100 / "nsys-seed" / "nvtx_gpu_proj_sum.csv.gz").read_bytes()).decode()))}
+    run = load_path(H100 / "nsys-seed")
+    checked = 0
+    for call in nsys.calls:
+        name = f"attnprof:{call.op} {call.site} #{call.id}"
+        row = rows[name]
+        assert int(row["Range Instances"]) == 1
+        assert call.projected_us == pytest.approx(float(row["Proj Avg (ns)"]) / 1000.0, rel=0.01)
+        checked += 1
+    assert checked == len(nsys.calls) > 90 and run.runinfo.steps.active == 0
+
+
+def test_pytorch_autograd_ranges_alone_give_the_split():
+    """No attnprof ranges at all: `nsys --pytorch=autograd-shapes-nvtx` on the bare script."""
+    report = analyze_path(H100 / "nsys-autograd" / "report.sqlite.gz")
+    ops = {(c.op, c.phase) for c in report.calls}
+    assert ("aten::scaled_dot_product_attention", "bwd") in ops and ("aten::_flash_attention_forward", "bwd") in ops
+    seed_calls = [c for c in report.calls if c.phase == "fwd" and c.copies]
+    assert seed_calls and all(len(c.copies) == 4 for c in seed_calls)
+
+
+# --- explain and compare (issue: explain the gap) ----------------------------------------------------------------
+
+
+def test_seed_wrapper_vs_sdpa_ranks_the_copies_then_the_kernel(fwd, truth):
+    from attnprof.analysis import diagnosis as dg
+
+    e = dg.explain(dg.select(fwd, site=SDPA), dg.select(fwd, site=SEED))
+    assert e.basis == "true"
+    first, second = e.causes[0], e.causes[1]
+    assert first.kind == dg.LAYOUT_COPY and first.us == pytest.approx(truth["copies4_us"], rel=0.10)
+    assert sorted(first.sources) == COPY_LINES and "(B, L, H, D)" in first.fix
+    assert second.kind == dg.KERNEL and "cuDNN" in second.fix
+    assert sum(c.us for c in e.causes) == pytest.approx(e.gap_us, rel=0.05)
+
+
+def test_compare_reproduces_the_seed_table():
+    """GPU.md's table (triton do_bench medians on such a machine) against attnprof compare's rows."""
+    rows = json.loads((H100 / "compare" / "compare.json").read_text())["rows"]
+
+    def median(shape, backend, variant):
+        return next(r["median_us"] for r in rows if r["shape"] == shape and r["backend"] == backend
+                    and r["variant"] == variant and r["phase"] == "fwd")
+
+    gpu_md = {(12, 64, 256, 64): (46.3, 71.6, 74.3, 227.2), (16, 128, 784, 128): (1596, 2335, 2378, 4569)}
+    for shape, (auto, flash, fa2, seed) in gpu_md.items():
+        s = list(shape)
+        assert median(s, "sdpa-auto", "native") == pytest.approx(auto, rel=0.10)
+        assert median(s, "sdpa-flash", "native") == pytest.approx(flash, rel=0.10)
+        assert median(s, "aten-flash", "native") == pytest.approx(fa2, rel=0.10)
+        assert median(s, "aten-flash", "seed-wrapper") == pytest.approx(seed, rel=0.10)
+    assert statistics.median(r["pct_of_peak"] for r in rows if r["pct_of_peak"]) > 0
