@@ -179,11 +179,15 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
     out.mkdir(parents=True, exist_ok=True)
     ceilings = _gallery_ceilings(traces, runs)
     entries = []
+    pairs = gallery_pairs(runs)
+    paired = {r.name for pair in pairs for r in pair}
     for run in runs:
+        if run.name in paired:
+            continue  # its sites are on the pair's page, beside the other variant's (each page embeds 4.6 MB)
         path = write_dashboard(run.report, out, compare=run.compare, ceilings=ceilings, name=f"{run.name}.html",
                                title=f"attnprof — {run.name}", call_info=run.call_info)
         entries.append(GalleryEntry(path, run.name, _run_lines(run)))
-    for base, other in gallery_pairs(runs):
+    for base, other in pairs:
         a = dg.select(base.report, call_info=base.call_info, label=base.name)
         b = dg.select(other.report, call_info=other.call_info, label=other.name)
         e = dg.explain(a, b)
