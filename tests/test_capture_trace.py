@@ -11,19 +11,9 @@ import torch.nn.functional as F
 
 from attnprof.capture import timing as timing_mod
 from attnprof.capture.timing import Timer, _producers
+from trace_ranges import trace_names
+
 from attnprof.trace.runinfo import RANGE_RE, SOURCE_PREFIX, parse_source_range
-
-
-def trace_names(result) -> list[str]:
-    (path,) = result.trace_files
-    events = json.load(gzip.open(path))["traceEvents"]
-    events = [e for e in events if e.get("ph") == "X" and e.get("name", "").startswith(("attnprof:", "attnprof."))]
-    return [_without_storage(e["name"]) for e in sorted(events, key=lambda e: e["ts"])]
-
-
-def _without_storage(name: str) -> str:
-    """Source-line range names carry the address their copy read (` in=<hex>`): compare by line."""
-    return SOURCE_PREFIX + parse_source_range(name)[0] if name.startswith(SOURCE_PREFIX) else name
 
 
 def test_every_profiled_call_has_its_range_in_the_trace(trace):

@@ -1,24 +1,9 @@
 """Capture: what a step is (optimizer / iteration / call / auto) and which steps run under the profiler."""
 from __future__ import annotations
 
-import gzip
-import json
+from trace_ranges import trace_names
 
-from attnprof.trace.runinfo import RANGE_PREFIX, SOURCE_PREFIX, parse_source_range
-
-
-def trace_names(result) -> list[str]:
-    """Names of the attnprof ranges in the run's trace, in time order."""
-    (path,) = result.trace_files
-    events = json.load(gzip.open(path))["traceEvents"]
-    events = [e for e in events if e.get("ph") == "X" and e.get("name", "").startswith(("attnprof:", "attnprof."))]
-    return [_without_storage(e["name"]) for e in sorted(events, key=lambda e: e["ts"])]
-
-
-def _without_storage(name: str) -> str:
-    """Source-line range names carry the address their copy read (` in=<hex>`): compare by line."""
-    return SOURCE_PREFIX + parse_source_range(name)[0] if name.startswith(SOURCE_PREFIX) else name
-
+from attnprof.trace.runinfo import RANGE_PREFIX, SOURCE_PREFIX
 
 OPTIMIZER = """\
 import torch, torch.nn as nn, torch.nn.functional as F
