@@ -16,8 +16,7 @@ from pathlib import Path
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis.records import Report
 from attnprof.errors import AttnprofError
-from attnprof.pipeline import analyze_run
-from attnprof.render.dashboard import read_compare, write_dashboard
+from attnprof.pipeline import analyze_run, read_compare, write_dashboard_for
 from attnprof.trace.load import DERIVED_MARK, TRACE_SUFFIXES
 
 DEFAULT_TRACES = Path("traces/h100")
@@ -129,7 +128,8 @@ def merged_report(named: list[tuple[str, Report]]) -> Report:
     devices = sorted({r.device for _, r in named})
     return Report(schema_version=first.schema_version, source=" vs ".join(r.source for _, r in named),
                   trace_files=[f for _, r in named for f in r.trace_files], device=" / ".join(devices),
-                  torch_version=first.torch_version, calls=calls, sites=sites, run=None, notes=notes)
+                  torch_version=first.torch_version, calls=calls, sites=sites, run=None, notes=notes,
+                  trace_base_us=[b for _, r in named for b in r.trace_base_us])
 
 
 def _count(n: int, what: str) -> str:
@@ -184,8 +184,8 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
     for run in runs:
         if run.name in paired:
             continue  # its sites are on the pair's page, beside the other variant's (each page embeds 4.6 MB)
-        path = write_dashboard(run.report, out, compare=run.compare, ceilings=ceilings, name=f"{run.name}.html",
-                               title=f"attnprof — {run.name}", call_info=run.call_info)
+        path = write_dashboard_for(run.report, out, compare=run.compare, ceilings=ceilings,
+                                   name=f"{run.name}.html", title=f"attnprof — {run.name}", call_info=run.call_info)
         entries.append(GalleryEntry(path, run.name, _run_lines(run)))
     for base, other in pairs:
         a = dg.select(base.report, call_info=base.call_info, label=base.name)
@@ -193,8 +193,8 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
         e = dg.explain(a, b)
         merged = merged_report([(base.name, base.report), (other.name, other.report)])
         name = f"{other.name}-vs-{base.variant}"
-        path = write_dashboard(merged, out, explanations=[e], compare={}, ceilings=ceilings, name=f"{name}.html",
-                               title=f"attnprof — {other.name} vs {base.name}")
+        path = write_dashboard_for(merged, out, explanations=[e], compare={}, ceilings=ceilings,
+                                   name=f"{name}.html", title=f"attnprof — {other.name} vs {base.name}")
         entries.append(GalleryEntry(path, name, [_explanation_line(e)] + [
             f"{dg.KIND_TITLES[c.kind]}: {c.detail}" for c in e.causes[:3]]))
     (out / "README.md").write_text(gallery_readme(entries, traces, out))

@@ -1,16 +1,22 @@
 """The stages end to end, for the CLI and for library users: load -> analyze -> render."""
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from rich.console import Console
 
 from attnprof.analysis import analyze
+from attnprof.analysis.diagnosis import Explanation
+from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
 from attnprof.render.console import ConsoleRenderer
 from attnprof.render.json_report import JsonRenderer
+from attnprof.trace.ceilings import Ceilings, load_ceilings
+from attnprof.trace.compare import COMPARE_FILE
 from attnprof.trace.load import load_path
 from attnprof.trace.runinfo import CallInfo, RunInfo
 
@@ -47,16 +53,59 @@ def render_console(report: Report, show_calls: bool = False, file=None) -> None:
     ConsoleRenderer(show_calls=show_calls).print_to(console, report)
 
 
+def read_compare(folder: Path) -> dict | None:
+    """The folder's compare.json document (`attnprof compare`'s rows), None when absent or unreadable."""
+    path = Path(folder) / COMPARE_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("rows"), list) else None
+
+
+def dashboard_ceilings(report: Report | None, compare: dict | None) -> Ceilings | None:
+    """The ceilings compare.json recorded, else this machine's cache for the report's device."""
+    if compare and compare.get("ceilings"):
+        try:
+            return msgspec.convert(compare["ceilings"], Ceilings)
+        except msgspec.ValidationError:
+            pass  # an older or damaged record: fall back to the cache
+    if report is not None and report.device:
+        return load_ceilings(report.device)
+    return None
+
+
+def write_dashboard_for(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
+                        compare: dict | None = None, ceilings: Ceilings | None = None, name: str | None = None,
+                        title: str | None = None, call_info: dict[int, CallInfo] | None = None) -> Path:
+    """Write `folder/name` (default dashboard.html) for a report and/or the folder's compare.json; returns its path.
+
+    `explanations`: waterfalls to show (None: explain comparable call sites of the report). `compare`: the
+    compare.json document (None: read it from the folder if there). `ceilings`: for the roofline (None: those
+    compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
+    calls by id (`AnalyzedRun.call_info`), for the fallback reasons in the causes.
+    """
+    from attnprof.render.dashboard import DASHBOARD_FILE, write_dashboard  # lazy: importing plotly costs time
+
+    if compare is None:
+        compare = read_compare(folder)
+    if ceilings is None:
+        ceilings = dashboard_ceilings(report, compare)
+    return write_dashboard(report, insights(report, call_info, ceilings, explanations), folder, compare,
+                           name=name or DASHBOARD_FILE, title=title)
+
+
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:
     """What `attnprof trace` leaves in a run folder after the run (and prints, to stderr: stdout is the script's):
     attnprof.json, dashboard.html, the Perfetto overlay and the TensorBoard scalars."""
-    from attnprof.render.dashboard import write_dashboard
     from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
 
     report = run.report
     renderer = JsonRenderer()
     (Path(folder) / renderer.output_name).write_text(renderer.render(report) + "\n")
-    write_dashboard(report, folder, call_info=run.call_info)
+    write_dashboard_for(report, folder, call_info=run.call_info)
     write_trace_views(report, folder)
     if console:
         render_console(report, file=sys.stderr)

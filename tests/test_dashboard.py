@@ -7,11 +7,12 @@ import json
 import pytest
 
 from attnprof.analysis import diagnosis as dg
+from attnprof.analysis.insights import roofline_points, site_splits
 from attnprof.analysis.records import KernelSlice
 from attnprof.analysis.roofline import attention_flops, attention_min_bytes, shape_of_call
 from attnprof.cli.dashboard_cmd import write_for_path
 from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, run_identity
-from attnprof.pipeline import analyze_path
+from attnprof.pipeline import analyze_path, write_dashboard_for
 from attnprof.render import dashboard as db
 from attnprof.trace.ceilings import Ceilings
 from seed_runs import H100_TRACES, h100_run_folders, seed_runs
@@ -35,7 +36,7 @@ def traces_by_name(fig: dict) -> dict[str, dict]:
 
 def test_site_bars_split_true_and_profiled():
     r, _, _ = seed_vs_sdpa()
-    fig = db.site_bars_figure(r).to_plotly_json()
+    fig = db.site_bars_figure(r, site_splits(r)).to_plotly_json()
     t = traces_by_name(fig)
     assert list(t) == ["compute", "copy", "launch (GPU idle)", "other", "profiler's own cost (left out)",
                        "true µs (end-to-end, median)", "profiled µs (end-to-end, median)"]
@@ -53,7 +54,7 @@ def test_site_bars_split_true_and_profiled():
 
 def test_site_bars_on_cpu_have_no_launch():
     r = report([call("a.py:1", "cpu-flash", launch=None, other=5.0, device="cpu")], device="cpu")
-    names = [t["name"] for t in db.site_bars_figure(r).to_plotly_json()["data"]]
+    names = [t["name"] for t in db.site_bars_figure(r, site_splits(r)).to_plotly_json()["data"]]
     assert names == ["compute", "copy", "other"]
 
 
@@ -88,7 +89,7 @@ def test_timeline_picks_the_median_call_of_each_site():
 
 def test_roofline_points_and_ceilings():
     r, _, _ = seed_vs_sdpa()
-    points = db.roofline_points(r, CEILINGS)
+    points = roofline_points(r, CEILINGS)
     kernels = next(p for p in points if p["site"] == "model.py:9" and p["what"] == "kernels")
     shape = shape_of_call(r.calls[0])
     flops, nbytes = attention_flops(shape), attention_min_bytes(shape, 2)
@@ -135,7 +136,7 @@ def test_compare_sweep_and_table():
 def test_written_page_embeds_every_figure_and_plotly_js(tmp_path):
     r, _, _ = seed_vs_sdpa()
     (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
-    path = db.write_dashboard(r, tmp_path)
+    path = write_dashboard_for(r, tmp_path)
     assert path == tmp_path / "dashboard.html"
     html = path.read_text()
     data = db.read_dashboard_data(path)
@@ -154,7 +155,7 @@ def test_written_page_embeds_every_figure_and_plotly_js(tmp_path):
 
 
 def test_empty_folder_page_says_so(tmp_path):
-    path = db.write_dashboard(None, tmp_path)
+    path = write_dashboard_for(None, tmp_path)
     assert db.read_dashboard_data(path)["figures"] == {} and "nothing to chart" in path.read_text()
 
 

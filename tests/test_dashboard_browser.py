@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.pipeline import analyze_path
+from attnprof.pipeline import analyze_path, write_dashboard_for
 from attnprof.render import dashboard as db
 from seed_runs import seed_runs
 from test_dashboard import compare_doc
@@ -75,7 +75,7 @@ def check_all_drawn(page, path: Path) -> list[dict]:
 def test_every_chart_renders_and_the_theme_toggles(browser, tmp_path):
     r, _, _ = seed_vs_sdpa()
     (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
-    path = db.write_dashboard(r, tmp_path)  # every panel kind: bars, waterfall, timeline, roofline, sweep, table
+    path = write_dashboard_for(r, tmp_path)  # every panel kind: bars, waterfall, timeline, roofline, sweep, table
     page, problems = open_page(browser, path)
     before = check_all_drawn(page, path)
     theme = page.evaluate("document.documentElement.dataset.theme")
@@ -90,7 +90,7 @@ def test_every_chart_renders_and_the_theme_toggles(browser, tmp_path):
 
 def test_cpu_run_dashboard_renders(browser, tmp_path_factory):
     run = seed_runs(tmp_path_factory.getbasetemp())["all"]
-    path = db.write_dashboard(analyze_path(run), run)
+    path = write_dashboard_for(analyze_path(run), run)
     page, problems = open_page(browser, path)
     drawn = check_all_drawn(page, path)
     assert {d["id"] for d in drawn} >= {"fig-sites", "fig-waterfall-0", "fig-timeline"}
@@ -100,7 +100,7 @@ def test_cpu_run_dashboard_renders(browser, tmp_path_factory):
 
 def test_dark_preference_is_the_first_theme(browser, tmp_path):
     r, _, _ = seed_vs_sdpa()
-    path = db.write_dashboard(r, tmp_path)
+    path = write_dashboard_for(r, tmp_path)
     page = browser.new_page(color_scheme="dark")
     page.goto(path.as_uri())
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length > 0")

@@ -37,6 +37,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         sites=summarize_sites(calls, runinfo),
         run=_run_summary(runinfo),
         notes=notes,
+        trace_base_us=[t.base_us for t in traces],
     )
 
 

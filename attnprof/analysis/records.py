@@ -117,3 +117,6 @@ class Report:
     sites: list[SiteSummary]
     run: dict | None = None  # from runinfo.json: command, steps, outcome, exit_code
     notes: list[str] = field(default_factory=list)
+    #: per entry of trace_files: the absolute time (µs, the trace's own clock) of its t=0, which every start_us
+    #: is relative to (Trace.base_us); empty for reports made before it was recorded
+    trace_base_us: list[float] = field(default_factory=list)

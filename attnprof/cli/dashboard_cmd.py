@@ -50,8 +50,8 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def write_for_path(path: Path, output: Path | None = None) -> Path:
-    from attnprof.pipeline import analyze_run
-    from attnprof.render.dashboard import DASHBOARD_FILE, read_compare, write_dashboard
+    from attnprof.pipeline import analyze_run, read_compare, write_dashboard_for
+    from attnprof.render.dashboard import DASHBOARD_FILE
     from attnprof.trace.load import TRACE_SUFFIXES
 
     path = Path(path)
@@ -69,7 +69,7 @@ def write_for_path(path: Path, output: Path | None = None) -> Path:
         folder, name = path, DASHBOARD_FILE
     else:
         folder, name = path.parent, _trace_stem(path.name) + ".attnprof.dashboard.html"
-    return write_dashboard(report, folder, compare=compare, name=name, call_info=call_info)
+    return write_dashboard_for(report, folder, compare=compare, name=name, call_info=call_info)
 
 
 def _trace_stem(name: str) -> str:

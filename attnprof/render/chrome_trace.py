@@ -10,12 +10,16 @@ never touched), plus one process, "attnprof", with
 - flow arrows from every copy the call was charged for (the kernel, or the host op on CPU runs) to the call.
 
 Calls whose windows overlap go on extra "calls N" / "split N" tracks: slices on one track must nest.
+
+The report's times are relative to the trace's t=0; analysis records where that is on the trace's clock
+(Report.trace_base_us). The trace file itself is read here only as the raw events it copies.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -25,8 +29,6 @@ import msgspec
 from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
 from attnprof.errors import AttnprofError
 from attnprof.trace.load import DERIVED_MARK
-from attnprof.trace.model import Trace
-from attnprof.trace.torch_json import load_torch_trace, read_bytes
 
 LAUNCH = "launch"
 INTERLEAVED = "interleaved"  # other code's work inside the window: shown, but not part of the window
@@ -82,7 +84,7 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
     out_path = Path(out_path) if out_path else overlay_path(trace_path)
     if out_path.resolve() == trace_path.resolve():
         raise AttnprofError(f"refusing to overwrite the original trace {trace_path}")
-    data = read_bytes(trace_path)
+    data = _read_bytes(trace_path)
     try:
         # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
         if data.lstrip()[:1] == b"[":
@@ -94,9 +96,8 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
         events = msgspec.json.decode(events_json, type=list[_Event])
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise AttnprofError(f"{trace_path} is not a Chrome trace ({e})") from None
-    # The times in the report are relative to the loader's t=0: take it from the loader itself, not a copy of its rule.
-    trace = load_torch_trace(trace_path)
-    added = _overlay_events(report, trace, events, single_trace=len(report.trace_files) <= 1)
+    base = _time_base(report, trace_path)
+    added = _overlay_events(report, base, events, single_trace=len(report.trace_files) <= 1)
     all_events = [*raw_events, *added]
     if header is None:
         doc = msgspec.json.encode(all_events)
@@ -106,9 +107,34 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
     return out_path
 
 
-def _overlay_events(report: Report, trace: Trace, events: list[_Event], single_trace: bool = True) -> list[dict]:
-    """The events attnprof adds to one trace: metadata, call slices, split segments and copy → call flows."""
-    base = trace.base_us
+def _time_base(report: Report, trace_path: Path) -> float:
+    """Where the report's t=0 is on this trace's clock: what analysis recorded for it (the loader's own t=0, never a
+    copy of its rule)."""
+    target = Path(trace_path).resolve()
+    for name, base in zip(report.trace_files, report.trace_base_us):
+        if Path(name).resolve() == target:
+            return base
+    raise AttnprofError(f"the report holds no time base for {trace_path}: analyse that trace again (attnprof analyze) "
+                        "to draw its overlay")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The trace file as written, gunzipped when it is gzip."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
+    return data
+
+
+def _overlay_events(report: Report, base: float, events: list[_Event], single_trace: bool = True) -> list[dict]:
+    """The events attnprof adds to one trace (its t=0 at `base` µs): metadata, call slices, split segments and
+    copy → call flows."""
     by_name = _index_slices(events, {k.name for c in report.calls for k in c.kernels})
     placed: list[_Placed] = []
     for call in report.calls:

@@ -13,6 +13,9 @@ Panels (each only when there is data for it):
 plotly.js is embedded (what `include_plotlyjs=True` embeds: plotly.offline.get_plotlyjs()), so the file works
 offline. The figures travel as JSON in `<script id="attnprof-data" type="application/json">` without a template;
 the page applies a light or a dark Plotly template (prefers-color-scheme, then the toggle), so both read well.
+
+Every number comes in computed: the report, its Insights (analysis/insights.py: splits, diagnoses, explanations,
+roofline points, the ceilings used) and compare.json's document. This module only lays them out.
 """
 from __future__ import annotations
 
@@ -21,18 +24,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from attnprof.analysis import diagnosis as dg
-from attnprof.analysis import taxonomy as tx
+from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
+from attnprof.analysis.insights import Insights
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.analysis.roofline import roofline, shape_of_call
 from attnprof.render.base import Renderer
-from attnprof.trace.ceilings import Ceilings, load_ceilings
-from attnprof.trace.compare import COMPARE_FILE
+from attnprof.trace.ceilings import Ceilings
 
 DASHBOARD_FILE = "dashboard.html"
 DATA_ELEMENT_ID = "attnprof-data"
@@ -60,9 +60,13 @@ def _dims(shape) -> str:
     return "x".join(map(str, shape)) if shape else "?"
 
 
+def _shape_label(shapes: dict[str, list[int]], dtype: str | None, layout: str | None) -> str:
+    main = shapes.get("q") or shapes.get("qkv") or next(iter(shapes.values()), None)
+    return " ".join(b for b in (_dims(main), dtype or "", layout or "") if b)
+
+
 def _site_shape(s: SiteSummary | CallSplit) -> str:
-    main = s.shapes.get("q") or s.shapes.get("qkv") or next(iter(s.shapes.values()), None)
-    return " ".join(b for b in (_dims(main), s.dtype or "", s.layout or "") if b)
+    return _shape_label(s.shapes, s.dtype, s.layout)
 
 
 def _row_label(s: SiteSummary) -> str:
@@ -83,11 +87,8 @@ def _figure(**layout) -> go.Figure:
 # --- per-site stacked bars ----------------------------------------------------------------------------------------
 
 
-def _calls_of(report: Report, s: SiteSummary) -> list[CallSplit]:
-    return [c for c in report.calls if (c.site, c.op, c.phase) == (s.site, s.op, s.phase)]
-
-
-def site_bars_figure(report: Report) -> go.Figure | None:
+def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSplit]) -> go.Figure | None:
+    """`splits`: Insights.splits, each site's parts per call on the basis it is shown on."""
     sites = list(report.sites)
     if not sites:
         return None
@@ -102,13 +103,13 @@ def site_bars_figure(report: Report) -> go.Figure | None:
                   xaxis_title="µs per call (mean of the profiled calls; markers: medians)",
                   yaxis=dict(title="call site · phase", autorange="reversed", automargin=True))
     on_gpu = any(s.launch_us is not None for s in sites)
-    splits = [dg.site_split(s, _calls_of(report, s), use_true=s.true_us is not None) for s in sites]
-    parts = [("compute", [x.compute for x in splits]), ("copy", [x.copy for x in splits])]
+    shown = [splits[(s.site, s.op, s.phase)] for s in sites]
+    parts = [("compute", [x.compute for x in shown]), ("copy", [x.copy for x in shown])]
     if on_gpu:
-        parts.append(("launch", [x.launch or 0.0 for x in splits]))
-    parts.append(("other", [x.other for x in splits]))
-    if any(x.profiler_us for x in splits):
-        parts.append(("inflation", [x.profiler_us for x in splits]))
+        parts.append(("launch", [x.launch or 0.0 for x in shown]))
+    parts.append(("other", [x.other for x in shown]))
+    if any(x.profiler_us for x in shown):
+        parts.append(("inflation", [x.profiler_us for x in shown]))
     names = {"compute": "compute", "copy": "copy", "launch": "launch (GPU idle)", "other": "other",
              "inflation": "profiler's own cost (left out)"}
     for key, values in parts:
@@ -150,13 +151,13 @@ def site_bars_description(report: Report) -> str:
 # --- waterfall -------------------------------------------------------------------------------------------------
 
 
-def waterfall_figure(e: dg.Explanation) -> go.Figure:
+def waterfall_figure(e: Explanation) -> go.Figure:
     causes = list(e.causes)
-    x = ["A"] + [dg.KIND_TITLES.get(c.kind, c.kind) for c in causes] + ["unexplained", "B"]
+    x = ["A"] + [KIND_TITLES.get(c.kind, c.kind) for c in causes] + ["unexplained", "B"]
     y = [e.a.us] + [c.us for c in causes] + [e.unexplained_us, e.b.us]
     measure = ["absolute"] + ["relative"] * (len(causes) + 1) + ["total"]
     hover = ([f"<b>A</b>: {html.escape(e.a.label)}<br>{' / '.join(e.a.backends)} · {_us(e.a.us)}"]
-             + [f"<b>{html.escape(dg.KIND_TITLES.get(c.kind, c.kind))}</b> {c.us:+,.1f} µs<br>"
+             + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> {c.us:+,.1f} µs<br>"
                 f"{_html_text(_wrap(c.detail))}<br><i>fix:</i> {_html_text(_wrap(c.fix))}" for c in causes]
              + [f"<b>unexplained</b> {e.unexplained_us:+,.1f} µs<br>{_html_text(_wrap(e.basis_detail))}",
                 f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {_us(e.b.us)}"])
@@ -184,11 +185,11 @@ def _wrap(text: str, width: int = 90) -> str:
     return "\n".join(lines)
 
 
-def causes_table_html(causes: list[dg.Cause], total: float, unexplained: float | None, share: str) -> str:
+def causes_table_html(causes: list[Cause], total: float, unexplained: float | None, share: str) -> str:
     rows = []
     for i, c in enumerate(causes, 1):
         pct = f"{100 * c.us / total:.0f}%" if total else "—"
-        rows.append(f"<tr><td>{i}</td><td>{html.escape(dg.KIND_TITLES.get(c.kind, c.kind))}</td>"
+        rows.append(f"<tr><td>{i}</td><td>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</td>"
                     f"<td class=num>{c.us:+,.1f}</td><td class=num>{pct}</td><td>{html.escape(c.detail)}</td>"
                     f"<td>{html.escape(c.fix)}</td></tr>")
     if unexplained is not None:
@@ -260,27 +261,8 @@ def timeline_figure(report: Report) -> go.Figure | None:
 # --- roofline ----------------------------------------------------------------------------------------------------
 
 
-def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[dict]:
-    """Per site and phase: arithmetic intensity and achieved TFLOP/s, of the kernels alone and of the whole call."""
-    points = []
-    for s in report.sites:
-        call = next((c for c in report.calls if (c.site, c.op, c.phase) == (s.site, s.op, s.phase)), None)
-        shape = shape_of_call(call) if call else None
-        itemsize = tx.itemsize(s.dtype or "")
-        if shape is None or not itemsize:
-            continue
-        whole = s.true_us if s.true_us is not None else s.window_us
-        for what, us in (("kernels", s.compute_us), ("whole call", whole)):
-            if not us or us <= 0:
-                continue
-            r = roofline(shape, itemsize, s.phase == "bwd", us, ceilings)
-            points.append({"site": s.site, "phase": s.phase, "what": what, "backend": s.backend,
-                           "shape": _site_shape(s), "us": us, "intensity": r.flops / r.min_bytes,
-                           "tflops": r.tflops, "gbps": r.gbps, "pct_of_peak": r.pct_of_peak, "bound": r.bound})
-    return points
-
-
 def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.Figure | None:
+    """`points`: Insights.roofline; `ceilings`: those the points were computed under (dashed lines)."""
     if not points:
         return None
     fig = _figure(height=480, xaxis=dict(title="arithmetic intensity (FLOP / byte, minimum bytes)", type="log"),
@@ -294,7 +276,8 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
             x=[p["intensity"] for p in pts], y=[p["tflops"] for p in pts], mode="markers",
             marker=dict(symbol=symbol, size=12, color=COLORS["compute" if what == "kernels" else "copy"],
                         line=dict(width=2, color=COLORS["compute" if what == "kernels" else "copy"])),
-            customdata=[[p["site"], p["phase"], p["backend"], p["shape"], _us(p["us"]), p["gbps"],
+            customdata=[[p["site"], p["phase"], p["backend"], _shape_label(p["shapes"], p["dtype"], p["layout"]),
+                         _us(p["us"]), p["gbps"],
                          "n/a" if p["pct_of_peak"] is None else f"{p['pct_of_peak']:.0f}% ({p['bound']}-bound)"]
                         for p in pts],
             hovertemplate=("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} · %{customdata[3]}<br>"
@@ -314,17 +297,6 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
 
 
 # --- compare sweep and table -------------------------------------------------------------------------------------
-
-
-def read_compare(folder: Path) -> dict | None:
-    path = Path(folder) / COMPARE_FILE
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("rows"), list) else None
 
 
 def _seqlen(row: dict) -> int | None:
@@ -387,23 +359,21 @@ def compare_table_figure(rows: list[dict]) -> go.Figure | None:
 # --- assembling the page -------------------------------------------------------------------------------------------
 
 
-def build_panels(report: Report | None, explanations: list[dg.Explanation] | None = None,
-                 compare: dict | None = None, ceilings: Ceilings | None = None,
-                 call_info: dict | None = None) -> list[Panel]:
-    """Every panel there is data for. `explanations` None: comparable sites of the report are explained.
-    `call_info`: runinfo.json's calls by id, for fallback reasons (dropout, strides, mask)."""
+def build_panels(report: Report | None, insights: Insights | None = None,
+                 compare: dict | None = None) -> list[Panel]:
+    """Every panel there is data for: the report's with its `insights` (analysis.insights.insights(report, ...)),
+    compare.json's with `compare` (its document)."""
+    insights = insights or Insights()
+    ceilings = insights.ceilings
     panels: list[Panel] = []
     if report is not None and report.sites:
-        fig = site_bars_figure(report)
-        diagnoses = dg.diagnose_sites(report, call_info)
+        fig = site_bars_figure(report, insights.splits)
         tables = "".join(
             f"<h4>{html.escape(d.subject.label)} — {_us(d.subject.us)} {html.escape(d.unit)}</h4>"
-            + causes_table_html(d.causes, d.subject.us, None, "share") for d in diagnoses)
+            + causes_table_html(d.causes, d.subject.us, None, "share") for d in insights.diagnoses)
         panels.append(Panel("sites", "Where each call site's time goes", site_bars_description(report), fig,
                             f"<details><summary>causes and fixes per site</summary>{tables}</details>"))
-        if explanations is None:
-            explanations = dg.site_explanations(report, call_info)
-    for i, e in enumerate(explanations or []):
+    for i, e in enumerate(insights.explanations):
         desc = (f"A = {e.a.label} ({' / '.join(e.a.backends)}), B = {e.b.label} ({' / '.join(e.b.backends)}): "
                 f"B is slower by {_us(e.gap_us)} {e.unit}. Numbers: {e.basis_detail}."
                 + "".join(f" Note: {n}." for n in e.notes))
@@ -419,8 +389,7 @@ def build_panels(report: Report | None, explanations: list[dg.Explanation] | Non
                                 + ("host ops (a CPU run)" if on_cpu else "kernels") + ", by category, over its "
                                 "window; the empty stretches are " + ("host time between ops." if on_cpu else
                                                                       "the GPU waiting for the CPU (launch)."), fig))
-        points = roofline_points(report, ceilings)
-        fig = roofline_figure(points, ceilings)
+        fig = roofline_figure(insights.roofline, ceilings)
         if fig is not None:
             where = (f"measured ceilings of {ceilings.device} ({ceilings.method}, {ceilings.measured_at})"
                      if ceilings is not None else "no measured ceilings for this device: points only")
@@ -566,31 +535,13 @@ def _meta(report: Report | None, compare: dict | None) -> list[str]:
     return meta
 
 
-def _default_ceilings(report: Report | None, compare: dict | None) -> Ceilings | None:
-    """The ceilings compare.json recorded, else this machine's cache for the report's device."""
-    if compare and compare.get("ceilings"):
-        try:
-            return msgspec.convert(compare["ceilings"], Ceilings)
-        except msgspec.ValidationError:
-            pass  # an older or damaged record: fall back to the cache
-    if report is not None and report.device:
-        return load_ceilings(report.device)
-    return None
-
-
-def write_dashboard(report: Report | None, folder: Path, explanations: list[dg.Explanation] | None = None,
-                    compare: dict | None = None, ceilings: Ceilings | None = None, name: str = DASHBOARD_FILE,
-                    title: str | None = None, call_info: dict | None = None) -> Path:
-    """Write `folder/name` (dashboard.html) for a report and/or the folder's compare.json; returns its path.
-
-    `explanations`: waterfalls to show (None: explain comparable call sites of the report). `compare`: the
-    compare.json document (None: read it from the folder if there). `ceilings`: for the roofline (None: those
-    compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
-    calls by id (`{c.id: c for c in runinfo.calls}`), for the fallback reasons in the causes.
-    """
+def write_dashboard(report: Report | None, insights: Insights | None, folder: Path, compare: dict | None = None,
+                    name: str = DASHBOARD_FILE, title: str | None = None) -> Path:
+    """Write `folder/name` (dashboard.html) for a report with its insights and/or a compare.json document; returns
+    its path. Nothing is read here: pipeline.write_dashboard_for finds compare.json and the ceilings and computes
+    the insights."""
     folder = Path(folder)
-    renderer = DashboardRenderer(explanations, read_compare(folder) if compare is None else compare, ceilings,
-                                 call_info, title or f"attnprof — {folder.resolve().name}")
+    renderer = DashboardRenderer(insights, compare, title or f"attnprof — {folder.resolve().name}")
     path = folder / name
     path.write_text(renderer.render(report))
     return path
@@ -601,17 +552,13 @@ class DashboardRenderer(Renderer):
 
     output_name = DASHBOARD_FILE
 
-    def __init__(self, explanations: list[dg.Explanation] | None = None, compare: dict | None = None,
-                 ceilings: Ceilings | None = None, call_info: dict | None = None, title: str = "attnprof"):
-        self.explanations = explanations
+    def __init__(self, insights: Insights | None = None, compare: dict | None = None, title: str = "attnprof"):
+        self.insights = insights
         self.compare = compare
-        self.ceilings = ceilings
-        self.call_info = call_info
         self.title = title
 
     def render(self, report: Report | None) -> str:
-        ceilings = self.ceilings or _default_ceilings(report, self.compare)
-        panels = build_panels(report, self.explanations, self.compare, ceilings, self.call_info)
+        panels = build_panels(report, self.insights, self.compare)
         notes = list(report.notes) if report is not None else []
         if self.compare:
             notes += list(self.compare.get("notes") or [])

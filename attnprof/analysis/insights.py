@@ -1,0 +1,81 @@
+"""What the dashboard shows beyond the report itself, computed here so render only formats: each site's split on
+the basis it is shown on, the diagnoses per site, the explanations (waterfalls) and the roofline points.
+
+Pure functions over analysis records; the ceilings (a trace-stage read) come in from the caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attnprof.analysis import diagnosis as dg
+from attnprof.analysis import taxonomy as tx
+from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.analysis.roofline import roofline, shape_of_call
+from attnprof.trace.ceilings import Ceilings
+from attnprof.trace.runinfo import CallInfo
+
+#: A site's key in Insights.splits: (site, op, phase), one SiteSummary each.
+SiteKey = tuple[str, str, str]
+
+
+@dataclass
+class Insights:
+    """The dashboard's numbers for one report (all empty for no report)."""
+
+    splits: dict[SiteKey, dg.SiteSplit] = field(default_factory=dict)  # µs per call: true basis where timed
+    diagnoses: list[dg.Diagnosis] = field(default_factory=list)  # per call site, slowest in total first
+    explanations: list[dg.Explanation] = field(default_factory=list)  # the waterfalls, in order
+    #: per site and phase, "kernels" (compute_us) and "whole call" (true or window µs): site, phase, what, backend,
+    #: shapes, dtype, layout, us, intensity (FLOP/byte), tflops, gbps, pct_of_peak, bound
+    roofline: list[dict] = field(default_factory=list)
+    ceilings: Ceilings | None = None  # those the roofline used
+
+
+def site_key(s: SiteSummary | CallSplit) -> SiteKey:
+    return s.site, s.op, s.phase
+
+
+def site_splits(report: Report) -> dict[SiteKey, dg.SiteSplit]:
+    """Each site's parts per call: on the true basis where the site has a true time, else as traced."""
+    calls: dict[SiteKey, list[CallSplit]] = {}
+    for c in report.calls:
+        calls.setdefault(site_key(c), []).append(c)
+    return {site_key(s): dg.site_split(s, calls.get(site_key(s), []), use_true=s.true_us is not None)
+            for s in report.sites}
+
+
+def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[dict]:
+    """Per site and phase: arithmetic intensity and achieved TFLOP/s, of the kernels alone and of the whole call."""
+    points = []
+    for s in report.sites:
+        call = next((c for c in report.calls if site_key(c) == site_key(s)), None)
+        shape = shape_of_call(call) if call else None
+        itemsize = tx.itemsize(s.dtype or "")
+        if shape is None or not itemsize:
+            continue
+        whole = s.true_us if s.true_us is not None else s.window_us
+        for what, us in (("kernels", s.compute_us), ("whole call", whole)):
+            if not us or us <= 0:
+                continue
+            r = roofline(shape, itemsize, s.phase == "bwd", us, ceilings)
+            points.append({"site": s.site, "phase": s.phase, "what": what, "backend": s.backend,
+                           "shapes": s.shapes, "dtype": s.dtype, "layout": s.layout, "us": us,
+                           "intensity": r.flops / r.min_bytes, "tflops": r.tflops, "gbps": r.gbps,
+                           "pct_of_peak": r.pct_of_peak, "bound": r.bound})
+    return points
+
+
+def insights(report: Report | None, call_info: dict[int, CallInfo] | None = None, ceilings: Ceilings | None = None,
+             explanations: list[dg.Explanation] | None = None) -> Insights:
+    """The dashboard's numbers. `explanations` None: comparable call sites of the report explained against each other
+    (dg.site_explanations). `call_info`: runinfo.json's calls by id, for fallback reasons (dropout, strides, mask).
+    `ceilings`: for the roofline's % of peak (None: points only)."""
+    if report is None:
+        return Insights(explanations=list(explanations or []), ceilings=ceilings)
+    diagnoses: list[dg.Diagnosis] = []
+    if report.sites:
+        diagnoses = dg.diagnose_sites(report, call_info)
+        if explanations is None:
+            explanations = dg.site_explanations(report, call_info)
+    return Insights(splits=site_splits(report), diagnoses=diagnoses, explanations=list(explanations or []),
+                    roofline=roofline_points(report, ceilings), ceilings=ceilings)
