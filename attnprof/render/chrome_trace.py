@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -28,6 +27,7 @@ import msgspec
 
 from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
 from attnprof.errors import AttnprofError
+from attnprof.files import read_bytes
 from attnprof.trace.load import DERIVED_MARK
 
 LAUNCH = "launch"
@@ -84,7 +84,7 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
     out_path = Path(out_path) if out_path else overlay_path(trace_path)
     if out_path.resolve() == trace_path.resolve():
         raise AttnprofError(f"refusing to overwrite the original trace {trace_path}")
-    data = _read_bytes(trace_path)
+    data = read_bytes(trace_path)
     try:
         # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
         if data.lstrip()[:1] == b"[":
@@ -116,20 +116,6 @@ def _time_base(report: Report, trace_path: Path) -> float:
             return base
     raise AttnprofError(f"the report holds no time base for {trace_path}: analyse that trace again (attnprof analyze) "
                         "to draw its overlay")
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The trace file as written, gunzipped when it is gzip."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
-    return data
 
 
 def _overlay_events(report: Report, base: float, events: list[_Event], single_trace: bool = True) -> list[dict]:

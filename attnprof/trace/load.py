@@ -8,10 +8,11 @@ from pathlib import Path
 import msgspec
 
 from attnprof.errors import AttnprofError
+from attnprof.files import read_bytes
 from attnprof.trace.model import Trace
 from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.nsys_sqlite import export_sqlite, find_nsys, load_nsys_sqlite
-from attnprof.trace.torch_json import load_torch_trace, read_bytes
+from attnprof.trace.torch_json import load_torch_trace
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 NSYS_SUFFIXES = (".sqlite", ".sqlite.gz")

@@ -6,8 +6,6 @@ a 100 MB trace within seconds and a few hundred MB (a plain `json.load` builds a
 from __future__ import annotations
 
 import gc
-import gzip
-import zlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,6 +13,7 @@ import msgspec
 import numpy as np
 
 from attnprof.errors import AttnprofError
+from attnprof.files import read_bytes
 from attnprof.trace.model import NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, StringTable, Trace
 
 _EMPTY = msgspec.Raw(b"")
@@ -77,19 +76,6 @@ _HOST_CODE = {k: int(v) for k, v in _HOST.items()}
 _DEVICE_CODE = {k: int(v) + 16 for k, v in _DEVICE.items()}
 _CODE = {**_HOST_CODE, **_DEVICE_CODE}
 _CODE.update({k.capitalize(): v for k, v in _CODE.items()})  # pre-2.0 Kineto wrote "Kernel", "Memcpy", "Runtime"
-
-
-def read_bytes(path: Path) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
-    return data
 
 
 def load_torch_trace(path: Path) -> Trace:
