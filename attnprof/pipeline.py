@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from rich.console import Console
 
 from attnprof.analysis import analyze
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
-from attnprof.render.console import ConsoleRenderer
+from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
 from attnprof.trace.compare import COMPARE_FILE
@@ -47,9 +46,7 @@ def render_json(report: Report) -> str:
 
 
 def render_console(report: Report, show_calls: bool = False, file=None) -> None:
-    console = Console(file=file or sys.stdout, highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # a pipe or log file: do not squeeze the table to 80 columns
+    console = table_console(file or sys.stdout)
     ConsoleRenderer(show_calls=show_calls).print_to(console, report)
 
 

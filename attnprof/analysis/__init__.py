@@ -11,9 +11,7 @@ from attnprof.trace.runinfo import RunInfo
 def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
     calls, notes = [], []
     for trace in traces:
-        found, trace_notes = find_calls(trace, runinfo)
-        calls.extend(found)
-        notes.extend(trace_notes)
+        calls.extend(find_calls(trace, runinfo))
     first = runinfo.steps.first_timed_call if runinfo else None
     if first is not None:
         # A trace of the whole run (Nsight under `attnprof nsys`) holds the warm-up calls too: autotuning, cuDNN's

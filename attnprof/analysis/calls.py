@@ -117,7 +117,6 @@ class CallFinder:
         self.ix = TraceIndex(trace)
         self.on_device = trace.has_device_activity
         self.call_info = {c.id: c for c in runinfo.calls} if runinfo else {}
-        self.notes: list[str] = []
         h = trace.host
         strings = trace.strings
         self.range_ids = set(strings.ids_where(lambda s: s.startswith(RANGE_PREFIX)).tolist())
@@ -589,7 +588,5 @@ def _segments(split, idle: str) -> list[Segment]:
     return [Segment(start_us=float(a), dur_us=float(b - a), part=names.get(c, c)) for a, b, c in split.segments]
 
 
-def find_calls(trace: Trace, runinfo: RunInfo | None) -> tuple[list[CallSplit], list[str]]:
-    finder = CallFinder(trace, runinfo)
-    calls = finder.build()
-    return calls, finder.notes
+def find_calls(trace: Trace, runinfo: RunInfo | None) -> list[CallSplit]:
+    return CallFinder(trace, runinfo).build()

@@ -65,13 +65,13 @@ def _progress(message: str) -> None:
 def run(ns: argparse.Namespace) -> int:
     import msgspec
     import torch
-    from rich.console import Console
 
     from attnprof.analysis import analyze
     from attnprof.analysis.compare import compare_rows
     from attnprof.capture.ceilings import device_ceilings
     from attnprof.capture.compare import CompareOptions, run_compare
     from attnprof.render.compare_table import compare_document, print_compare, rows_json
+    from attnprof.render.console import table_console
     from attnprof.trace.compare import COMPARE_FILE, CompareCase
     from attnprof.trace.load import load_trace
 
@@ -98,8 +98,6 @@ def run(ns: argparse.Namespace) -> int:
     if ns.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows_json(rows)), indent=1).decode() + "\n")
     else:
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            console.width = max(console.width, 160)  # a pipe or log file: do not squeeze the table
+        console = table_console()
         print_compare(console, result, rows, ceilings, notes)
     return 0

@@ -96,18 +96,15 @@ def _selection(runs: _Runs, path: str, what: str | None, phase: str | None):
 
 
 def run(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from attnprof.analysis.diagnosis import diagnose, diagnose_sites, explain
+    from attnprof.render.console import table_console
     from attnprof.render.explain import diagnoses_json, explanation_json, print_diagnoses, print_explanation
 
     a_path, a_what = _merge(parse_side(ns.a), ns.site_a, "A")
     if a_path is None:
         raise AttnprofError("side A needs a run folder or trace: PATH[::SITE]")
     runs = _Runs()
-    console = Console(file=sys.stdout, highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
+    console = table_console(sys.stdout)
     if ns.b is None and ns.site_b is None:
         if a_what:
             diagnoses = [diagnose(_selection(runs, a_path, a_what, ns.phase))]

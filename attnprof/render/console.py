@@ -11,6 +11,14 @@ from rich.text import Text
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.render.base import Renderer
 
+def table_console(file=None) -> Console:
+    """A rich console for attnprof's tables: on a pipe or a log file, wide enough not to squeeze them to 80 columns."""
+    console = Console(file=file, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
 DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 

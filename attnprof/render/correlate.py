@@ -4,12 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from attnprof.analysis.records import Report, SiteSummary
-from attnprof.render.console import us_text
+from attnprof.render.console import table_console, us_text
 
 PARTS = ("compute", "copy", "launch", "other")
 
@@ -40,9 +39,7 @@ def _parts(s: SiteSummary) -> list[str]:
 
 
 def print_correlation(profiler: Report, nsys: Report, file=None) -> None:
-    console = Console(file=file, highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
+    console = table_console(file)
     pairs = pair_sites(profiler, nsys)
     console.print(Text(f"torch.profiler ({profiler.source}) beside Nsight Systems ({nsys.source}), µs per call",
                        style="bold"))

@@ -96,20 +96,21 @@ class HostEvents:
         return self.ts + self.dur
 
     def dims(self, i: int) -> list:
-        raw = self.input_dims[i]
-        return msgspec.json.decode(raw) if raw else []
+        return _decoded(self.input_dims[i])
 
     def types(self, i: int) -> list:
-        raw = self.input_types[i]
-        return msgspec.json.decode(raw) if raw else []
+        return _decoded(self.input_types[i])
 
     def strides(self, i: int) -> list:
-        raw = self.input_strides[i]
-        return msgspec.json.decode(raw) if raw else []
+        return _decoded(self.input_strides[i])
 
     def concrete(self, i: int) -> list:
-        raw = self.concrete_inputs[i]
-        return msgspec.json.decode(raw) if raw else []
+        return _decoded(self.concrete_inputs[i])
+
+
+def _decoded(raw: bytes | None) -> list:
+    """One op's raw JSON argument column, decoded on demand (most ops are never asked)."""
+    return msgspec.json.decode(raw) if raw else []
 
 
 @dataclass
