@@ -46,8 +46,9 @@ def render_json(report: Report) -> str:
 
 
 def render_console(report: Report, show_calls: bool = False, file=None) -> None:
+    """The tables on stdout (or `file`), the notes on stderr: `attnprof ... > report.txt` keeps the tables."""
     console = table_console(file or sys.stdout)
-    ConsoleRenderer(show_calls=show_calls).print_to(console, report)
+    ConsoleRenderer(show_calls=show_calls).print_to(console, report, notes_to=table_console(sys.stderr))
 
 
 def read_compare(folder: Path) -> dict | None:
@@ -95,8 +96,8 @@ def write_dashboard_for(report: Report | None, folder: Path, explanations: list[
 
 
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:
-    """What `attnprof trace` leaves in a run folder after the run (and prints, to stderr: stdout is the script's):
-    attnprof.json, dashboard.html, the Perfetto overlay and the TensorBoard scalars."""
+    """What `attnprof trace` leaves in a run folder after the run: attnprof.json, dashboard.html, the Perfetto overlay
+    and the TensorBoard scalars; and the table, on stdout after the script's own output (notes on stderr)."""
     from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
 
     report = run.report
@@ -105,4 +106,5 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:
     write_dashboard_for(report, folder, call_info=run.call_info)
     write_trace_views(report, folder)
     if console:
-        render_console(report, file=sys.stderr)
+        sys.stdout.flush()
+        render_console(report)

@@ -18,8 +18,10 @@ SEED_LINES = ["examples/seed_case.py:44", "examples/seed_case.py:45", "examples/
 
 
 def attnprof(*args, cwd=REPO, env=None, timeout=240):
+    # os.environ, not the inherited C environment: readline (imported by pytest's debugger support) puts
+    # COLUMNS=80 there when a terminal is attached, and the tables follow COLUMNS
     return subprocess.run([sys.executable, "-m", "attnprof", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=dict(os.environ) if env is None else env)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,8 @@ def _json(folder: Path) -> dict:
 def test_trace_the_built_in_example(seed_run):
     out, r = seed_run
     assert "ran 8 steps of seed" in r.stdout  # the script's own stdout, untouched
-    assert "layout copies" in r.stderr and "examples/seed_case.py:44" in r.stderr  # the table goes to stderr
+    assert "layout copies" in r.stdout and "examples/seed_case.py:44" in r.stdout  # the table: stdout, after
+    assert r.stdout.index("ran 8 steps of seed") < r.stdout.index("layout copies")  # the script's output
     traces = [p.name for p in out.glob("*.pt.trace.json.gz") if ".attnprof." not in p.name]
     assert len(traces) == 1 and traces[0].count(".") == 4  # <host>_<pid>.pt.trace.json.gz
     assert {"runinfo.json", "attnprof.json", "dashboard.html"} <= {p.name for p in out.iterdir()}
@@ -134,7 +137,7 @@ cp "$FAKE_SQLITE" "$out"
     assert "-s none" in argv and "--pytorch=autograd-shapes-nvtx" in argv
     assert "-m attnprof trace --active 0" in argv
     assert {"report.sqlite", "report.nsys-rep", "runinfo.json", "attnprof.json"} <= {p.name for p in out.iterdir()}
-    assert "torch.profiler" in r.stderr and "nsys" in r.stderr and "Δ compute" in r.stderr  # the --beside table
+    assert "torch.profiler" in r.stdout and "nsys" in r.stdout and "Δ compute" in r.stdout  # the --beside table
     assert _json(out)["sites"]
 
 

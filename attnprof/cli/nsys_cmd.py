@@ -86,11 +86,12 @@ def run(ns: argparse.Namespace) -> int:
     code = run_under_nsys(nsys, nsys_opts, trace_argv, folder)
     run_ = analyze_run(folder)
     write_reports(run_, folder, console=False)
-    render_console(run_.report, file=sys.stderr)
+    sys.stdout.flush()  # the script's own output first, then attnprof's tables
+    render_console(run_.report)
     if ns.beside is not None:
         from attnprof.render.correlate import print_correlation
 
-        print_correlation(analyze_run(ns.beside).report, run_.report, file=sys.stderr)
+        print_correlation(analyze_run(ns.beside).report, run_.report)
     print(f"attnprof: Nsight run saved to {folder}/", file=sys.stderr)
     return code
 

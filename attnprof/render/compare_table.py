@@ -4,14 +4,13 @@ from __future__ import annotations
 from itertools import groupby
 
 import msgspec
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.padding import Padding
 from rich.text import Text
 
 from attnprof.analysis.compare import CompareRow
 from attnprof.render.json_report import round_floats
-from attnprof.render.console import DTYPE_SHORT, part_text, us_text
+from attnprof.render.console import DTYPE_SHORT, compact, grid, part_text, pct_text, us_text
 from attnprof.trace.ceilings import Ceilings
 from attnprof.trace.compare import COMPARE_SCHEMA_VERSION, CompareRun
 
@@ -49,19 +48,27 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
     for title, group in groupby(rows, key=_case_title):
         group = list(group)
         ran = [r for r in group if r.unsupported is None]
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title=title, title_justify="left",
-                      title_style="bold")
-        for col in ("backend", "variant", "phase", "kernels"):
-            table.add_column(col)
-        for col in ("median µs", "window µs", "compute", "copy", "launch", "other", "TFLOP/s", "GB/s", "% peak"):
-            table.add_column(col, justify="right")
+        rows = []
         for r in ran:
             window = r.window_us or 0.0
-            parts = [part_text(v, window) if r.window_us is not None else Text("—")
-                     for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
             peak = "—" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}% {r.bound[0]}"
-            table.add_row(r.backend, r.variant, r.phase, r.kernels or "?", us_text(r.median_us), us_text(r.window_us),
-                          *parts, _rate(r.tflops), _rate(r.gbps), peak)
+            if compact(console):
+                parts = [pct_text(v, window) if r.window_us is not None else "—"
+                         for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
+                rows.append([r.backend, r.variant, r.phase, us_text(r.median_us), *parts, peak])
+            else:
+                parts = [part_text(v, window) if r.window_us is not None else Text("—")
+                         for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
+                rows.append([r.backend, r.variant, r.phase, r.kernels or "?", us_text(r.median_us),
+                             us_text(r.window_us), *parts, _rate(r.tflops), _rate(r.gbps), peak])
+        if compact(console):
+            headers = [("backend", "word"), ("variant", "word"), ("ph", "word"), ("median µs", "num"),
+                       ("compute", "num"), ("copy", "num"), ("launch", "num"), ("other", "num"), ("% peak", "num")]
+        else:
+            headers = [("backend", "word"), ("variant", "word"), ("phase", "word"), ("kernels", "text"),
+                       ("median µs", "num"), ("window µs", "num"), ("compute", "num"), ("copy", "num"),
+                       ("launch", "num"), ("other", "num"), ("TFLOP/s", "num"), ("GB/s", "num"), ("% peak", "num")]
+        table = grid(rows, headers, title=title)
         console.print(table)
         # one line per backend, variant and reason: the phases that share a reason are listed together
         skipped: dict[tuple[str, str, str], list[str]] = {}
@@ -70,8 +77,9 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
                 skipped.setdefault((r.backend, r.variant, r.unsupported), []).append(r.phase)
         if skipped:
             console.print(Text("  not run here:", style="bold"))
-            for (backend, variant, reason), phases in skipped.items():
-                console.print(f"    {backend:<15} {variant:<13} {'+'.join(phases):<8} {reason}", soft_wrap=True)
+            rows = [[backend, variant, "+".join(phases), reason] for (backend, variant, reason), phases in skipped.items()]
+            console.print(Padding(grid(rows, [("backend", "word"), ("variant", "word"), ("phase", "word"),
+                                              ("why", "text")]), (0, 0, 0, 4), expand=False))
     split_from = "launch is n/a on CPU; time between ops is in other" if on_cpu else \
         "launch = GPU idle inside the call's window"
     console.print(Text(

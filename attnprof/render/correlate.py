@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich import box
-from rich.table import Table
 from rich.text import Text
 
 from attnprof.analysis.records import Report, SiteSummary
-from attnprof.render.console import table_console, us_text
+from attnprof.render.console import compact, grid, short_site, table_console, us_text
 
 PARTS = ("compute", "copy", "launch", "other")
 
@@ -38,28 +36,27 @@ def _parts(s: SiteSummary) -> list[str]:
     return [us_text(s.window_us)] + [us_text(getattr(s, f"{p}_us")) for p in PARTS]
 
 
-def print_correlation(profiler: Report, nsys: Report, file=None) -> None:
-    console = table_console(file)
+def print_correlation(profiler: Report, nsys: Report, file=None, console=None) -> None:
+    console = console or table_console(file)
     pairs = pair_sites(profiler, nsys)
     console.print(Text(f"torch.profiler ({profiler.source}) beside Nsight Systems ({nsys.source}), µs per call",
                        style="bold"))
     if not pairs:
         console.print("  no call site in common: were both runs made by attnprof on the same script?")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column("site / op", no_wrap=True)
-    table.add_column("phase")
-    table.add_column("tool")
-    table.add_column("calls", justify="right")
-    for col in ("window", *PARTS):
-        table.add_column(col, justify="right")
-    table.add_column("Δ compute", justify="right")
+    rows = []
+    small = compact(console)
     for p in pairs:
         diff = p.compute_diff_pct
-        table.add_row(Text(p.site).append(f"\n  {p.op}", style="dim"), p.phase, "torch.profiler\nnsys",
-                      f"{p.profiler.calls}\n{p.nsys.calls}",
-                      *[f"{a}\n{b}" for a, b in zip(_parts(p.profiler), _parts(p.nsys))],
-                      "—" if diff is None else f"{diff:+.1f}%")
+        site = Text(short_site(p.site) if small else p.site).append(f"\n  {p.op}", style="dim")
+        values = [f"{a}\n{b}" for a, b in zip(_parts(p.profiler), _parts(p.nsys))]
+        if small:  # window and compute/copy: what the two tools must agree on
+            values = values[:3]
+        rows.append([site, p.phase, "torch.profiler\nnsys", f"{p.profiler.calls}\n{p.nsys.calls}", *values,
+                     "—" if diff is None else f"{diff:+.1f}%"])
+    parts = ("window", *PARTS)[:3] if small else ("window", *PARTS)
+    table = grid(rows, [("site / op", "text"), ("phase", "word"), ("tool", "word"), ("calls", "num"),
+                        *((c, "num") for c in parts), ("Δ compute", "num")])
     console.print(table)
     console.print(Text("The layout copies and launch gaps of each window come from the aten op ranges both tools "
                        "record; compute should agree (same kernels), launch differs by each tool's own CPU cost.",

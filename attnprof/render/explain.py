@@ -42,8 +42,8 @@ def _causes_table(causes: list[Cause], total: float, share_label: str, signed: b
     table.add_column("cause", no_wrap=True)
     table.add_column("µs", justify="right", no_wrap=True)
     table.add_column(share_label, justify="right", no_wrap=True)
-    table.add_column("what", ratio=3)
-    table.add_column("fix", ratio=3)
+    table.add_column("what", ratio=3, overflow="fold")  # long paths fold rather than end in "…"
+    table.add_column("fix", ratio=3, overflow="fold")
     for i, c in enumerate(causes, 1):
         share = f"{100 * c.us / total:.0f}%" if total else "—"
         table.add_row(str(i), KIND_TITLES.get(c.kind, c.kind), _us(c.us, signed), share, c.detail, c.fix)
