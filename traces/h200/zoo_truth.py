@@ -1,9 +1,10 @@
 """Independent CUDA-event timings of the zoo examples' attention, measured in the same device session as the
 fixtures in this folder: the ground truth the tests hold attnprof's split against.
 
-Each figure is the median over back-to-back repetitions of a CUDA event pair around one call of exactly what a
-traced call runs, on the very arguments the example passes (captured from its first call), after warm-up. No
-profiler runs in this process.
+Each figure is the median over repetitions of a CUDA event pair around one call of exactly what a traced call runs,
+on the very arguments the example passes (captured from its first call), after warm-up, each behind a short spin
+kernel (SPIN_CYCLES) so that the pair holds the GPU work and not the host's launch latency. No profiler runs in
+this process.
 
     python traces/h200/zoo_truth.py OUT.json
 """
@@ -23,6 +24,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 
+#: GPU cycles of the spin kernel queued before each timed call (~50 µs at H200 clocks): the GPU is still busy with it
+#: while the host enqueues the start event, the call and the end event, so the pair times the GPU work alone and not
+#: the host's launch latency (which an idle GPU would otherwise wait out inside the pair).
+SPIN_CYCLES = 100_000
+
+
 def event_median_us(fn, reps: int = 200, warmup: int = 20) -> float:
     for _ in range(warmup):
         fn()
@@ -30,6 +37,7 @@ def event_median_us(fn, reps: int = 200, warmup: int = 20) -> float:
     pairs = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(SPIN_CYCLES)
         start.record()
         fn()
         end.record()
@@ -149,8 +157,9 @@ def main(argv=None) -> int:
         "llama_eager": lambda: hf("llama", "eager"),
     }
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "method": "median of 200 CUDA-event pairs, each around one call, back to back after 20 warm-up calls, "
-                     "on the arguments of the example's first call; no profiler in the process", "results": {}}
+           "method": "median of 200 CUDA-event pairs, each around one call queued behind a spin kernel of "
+                     f"{SPIN_CYCLES} cycles, after 20 warm-up calls, on the arguments of the example's first call; "
+                     "no profiler in the process", "results": {}}
     for name, fn in cases.items():
         try:
             doc["results"][name] = fn()
