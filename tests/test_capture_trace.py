@@ -252,4 +252,4 @@ def test_source_ranges_name_the_storage_the_copy_reads(trace):
     (path,) = r.trace_files
     names = [e["name"] for e in json.load(gzip.open(path))["traceEvents"]
              if e.get("name", "").startswith(SOURCE_PREFIX)]
-    assert [parse_source_range(n) for n in names] == [("script.py:5", call.tensors["out"].storage)]
+    assert [parse_source_range(n)[:2] for n in names] == [("script.py:5", call.tensors["out"].storage)]

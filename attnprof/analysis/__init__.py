@@ -9,9 +9,11 @@ from attnprof.trace.runinfo import RunInfo
 
 
 def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
-    calls, notes = [], []
+    calls, notes, unattributed = [], [], []
     for trace in traces:
-        calls.extend(find_calls(trace, runinfo))
+        found, unowned = find_calls(trace, runinfo)
+        calls.extend(found)
+        unattributed.extend(unowned)
     first = runinfo.steps.first_timed_call if runinfo else None
     if first is not None:
         # A trace of the whole run (Nsight under `attnprof nsys`) holds the warm-up calls too: autotuning, cuDNN's
@@ -22,6 +24,11 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
             notes.append(f"{len({c.id for c in warm})} calls of the warm-up steps left out")
     if not calls:
         notes.append("no attention call found (no attnprof range and no attention op in the trace)")
+    if unattributed:
+        sites = sorted({c.site or c.op for c in unattributed})
+        notes.append(f"{len(unattributed)} layout copies charged to no call ({', '.join(sites)}): they sit between "
+                     "attention calls, or in code the trace cuts off, and the trace cannot tell whose they are "
+                     "(unattributed_copies in attnprof.json)")
     if runinfo and runinfo.note:
         notes.append(runinfo.note)
     device = runinfo.device if runinfo else _device_name(traces)
@@ -36,6 +43,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         run=_run_summary(runinfo),
         notes=notes,
         trace_base_us=[t.base_us for t in traces],
+        unattributed_copies=unattributed,
     )
 
 

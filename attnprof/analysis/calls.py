@@ -3,12 +3,16 @@
 For each call (an attnprof range, or else the outermost attention op):
 1. walk its siblings on the thread back and forth to the layout-prep ops that feed it (the seed's
    `transpose(1, 2).contiguous()` on q, k, v before, on the output after), skipping views, stopping at real work;
+   a copy is the call's by the storages capture recorded (what it writes the call reads, or it reads the call's
+   output), else by what the trace shows (layouts, op order, Python frames); a copy two calls could equally own is
+   charged to neither (unattributed);
 2. attach the device work each op launched through correlation ids, and classify it compute / copy / other;
 3. follow autograd sequence numbers to the backward nodes of the attention op and of its prep ops (phase bwd);
 4. split each phase's window (decomposition.split_window).
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -17,9 +21,11 @@ import numpy as np
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.decomposition import FOREIGN, IDLE, split_window
 from attnprof.analysis.index import TraceIndex
-from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment
+from attnprof.analysis.records import (
+    COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment, UnattributedCopy,
+)
 from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
-from attnprof.trace.runinfo import RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo
+from attnprof.trace.runinfo import RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange
 
 #: How far to walk from a call to find its prep ops (siblings), so a pathological thread cannot stall analysis.
 MAX_WALK = 64
@@ -35,11 +41,28 @@ _GPU_PRIORITY = (COMPUTE, COPY, OTHER, FOREIGN)
 _CPU_PRIORITY = (COPY, OTHER, COMPUTE, FOREIGN)  # host ops nest: the innermost, more specific category wins
 
 
+#: What says a copy is a call's, strongest last. From the Python frames: see CallFinder._evidence. From the storages
+#: capture recorded: IDENTITY, the copy writes what the call reads / reads the call's output; CHAINED, through
+#: another of the call's copies (`.contiguous().to(dtype)`).
+UNSURE, ELSEWHERE, NO_FRAMES, NEAR, OWN, CHAINED, IDENTITY = -1, 0, 1, 2, 3, 4, 5
+_EDGE_US = 1.0  # a Python frame starting or ending this close to the trace's first or last frame was cut off
+
+
 @dataclass
 class _Prep:
     row: int  # the op that moved data (inside an attnprof.src range when there is one)
     top: int  # the sibling row it was found as (the range itself, or the op)
     position: str  # before | after
+    evidence: int = IDENTITY  # why it is the call's (IDENTITY ... NO_FRAMES); data flow (nsys) is IDENTITY
+
+
+@dataclass
+class _Claim:
+    """A copy found by the walk before a call: the call, the list it sits in (a later walk may take it out)."""
+
+    anchor: int
+    preps: list[_Prep]
+    prep: _Prep
 
 
 @dataclass
@@ -117,6 +140,12 @@ class CallFinder:
         self.ix = TraceIndex(trace)
         self.on_device = trace.has_device_activity
         self.call_info = {c.id: c for c in runinfo.calls} if runinfo else {}
+        self.copy_writes = runinfo.copy_writes if runinfo else {}
+        #: copies that could be one of several calls' (or are in code the trace cuts off): top row -> the calls
+        self.unsure: dict[int, set[int]] = {}
+        self.unattributed: list[UnattributedCopy] = []
+        self._anchor_rows: list[int] = []
+        self._anchor_starts: list[float] = []
         h = trace.host
         strings = trace.strings
         self.range_ids = set(strings.ids_where(lambda s: s.startswith(RANGE_PREFIX)).tolist())
@@ -228,66 +257,131 @@ class CallFinder:
             return _Layout(dims[0], _stride_at(strides, 0))
         return None
 
-    def _same_invocation(self, call_stack: list[int], prep_row: int) -> bool:
-        """Was the copy made by the code that made the call, not by another pass through the loop around it?
+    def _evidence(self, anchor: int, call_stack: list[int], prep_row: int) -> int:
+        """How strongly the Python frames (with_stack) say a copy was made by the code that made the call.
 
-        With Python frames in the trace (with_stack), a copy feeds or reads a call when it ran in a function that is
-        on the call's own stack (the seed wrapper's copies), or in a helper called from the function that made the
-        call or its caller (HF's repeat_kv, a `to_bhld(out)`). Copies made further out belong to other passes.
-        """
+        OWN: the copy ran in a function on the call's own stack (the seed wrapper's copies). NEAR: in a helper
+        called from the function that made the call or from its caller (HF's repeat_kv, a `to_bhld(out)`), a
+        helper that makes no attention call of its own. ELSEWHERE: anywhere else. UNSURE: in such a helper that
+        makes another attention call (the copy may be that call's: another wrapper's output copy), or that the
+        trace cuts off (still running when the profiler started or stopped: whether it makes a call is unknown).
+        NO_FRAMES: the trace recorded no frames."""
         if not call_stack:
-            return True  # no frames recorded: shapes and adjacency only
+            return NO_FRAMES
         chain = self.ix.python_chain(prep_row)
         if not chain:
-            return True
+            return NO_FRAMES
         on_stack = set(call_stack)
         own = next((f for f in chain if self.ix.is_user_frame(f)), None)
-        if own is not None and own in on_stack:
-            return True
+        if (own is not None and own in on_stack) or chain[0] in on_stack:
+            return OWN
         callers = [f for f in call_stack if self.ix.is_user_frame(f)][:2]  # the call's line, and what called it
-        nearest = next((f for f in chain if f in on_stack), None)
-        return nearest is not None and nearest in callers
+        shared = next((i for i, f in enumerate(chain) if f in on_stack), None)
+        if shared is None or chain[shared] not in callers:
+            return ELSEWHERE
+        helper = chain[shared - 1]  # the invocation, called from a frame the call shares, that made the copy
+        if self._makes_another_call(helper, anchor) or self._cut_off(helper):
+            return UNSURE
+        return NEAR
 
-    def _storage_read(self, row: int) -> int | None:
-        annotated = self.ix.source_annotation(row) if self.trace.host.kind[row] == HostKind.ANNOTATION else None
-        return annotated[1] if annotated else None
+    def _makes_another_call(self, frame: int, anchor: int) -> bool:
+        tid = self.trace.host.tid[frame]
+        lo = bisect.bisect_left(self._anchor_starts, self.ix.ts[frame])
+        hi = bisect.bisect_right(self._anchor_starts, self.ix.end[frame])
+        return any(a != anchor and self.trace.host.tid[a] == tid for a in self._anchor_rows[lo:hi])
 
-    def _walk(self, anchor: int, direction: int, targets: list[_Layout], claimed: set[int],
-              out_storages: set[int] = frozenset()) -> tuple[list[_Prep], list[int]]:
-        """(the prep ops found, the views between them and the call)."""
+    def _cut_off(self, frame: int) -> bool:
+        first, last = self.ix.python_span(int(self.trace.host.tid[frame]))
+        return self.ix.ts[frame] <= first + _EDGE_US or self.ix.end[frame] >= last - _EDGE_US
+
+    def _source(self, row: int) -> SourceRange | None:
+        return self.ix.source_annotation(row) if self.trace.host.kind[row] == HostKind.ANNOTATION else None
+
+    def _identity(self, row: int, position: str, storages: dict[int, int] | None) -> int | None:
+        """IDENTITY when this copy writes a storage the call reads (before) / reads one the call wrote (after),
+        CHAINED when it does so for another of the call's copies, else ELSEWHERE; None when capture did not record
+        both sides. `storages` (address -> IDENTITY | CHAINED) grows along the chain as the walk finds copies."""
+        src = self._source(row)
+        if src is None or storages is None:
+            return None
+        written = self.copy_writes.get(src.number) if src.number is not None else None
+        mine, theirs = (written, src.read) if position == "before" else (src.read, written)
+        if mine is None:
+            return None
+        found = storages.get(mine)
+        if found is None:
+            return ELSEWHERE
+        if position == "before":
+            del storages[mine]  # its latest writer found: an earlier one wrote a storage since freed
+        if theirs is not None:
+            storages.setdefault(theirs, CHAINED)
+        return found
+
+    def _walk(self, anchor: int, direction: int, targets: list[_Layout], storages: set[int],
+              claims: dict[int, _Claim] | None = None) -> tuple[list[_Prep], list[int]]:
+        """(the prep ops found, the views between them and the call). Before the call (claims None) every copy
+        found is claimed in `claims`; after it, a copy already claimed by the next call's walk is settled here."""
         call_stack = self.ix.python_chain(anchor)
         sib, _, pos = self.ix.siblings(anchor)
         found: list[_Prep] = []
         views: list[int] = []
         pending_views: list[int] = []
         position = "before" if direction < 0 else "after"
+        storages = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
+        unsure = False
         i = pos + direction
         steps = 0
         while 0 <= i < len(sib) and steps < MAX_WALK:
             row = int(sib[i])
             verdict, mover = self._classify_sibling(row)
-            if verdict == "barrier" or row in claimed:
+            if verdict == "barrier":
                 break
             if verdict == "view":
                 pending_views.append(row)
-            elif verdict == "prep":
-                read = self._storage_read(row) if position == "after" else None
-                if read is not None and out_storages:
-                    feeds = read in out_storages  # attnprof recorded what the copy read: no guessing
-                else:
-                    feeds = self._feeds(mover, targets, position) and self._same_invocation(call_stack, mover)
-                if feeds:
-                    found.append(_Prep(row=mover, top=row, position=position))
-                    views.extend(pending_views)
-                    pending_views.clear()
-                elif position == "after":
-                    break  # what follows the call without reading its output ends its after-copies
-                # before the call, a copy of some other tensor (a mask, position ids) does not end the walk
+                i += direction
+                steps += 1
+                continue
+            evidence = self._identity(row, position, storages)
+            if evidence is None:
+                evidence = self._evidence(anchor, call_stack, mover) if self._feeds(mover, targets, position) \
+                    else ELSEWHERE
+            claim = claims.get(row) if claims is not None else None
+            if claim is not None and not self._settle(claim, anchor, evidence, mover):
+                break
+            if position == "after" and evidence == ELSEWHERE:
+                break  # what follows the call without reading its output ends its after-copies
+            if evidence == UNSURE or (unsure and NO_FRAMES <= evidence <= OWN):
+                self.unsure.setdefault(row, set()).add(anchor)
+                unsure = position == "after"  # past a copy of unknown owner, what else follows is unknown too
+            elif evidence != ELSEWHERE:
+                found.append(_Prep(row=mover, top=row, position=position, evidence=evidence))
+                views.extend(pending_views)
+                pending_views.clear()
+            # before the call, a copy of some other tensor (a mask, position ids) does not end the walk
             i += direction
             steps += 1
         if direction < 0:
             found.reverse()
         return found, views
+
+    def _settle(self, claim: _Claim, anchor: int, evidence: int, row: int) -> bool:
+        """A copy between two calls, claimed as input by the later one, read by the earlier one's walk: whose is it?
+        The stronger evidence wins. A copy of the earlier call's output that the later call reads (IDENTITY both
+        ways) is the code's that made it, by the frames. As strong on both sides (only shapes, or both in the same
+        function), neither call gets it: it is reported unattributed. True when the earlier call (`anchor`) takes it."""
+        if claim.prep not in claim.preps or evidence in (ELSEWHERE, UNSURE):
+            return False
+        theirs = claim.prep.evidence
+        if evidence == theirs == IDENTITY:
+            evidence = self._evidence(anchor, self.ix.python_chain(anchor), row)
+            theirs = self._evidence(claim.anchor, self.ix.python_chain(claim.anchor), row)
+        if theirs > evidence:
+            return False
+        claim.preps.remove(claim.prep)
+        if evidence == theirs:
+            self.unsure.setdefault(claim.prep.top, set()).update((anchor, claim.anchor))
+            return False
+        return True
 
     # --- data flow, where the trace records it ---------------------------------------------------------------------
 
@@ -351,7 +445,10 @@ class CallFinder:
             ins, outs = [], []
         if not outs and len(ins) >= 3:
             q, v = ins[0], ins[2]
-            outs = [_Layout(q.dims[:-1] + v.dims[-1:], None)]  # attention ops return a fresh contiguous tensor
+            dims = q.dims[:-1] + v.dims[-1:]
+            outs = [_Layout(dims, None)]  # a fresh tensor: contiguous, or laid out in memory like q (flash kernels)
+            if q.strides and dims == q.dims:
+                outs.append(_Layout(dims, q.strides))
         return ins, outs
 
     # --- splitting ---------------------------------------------------------------------------------------------------
@@ -371,27 +468,49 @@ class CallFinder:
                 site = located[0] if located else "unknown"
             attn_ops = self._attention_ops(anchor)
             anchors.append((anchor, call_id, op, site, found_by, info, attn_ops, *self._io_layouts(info, attn_ops)))
-        # Copies feeding a call are claimed first, so that the walk after the previous call, which cannot tell its
-        # output's copy from the next call's input copies by shape alone, stops where the next call's prep begins.
-        claimed: set[int] = set()
+        self._anchor_rows = [a[0] for a in anchors]
+        self._anchor_starts = [float(self.ix.ts[a]) for a in self._anchor_rows]
+        # Copies feeding a call are claimed first; the walk after the previous call then settles each copy both
+        # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
+        claims: dict[int, _Claim] = {}
         before = {}
         for anchor, call_id, op, site, found_by, info, attn_ops, ins, _outs in anchors:
-            before[anchor] = (self._producers(attn_ops[0]), []) if self._has_flow(attn_ops) else \
-                self._walk(anchor, -1, ins, set())
-            claimed.update(p.top for p in before[anchor][0])
+            if self._has_flow(attn_ops):
+                before[anchor] = (self._producers(attn_ops[0]), [])
+            else:
+                before[anchor] = self._walk(anchor, -1, ins, _storages(info, "in"))
+            for prep in before[anchor][0]:
+                claims[prep.top] = _Claim(anchor=anchor, preps=before[anchor][0], prep=prep)
         calls: list[CallSplit] = []
+        phases: list[_Phase] = []
         for anchor, call_id, op, site, found_by, info, attn_ops, _ins, outs in anchors:
-            out_storages = {t.storage for k, t in (info.tensors.items() if info else ()) if k == "out" and t.storage}
             after, after_views = (self._consumers(attn_ops[0]), []) if self._has_flow(attn_ops) else \
-                self._walk(anchor, +1, outs, claimed, out_storages)
+                self._walk(anchor, +1, outs, _storages(info, "out"), claims)
             fwd = _Phase(anchor_rows=[anchor], preps=before[anchor][0] + after, views=before[anchor][1] + after_views)
-            claimed.update(p.top for p in fwd.preps)
+            phases.append(fwd)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
             calls.append(self._split(base, "fwd", fwd, attn_ops, info))
             bwd = self._backward_phase(anchor, fwd)
             if bwd is not None:
                 calls.append(self._split(base, "bwd", bwd, attn_ops, info))
+        ids = {a[0]: a[1] for a in anchors}
+        owned = {p.top for phase in phases for p in phase.preps}
+        self.unattributed = [self._unattributed(row, sorted(ids[a] for a in between))
+                             for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.ts[kv[0]])
+                             if row not in owned]
         return calls
+
+    def _unattributed(self, top: int, call_ids: list[int]) -> UnattributedCopy:
+        _, row = self._classify_sibling(top)
+        if self.on_device:
+            d = self.trace.device
+            work = [drow for _, drow in self.ix.launches(row)]
+            dur = float(sum(d.dur[r] for r in work))
+            nbytes = int(sum(d.nbytes[r] for r in work))
+        else:
+            dur, nbytes = float(self.ix.end[row] - self.ix.ts[row]), 0
+        return UnattributedCopy(site=self._copy_site(row), op=self.ix.name(row), bytes=nbytes or self._copy_bytes(row),
+                                dur_us=dur, start_us=float(self.ix.ts[top]), calls=call_ids)
 
     def _base_record(self, call_id, op, site, found_by, info: CallInfo | None, attn_ops: list[int]) -> CallSplit:
         h = self.trace.host
@@ -588,5 +707,16 @@ def _segments(split, idle: str) -> list[Segment]:
     return [Segment(start_us=float(a), dur_us=float(b - a), part=names.get(c, c)) for a, b, c in split.segments]
 
 
-def find_calls(trace: Trace, runinfo: RunInfo | None) -> list[CallSplit]:
-    return CallFinder(trace, runinfo).build()
+def _storages(info: CallInfo | None, which: str) -> set[int]:
+    """Addresses of the storages a call read ("in") or wrote ("out"), as capture recorded them."""
+    if info is None:
+        return set()
+    outputs = ("out", "lse")
+    return {t.storage for k, t in info.tensors.items() if t.storage and ((k in outputs) == (which == "out"))}
+
+
+def find_calls(trace: Trace, runinfo: RunInfo | None) -> tuple[list[CallSplit], list[UnattributedCopy]]:
+    """(every call's split, the layout copies no call could be shown to own)."""
+    finder = CallFinder(trace, runinfo)
+    calls = finder.build()
+    return calls, finder.unattributed

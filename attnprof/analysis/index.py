@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from attnprof.trace.model import NO_ID, HostKind, Trace
-from attnprof.trace.runinfo import SOURCE_PREFIX, parse_source_range
+from attnprof.trace.runinfo import SOURCE_PREFIX, SourceRange, parse_source_range
 
 _PY_FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>.*)$")
 #: Frames that are never "the user's code": the libraries attnprof looks through to find a call site.
@@ -49,6 +49,7 @@ class TraceIndex:
         self._runtime = self._per_thread(order[kinds == HostKind.RUNTIME])
         self._python = self._per_thread(order[kinds == HostKind.PYTHON])
         self._siblings: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._python_spans: dict[int, tuple[float, float]] = {}
 
     def _per_thread(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """thread -> (rows sorted by start, their starts)."""
@@ -157,8 +158,8 @@ class TraceIndex:
 
     # --- source lines ----------------------------------------------------------------------------------------------
 
-    def source_annotation(self, row: int) -> tuple[str, int | None] | None:
-        """(site, storage read) from the `attnprof.src:` range attnprof put around the torch call that ran `row`."""
+    def source_annotation(self, row: int) -> SourceRange | None:
+        """(site, storage read, copy number) of the `attnprof.src:` range put around the torch call that ran `row`."""
         for a in [row, *self.ancestors(row)]:
             n = self.name(a)
             if n.startswith(SOURCE_PREFIX):
@@ -190,6 +191,16 @@ class TraceIndex:
                 chain.append(frame)
             frame = by_id.get(int(parent[frame]), -1)
         return chain
+
+    def python_span(self, tid: int) -> tuple[float, float]:
+        """(first start, last end) of the Python frames recorded on a thread: frames still running when the profiler
+        started or stopped are cut there."""
+        span = self._python_spans.get(tid)
+        if span is None:
+            entry = self._python.get(tid)
+            span = (float("-inf"), float("inf")) if entry is None else (float(entry[1][0]), float(self.end[entry[0]].max()))
+            self._python_spans[tid] = span
+        return span
 
     def is_user_frame(self, frame: int) -> bool:
         parsed = parse_python_frame(self.name(frame))

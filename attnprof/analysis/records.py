@@ -43,6 +43,18 @@ class CopyRecord:
 
 
 @dataclass
+class UnattributedCopy:
+    """A layout copy that sits between attention calls where the trace cannot tell whose it is: charged to none."""
+
+    site: str | None
+    op: str
+    bytes: int
+    dur_us: float
+    start_us: float  # relative to the trace's t=0
+    calls: list[int]  # ids of the calls it could belong to
+
+
+@dataclass
 class CallSplit:
     id: int
     op: str  # entry point (sdpa, flash_attn_func, ...) or the aten op name for traces without attnprof ranges
@@ -120,3 +132,5 @@ class Report:
     #: per entry of trace_files: the absolute time (µs, the trace's own clock) of its t=0, which every start_us
     #: is relative to (Trace.base_us); empty for reports made before it was recorded
     trace_base_us: list[float] = field(default_factory=list)
+    #: layout copies charged to no call: the trace could not tell which call's they are (see notes)
+    unattributed_copies: list[UnattributedCopy] = field(default_factory=list)

@@ -457,6 +457,7 @@ class Session:
             started_at=self.started_at.astimezone().isoformat(timespec="seconds"),
             trace_files=[p.name for p in self.trace_files], steps=steps, calls=list(self.calls),
             sites=self.timer.timings(), exit_code=exit_code, outcome=outcome, note=self._note(outcome),
+            copy_writes=self.sources.mode.written.copy() if self.sources is not None else {},
         )
 
     def _note(self, outcome: str) -> str | None:

@@ -6,6 +6,7 @@ the unprofiled path pays a few dictionary lookups per call.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from attnprof.trace.runinfo import SOURCE_PREFIX, SOURCE_STORAGE, ascii_name
+from attnprof.trace.runinfo import SOURCE_NUMBER, SOURCE_PREFIX, SOURCE_STORAGE, ascii_name
 
 USER, SKIP, ATTENTION = 0, 1, 2
 
@@ -173,20 +174,27 @@ class SourceLineMode(TorchFunctionMode):
         self.resolver = resolver
         self.active = True
         self.copies = _copy_functions()
+        #: copy number (in its range name) -> storage the copy wrote: known only once it ran, so kept aside for
+        #: runinfo.json (RunInfo.copy_writes)
+        self.written: dict[int, int] = {}
+        self._numbers = itertools.count(1)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
         if self.active:
-            name = self._range_name(func, args)
-            if name is not None:
+            named = self._range_name(func, args)
+            if named is not None:
+                name, number = named
                 with torch.profiler.record_function(name):
-                    return func(*args, **kwargs)
+                    result = func(*args, **kwargs)
+                self._note_written(number, result)
+                return result
         return func(*args, **kwargs)
 
-    def _range_name(self, func: Any, args: tuple) -> str | None:
-        """`attnprof.src:<site> in=<storage>`: the line, and the storage the copy reads (so analysis can tell a copy
-        of the attention output from a copy of the next step's input shaped alike)."""
+    def _range_name(self, func: Any, args: tuple) -> tuple[str, int] | None:
+        """(`attnprof.src:<site> in=<storage> #<n>`, n): the line, the storage the copy reads and the copy's number,
+        so analysis can tell whose tensor a copy reads and writes instead of guessing from shapes."""
         try:
             if func not in self.copies:
                 return None
@@ -200,9 +208,18 @@ class SourceLineMode(TorchFunctionMode):
             if isinstance(source, torch.Tensor):
                 with torch._C.DisableTorchFunction():
                     name += f" {SOURCE_STORAGE}{storage_of(source):x}"
-            return name
+            number = next(self._numbers)
+            return f"{name} {SOURCE_NUMBER}{number}", number
         except Exception:
             return None
+
+    def _note_written(self, number: int, result: Any) -> None:
+        try:
+            if isinstance(result, torch.Tensor):
+                with torch._C.DisableTorchFunction():
+                    self.written[number] = storage_of(result)
+        except Exception:
+            pass
 
 
 class SourceLines:

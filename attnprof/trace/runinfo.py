@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -19,21 +20,25 @@ RUNINFO_VERSION = 1
 RANGE_PREFIX = "attnprof:"
 RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
 #: Range put around a layout-prep torch call made from user code during profiled steps, to name its source line:
-#: `attnprof.src:<site> in=<hex>`, the second part the address of the storage the call reads.
+#: `attnprof.src:<site> in=<hex> #<n>`: the storage the call reads, and the copy's number, the key of the storage
+#: it wrote in `RunInfo.copy_writes` (known only once it ran). Older runs have neither or only `in=`.
 SOURCE_PREFIX = "attnprof.src:"
 SOURCE_STORAGE = "in="
+SOURCE_NUMBER = "#"
+_SOURCE_RE = re.compile(r"^(?P<site>.*?)(?: in=(?P<read>[0-9a-f]+))?(?: #(?P<number>\d+))?$")
 
 
-def parse_source_range(name: str) -> tuple[str, int | None]:
-    """(site, storage address read or None) of an `attnprof.src:` range name."""
-    body = name[len(SOURCE_PREFIX):]
-    site, sep, storage = body.rpartition(" " + SOURCE_STORAGE)
-    if sep:
-        try:
-            return site, int(storage, 16)
-        except ValueError:
-            pass
-    return body, None
+class SourceRange(NamedTuple):
+    site: str
+    read: int | None  # address of the storage the copy read
+    number: int | None  # the copy's key in RunInfo.copy_writes
+
+
+def parse_source_range(name: str) -> SourceRange:
+    """(site, storage read, copy number) of an `attnprof.src:` range name."""
+    m = _SOURCE_RE.match(name[len(SOURCE_PREFIX):])
+    read, number = m["read"], m["number"]
+    return SourceRange(m["site"], int(read, 16) if read else None, int(number) if number else None)
 
 
 def ascii_name(text: str) -> str:
@@ -129,6 +134,8 @@ class RunInfo:
     exit_code: int = 0
     outcome: str = "completed"  # completed | exited | raised | interrupted (| running: the process never finished)
     note: str | None = None
+    #: copy number (the `#<n>` of an `attnprof.src:` range) -> address of the storage that copy wrote
+    copy_writes: dict[int, int] = field(default_factory=dict)
 
 
 def write_runinfo(info: RunInfo, folder: Path) -> Path:
