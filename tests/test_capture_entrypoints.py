@@ -96,35 +96,72 @@ def test_hf_transformers_attention_glue_is_not_the_call_site(trace, tmp_path):
             del sys.modules[name]
 
 
-def test_hf_eager_attention_is_a_call(trace, tmp_path):
-    """attn_implementation="eager" runs matmul + softmax in the model's own eager_attention_forward: still a call."""
+def test_hf_model_attention_functions_are_found_by_what_they_are(trace, tmp_path):
+    """Any transformers.models.* module, of a model no list names: the functions it defines whose name ends in
+    attention_forward and whose parameters start (module, query, key, value, attention_mask) are calls; a helper
+    of another signature and a function it imports are not (that one is wrapped where it is defined)."""
     if "transformers" in sys.modules:
         pytest.skip("a real transformers is imported in this process")
-    llama = tmp_path / "transformers" / "models" / "llama"
-    llama.mkdir(parents=True)
-    for d in (tmp_path / "transformers", tmp_path / "transformers" / "models", llama):
+    pkg = tmp_path / "transformers" / "models" / "zoomodel"
+    pkg.mkdir(parents=True)
+    for d in (tmp_path / "transformers", tmp_path / "transformers" / "models", pkg):
         (d / "__init__.py").write_text("")
-    (llama / "modeling_llama.py").write_text(
+    (pkg / "modeling_zoomodel.py").write_text(
         "import torch\n"
+        "from torch.nn.functional import scaled_dot_product_attention\n"
         "def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):\n"
         "    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)\n"
         "    value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)\n"
         "    w = torch.softmax(query @ key.transpose(2, 3) * scaling, dim=-1)\n"
-        "    return (w @ value).transpose(1, 2).contiguous(), w\n")
+        "    return (w @ value).transpose(1, 2).contiguous(), w\n"
+        "def vision_eager_attention_forward(module, query_states, key_states, value_states, attention_mask,\n"
+        "                                   **kwargs):\n"
+        "    return eager_attention_forward(module, query_states, key_states, value_states, attention_mask, 1.0)\n"
+        "def mask_attention_forward(hidden_states, attention_mask):\n"
+        "    return torch.softmax(hidden_states @ hidden_states.transpose(1, 2) + attention_mask, -1)\n")
     try:
         r = trace("""\
             import torch
-            from transformers.models.llama.modeling_llama import eager_attention_forward
+            from transformers.models.zoomodel import modeling_zoomodel as m
             q, kv = torch.randn(2, 8, 16, 4), torch.randn(2, 2, 16, 4)
-            out, _ = eager_attention_forward(None, q, kv, kv, None, scaling=0.5)
+            out, w = m.eager_attention_forward(None, q, kv, kv, None, scaling=0.5)
+            m.vision_eager_attention_forward(None, query_states=q, key_states=q, value_states=q, attention_mask=None)
+            m.mask_attention_forward(q[0], torch.zeros(16, 16))
             """, active=1)
-        (call,) = r.runinfo.calls
-        assert (call.op, call.library, call.layout, call.site) == ("hf.eager_attention_forward", "transformers",
-                                                                  "BHLD", "script.py:4")
-        assert (call.heads_q, call.heads_kv, call.gqa_ratio, call.scale) == (8, 2, 4.0, 0.5)
+        eager, vision = r.runinfo.calls
+        assert (eager.op, eager.library, eager.layout, eager.site) == ("hf.eager_attention_forward", "transformers",
+                                                                    "BHLD", "script.py:4")
+        assert (eager.heads_q, eager.heads_kv, eager.gqa_ratio, eager.scale) == (8, 2, 4.0, 0.5)
+        assert "lse" not in eager.tensors  # the second result is the attention weights
+        # the nested eager call inside it is its own business: one call, named after the outer function
+        assert (vision.op, vision.site, vision.heads_kv, vision.seqlen_k) == (
+            "hf.vision_eager_attention_forward", "script.py:5", 8, 16)
     finally:
         for name in [n for n in sys.modules if n.partition(".")[0] == "transformers"]:
             del sys.modules[name]
+
+
+def test_flex_attention_is_a_call(trace):
+    """FlexAttention runs eagerly on CPU (no backward there): its score_mod and block mask's mask_mod are named."""
+    r = trace("""\
+        import torch
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        def causal(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+        def relative_bias(score, b, h, q_idx, kv_idx):
+            return score + (q_idx - kv_idx)
+        q, kv = torch.randn(2, 4, 16, 8), torch.randn(2, 2, 32, 8)
+        mask = create_block_mask(causal, None, None, 16, 32, device="cpu")
+        out = flex_attention(q, kv, kv, score_mod=relative_bias, block_mask=mask, enable_gqa=True, scale=0.5)
+        assert out.shape == (2, 4, 16, 8)
+        """, active=1)
+    assert r.exit_code == 0
+    (call,) = r.runinfo.calls
+    assert (call.op, call.library, call.layout, call.site) == ("flex_attention", "torch", "BHLD", "script.py:9")
+    assert (call.batch, call.heads_q, call.heads_kv, call.gqa_ratio, call.seqlen_q, call.seqlen_k, call.head_dim,
+            call.scale) == (2, 4, 2, 2.0, 16, 32, 8, 0.5)
+    assert call.extra == {"score_mod": "relative_bias", "mask_mod": "causal", "enable_gqa": "True",
+                          "block_mask": "seq_lengths=(16, 32) block=(128, 128)"}
 
 
 MHA = """\

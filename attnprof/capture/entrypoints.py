@@ -31,6 +31,7 @@ class EntryPoint:
     params: tuple[tuple[str, Any], ...] | None = None  # (name, default) for functions without a signature
     kwonly: tuple[tuple[str, Any], ...] = ()  # keyword-only (name, default) for those
     record_if: Callable[[tuple, dict], bool] | None = None  # False: pass through, let nested entry points record
+    returns_lse: bool = True  # a tuple result's second tensor is the log-sum-exp (flash-attn style)
 
 
 # --- binding ------------------------------------------------------------------------------------------------------
@@ -457,34 +458,129 @@ _FA4 = (
 )
 _XFORMERS_MODULES = ("xformers.ops.fmha", "xformers.ops")
 
-def describe_hf_eager(a: Args, result: Any) -> dict:
-    """transformers' eager attention (`eager_attention_forward(module, query, key, value, attention_mask, scaling,
-    dropout)`): matmul + softmax + matmul on (B, H, L, D), k/v expanded to the query heads inside (repeat_kv)."""
-    q, k, v, mask = a["query"], a["key"], a["value"], a.get("attention_mask")
+# --- torch FlexAttention -------------------------------------------------------------------------------------------
+
+
+def _function_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def describe_flex(a: Args, result: Any) -> dict:
+    """torch.nn.attention.flex_attention.flex_attention(query, key, value, score_mod, block_mask, scale, enable_gqa,
+    ...): (B, H, L, D); the score_mod and the block mask's mask_mod are user functions, named in extra."""
+    q, k, v = a["query"], a["key"], a["value"]
+    qs, ks, vs = shape(q), shape(k), shape(v)
+    out: dict = dict(layout="BHLD", tensors=_tensors(q=q, k=k, v=v), batch=qs[0], heads_q=qs[1], heads_kv=ks[1],
+                     seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3], scale=_float(a.get("scale")),
+                     causal=None, extra={})
+    score_mod, block_mask = a.get("score_mod"), a.get("block_mask")
+    if score_mod is not None:
+        out["extra"]["score_mod"] = _function_name(score_mod)
+    if block_mask is not None:
+        lengths = getattr(block_mask, "seq_lengths", None)
+        block = getattr(block_mask, "BLOCK_SIZE", None)
+        out["extra"]["block_mask"] = f"seq_lengths={_text(tuple(lengths or ()))} block={_text(tuple(block or ()))}"
+        mask_mod = getattr(block_mask, "mask_mod", None)
+        if mask_mod is not None:
+            out["extra"]["mask_mod"] = _function_name(mask_mod)
+    if a.get("enable_gqa"):
+        out["extra"]["enable_gqa"] = "True"
+    return out
+
+
+# --- Hugging Face transformers ------------------------------------------------------------------------------------
+#
+# Every attention of a transformers model goes through one signature, `fn(module, query, key, value,
+# attention_mask, *, dropout, scaling, ...)` on (B, H, L, D): the model's own module-level eager function
+# (`eager_attention_forward`, `vision_eager_attention_forward`, ...), or what `AttentionInterface` holds for
+# `config._attn_implementation` ("sdpa", "flash_attention_2", "flex_attention", functions users register).
+
+HF_MODELS_PACKAGE = "transformers.models."
+HF_INTERFACE_MODULE = "transformers.modeling_utils"
+_HF_ATTENTION_PARAMS = (("module",), ("query", "query_states"), ("key", "key_states"), ("value", "value_states"),
+                        ("attention_mask",))
+
+
+def is_hf_attention_function(module_name: str, name: str, fn: Any) -> bool:
+    """A function a transformers model module defines (not imports) whose name ends in `attention_forward` and whose
+    parameters start (module, query, key, value, attention_mask): the model's attention computed in one call."""
+    if not name.endswith("attention_forward") or not inspect.isfunction(fn) or fn.__module__ != module_name:
+        return False
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= len(_HF_ATTENTION_PARAMS) and all(
+        p in allowed for p, allowed in zip(params, _HF_ATTENTION_PARAMS))
+
+
+def _arg(a: Args, *names: str) -> Any:
+    for n in names:
+        if n in a:
+            return a[n]
+    return None
+
+
+def describe_hf(a: Args, result: Any) -> dict:
+    """transformers' attention signature: q, k, v (B, H, L, D), k/v with fewer heads under GQA (the function expands
+    them). Causal when the model says so and no mask is passed (what HF's sdpa and flash paths then run); None when
+    a mask is passed (the mask decides)."""
+    q, k, v = _arg(a, "query", "query_states"), _arg(a, "key", "key_states"), _arg(a, "value", "value_states")
+    mask, module = a.get("attention_mask"), a.get("module")
     qs, ks, vs = shape(q), shape(k), shape(v)
     out: dict = dict(
         layout="BHLD", tensors=_tensors(q=q, k=k, v=v, mask=mask), batch=qs[0], heads_q=qs[1], heads_kv=ks[1],
         seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3], dropout_p=_float(a.get("dropout")) or 0.0,
-        scale=_float(a.get("scaling")), causal=None,
+        scale=_float(a.get("scaling")), causal=None, extra={},
     )
     if isinstance(mask, torch.Tensor):
         out["mask"] = tensor_text(mask)
+    elif mask is not None:
+        out["extra"]["attention_mask"] = type(mask).__name__  # flex_attention's BlockMask
+    elif qs[2] > 1:
+        causal = a.get("is_causal")
+        causal = getattr(module, "is_causal", None) if causal is None else causal
+        out["causal"] = causal if isinstance(causal, bool) else None
+    for name in ("sliding_window", "softcap"):
+        if not _boring(a.get(name)):
+            out["extra"][name] = _text(a.get(name))
+    config = getattr(module, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    if isinstance(implementation, str):
+        out["extra"]["attn_implementation"] = implementation
     return out
 
 
-#: transformers models whose modeling module defines `eager_attention_forward` (attn_implementation="eager").
-_HF_EAGER_MODULES = tuple(f"transformers.models.{m}.modeling_{m}" for m in (
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "phi3",
-    "olmo", "olmo2", "granite", "cohere", "starcoder2", "smollm3", "glm", "deepseek_v3", "gpt_oss",
-))
+def hf_function_entry(module_name: str, name: str) -> EntryPoint:
+    """A model module's own attention function (attn_implementation="eager", and what a model calls directly)."""
+    return EntryPoint(f"hf.{name}", "transformers", (module_name,), name, describe_hf, returns_lse=False)
+
+
+#: The library whose kernels each attention implementation transformers registers runs (its CPU backend, when no
+#: kernel name tells, is read from it in analysis).
+_HF_IMPLEMENTATION_LIBRARY = {
+    "sdpa": "torch", "flex_attention": "torch", "flash_attention_2": "flash_attn",
+    "flash_attention_3": "flash_attn_interface", "flash_attention_4": "flash_attn.cute", "paged|eager": "transformers",
+}
+
+
+def hf_implementation_entry(key: str, fn: Any) -> EntryPoint:
+    """What `AttentionInterface` holds under `key`, named after the key (the attn_implementation the user chose)."""
+    module = getattr(fn, "__module__", None) or ""
+    if module.startswith("transformers."):
+        library = _HF_IMPLEMENTATION_LIBRARY.get(key, "transformers")
+    else:  # a function the user registered
+        library = "user"
+    return EntryPoint(f"hf.{key}", library, (), key, describe_hf, returns_lse=False)
+
 
 ENTRY_POINTS: tuple[EntryPoint, ...] = (
     EntryPoint("sdpa", "torch", ("torch.nn.functional",), "scaled_dot_product_attention", describe_sdpa,
-               params=SDPA_PARAMS),
+               params=SDPA_PARAMS, returns_lse=False),
     EntryPoint("mha", "torch", ("torch.nn.functional",), "multi_head_attention_forward", describe_mha_python,
-               record_if=mha_records),
+               record_if=mha_records, returns_lse=False),
     EntryPoint("mha_fastpath", "torch", ("torch",), "_native_multi_head_attention", describe_native_mha,
-               params=NATIVE_MHA_PARAMS),
+               params=NATIVE_MHA_PARAMS, returns_lse=False),
     EntryPoint("aten._flash_attention_forward", "torch", ("torch.ops.aten",), "_flash_attention_forward",
                describe_aten_flash, params=ATEN_FLASH_PARAMS, kwonly=ATEN_FLASH_KWONLY),
     *(EntryPoint(name, "flash_attn", _FA2_MODULES, name, d) for name, d in _FA2),
@@ -494,8 +590,7 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                describe_xformers),
     EntryPoint("xformers.memory_efficient_attention_forward", "xformers", _XFORMERS_MODULES,
                "memory_efficient_attention_forward", describe_xformers),
-    EntryPoint("hf.eager_attention_forward", "transformers", _HF_EAGER_MODULES, "eager_attention_forward",
-               describe_hf_eager),
+    EntryPoint("flex_attention", "torch", ("torch.nn.attention.flex_attention",), "flex_attention", describe_flex),
 )
 
 #: Where TorchScript should see the aten op instead of the Python wrapper (it cannot compile `*args`).
@@ -524,7 +619,7 @@ def describe_call(entry: EntryPoint, binder: Binder, args: tuple, kwargs: dict, 
     out = first_tensor(result)
     if out is not None:
         tensors["out"] = tensor_info(out)
-        if entry.library != "torch" or entry.op == "aten._flash_attention_forward":
+        if entry.returns_lse:
             if isinstance(result, (tuple, list)) and len(result) > 1 and isinstance(result[1], torch.Tensor):
                 tensors["lse"] = tensor_info(result[1])
     hq, hk = fields.get("heads_q"), fields.get("heads_kv")

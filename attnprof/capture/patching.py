@@ -3,6 +3,11 @@
 A wrapper is inert unless a session has set the dispatch function: it then hands (entry, original, args, kwargs)
 to it. One wrapper per original function, whatever module holds it. Under torch.compile tracing the wrapper calls
 the original directly, so compiled graphs see the real op.
+
+Besides the fixed table (entrypoints.ENTRY_POINTS), transformers is covered without a list of models: every
+`transformers.models.*` module has its attention functions (entrypoints.is_hf_attention_function) wrapped as it
+loads, and `AttentionInterface` lookups (how a model reaches "sdpa", "flash_attention_2", a registered function)
+return a wrapper named after the key looked up.
 """
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from attnprof.capture.entrypoints import ENTRY_POINTS, TORCHSCRIPT_BUILTINS, EntryPoint
+from attnprof.capture.entrypoints import (
+    ENTRY_POINTS, HF_INTERFACE_MODULE, HF_MODELS_PACKAGE, TORCHSCRIPT_BUILTINS, EntryPoint, hf_function_entry,
+    hf_implementation_entry, is_hf_attention_function,
+)
 
 Dispatch = Callable[[EntryPoint, Any, tuple, dict], Any]
 
@@ -66,6 +74,26 @@ def wrapper_for(entry: EntryPoint, original: Any) -> Any:
         return wrapper
 
 
+#: (key, id(function)) -> (function, wrapper) for AttentionInterface lookups: one function can sit under several
+#: keys ("flash_attention_2" and "_3"), and each call is named after the key the model asked for.
+_implementation_wrappers: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def implementation_wrapper(key: Any, fn: Any) -> Any:
+    """What `AttentionInterface[key]` returns while patched: `fn` wrapped as `hf.<key>`; `fn` itself when it is
+    already a wrapper (a model's eager function registered under another key) or not a function."""
+    if not isinstance(key, str) or not callable(fn) or is_wrapper(fn):
+        return fn
+    with _lock:
+        found = _implementation_wrappers.get((key, id(fn)))
+        if found is not None and found[0] is fn:
+            return found[1]
+        wrapper = _make_wrapper(hf_implementation_entry(key, fn), fn)
+        _implementation_wrappers[(key, id(fn))] = (fn, wrapper)
+        _originals[id(wrapper)] = fn
+        return wrapper
+
+
 def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
     def wrapper(*args, **kwargs):
         if _is_compiling():
@@ -113,6 +141,7 @@ class Patcher:
         self._replaced: list[tuple[dict, str, Any, Any]] = []  # (module globals, name, original, wrapper)
         self._finder: _PostImportFinder | None = None
         self._packets: list[Any] = []
+        self._interface: tuple[type, Any, Any] | None = None  # (AttentionInterface, its own __getitem__, ours)
         self.errors: list[str] = []
 
     def install(self) -> None:
@@ -120,24 +149,60 @@ class Patcher:
             ns = _namespace(name)
             if ns is not None:
                 self.patch_namespace(name, ns)
+        for name, module in list(sys.modules.items()):
+            if name.startswith(HF_MODELS_PACKAGE) and module is not None:
+                self.patch_hf_model_module(module)
+        self.patch_hf_interface(sys.modules.get(HF_INTERFACE_MODULE))
         self._replace_globals()
-        self._finder = _PostImportFinder(frozenset(self.by_module), self._on_import)
+        self._finder = _PostImportFinder(frozenset(self.by_module) | {HF_INTERFACE_MODULE}, self._on_import,
+                                         prefixes=(HF_MODELS_PACKAGE,))
         sys.meta_path.insert(0, self._finder)
 
     def patch_namespace(self, name: str, ns: Any) -> None:
         for entry in self.by_module.get(name, ()):
-            try:
-                current = getattr(ns, entry.attr, None)
-                if type(current) is torch._ops.OpOverloadPacket:
-                    self._watch_packet(entry, current)
-                    continue
-                if current is None or not callable(current) or id(current) in _originals:
-                    continue
-                wrapper = wrapper_for(entry, current)
-                setattr(ns, entry.attr, wrapper)
-                self._patched.append((ns, entry.attr, current, wrapper))
-            except Exception as e:  # never break an import or the run
-                self.errors.append(f"{name}.{entry.attr}: {e}")
+            self._patch_entry(name, ns, entry)
+
+    def _patch_entry(self, name: str, ns: Any, entry: EntryPoint) -> None:
+        try:
+            current = getattr(ns, entry.attr, None)
+            if type(current) is torch._ops.OpOverloadPacket:
+                self._watch_packet(entry, current)
+                return
+            if current is None or not callable(current) or id(current) in _originals:
+                return
+            wrapper = wrapper_for(entry, current)
+            setattr(ns, entry.attr, wrapper)
+            self._patched.append((ns, entry.attr, current, wrapper))
+        except Exception as e:  # never break an import or the run
+            self.errors.append(f"{name}.{entry.attr}: {e}")
+
+    def patch_hf_model_module(self, module: Any) -> None:
+        """A transformers model module: the attention functions it defines, found by what they are."""
+        name = module.__name__
+        try:
+            found = [attr for attr, value in list(vars(module).items()) if is_hf_attention_function(name, attr, value)]
+        except Exception as e:
+            self.errors.append(f"{name}: {e}")
+            return
+        for attr in found:
+            self._patch_entry(name, module, hf_function_entry(name, attr))
+
+    def patch_hf_interface(self, module: Any) -> None:
+        """`AttentionInterface[key]` (what `get_interface` and every model use) returns a wrapper named after key."""
+        cls = getattr(module, "AttentionInterface", None)
+        if not isinstance(cls, type) or self._interface is not None:
+            return
+        try:
+            own = cls.__dict__.get("__getitem__")
+            lookup = cls.__getitem__
+
+            def __getitem__(interface, key):
+                return implementation_wrapper(key, lookup(interface, key))
+
+            cls.__getitem__ = __getitem__
+            self._interface = (cls, own, __getitem__)
+        except Exception as e:
+            self.errors.append(f"{HF_INTERFACE_MODULE}.AttentionInterface: {e}")
 
     def _watch_packet(self, entry: EntryPoint, packet: Any) -> None:
         call = functools.partial(torch._ops.OpOverloadPacket.__call__, packet)
@@ -146,7 +211,12 @@ class Patcher:
         self._packets.append(packet)
 
     def _on_import(self, module: Any) -> None:
-        self.patch_namespace(module.__name__, module)
+        name = module.__name__
+        self.patch_namespace(name, module)
+        if name.startswith(HF_MODELS_PACKAGE):
+            self.patch_hf_model_module(module)
+        elif name == HF_INTERFACE_MODULE:
+            self.patch_hf_interface(module)
 
     def _replace_globals(self) -> None:
         """`from torch.nn.functional import scaled_dot_product_attention as sdpa` done before we started."""
@@ -172,6 +242,14 @@ class Patcher:
             except ValueError:
                 pass
             self._finder = None
+        if self._interface is not None:
+            cls, own, ours = self._interface
+            if cls.__dict__.get("__getitem__") is ours:
+                if own is None:
+                    del cls.__getitem__
+                else:
+                    cls.__getitem__ = own
+            self._interface = None
         for ns, attr, original, wrapper in reversed(self._patched):
             try:
                 if getattr(ns, attr, None) is wrapper:
@@ -231,14 +309,16 @@ class _PostImportLoader(importlib.abc.Loader):
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds watched modules with the other finders and wraps their loader."""
+    """Finds watched modules (by name, or every module under a package prefix) with the other finders and wraps
+    their loader."""
 
-    def __init__(self, names: frozenset[str], on_loaded: Callable[[Any], None]):
+    def __init__(self, names: frozenset[str], on_loaded: Callable[[Any], None], prefixes: tuple[str, ...] = ()):
         self.names = names
+        self.prefixes = prefixes
         self.on_loaded = on_loaded
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.names:
+        if fullname not in self.names and not fullname.startswith(self.prefixes):
             return None
         spec = None
         for finder in list(sys.meta_path):

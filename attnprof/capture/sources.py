@@ -25,13 +25,19 @@ SKIPPED_PACKAGES = frozenset({"attnprof", "torch", "einops", "importlib", "runpy
 #: Attention libraries: never a call site either, and torch calls made from them are the op's own business.
 ATTENTION_PACKAGES = frozenset({"flash_attn", "flash_attn_interface", "xformers"})
 
-#: Modules that only dispatch to an attention kernel (HF transformers' glue): the site is the model line above them.
+#: HF transformers' glue, never a site: modules that only dispatch to an attention kernel (the site is the model
+#: line above them), and the decorators and layer base class between a model's layer and its attention module (the
+#: site's "via" is the layer's line).
 SKIPPED_MODULES = frozenset({
     "transformers.integrations.sdpa_attention", "transformers.integrations.flash_attention",
     "transformers.integrations.flex_attention", "transformers.integrations.sdpa_paged",
-    "transformers.integrations.flash_paged", "transformers.modeling_flash_attention_utils",
+    "transformers.integrations.flash_paged", "transformers.integrations.npu_flash_attention",
+    "transformers.modeling_flash_attention_utils",
+    "transformers.utils.deprecation", "transformers.utils.generic", "transformers.utils.output_capturing",
+    "transformers.modeling_layers",
 })
 
+_is_compiling = torch.compiler.is_compiling
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 UNKNOWN_SITE = "<unknown>"
 
@@ -182,6 +188,8 @@ class SourceLineMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
+        if _is_compiling():  # dynamo traces modes: reading our state there fails its guards (flex_attention, compile)
+            return func(*args, **kwargs)
         if self.active:
             named = self._range_name(func, args)
             if named is not None:
