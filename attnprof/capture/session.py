@@ -7,6 +7,7 @@ The run folder holds `<host>_<pid>.pt.trace.json.gz` (written when the window cl
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import os
 import re
@@ -153,6 +154,7 @@ class Session:
         self._spans = 0
         self._tls = threading.local()
         self._optimizer_hook = None
+        self._compile: tuple[Any, Any] | None = None  # (torch.compile, attnprof's wrapper of it) while installed
         self._enabled = False
         self._cuda_device: int | None = None
         self._warned: set[str] = set()
@@ -202,6 +204,7 @@ class Session:
             self._optimizer_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
         except Exception as e:
             self._note_error("could not watch optimizer steps", e)
+        self._watch_compile()
 
     def _deactivate(self) -> None:
         self._enabled = False
@@ -209,6 +212,7 @@ class Session:
         if self._optimizer_hook is not None:
             self._optimizer_hook.remove()
             self._optimizer_hook = None
+        self._unwatch_compile()
         self.window.remove_hooks()
         self.patcher.uninstall()
         if self.sources is not None:
@@ -241,7 +245,8 @@ class Session:
     def _start_profiler(self) -> bool:
         w = self.window
         steps = f"step {w.first}" if w.active == 1 else f"steps {w.first}-{w.end - 1}"
-        self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary})")
+        cold = ", cold: no loop around the first step" if w.cold else ""
+        self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary}{cold})")
         try:
             with signals_held(redeliver=True):
                 activities = [torch.profiler.ProfilerActivity.CPU]
@@ -314,6 +319,74 @@ class Session:
         except Exception as e:
             self._note_error("step counting failed", e)
 
+    def _watch_compile(self) -> None:
+        """Wrap torch.compile so that calls of what it returns count as steps: the attention inside compiled code
+        runs unwrapped, and without them a compiled model would never open a window."""
+        original = torch.compile
+        session = self
+
+        @functools.wraps(original)
+        def compile(*args, **kwargs):
+            model = args[0] if args else kwargs.get("model")
+            if model is None:  # @torch.compile(mode=...): the decorator comes back here with the model
+                return lambda model: compile(model, *args[1:], **kwargs)
+            return session._watch_compiled(original(*args, **kwargs))
+
+        torch.compile = compile
+        self._compile = (original, compile)
+
+    def _unwatch_compile(self) -> None:
+        if self._compile is not None:
+            original, wrapper = self._compile
+            if torch.compile is wrapper:
+                torch.compile = original
+            self._compile = None
+
+    def _watch_compiled(self, compiled: Any) -> Any:
+        """What torch.compile returned, its calls marked: a function is wrapped, a module (OptimizedModule) gets
+        its `forward` (the compiled callable) wrapped, so it stays the very module the user holds."""
+        if isinstance(compiled, torch.nn.Module):
+            forward = compiled.__dict__.get("forward")
+            if callable(forward):
+                compiled.forward = self._compiled_entry(forward)
+            return compiled
+        return self._compiled_entry(compiled) if callable(compiled) else compiled
+
+    def _compiled_entry(self, compiled: Any) -> Any:
+        session = self
+
+        def compiled_call(*args, **kwargs):
+            if not session._enabled or torch.compiler.is_compiling():
+                return compiled(*args, **kwargs)
+            session._on_compiled_call(sys._getframe(1))
+            # Off the mode stack while compiled code runs: its guards were made without attnprof's source-line mode
+            # (dynamo would recompile, and fails tracing it), and a graph has no Python copy calls to mark anyway.
+            mode = session.sources.mode if session.sources is not None else None
+            n = torch._C._len_torch_function_stack()
+            if mode is None or not n or torch._C._get_function_stack_at(n - 1) is not mode:
+                return compiled(*args, **kwargs)
+            torch._C._pop_torch_function_stack()
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                torch._C._push_on_torch_function_stack(mode)
+
+        try:
+            functools.update_wrapper(compiled_call, compiled)
+        except Exception:
+            pass
+        return compiled_call
+
+    def _on_compiled_call(self, frame: Any) -> None:
+        if getattr(self._tls, "busy", False):
+            return
+        try:
+            site, _, user = self.resolver.call_site(frame)
+            with self.window.lock:
+                self.window.compiled_call(site, frame, user)
+        except Exception as e:
+            self._note_error("step counting failed", e)
+
     # --- every attention call ---------------------------------------------------------------------------------------
 
     def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -353,9 +426,10 @@ class Session:
 
     def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict) -> _Call:
         call = _Call()
-        site, function, user = self.resolver.call_site(sys._getframe(2))
+        frame = sys._getframe(2)  # the wrapper's caller: inside the module calls, where the step's root is found
+        site, function, user = self.resolver.call_site(frame)
         with self.window.lock:
-            call.call_id, call.step, profiled = self.window.enter_call(site, user)
+            call.call_id, call.step, profiled = self.window.enter_call(site, frame, user)
         untimed = call.step < self.window.warmup or self.window.settling(call.step)
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
@@ -468,7 +542,7 @@ class Session:
         elif w.active == 0:
             notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
         elif not self.trace_files and w.state != "open":
-            if w.calls == 0 and w.unit_name != "optimizer":
+            if w.calls == 0 and w.compiled_calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
                              "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
             elif not w.tried:
@@ -477,6 +551,20 @@ class Session:
                     f"the script ran {seen} step{'' if seen == 1 else 's'} (one step = {w.boundary}); profiling "
                     f"starts after {w.first} (--warmup {w.warmup} --timed {w.timed}): rerun with --warmup 0 "
                     f"--timed 0")
+        if w.cold and w.profiled:
+            first, last = w.profiled[0], w.profiled[-1]
+            steps = f"step {first} was" if first == last else f"steps {first}-{last} were"
+            notes.append(
+                f"cold start: the script showed no loop around its first step, so {steps} profiled from the start; every number is from a cold first step (allocation, "
+                f"kernel selection, compilation included), there are no true (unprofiled) times, and layout copies "
+                f"made before the first attention call are not in the trace")
+        elif w.profiled and w.profiled[0] == 0:
+            notes.append("step 0 was profiled (--warmup 0 --timed 0): its numbers are from a cold first step "
+                         "(allocation, kernel selection, compilation included)")
+        if w.compiled_calls:
+            notes.append(f"{w.compiled_calls} call{'' if w.compiled_calls == 1 else 's'} of torch.compile'd code: "
+                         f"the attention inside runs unwrapped (in the trace as the graph's own ops; no CUDA-event "
+                         f"times)")
         notes.extend(self.errors)
         return "; ".join(notes) if notes else None
 
