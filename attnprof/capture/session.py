@@ -154,7 +154,7 @@ class Session:
         self._spans = 0
         self._tls = threading.local()
         self._optimizer_hook = None
-        self._compile: tuple[Any, Any] | None = None  # (torch.compile, attnprof's wrapper of it) while installed
+        self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
         self._cuda_device: int | None = None
         self._warned: set[str] = set()
@@ -204,7 +204,7 @@ class Session:
             self._optimizer_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
         except Exception as e:
             self._note_error("could not watch optimizer steps", e)
-        self._watch_compile()
+        self._watch_unwrapped()
 
     def _deactivate(self) -> None:
         self._enabled = False
@@ -212,7 +212,7 @@ class Session:
         if self._optimizer_hook is not None:
             self._optimizer_hook.remove()
             self._optimizer_hook = None
-        self._unwatch_compile()
+        self._unwatch_unwrapped()
         self.window.remove_hooks()
         self.patcher.uninstall()
         if self.sources is not None:
@@ -319,9 +319,10 @@ class Session:
         except Exception as e:
             self._note_error("step counting failed", e)
 
-    def _watch_compile(self) -> None:
-        """Wrap torch.compile so that calls of what it returns count as steps: the attention inside compiled code
-        runs unwrapped, and without them a compiled model would never open a window."""
+    def _watch_unwrapped(self) -> None:
+        """Calls whose attention runs where no wrapper sees it count as steps: what torch.compile returns (the graph
+        calls the real op) and TransformerEncoderLayer's fused inference op (its attention is C++). Without them
+        such a model would never open a window; the trace then holds the attention's aten ops and kernels."""
         original = torch.compile
         session = self
 
@@ -332,15 +333,18 @@ class Session:
                 return lambda model: compile(model, *args[1:], **kwargs)
             return session._watch_compiled(original(*args, **kwargs))
 
-        torch.compile = compile
-        self._compile = (original, compile)
+        self._unwrapped.append(("compile", original, compile))
+        fused = getattr(torch, "_transformer_encoder_layer_fwd", None)
+        if fused is not None:
+            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, self._unwrapped_entry(fused)))
+        for name, _, wrapper in self._unwrapped:
+            setattr(torch, name, wrapper)
 
-    def _unwatch_compile(self) -> None:
-        if self._compile is not None:
-            original, wrapper = self._compile
-            if torch.compile is wrapper:
-                torch.compile = original
-            self._compile = None
+    def _unwatch_unwrapped(self) -> None:
+        entries, self._unwrapped = self._unwrapped, []
+        for name, original, wrapper in entries:
+            if getattr(torch, name, None) is wrapper:
+                setattr(torch, name, original)
 
     def _watch_compiled(self, compiled: Any) -> Any:
         """What torch.compile returned, its calls marked: a function is wrapped, a module (OptimizedModule) gets
@@ -348,42 +352,43 @@ class Session:
         if isinstance(compiled, torch.nn.Module):
             forward = compiled.__dict__.get("forward")
             if callable(forward):
-                compiled.forward = self._compiled_entry(forward)
+                compiled.forward = self._unwrapped_entry(forward)
             return compiled
-        return self._compiled_entry(compiled) if callable(compiled) else compiled
+        return self._unwrapped_entry(compiled) if callable(compiled) else compiled
 
-    def _compiled_entry(self, compiled: Any) -> Any:
+    def _unwrapped_entry(self, inner: Any) -> Any:
         session = self
 
-        def compiled_call(*args, **kwargs):
+        def unwrapped_call(*args, **kwargs):
             if not session._enabled or torch.compiler.is_compiling():
-                return compiled(*args, **kwargs)
-            session._on_compiled_call(sys._getframe(1))
+                return inner(*args, **kwargs)
+            session._on_unwrapped_call(sys._getframe(1))
             # Off the mode stack while compiled code runs: its guards were made without attnprof's source-line mode
-            # (dynamo would recompile, and fails tracing it), and a graph has no Python copy calls to mark anyway.
+            # (dynamo would recompile, and fails tracing it), and neither a graph nor a fused op has Python copy
+            # calls to mark anyway.
             mode = session.sources.mode if session.sources is not None else None
             n = torch._C._len_torch_function_stack()
             if mode is None or not n or torch._C._get_function_stack_at(n - 1) is not mode:
-                return compiled(*args, **kwargs)
+                return inner(*args, **kwargs)
             torch._C._pop_torch_function_stack()
             try:
-                return compiled(*args, **kwargs)
+                return inner(*args, **kwargs)
             finally:
                 torch._C._push_on_torch_function_stack(mode)
 
         try:
-            functools.update_wrapper(compiled_call, compiled)
+            functools.update_wrapper(unwrapped_call, inner)
         except Exception:
             pass
-        return compiled_call
+        return unwrapped_call
 
-    def _on_compiled_call(self, frame: Any) -> None:
+    def _on_unwrapped_call(self, frame: Any) -> None:
         if getattr(self._tls, "busy", False):
             return
         try:
             site, _, user = self.resolver.call_site(frame)
             with self.window.lock:
-                self.window.compiled_call(site, frame, user)
+                self.window.unwrapped_call(site, frame, user)
         except Exception as e:
             self._note_error("step counting failed", e)
 
@@ -542,7 +547,7 @@ class Session:
         elif w.active == 0:
             notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
         elif not self.trace_files and w.state != "open":
-            if w.calls == 0 and w.compiled_calls == 0 and w.unit_name != "optimizer":
+            if w.calls == 0 and w.unwrapped_calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
                              "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
             elif not w.tried:
@@ -561,10 +566,11 @@ class Session:
         elif w.profiled and w.profiled[0] == 0:
             notes.append("step 0 was profiled (--warmup 0 --timed 0): its numbers are from a cold first step "
                          "(allocation, kernel selection, compilation included)")
-        if w.compiled_calls:
-            notes.append(f"{w.compiled_calls} call{'' if w.compiled_calls == 1 else 's'} of torch.compile'd code: "
-                         f"the attention inside runs unwrapped (in the trace as the graph's own ops; no CUDA-event "
-                         f"times)")
+        if w.unwrapped_calls:
+            n = w.unwrapped_calls
+            notes.append(f"{n} call{'' if n == 1 else 's'} of torch.compile'd code or of TransformerEncoderLayer's "
+                         f"fused inference op: the attention inside runs unwrapped (found in the trace by its aten "
+                         f"ops; no CUDA-event times)")
         notes.extend(self.errors)
         return "; ".join(notes) if notes else None
 

@@ -4,8 +4,8 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 
 - optimizer: a step ends at every optimizer step; the profiler starts right after the optimizer step that ends step
   W+T-1 and stops right after the one that ends step W+T+A-1.
-- iteration: one forward. When the run's first attention call (or call of a torch.compile'd module or function)
-  happens inside an nn.Module, a step starts at each call of the outermost module on that call's stack (a forward
+- iteration: one forward. When the run's first attention call (or call with attention unwrapped inside: a
+  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module, a step starts at each call of the outermost module on that call's stack (a forward
   pre-hook on it; the layers of one forward all share it). Otherwise a step starts each time the site of the first
   such call is called again; after the first recurrence the number of calls per step P is known, the profiler
   starts right after the exit of the P-th call of step W+T-1 and stops at the entry of the first call of step W+T+A.
@@ -63,7 +63,7 @@ class StepWindow:
         self.lock = threading.RLock()  # callers hold it around every event; hooks take it themselves
         self.step = 0
         self.calls = 0
-        self.compiled_calls = 0  # calls of torch.compile'd modules and functions (their attention is not wrapped)
+        self.unwrapped_calls = 0  # calls whose attention runs unwrapped inside: torch.compile'd code, fused layers
         self.calls_in_step = 0
         self.period: int | None = None  # attention calls per step (site-based iteration)
         self.first_site: str | None = None
@@ -103,7 +103,7 @@ class StepWindow:
             return self.optimizer_steps
         if unit == "call":
             return self.calls
-        return self.step + 1 if (self.calls or self.compiled_calls or self.step) else 0
+        return self.step + 1 if (self.calls or self.unwrapped_calls or self.step) else 0
 
     # --- events -----------------------------------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ class StepWindow:
         """(call id, step, profiled) of an attention call about to run; `frame` is the innermost frame outside
         attnprof (where the module calls are), `user` the user frame of the call site."""
         self.calls += 1
-        if self.calls + self.compiled_calls == 1:
+        if self.calls + self.unwrapped_calls == 1:
             self._first_mark(site, frame, user)
         elif self.unit == "call":
             if self.calls > 1:
@@ -134,11 +134,11 @@ class StepWindow:
             self.first_timed_call = self.calls
         return self.calls, self.step, profiled
 
-    def compiled_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
-        """A torch.compile'd module or function is called: its attention runs unwrapped inside the graph, so the
-        call stands in for the attention calls when finding what a step is."""
-        self.compiled_calls += 1
-        if self.calls + self.compiled_calls == 1:
+    def unwrapped_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
+        """A call whose attention runs unwrapped inside it (a torch.compile'd module or function, a fused layer op)
+        stands in for the attention calls when finding what a step is."""
+        self.unwrapped_calls += 1
+        if self.calls + self.unwrapped_calls == 1:
             self._first_mark(site, frame, user)
         elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
             self._next_step("iteration")
