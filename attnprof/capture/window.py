@@ -157,7 +157,7 @@ class StepWindow:
         if self.auto and self.unit == "iteration" and self.root is None and self.state == WAITING:
             # The site recurred before any optimizer step: layers sharing one line inside the first forward, not
             # iterations. Nothing was profiled yet: count optimizer steps from here.
-            self.unit, self.step, self.period, self.calls_in_step = None, 0, None, 0
+            self.unit, self.step, self.period, self.calls_in_step, self.first_timed_call = None, 0, None, 0, None
         if self.unit is None:
             self.unit = "optimizer"
         if self.unit == "optimizer":
@@ -259,14 +259,16 @@ class StepWindow:
 
 def _in_loop(frame: FrameType | None) -> bool:
     """Whether `frame` or a frame outside it (up to attnprof's runner) is executing the body of a loop: the sign
-    that the step about to run will run again. Unknown source counts as a loop (the safe side: no cold window)."""
+    that the step about to run will run again. Unknown source counts as a loop (the safe side: no cold window).
+    Asked once per run, so nothing is cached: a file may change between runs in one process."""
+    trees: dict[str, ast.AST | None] = {}
     while frame is not None:
         code = frame.f_code
         if code.co_filename.startswith(_ATTNPROF_DIR):
             return False
         if code.co_name in _COMPREHENSIONS:
             return True
-        spans = _loop_spans(code)
+        spans = _loop_spans(code, trees)
         if spans is None:
             return True
         line = frame.f_lineno or 0
@@ -276,29 +278,21 @@ def _in_loop(frame: FrameType | None) -> bool:
     return False
 
 
-_loop_cache: dict[CodeType, tuple[tuple[int, int], ...] | None] = {}
-_tree_cache: dict[str, ast.AST | None] = {}
-
-
-def _loop_spans(code: CodeType) -> tuple[tuple[int, int], ...] | None:
-    """(first, last) lines of the loop bodies that belong to `code` itself (not to functions nested in it); None
-    when its source cannot be read."""
-    if code in _loop_cache:
-        return _loop_cache[code]
-    spans = None
+def _loop_spans(code: CodeType, trees: dict[str, ast.AST | None]) -> tuple[tuple[int, int], ...] | None:
+    """(first, last) lines of the loops (header and body) that belong to `code` itself, not to functions nested in
+    it; None when its source cannot be read."""
     filename = code.co_filename
-    if filename not in _tree_cache:
+    if filename not in trees:
+        linecache.checkcache(filename)
         try:
-            _tree_cache[filename] = ast.parse("".join(linecache.getlines(filename)) or "\x00")
+            trees[filename] = ast.parse("".join(linecache.getlines(filename)) or "\x00")
         except (SyntaxError, ValueError, MemoryError):
-            _tree_cache[filename] = None
-    tree = _tree_cache[filename]
-    if tree is not None:
-        owner = tree if code.co_name == "<module>" else _function_node(tree, code)
-        if owner is not None:
-            spans = tuple(_own_loops(owner))
-    _loop_cache[code] = spans
-    return spans
+            trees[filename] = None
+    tree = trees[filename]
+    if tree is None:
+        return None
+    owner = tree if code.co_name == "<module>" else _function_node(tree, code)
+    return None if owner is None else tuple(_own_loops(owner))
 
 
 def _function_node(tree: ast.AST, code: CodeType) -> ast.AST | None:
