@@ -232,6 +232,18 @@ def test_compiled_block_opens_the_window_on_its_calls(trace, capsys):
     _parts_sum_to_the_window(report)
 
 
+def test_module_compiled_in_place_counts_its_calls_and_runs_as_under_python(trace, capsys):
+    """`module.compile()` runs the module's hooks inside the graph, where no step can be counted: its calls are
+    counted where the script makes them (line 13), and the script is not broken by attnprof's hooks."""
+    r = trace(COMPILED.replace('block = torch.compile(Block(), backend="aot_eager")',
+                               'block = Block(); block.compile(backend="aot_eager")'), warmup=1, timed=1, active=2)
+    assert r.exit_code == 0 and "loss" in capsys.readouterr().out
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.profiled) == ("iteration", "one pass through script.py:13", [2, 3])
+    assert _attention_ops(r) == {"aten::_scaled_dot_product_flash_attention_for_cpu": 2,
+                                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 2}
+
+
 COMPILED_FUNCTION = """\
 import torch, torch.nn.functional as F
 @torch.compile(backend="aot_eager")

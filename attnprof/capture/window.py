@@ -164,7 +164,10 @@ class StepWindow:
             self._next_step("optimizer")
 
     def root_forward(self, module: Any = None, args: Any = None) -> None:
-        """Forward pre-hook of the root module: a new iteration. Never raises into the user's forward."""
+        """Forward pre-hook of the root module: a new iteration. Never raises into the user's forward, and does nothing
+        where dynamo traces it (the module called inside compiled code)."""
+        if torch.compiler.is_compiling():
+            return
         try:
             with self.lock:
                 self._next_step("iteration")
@@ -235,11 +238,12 @@ class StepWindow:
 
     def _find_root(self, frame: FrameType | None) -> FrameType | None:
         """The outermost nn.Module call on the stack from `frame` outwards: its forwards become the steps (a
-        pre-hook). Returns that call's frame, None if there is no module on the stack."""
+        pre-hook). Returns that call's frame, None if there is no module on the stack. A module compiled in place
+        (`module.compile()`) runs its hooks inside the graph, where they cannot count: it is passed over."""
         codes = self._module_codes
         outer = None
         while frame is not None:
-            if frame.f_code in codes:
+            if frame.f_code in codes and getattr(frame.f_locals.get("self"), "_compiled_call_impl", None) is None:
                 outer = frame
             frame = frame.f_back
         if outer is None:
