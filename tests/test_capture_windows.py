@@ -250,3 +250,22 @@ def test_a_loop_in_any_frame_outside_the_step_keeps_warmup_and_timed_steps(trace
         r = trace(LOOP_OUTSIDE.replace("LOOP", loop), warmup=2, timed=3, active=2)
         assert r.trace_files == [] and r.runinfo.steps.profiled == [] and r.runinfo.steps.seen == 3, loop
         assert r.runinfo.note.startswith("the script ran 3 steps"), loop
+
+
+ONE_TRAINING_STEP = """\
+import torch, torch.nn as nn, torch.nn.functional as F
+net = nn.Linear(8, 8)
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+q = net(torch.randn(2, 4, 2, 8)).transpose(1, 2)
+F.scaled_dot_product_attention(q, q, q).sum().backward()
+opt.step()
+"""
+
+
+def test_one_training_step_without_a_loop_profiles_that_step_only(trace):
+    """Cold, and the optimizer step ends step 0: the script then ends in a step 1 that ran nothing, which is not
+    reported as profiled."""
+    r = trace(ONE_TRAINING_STEP, warmup=2, timed=3, active=2)
+    s = r.runinfo.steps
+    assert (s.unit, s.seen, s.profiled, s.profiled_calls, s.stopped_early) == ("optimizer", 1, [0, 0], 1, None)
+    assert "so step 0 was profiled" in r.runinfo.note

@@ -65,6 +65,7 @@ class StepWindow:
         self.calls = 0
         self.unwrapped_calls = 0  # calls whose attention runs unwrapped inside: torch.compile'd code, fused layers
         self.calls_in_step = 0
+        self.step_ran = False  # an attention or unwrapped call ran in the current step
         self.period: int | None = None  # attention calls per step (site-based iteration)
         self.first_site: str | None = None
         self.root: str | None = None  # class name of the nn.Module whose calls are the steps
@@ -115,6 +116,7 @@ class StepWindow:
         """(call id, step, profiled) of an attention call about to run; `frame` is the innermost frame outside
         attnprof (where the module calls are), `user` the user frame of the call site."""
         self.calls += 1
+        self.step_ran = True
         if self.calls + self.unwrapped_calls == 1:
             self._first_mark(site, frame, user)
         elif self.unit == "call":
@@ -142,6 +144,7 @@ class StepWindow:
             self._first_mark(site, frame, user)
         elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
             self._next_step("iteration")
+        self.step_ran = True
 
     def exit_call(self) -> None:
         if self.state != WAITING or self.step != self.first - 1:
@@ -176,10 +179,12 @@ class StepWindow:
 
     def script_ended(self) -> None:
         if self.state == OPEN:
-            if self.step < self.end - 1 and not self.cold:
-                self.stopped_early = (f"the script ended during step {self.step}, before the window's last step "
+            # A step that began (an optimizer step ended the one before) but ran nothing was not profiled.
+            last = self.step if self.step_ran or not self.profiled or self.step <= self.profiled[0] else self.step - 1
+            if last < self.end - 1 and not self.cold:
+                self.stopped_early = (f"the script ended during step {last}, before the window's last step "
                                       f"{self.end - 1}")
-            self._close(None, last=self.step)
+            self._close(None, last=last)
 
     def remove_hooks(self) -> None:
         handles, self._root_handles = self._root_handles, []
@@ -210,6 +215,7 @@ class StepWindow:
             self.period = self.calls_in_step
         self.step += 1
         self.calls_in_step = 0
+        self.step_ran = False
         if self.state == OPEN and self.step >= self.end:
             self._close(None, last=self.step - 1)
         elif self.state == WAITING and self.first <= self.step < self.end:
