@@ -181,3 +181,91 @@ def test_active_zero_runs_no_profiler_but_times_every_call(trace):
     assert timing.warmup_calls == 3 and len(timing.true_us) == 15 and timing.profiled_us == []
     assert "no profiler (--active 0)" in r.runinfo.note
     assert not list(r.folder.glob("*.pt.trace.json*"))
+
+
+SHARED_LINE_LAYERS = """\
+import torch
+import torch.nn.functional as F
+weights = [torch.randn(8, 8, requires_grad=True) for _ in range(3)]
+opt = torch.optim.SGD(weights, lr=0.01)
+def layer(h, w):
+    return F.scaled_dot_product_attention(h @ w, h, h)
+x = torch.randn(1, 2, 4, 8)
+for step in range(8):
+    h = x
+    for w in weights:
+        h = layer(h, w)
+    h.sum().backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_auto_does_not_commit_to_site_steps_inside_the_first_forward(trace):
+    """Three layers (no nn.Module) share one call site: its recurrence inside the first forward is not a step; the
+    optimizer step that follows makes the unit optimizer, so each profiled step holds all three layers."""
+    r = trace(SHARED_LINE_LAYERS, warmup=2, timed=3, active=2)
+    s = r.runinfo.steps
+    assert (s.unit, s.boundary, s.seen, s.profiled, s.profiled_calls) == ("optimizer", "one optimizer step", 8,
+                                                                           [5, 6], 6)
+    assert [c.step for c in r.runinfo.calls] == [5, 5, 5, 6, 6, 6]
+
+
+ONE_PASS = """\
+import torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 4, 8)
+x = q.transpose(1, 2).contiguous().transpose(1, 2)
+a = F.scaled_dot_product_attention(x, x, x)
+b = F.scaled_dot_product_attention(q, q, q)
+"""
+
+
+def test_a_script_without_a_loop_is_profiled_cold_from_its_first_call(trace):
+    r = trace(ONE_PASS, warmup=2, timed=3, active=2)
+    s = r.runinfo.steps
+    assert (s.seen, s.profiled, s.profiled_calls, s.stopped_early) == (1, [0, 0], 2, None)
+    # the window opened at the entry of the first call: the copy on line 4, before it, is not in the trace
+    assert trace_names(r) == ["attnprof:sdpa script.py:5 #1", "attnprof:sdpa script.py:6 #2"]
+    assert r.runinfo.note.startswith("cold start: the script showed no loop around its first step, so step 0 was "
+                                     "profiled from the start")
+    assert all(t.true_us == [] and t.after_us == [] for t in r.runinfo.sites)
+
+
+LOOP_OUTSIDE = """\
+import torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 4, 8)
+def infer():
+    return F.scaled_dot_product_attention(q, q, q)
+LOOP
+"""
+
+
+def test_a_loop_in_any_frame_outside_the_step_keeps_warmup_and_timed_steps(trace):
+    """The call's own function has no loop, but its caller loops (a for statement, a comprehension, a while): the
+    run is a loop, so it is not profiled cold; with 3 steps it ends before step 5, as it would without attnprof."""
+    for loop in ("for i in range(3):\n    infer()", "outs = [infer() for i in range(3)]",
+                 "i = 0\nwhile i < 3:\n    infer()\n    i += 1"):
+        r = trace(LOOP_OUTSIDE.replace("LOOP", loop), warmup=2, timed=3, active=2)
+        assert r.trace_files == [] and r.runinfo.steps.profiled == [] and r.runinfo.steps.seen == 3, loop
+        assert r.runinfo.note.startswith("the script ran 3 steps"), loop
+
+
+ONE_TRAINING_STEP = """\
+import torch, torch.nn as nn, torch.nn.functional as F
+net = nn.Linear(8, 8)
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+q = net(torch.randn(2, 4, 2, 8)).transpose(1, 2)
+F.scaled_dot_product_attention(q, q, q).sum().backward()
+opt.step()
+"""
+
+
+def test_one_training_step_without_a_loop_profiles_that_step_only(trace):
+    """Cold, and the optimizer step ends step 0: the script then ends in a step 1 that ran nothing, which is not
+    reported as profiled."""
+    r = trace(ONE_TRAINING_STEP, warmup=2, timed=3, active=2)
+    s = r.runinfo.steps
+    assert (s.unit, s.seen, s.profiled, s.profiled_calls, s.stopped_early) == ("optimizer", 1, [0, 0], 1, None)
+    assert "so step 0 was profiled" in r.runinfo.note

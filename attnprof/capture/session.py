@@ -7,6 +7,7 @@ The run folder holds `<host>_<pid>.pt.trace.json.gz` (written when the window cl
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import os
 import re
@@ -153,6 +154,7 @@ class Session:
         self._spans = 0
         self._tls = threading.local()
         self._optimizer_hook = None
+        self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
         self._cuda_device: int | None = None
         self._warned: set[str] = set()
@@ -202,6 +204,7 @@ class Session:
             self._optimizer_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
         except Exception as e:
             self._note_error("could not watch optimizer steps", e)
+        self._watch_unwrapped()
 
     def _deactivate(self) -> None:
         self._enabled = False
@@ -209,6 +212,7 @@ class Session:
         if self._optimizer_hook is not None:
             self._optimizer_hook.remove()
             self._optimizer_hook = None
+        self._unwatch_unwrapped()
         self.window.remove_hooks()
         self.patcher.uninstall()
         if self.sources is not None:
@@ -241,7 +245,8 @@ class Session:
     def _start_profiler(self) -> bool:
         w = self.window
         steps = f"step {w.first}" if w.active == 1 else f"steps {w.first}-{w.end - 1}"
-        self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary})")
+        cold = ", cold: no loop around the first step" if w.cold else ""
+        self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary}{cold})")
         try:
             with signals_held(redeliver=True):
                 activities = [torch.profiler.ProfilerActivity.CPU]
@@ -314,6 +319,79 @@ class Session:
         except Exception as e:
             self._note_error("step counting failed", e)
 
+    def _watch_unwrapped(self) -> None:
+        """Calls whose attention runs where no wrapper sees it count as steps: what torch.compile returns (the graph
+        calls the real op) and TransformerEncoderLayer's fused inference op (its attention is C++). Without them
+        such a model would never open a window; the trace then holds the attention's aten ops and kernels."""
+        original = torch.compile
+        session = self
+
+        @functools.wraps(original)
+        def compile(*args, **kwargs):
+            model = args[0] if args else kwargs.get("model")
+            if model is None:  # @torch.compile(mode=...): the decorator comes back here with the model
+                return lambda model: compile(model, *args[1:], **kwargs)
+            return session._watch_compiled(original(*args, **kwargs))
+
+        self._unwrapped.append(("compile", original, compile))
+        fused = getattr(torch, "_transformer_encoder_layer_fwd", None)
+        if fused is not None:
+            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, self._unwrapped_entry(fused)))
+        for name, _, wrapper in self._unwrapped:
+            setattr(torch, name, wrapper)
+
+    def _unwatch_unwrapped(self) -> None:
+        entries, self._unwrapped = self._unwrapped, []
+        for name, original, wrapper in entries:
+            if getattr(torch, name, None) is wrapper:
+                setattr(torch, name, original)
+
+    def _watch_compiled(self, compiled: Any) -> Any:
+        """What torch.compile returned, its calls marked: a function is wrapped, a module (OptimizedModule) gets
+        its `forward` (the compiled callable) wrapped, so it stays the very module the user holds."""
+        if isinstance(compiled, torch.nn.Module):
+            forward = compiled.__dict__.get("forward")
+            if callable(forward):
+                compiled.forward = self._unwrapped_entry(forward)
+            return compiled
+        return self._unwrapped_entry(compiled) if callable(compiled) else compiled
+
+    def _unwrapped_entry(self, inner: Any) -> Any:
+        session = self
+
+        def unwrapped_call(*args, **kwargs):
+            if not session._enabled or torch.compiler.is_compiling():
+                return inner(*args, **kwargs)
+            session._on_unwrapped_call(sys._getframe(1))
+            # Off the mode stack while compiled code runs: its guards were made without attnprof's source-line mode
+            # (dynamo would recompile, and fails tracing it), and neither a graph nor a fused op has Python copy
+            # calls to mark anyway.
+            mode = session.sources.mode if session.sources is not None else None
+            n = torch._C._len_torch_function_stack()
+            if mode is None or not n or torch._C._get_function_stack_at(n - 1) is not mode:
+                return inner(*args, **kwargs)
+            torch._C._pop_torch_function_stack()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                torch._C._push_on_torch_function_stack(mode)
+
+        try:
+            functools.update_wrapper(unwrapped_call, inner)
+        except Exception:
+            pass
+        return unwrapped_call
+
+    def _on_unwrapped_call(self, frame: Any) -> None:
+        if getattr(self._tls, "busy", False):
+            return
+        try:
+            site, _, user = self.resolver.call_site(frame)
+            with self.window.lock:
+                self.window.unwrapped_call(site, frame, user)
+        except Exception as e:
+            self._note_error("step counting failed", e)
+
     # --- every attention call ---------------------------------------------------------------------------------------
 
     def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -353,9 +431,10 @@ class Session:
 
     def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict) -> _Call:
         call = _Call()
-        site, function, user = self.resolver.call_site(sys._getframe(2))
+        frame = sys._getframe(2)  # the wrapper's caller: inside the module calls, where the step's root is found
+        site, function, user = self.resolver.call_site(frame)
         with self.window.lock:
-            call.call_id, call.step, profiled = self.window.enter_call(site, user)
+            call.call_id, call.step, profiled = self.window.enter_call(site, frame, user)
         untimed = call.step < self.window.warmup or self.window.settling(call.step)
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
@@ -469,7 +548,7 @@ class Session:
         elif w.active == 0:
             notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
         elif not self.trace_files and w.state != "open":
-            if w.calls == 0 and w.unit_name != "optimizer":
+            if w.calls == 0 and w.unwrapped_calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
                              "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
             elif not w.tried:
@@ -478,6 +557,21 @@ class Session:
                     f"the script ran {seen} step{'' if seen == 1 else 's'} (one step = {w.boundary}); profiling "
                     f"starts after {w.first} (--warmup {w.warmup} --timed {w.timed}): rerun with --warmup 0 "
                     f"--timed 0")
+        if w.cold and w.profiled:
+            first, last = w.profiled[0], w.profiled[-1]
+            steps = f"step {first} was" if first == last else f"steps {first}-{last} were"
+            notes.append(
+                f"cold start: the script showed no loop around its first step, so {steps} profiled from the start; every number is from a cold first step (allocation, "
+                f"kernel selection, compilation included), there are no true (unprofiled) times, and layout copies "
+                f"made before the first attention call are not in the trace")
+        elif w.profiled and w.profiled[0] == 0:
+            notes.append("step 0 was profiled (--warmup 0 --timed 0): its numbers are from a cold first step "
+                         "(allocation, kernel selection, compilation included)")
+        if w.unwrapped_calls:
+            n = w.unwrapped_calls
+            notes.append(f"{n} call{'' if n == 1 else 's'} of torch.compile'd code or of TransformerEncoderLayer's "
+                         f"fused inference op: the attention inside runs unwrapped (found in the trace by its aten "
+                         f"ops; no CUDA-event times)")
         notes.extend(self.errors)
         return "; ".join(notes) if notes else None
 

@@ -4,25 +4,37 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 
 - optimizer: a step ends at every optimizer step; the profiler starts right after the optimizer step that ends step
   W+T-1 and stops right after the one that ends step W+T+A-1.
-- iteration: one forward. When the run's first attention call happens inside an nn.Module, a step starts at each
-  call of the outermost module on that call's stack (a forward pre-hook on it; the layers of one forward all
-  share it). Otherwise a step starts each time the site of the first attention call is called again; after the
-  first recurrence the number of calls per step P is known, the profiler starts right after the exit of the P-th
-  call of step W+T-1 and stops at the entry of the first call of step W+T+A.
+- iteration: one forward. When the run's first attention call (or call with attention unwrapped inside: a
+  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module, a step starts at each call of the outermost module on that call's stack (a forward
+  pre-hook on it; the layers of one forward all share it). Otherwise a step starts each time the site of the first
+  such call is called again; after the first recurrence the number of calls per step P is known, the profiler
+  starts right after the exit of the P-th call of step W+T-1 and stops at the entry of the first call of step W+T+A.
 - call: every attention call is a step (start after the exit of call W+T-1, stop at the entry of call W+T+A).
-- auto: optimizer if an optimizer step happens before the first iteration boundary, else iteration.
+- auto: optimizer if an optimizer step happens before the first iteration boundary, else iteration. Iteration by
+  site recurrence stays provisional: an optimizer step before the window opens still makes the unit optimizer.
+
+Cold start: a script that shows no loop around its first step (a one-pass inference script) would end before step
+W+T. When no frame outside that step (outside the outermost module, or around the call site) is executing a loop
+body, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are cold and the run has no true
+(unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
 
 At most `max_calls` attention calls are profiled: the profiler stops at the entry of the next one.
 """
 from __future__ import annotations
 
+import ast
+import linecache
+import os
 import threading
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, Callable
 
 import torch
 
 WAITING, OPEN, DONE = "waiting", "open", "done"
+_ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
+_LOOP_NODES = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def _module_call_codes() -> frozenset:
@@ -38,6 +50,7 @@ def _module_call_codes() -> frozenset:
 class StepWindow:
     def __init__(self, unit: str, warmup: int, timed: int, active: int, max_calls: int,
                  start: Callable[[], bool], stop: Callable[[], None]):
+        self.auto = unit == "auto"
         self.unit: str | None = None if unit == "auto" else unit
         self.warmup, self.timed, self.active = warmup, timed, active
         self.first = warmup + timed  # first profiled step
@@ -46,14 +59,17 @@ class StepWindow:
         self._start, self._stop = start, stop
         self.state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
         self.tried = False  # the window was due to open (whether or not the profiler started)
+        self.cold = False  # the window opened at step 0 because the run showed no loop (see the module docstring)
         self.lock = threading.RLock()  # callers hold it around every event; hooks take it themselves
         self.step = 0
         self.calls = 0
+        self.unwrapped_calls = 0  # calls whose attention runs unwrapped inside: torch.compile'd code, fused layers
         self.calls_in_step = 0
+        self.step_ran = False  # an attention or unwrapped call ran in the current step
         self.period: int | None = None  # attention calls per step (site-based iteration)
         self.first_site: str | None = None
         self.root: str | None = None  # class name of the nn.Module whose calls are the steps
-        self._root_handle = None
+        self._root_handles: list[Any] = []
         self.optimizer_steps = 0
         self.profiled_calls = 0
         self.first_timed_call: int | None = None  # id of the first call after the warm-up steps
@@ -88,7 +104,7 @@ class StepWindow:
             return self.optimizer_steps
         if unit == "call":
             return self.calls
-        return self.step + 1 if (self.calls or self.step) else 0
+        return self.step + 1 if (self.calls or self.unwrapped_calls or self.step) else 0
 
     # --- events -----------------------------------------------------------------------------------------------------
 
@@ -96,15 +112,16 @@ class StepWindow:
         if self.first == 0 and self.active > 0:
             self._open()
 
-    def enter_call(self, site: str, frame: FrameType | None) -> tuple[int, int, bool]:
-        """(call id, step, profiled) of an attention call about to run."""
+    def enter_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> tuple[int, int, bool]:
+        """(call id, step, profiled) of an attention call about to run; `frame` is the innermost frame outside
+        attnprof (where the module calls are), `user` the user frame of the call site."""
         self.calls += 1
-        if self.calls == 1:
-            self.first_site = site
-            if self.unit in (None, "iteration"):
-                self._find_root(frame)
+        self.step_ran = True
+        if self.calls + self.unwrapped_calls == 1:
+            self._first_mark(site, frame, user)
         elif self.unit == "call":
-            self._next_step("call")
+            if self.calls > 1:
+                self._next_step("call")
         elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
             self._next_step("iteration")
         if self.state == OPEN and self.profiled_calls >= self.max_calls:
@@ -119,6 +136,16 @@ class StepWindow:
             self.first_timed_call = self.calls
         return self.calls, self.step, profiled
 
+    def unwrapped_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
+        """A call whose attention runs unwrapped inside it (a torch.compile'd module or function, a fused layer op)
+        stands in for the attention calls when finding what a step is."""
+        self.unwrapped_calls += 1
+        if self.calls + self.unwrapped_calls == 1:
+            self._first_mark(site, frame, user)
+        elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
+            self._next_step("iteration")
+        self.step_ran = True
+
     def exit_call(self) -> None:
         if self.state != WAITING or self.step != self.first - 1:
             return
@@ -130,13 +157,20 @@ class StepWindow:
 
     def optimizer_step(self) -> None:
         self.optimizer_steps += 1
+        if self.auto and self.unit == "iteration" and self.root is None and self.state == WAITING:
+            # The site recurred before any optimizer step: layers sharing one line inside the first forward, not
+            # iterations. Nothing was profiled yet: count optimizer steps from here.
+            self.unit, self.step, self.period, self.calls_in_step, self.first_timed_call = None, 0, None, 0, None
         if self.unit is None:
             self.unit = "optimizer"
         if self.unit == "optimizer":
             self._next_step("optimizer")
 
     def root_forward(self, module: Any = None, args: Any = None) -> None:
-        """Forward pre-hook of the root module: a new iteration. Never raises into the user's forward."""
+        """Forward pre-hook of the root module: a new iteration. Never raises into the user's forward, and does nothing
+        where dynamo traces it (the module called inside compiled code)."""
+        if torch.compiler.is_compiling():
+            return
         try:
             with self.lock:
                 self._next_step("iteration")
@@ -145,20 +179,32 @@ class StepWindow:
 
     def script_ended(self) -> None:
         if self.state == OPEN:
-            if self.step < self.end - 1:
-                self.stopped_early = (f"the script ended during step {self.step}, before the window's last step "
+            # A step that began (an optimizer step ended the one before) but ran nothing was not profiled.
+            last = self.step if self.step_ran or not self.profiled or self.step <= self.profiled[0] else self.step - 1
+            if last < self.end - 1 and not self.cold:
+                self.stopped_early = (f"the script ended during step {last}, before the window's last step "
                                       f"{self.end - 1}")
-            self._close(None, last=self.step)
+            self._close(None, last=last)
 
     def remove_hooks(self) -> None:
-        if self._root_handle is not None:
+        handles, self._root_handles = self._root_handles, []
+        for handle in handles:
             try:
-                self._root_handle.remove()
+                handle.remove()
             except Exception:
                 pass
-            self._root_handle = None
 
     # --- internals --------------------------------------------------------------------------------------------------
+
+    def _first_mark(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
+        self.first_site = site
+        outer = None
+        if self.unit in (None, "iteration"):
+            outer = self._find_root(frame)
+        if self.state == WAITING and self.first > 0 and not _in_loop(outer.f_back if outer is not None else user):
+            self.cold = True
+            self.first, self.end = 0, self.active
+            self._open()
 
     def _next_step(self, kind: str) -> None:
         if self.unit is None:
@@ -169,6 +215,7 @@ class StepWindow:
             self.period = self.calls_in_step
         self.step += 1
         self.calls_in_step = 0
+        self.step_ran = False
         if self.state == OPEN and self.step >= self.end:
             self._close(None, last=self.step - 1)
         elif self.state == WAITING and self.first <= self.step < self.end:
@@ -195,21 +242,88 @@ class StepWindow:
         self.profiled = [first, max(first, last if last is not None else first)]
         self._stop()
 
-    def _find_root(self, frame: FrameType | None) -> None:
-        """The outermost nn.Module call on the stack of the first attention call."""
+    def _find_root(self, frame: FrameType | None) -> FrameType | None:
+        """The outermost nn.Module call on the stack from `frame` outwards: its forwards become the steps (a
+        pre-hook). Returns that call's frame, None if there is no module on the stack. A module compiled in place
+        (`module.compile()`) runs its hooks inside the graph, where they cannot count: it is passed over."""
         codes = self._module_codes
         outer = None
         while frame is not None:
-            if frame.f_code in codes:
+            if frame.f_code in codes and getattr(frame.f_locals.get("self"), "_compiled_call_impl", None) is None:
                 outer = frame
             frame = frame.f_back
         if outer is None:
-            return
+            return None
         module = outer.f_locals.get("self")
         if not isinstance(module, torch.nn.Module):
-            return
+            return None
         try:
-            self._root_handle = module.register_forward_pre_hook(self.root_forward)
-            self.root = type(module).__name__
+            self._root_handles.append(module.register_forward_pre_hook(self.root_forward))
+            original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule: name what it compiled
+            name = type(original if isinstance(original, torch.nn.Module) else module).__name__
+            self.root = f"compiled {name}" if original is not None else name
         except Exception:
             self.root = None
+        return outer
+
+
+def _in_loop(frame: FrameType | None) -> bool:
+    """Whether `frame` or a frame outside it (up to attnprof's runner) is executing the body of a loop: the sign
+    that the step about to run will run again. Unknown source counts as a loop (the safe side: no cold window).
+    Asked once per run, so nothing is cached: a file may change between runs in one process."""
+    trees: dict[str, ast.AST | None] = {}
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith(_ATTNPROF_DIR):
+            return False
+        if code.co_name in _COMPREHENSIONS:
+            return True
+        spans = _loop_spans(code, trees)
+        if spans is None:
+            return True
+        line = frame.f_lineno or 0
+        if any(first <= line <= last for first, last in spans):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _loop_spans(code: CodeType, trees: dict[str, ast.AST | None]) -> tuple[tuple[int, int], ...] | None:
+    """(first, last) lines of the loops (header and body) that belong to `code` itself, not to functions nested in
+    it; None when its source cannot be read."""
+    filename = code.co_filename
+    if filename not in trees:
+        linecache.checkcache(filename)
+        try:
+            trees[filename] = ast.parse("".join(linecache.getlines(filename)) or "\x00")
+        except (SyntaxError, ValueError, MemoryError):
+            trees[filename] = None
+    tree = trees[filename]
+    if tree is None:
+        return None
+    owner = tree if code.co_name == "<module>" else _function_node(tree, code)
+    return None if owner is None else tuple(_own_loops(owner))
+
+
+def _function_node(tree: ast.AST, code: CodeType) -> ast.AST | None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            name = "<lambda>" if isinstance(node, ast.Lambda) else node.name
+            if first == code.co_firstlineno and name == code.co_name:
+                return node
+    return None
+
+
+def _own_loops(owner: ast.AST):
+    """Loop bodies of `owner`, not descending into nested functions and classes (their frames are their own)."""
+    todo = list(ast.iter_child_nodes(owner))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):  # the header and the body, not the else block
+            yield node.lineno, node.body[-1].end_lineno or node.body[-1].lineno
+        elif isinstance(node, _LOOP_NODES):
+            yield node.lineno, node.end_lineno or node.lineno
+        todo.extend(ast.iter_child_nodes(node))
