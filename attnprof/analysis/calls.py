@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnprof.analysis import compiled
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.decomposition import FOREIGN, IDLE, split_window
 from attnprof.analysis.index import TraceIndex
@@ -365,7 +366,7 @@ class CallFinder:
                 call_id, op, site, found_by = int(m["id"]), m["op"], m["site"], "attnprof"
                 info = self.call_info.get(call_id)
             else:
-                call_id, op, found_by, info = next_id, self.ix.name(anchor), "aten", None
+                call_id, op, found_by, info = next_id, self.ix.name(anchor), compiled.found_by(self.ix, anchor), None
                 next_id += 1
                 located = self.ix.python_site(anchor)
                 site = located[0] if located else "unknown"
@@ -388,10 +389,11 @@ class CallFinder:
             claimed.update(p.top for p in fwd.preps)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
             calls.append(self._split(base, "fwd", fwd, attn_ops, info))
-            bwd = self._backward_phase(anchor, fwd)
+            bwd = self._backward_phase([anchor], fwd)
             if bwd is not None:
                 calls.append(self._split(base, "bwd", bwd, attn_ops, info))
-        return calls
+        from attnprof.analysis.manual import manual_calls  # manual.py builds on this module
+        return calls + manual_calls(self, claimed, next_id)
 
     def _base_record(self, call_id, op, site, found_by, info: CallInfo | None, attn_ops: list[int]) -> CallSplit:
         h = self.trace.host
@@ -416,10 +418,12 @@ class CallFinder:
                          device="cuda" if self.on_device else "cpu", shapes=shapes, dtype=dtype, gqa_ratio=gqa,
                          layout=None)
 
-    def _backward_phase(self, anchor: int, fwd: _Phase) -> _Phase | None:
+    def _backward_phase(self, anchors: list[int], fwd: _Phase) -> _Phase | None:
         h = self.trace.host
-        attn_seqs = {int(h.seq[r]) for r in self.ix.subtree(anchor).tolist() if h.seq[r] != NO_ID}
+        attn_seqs = {int(h.seq[r]) for a in anchors for r in self.ix.subtree(a).tolist() if h.seq[r] != NO_ID}
         attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.ts[r])
+        if not attn_nodes and len(anchors) == 1:  # ops of a compiled graph carry no sequence number
+            attn_nodes = compiled.backward_ops(self.ix, self.nodes_by_seq, anchors[0])
         if not attn_nodes:
             return None
         phase = _Phase(anchor_rows=attn_nodes)
@@ -548,7 +552,8 @@ class CallFinder:
             for inner in ix.subtree(r).tolist():
                 n = ix.name(inner)
                 outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent[inner]))
-                if inner != r and outermost_copy and self._moves_data(inner):
+                # a Python scalar wrapped as a 0-d tensor (x * 0.125) is no layout copy
+                if inner != r and outermost_copy and self._moves_data(inner) and _tensor_dims(ix.trace.host.dims(inner)):
                     intervals.append((ix.ts[inner], ix.end[inner], COPY))
                     copy_rows.append((inner, "inside"))
                 elif inner != r and n in _FILL_OPS:

@@ -96,6 +96,23 @@ NUMEL_PRESERVING_PREP = frozenset(
 )
 
 
+#: The pieces of hand-written attention, softmax(q @ kᵀ * scale + mask) @ v (see manual.py).
+GEMM_OPS = frozenset(("aten::matmul", "aten::bmm", "aten::einsum", "aten::baddbmm"))
+SOFTMAX_OPS = frozenset(("aten::softmax", "aten::_softmax", "aten::_safe_softmax", "aten::special_softmax"))
+#: What a torch.compile'd graph looks like in a trace: the forward runs inside CompiledFunction, its backward inside
+#: the autograd node CompiledFunctionBackward, both numbered with the same sequence number.
+COMPILED_FWD = "CompiledFunction"
+COMPILED_BWD = "CompiledFunctionBackward"
+
+
+def is_gemm_op(name: str) -> bool:
+    return name in GEMM_OPS
+
+
+def is_softmax_op(name: str) -> bool:
+    return name in SOFTMAX_OPS
+
+
 def is_view_op(name: str) -> bool:
     return name in VIEW_OPS
 
@@ -117,11 +134,15 @@ _COPY_KERNEL_RE = re.compile(
 
 
 def is_copy_kernel_name(name: str) -> bool:
-    return bool(_COPY_KERNEL_RE.search(name))
+    # a generated attention kernel may carry a fused transpose in its name: it is still attention compute
+    return bool(_COPY_KERNEL_RE.search(name)) and not is_attention_kernel(name)
 
 
 #: Backends, checked in this order (cuDNN's Hopper SDPA kernels contain "flash": never match on that alone).
 _BACKEND_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    # inductor names a template kernel triton_tem_fused_<origin ops>: flex_attention, flex_attention_backward
+    # (flex decoding too). Its triton_poi_/triton_red_ kernels are pointwise work around an op, not attention.
+    ("flex", re.compile(r"triton_tem_\w*flex_(attention|decoding)")),
     ("cudnn", re.compile(r"cudnn|fort_native_sdpa|sdpa_sm\d+|_sdpa_", re.I)),
     ("fa4", re.compile(r"FlashAttentionForwardSm\d+|FlashAttentionBackwardSm\d+|flash_attn\.cute|flash_attn_cute")),
     ("fa3", re.compile(r"FlashAttnFwdSm90|FlashAttnBwdSm90|flash::enable_sm90|flash_attn_3|FlashAttnFwdCombine")),
@@ -168,6 +189,11 @@ def backend_from_kernel(name: str) -> str | None:
         if pattern.search(name):
             return backend
     return None
+
+
+def is_attention_kernel(name: str) -> bool:
+    """A fused attention kernel (flash, cuDNN, efficient, FlexAttention's generated Triton template)."""
+    return backend_from_kernel(name) is not None
 
 
 def backend_from_ops(op_names: list[str]) -> str | None:
