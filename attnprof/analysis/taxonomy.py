@@ -109,6 +109,16 @@ def is_gemm_op(name: str) -> bool:
     return name in GEMM_OPS
 
 
+#: The matmul work of hand-written attention: the GEMM ops (CPU), their autograd nodes, and GEMM kernels (GPU:
+#: cuBLAS / CUTLASS names; cuBLAS's Hopper kernels are called nvjet_*).
+_GEMM_WORK_RE = re.compile(r"^aten::(matmul|bmm|einsum|baddbmm|mm)$|(Bmm|Mm|Baddbmm)Backward|gemm|nvjet_|cutlass",
+                           re.I)
+
+
+def is_gemm_work(name: str) -> bool:
+    return bool(_GEMM_WORK_RE.search(name))
+
+
 def is_softmax_op(name: str) -> bool:
     return name in SOFTMAX_OPS
 
