@@ -6,6 +6,7 @@ from the script's text.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -288,3 +289,38 @@ def test_without_sdpa_on_the_same_shape_the_figure_is_flagged_as_an_estimate(tmp
         [k for k in bwd.kernels if k.name.endswith("BmmBackward0")]
     assert len(gemms) == 4
     assert f"SDPA would take about {dg._us(sum(k.dur_us for k in gemms))} per call" in cause.fix
+
+
+def test_hugging_face_eager_attention_in_a_bare_trace_is_found_by_its_pattern(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    layers, steps, batch, seq = 2, 1, 2, 12
+    config = transformers.GPT2Config(n_layer=layers, n_embd=64, n_head=4, n_positions=32, vocab_size=97,
+                                     attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(0, 97, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, :3] = 0  # left padding: a mask is added to the scores
+    path = tmp_path / "t.pt.trace.json.gz"
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_stack=True) as prof:
+        for _ in range(steps):
+            model(ids, attention_mask=mask, labels=ids).loss.backward()
+    prof.export_chrome_trace(str(path))
+    report = analyze([load_torch_trace(path)], None, "test")
+    fwd, bwd = _calls(report, "manual", "fwd"), _calls(report, "manual", "bwd")
+    assert len(fwd) == layers * steps and len(bwd) == layers * steps and len(report.calls) == 2 * layers * steps
+    for c in fwd:
+        assert c.shapes["q"] == [batch, 4, seq, 16] and c.shapes["scores"] == [batch, 4, seq, seq]
+        # the function that computes it (with_stack frames give its first line), and the output's reshape in the
+        # attention module's forward, after it
+        gpt2 = transformers.models.gpt2.modeling_gpt2
+        assert c.site == f"transformers/models/gpt2/modeling_gpt2.py:{_first_line(gpt2.eager_attention_forward)}"
+        forward_lines, first = inspect.getsourcelines(gpt2.GPT2Attention.forward)
+        (after,) = [cp for cp in c.copies if cp.position == "after"]
+        file, line = after.site.rsplit(":", 1)
+        assert file == "transformers/models/gpt2/modeling_gpt2.py" and first <= int(line) < first + len(forward_lines)
+        assert after.op == "aten::reshape" and after.bytes == 2 * batch * seq * 64 * 4
+
+
+def _first_line(function) -> int:
+    return inspect.getsourcelines(function)[1]
