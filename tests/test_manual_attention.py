@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 
 import pytest
 
@@ -230,13 +231,20 @@ def test_attention_inside_a_compiled_graph_is_found_per_step(tmp_path):
 
 
 def test_flex_attention_template_kernels_are_attention_compute():
-    assert tx.backend_from_kernel("triton_tem_fused_flex_attention_0") == "flex"
-    assert tx.backend_from_kernel("triton_tem_fused_flex_attention_backward_zeros_1") == "flex"
-    # a generated template kernel that fused a transpose is still attention, not a copy
-    assert not tx.is_copy_kernel_name("triton_tem_fused_flex_attention_transpose_2")
-    # inductor's pointwise kernels named after SDPA are the work around it (here a transpose copy), not attention
-    assert tx.backend_from_kernel("triton_poi_fused__scaled_dot_product_flash_attention_transpose_5") is None
-    assert tx.is_copy_kernel_name("triton_poi_fused__scaled_dot_product_flash_attention_transpose_5")
+    # names as inductor gave them on the H200 (traces/h200/attention-forms)
+    assert tx.backend_from_kernel("triton_tem_fused_flex_attention_split_transpose_view_4") == "flex"
+    assert tx.backend_from_kernel("triton_tem_fused_flex_attention_backward_transpose_view_1") == "flex"
+    assert tx.is_attention_fwd_op("triton_tem_fused_flex_attention_split_transpose_view_4")
+    assert tx.is_attention_bwd_op("triton_tem_fused_flex_attention_backward_transpose_view_1")
+    assert not tx.is_attention_fwd_op("triton_tem_fused_flex_attention_backward_transpose_view_1")
+    # a generated kernel is a copy when all it fused only moves data; an attention template that fused a transpose,
+    # a softmax, a matmul's epilogue are compute
+    assert tx.is_copy_kernel_name("triton_poi_fused_clone_transpose_view_4")
+    assert not tx.is_copy_kernel_name("triton_tem_fused_flex_attention_split_transpose_view_4")
+    assert not tx.is_copy_kernel_name("triton_per_fused__softmax_eq_exp_masked_fill_mul_native_dropout_sub_view_3")
+    assert not tx.is_copy_kernel_name("triton_poi_fused_addmm_clone_split_transpose_view_0")
+    # the pointwise kernels inductor names after an SDPA op are the work around it, not attention
+    assert tx.backend_from_kernel("triton_poi_fused__scaled_dot_product_flash_attention_5") is None
 
 
 class SdpaBlock(nn.Module):
@@ -324,3 +332,70 @@ def test_hugging_face_eager_attention_in_a_bare_trace_is_found_by_its_pattern(tm
 
 def _first_line(function) -> int:
     return inspect.getsourcelines(function)[1]
+
+
+# --- H200 traces (traces/h200/attention-forms: two blocks, 2 profiled training steps each) -----------------------
+
+H200 = Path(__file__).resolve().parent.parent / "traces" / "h200" / "attention-forms"
+H200_BLOCKS, H200_STEPS = 2, 2
+
+
+def _h200(name):
+    return analyze([load_torch_trace(H200 / f"{name}.json.gz")], None, name)
+
+
+def test_h200_hand_written_attention_has_its_gemm_softmax_and_dropout_kernels():
+    report = _h200("eager_manual")
+    fwd, bwd = _calls(report, "manual", "fwd"), _calls(report, "manual", "bwd")
+    assert len(fwd) == len(bwd) == H200_BLOCKS * H200_STEPS and len(report.calls) == 2 * H200_BLOCKS * H200_STEPS
+    for c in fwd:
+        assert c.device == "cuda:0" and c.shapes["q"] == [2, 4, 64, 64]
+        compute = [k.name for k in c.kernels if k.category == "compute"]
+        assert sum("gemm" in n for n in compute) == 2  # q·kᵀ and ·v
+        assert sum("softmax_warp_forward" in n for n in compute) == 1
+        assert sum("dropout" in n for n in compute) == 1
+        assert [cp.op for cp in c.copies if cp.position == "after"] == ["aten::contiguous"]
+        assert c.compute_us + c.copy_us + c.other_us + c.launch_us == pytest.approx(c.window_us, rel=1e-6)
+    for c in bwd:
+        assert sum("softmax_warp_backward" in k.name for k in c.kernels) == 1
+        assert sum("gemm" in k.name for k in c.kernels) == 4  # dQ, dK, dP, dV
+
+
+def test_h200_compiled_sdpa_is_found_with_its_backward():
+    report = _h200("compiled_sdpa")
+    fwd, bwd = _calls(report, phase="fwd"), _calls(report, phase="bwd")
+    assert len(fwd) == len(bwd) == H200_BLOCKS * H200_STEPS
+    assert {c.found_by for c in report.calls} == {"compiled"} and {c.backend for c in report.calls} == {"efficient"}
+    assert all(any(k.name.startswith("fmha_cutlassB") for k in c.kernels) for c in bwd)
+    # autograd runs the graph's backward in reverse: the first block's forward pairs with the later backward
+    bwd_of = {c.id: c for c in bwd}
+    fwd.sort(key=lambda c: c.start_us)
+    for first, second in zip(fwd[::H200_BLOCKS], fwd[1::H200_BLOCKS]):
+        assert bwd_of[first.id].start_us > bwd_of[second.id].start_us > second.start_us
+
+
+def test_h200_compiled_hand_written_attention_reports_its_generated_kernels():
+    report = _h200("compiled_manual")
+    fwd = _calls(report, "manual", "fwd")
+    assert len(fwd) == H200_BLOCKS * H200_STEPS and len(report.calls) == len(fwd)  # the backward is not attributed
+    for c in fwd:
+        assert c.backend == "manual-fused" and c.found_by == "compiled" and c.shapes["scores"] == [8, 64, 64]
+        compute = [k.name for k in c.kernels if k.category == "compute"]
+        assert sum("gemm" in n for n in compute) == 2
+        assert sum(n.startswith("triton_per_fused__softmax") for n in compute) == 1  # scale, mask, softmax, dropout
+        # the output's transpose(1, 2).contiguous(), fused by inductor into a generated copy kernel
+        (copy,) = c.copies
+        assert copy.op.startswith("triton_poi_fused_clone_transpose_view") and copy.position == "after"
+        assert copy.bytes == 2 * 8 * 64 * 64 * 4
+
+
+def test_h200_flex_attention_template_kernels_are_calls_with_their_backward():
+    report = _h200("compiled_flex")
+    fwd, bwd = _calls(report, phase="fwd"), _calls(report, phase="bwd")
+    assert len(fwd) == len(bwd) == H200_BLOCKS * H200_STEPS
+    assert {c.backend for c in report.calls} == {"flex"} and {c.found_by for c in report.calls} == {"compiled"}
+    for c in fwd + bwd:
+        assert c.shapes == {}  # the template's inputs are what inductor fused into it, not q, k, v
+        (kernel,) = c.kernels
+        assert kernel.category == "compute" and kernel.name.startswith("triton_tem_fused_flex_attention")
+        assert ("flex_attention_backward" in kernel.name) == (c.phase == "bwd")

@@ -406,7 +406,8 @@ class CallFinder:
                              device=device, step=info.step, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
                              gqa_ratio=info.gqa_ratio)
         shapes, dtype, gqa = {}, None, None
-        if attn_ops:
+        # a generated kernel's inputs are whatever inductor fused into it (FlexAttention's: the qkv projection)
+        if attn_ops and not tx.is_generated_kernel(self.ix.name(attn_ops[0])):
             dims = _tensor_dims(h.dims(attn_ops[0]))
             shapes = dict(zip(("q", "k", "v"), dims[:3]))
             types = h.types(attn_ops[0])

@@ -1,7 +1,8 @@
 """Attention inside torch.compile'd graphs, where attnprof's wrappers do not run.
 
 The graph still calls the attention ops (aten::_scaled_dot_product_flash_attention_for_cpu, the flash / cuDNN /
-efficient ops on GPU), so calls.py finds them by name; what the trace lacks is the autograd link: ops inside a
+efficient ops on GPU; FlexAttention's generated Triton template, which a GPU trace shows as an op of the kernel's
+name), so calls.py finds them by name; what the trace lacks is the autograd link: ops inside a
 graph carry no sequence number. The forward graph runs inside CompiledFunction and its backward inside the node
 CompiledFunctionBackward, both numbered alike; autograd runs a graph's backward in reverse, so the i-th of n
 attention ops of the forward pairs with the (n-1-i)-th of n attention backward ops there. When the counts differ
@@ -45,7 +46,8 @@ def backward_ops(ix: TraceIndex, nodes_by_seq: dict[int, list[int]], anchor: int
     for node in nodes_by_seq.get(seq, ()):
         if not ix.name(node).endswith(tx.COMPILED_BWD):
             continue
-        backwards = _outermost(ix, ix.subtree(node).tolist(), lambda n: n in tx.ATTENTION_BWD_OPS)
+        backwards = _outermost(ix, ix.subtree(node).tolist(),
+                               lambda n: tx.is_attention_bwd_op(n) and not n.startswith(tx.AUTOGRAD_NODE_PREFIX))
         if len(backwards) == len(forwards):
             return [backwards[len(forwards) - 1 - forwards.index(anchor)]]
     return []

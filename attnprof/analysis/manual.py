@@ -7,9 +7,11 @@ Each match is a call with op and backend "manual", split like a fused call (call
 they copy inside, like matmul's reshape of kᵀ, is copy), the layout copies around it are found by the same walk,
 its backward by autograd sequence numbers.
 
-In a torch.compile'd forward graph inductor fuses scale, mask and softmax into generated kernels that a CPU trace
-does not show: there two chained batched GEMMs with nothing visible between them are the call (found_by
-"compiled"), and its backend says the rest was fused, instead of inventing copies. Ops inside an attnprof range or
+In a torch.compile'd forward graph inductor fuses scale, mask and softmax into generated kernels: a GPU trace shows
+them as ops of the kernel's name (triton_per_fused__softmax_...), a CPU trace not at all. There two chained batched
+GEMMs with only such kernels between them are the call (found_by "compiled", backend "manual-fused"): its work is
+the GEMMs and the generated kernels between them, its output copy the generated copy kernel that reads its output
+(GPU), and no copy is invented where the trace shows none. Ops inside an attnprof range or
 a fused attention op are never matched: those calls are found already.
 """
 from __future__ import annotations
@@ -148,15 +150,21 @@ class _Scanner:
         return Match(rows=sib[i1:i2 + 1].tolist(), q=qk[0], k=qk[1], v=pv[0], out=pv[1], scores=scores, fused=False)
 
     def match_fused(self, g: int) -> Match | None:
-        """q·kᵀ then ·v, adjacent in a compiled forward graph: the softmax between them ran in generated code."""
+        """q·kᵀ then ·v in a compiled forward graph, the softmax between them in generated code: a kernel the
+        trace names (GPU: triton_per_fused__softmax_...) or none at all (CPU: inductor's C++ kernels)."""
         if compiled.graph_call(self.ix, g) is None:
             return None
         sib, _, pos = self.ix.siblings(g)
-        j = pos + 1
-        while j < len(sib) and tx.is_view_op(self.ix.name(int(sib[j]))):
+        j, generated = pos + 1, []
+        while j < len(sib) and (tx.is_view_op(self.ix.name(int(sib[j]))) or
+                                tx.is_generated_kernel(self.ix.name(int(sib[j])))):
+            if tx.is_generated_kernel(self.ix.name(int(sib[j]))):
+                generated.append(self.ix.name(int(sib[j])))
             j += 1
         if j >= len(sib) or not tx.is_gemm_op(self.ix.name(int(sib[j]))):
             return None
+        if generated and not any("softmax" in n for n in generated):
+            return None  # the kernels between say what they compute, and it is no softmax
         g1, g2 = _gemm(self.finder, g), _gemm(self.finder, int(sib[j]))
         if not g1 or not g2 or g1.out is None or g2.a.dims != g1.out:
             return None
@@ -204,6 +212,20 @@ def _dtype(finder: CallFinder, rows: list[int]) -> str | None:
     return None
 
 
+def _generated_output_copy(finder: CallFinder, m: Match) -> list[_Prep]:
+    """In a compiled graph, the generated kernel right after the ·v GEMM that copies its output into another
+    layout (GPU: triton_poi_fused_clone_transpose_view_...): the call's output copy, fused into generated code."""
+    sib, _, pos = finder.ix.siblings(m.rows[-1])
+    if pos + 1 >= len(sib):
+        return []
+    row = int(sib[pos + 1])
+    name = finder.ix.name(row)
+    dims = _tensor_dims(finder.trace.host.dims(row))
+    if tx.is_generated_kernel(name) and tx.is_copy_kernel_name(name) and dims and dims[0] == m.out.dims:
+        return [_Prep(row=row, top=row, position="after")]
+    return []
+
+
 def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[CallSplit]:
     """The calls (fwd, and bwd where autograd ran one) of every hand-written attention in the trace.
 
@@ -224,6 +246,8 @@ def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[C
         before, before_views = finder._walk(m.rows[0], -1, [m.q, m.k, m.v], claimed)
         claimed.update(p.top for p in before)
         after, after_views = finder._walk(m.rows[-1], +1, [m.out], claimed)
+        if m.fused:
+            after += _generated_output_copy(finder, m)
         claimed.update(p.top for p in after)
         fwd = _Phase(anchor_rows=work, preps=before + inside + after, views=before_views + views + after_views)
         located = ix.python_site(m.rows[0])

@@ -58,12 +58,27 @@ _ATTENTION_NODE_RE = re.compile(
 AUTOGRAD_NODE_PREFIX = "autograd::engine::evaluate_function: "
 
 
+#: inductor's generated kernels: in a GPU trace each is also a host op of its own name (CPU traces do not show them)
+_GENERATED_RE = re.compile(r"^(triton_(poi|per|red|tem)_|cpp_fused_)")
+#: FlexAttention compiled: inductor's Triton template kernel, named after its origin op (flex_attention,
+#: flex_attention_backward; flex decoding's template too)
+_FLEX_TEMPLATE_RE = re.compile(r"^triton_tem_fused\w*flex_(attention|decoding)")
+
+
+def is_generated_kernel(name: str) -> bool:
+    return bool(_GENERATED_RE.match(name))
+
+
+def _is_flex_template(name: str) -> bool:
+    return bool(_FLEX_TEMPLATE_RE.match(name))
+
+
 def is_attention_fwd_op(name: str) -> bool:
-    return name in _FWD_SET
+    return name in _FWD_SET or (_is_flex_template(name) and "flex_attention_backward" not in name)
 
 
 def is_attention_bwd_op(name: str) -> bool:
-    if name in _BWD_SET:
+    if name in _BWD_SET or (_is_flex_template(name) and "flex_attention_backward" in name):
         return True
     return name.startswith(AUTOGRAD_NODE_PREFIX) and bool(_ATTENTION_NODE_RE.search(name))
 
@@ -143,9 +158,20 @@ _COPY_KERNEL_RE = re.compile(
 )
 
 
+#: inductor names a generated kernel after the ops fused into it: triton_poi_fused_clone_transpose_view_4
+_GENERATED_OPS_RE = re.compile(r"^(?:triton_(?:poi|per|red|tem)_fused_|cpp_fused_)(?P<ops>.*?)(?:_\d+)?$")
+#: the words of ops that only move or view data (_to_copy, _unsafe_view, as_strided, constant_pad_nd, ...)
+_LAYOUT_WORDS = frozenset(
+    "clone transpose view permute to copy contiguous reshape unsafe expand unsqueeze squeeze slice select split "
+    "cat stack t alias as strided constant pad nd index".split())
+
+
 def is_copy_kernel_name(name: str) -> bool:
-    # a generated attention kernel may carry a fused transpose in its name: it is still attention compute
-    return bool(_COPY_KERNEL_RE.search(name)) and not is_attention_kernel(name)
+    generated = _GENERATED_OPS_RE.match(name)
+    if generated:  # a copy when everything fused into it only moves data; a softmax or matmul fused in is compute
+        words = [w for w in generated["ops"].split("_") if w]
+        return bool(words) and all(w in _LAYOUT_WORDS for w in words)
+    return bool(_COPY_KERNEL_RE.search(name))
 
 
 #: Backends, checked in this order (cuDNN's Hopper SDPA kernels contain "flash": never match on that alone).
