@@ -97,11 +97,23 @@ def test_every_form_of_hand_written_attention_is_one_call_per_layer_and_step_in_
         assert c.backend == "manual" and c.found_by == "pattern" and c.device == "cpu"
         assert c.shapes == {"q": q, "k": q, "v": q, "scores": q[:-1] + [T]} and c.dtype == "float32"
         assert c.site.startswith("test_manual_attention.py:")  # the forward that holds it (with_stack frames)
+        assert c.layout == (None if form == "bmm" else "BHLD")
     # the output's transpose(1, 2).contiguous() reads the call's output: charged to it, after it (not for the bmm
     # form: its output is viewed as (B, H, T, D) first, and the walk compares layouts without merging dims)
     for c in fwd if form != "bmm" else []:
         assert [cp.op for cp in c.copies if cp.position == "after"] == ["aten::contiguous"]
         assert [cp.bytes for cp in c.copies if cp.position == "after"] == [2 * B * T * C * 4]
+
+
+def test_an_einsum_over_blhd_tensors_is_found_without_claiming_a_layout(tmp_path):
+    q, k, v = (torch.randn(B, T, NH, HD) for _ in range(3))
+    path = tmp_path / "t.pt.trace.json.gz"
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        torch.einsum("bhqk,bkhd->bqhd", torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1), v)
+    prof.export_chrome_trace(str(path))
+    (call,) = analyze([load_torch_trace(path)], None, "test").calls
+    assert call.op == "manual" and call.shapes["q"] == [B, T, NH, HD] and call.shapes["scores"] == [B, NH, T, T]
+    assert call.layout is None  # the trace does not record the equation: which axis is L is not known
 
 
 def test_a_softmax_without_attention_around_it_is_not_a_call(tmp_path):

@@ -226,6 +226,12 @@ def _generated_output_copy(finder: CallFinder, m: Match) -> list[_Prep]:
     return []
 
 
+def _layout(m: Match) -> str | None:
+    """BHLD when q and k are (B, H, L, D) (an einsum's operands may be (B, L, H, D): its equation is not recorded)."""
+    ordered = m.q.dims[-2] == m.scores[-2] and m.k.dims[-2] == m.scores[-1] and m.q.dims[:-2] == m.scores[:-2]
+    return "BHLD" if len(m.q.dims) == 4 and ordered else None
+
+
 def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[CallSplit]:
     """The calls (fwd, and bwd where autograd ran one) of every hand-written attention in the trace.
 
@@ -256,7 +262,7 @@ def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[C
                          site=located[0] if located else "unknown",
                          found_by="compiled" if m.fused else "pattern",
                          device="cuda" if finder.on_device else "cpu", shapes=shapes,
-                         dtype=_dtype(finder, m.rows), layout="BHLD" if len(m.q.dims) == 4 else None)
+                         dtype=_dtype(finder, m.rows), layout=_layout(m))
         backend = FUSED_BACKEND if m.fused else BACKEND
         call = finder._split(base, "fwd", fwd, work, None)
         call.backend = backend
