@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnprof.analysis import compiled
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.decomposition import FOREIGN, IDLE, split_window
 from attnprof.analysis.index import TraceIndex
@@ -462,7 +463,7 @@ class CallFinder:
                 call_id, op, site, found_by = int(m["id"]), m["op"], m["site"], "attnprof"
                 info = self.call_info.get(call_id)
             else:
-                call_id, op, found_by, info = next_id, self.ix.name(anchor), "aten", None
+                call_id, op, found_by, info = next_id, self.ix.name(anchor), compiled.found_by(self.ix, anchor), None
                 next_id += 1
                 located = self.ix.python_site(anchor)
                 site = located[0] if located else "unknown"
@@ -490,15 +491,18 @@ class CallFinder:
             phases.append(fwd)
             base = self._base_record(call_id, op, site, found_by, info, attn_ops)
             calls.append(self._split(base, "fwd", fwd, attn_ops, info))
-            bwd = self._backward_phase(anchor, fwd)
+            bwd = self._backward_phase([anchor], fwd)
             if bwd is not None:
                 calls.append(self._split(base, "bwd", bwd, attn_ops, info))
         ids = {a[0]: a[1] for a in anchors}
         owned = {p.top for phase in phases for p in phase.preps}
-        self.unattributed = [self._unattributed(row, sorted(ids[a] for a in between))
-                             for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.ts[kv[0]])
-                             if row not in owned]
-        return calls
+        unsure = [(row, between) for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.ts[kv[0]])
+                  if row not in owned]
+        self.unattributed = [self._unattributed(row, sorted(ids[a] for a in between)) for row, between in unsure]
+        from attnprof.analysis.manual import manual_calls  # manual.py builds on this module
+
+        # hand-written attention last: copies charged to a call above, or left to none, are not its
+        return calls + manual_calls(self, owned | {row for row, _ in unsure}, next_id)
 
     def _unattributed(self, top: int, call_ids: list[int]) -> UnattributedCopy:
         _, row = self._classify_sibling(top)
@@ -523,7 +527,8 @@ class CallFinder:
                              device=device, step=info.step, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
                              gqa_ratio=info.gqa_ratio)
         shapes, dtype, gqa = {}, None, None
-        if attn_ops:
+        # a generated kernel's inputs are whatever inductor fused into it (FlexAttention's: the qkv projection)
+        if attn_ops and not tx.is_generated_kernel(self.ix.name(attn_ops[0])):
             dims = _tensor_dims(h.dims(attn_ops[0]))
             shapes = dict(zip(("q", "k", "v"), dims[:3]))
             types = h.types(attn_ops[0])
@@ -535,10 +540,12 @@ class CallFinder:
                          device="cuda" if self.on_device else "cpu", shapes=shapes, dtype=dtype, gqa_ratio=gqa,
                          layout=None)
 
-    def _backward_phase(self, anchor: int, fwd: _Phase) -> _Phase | None:
+    def _backward_phase(self, anchors: list[int], fwd: _Phase) -> _Phase | None:
         h = self.trace.host
-        attn_seqs = {int(h.seq[r]) for r in self.ix.subtree(anchor).tolist() if h.seq[r] != NO_ID}
+        attn_seqs = {int(h.seq[r]) for a in anchors for r in self.ix.subtree(a).tolist() if h.seq[r] != NO_ID}
         attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.ts[r])
+        if not attn_nodes and len(anchors) == 1:  # ops of a compiled graph carry no sequence number
+            attn_nodes = compiled.backward_ops(self.ix, self.nodes_by_seq, anchors[0])
         if not attn_nodes:
             return None
         phase = _Phase(anchor_rows=attn_nodes)
@@ -667,7 +674,8 @@ class CallFinder:
             for inner in ix.subtree(r).tolist():
                 n = ix.name(inner)
                 outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent[inner]))
-                if inner != r and outermost_copy and self._moves_data(inner):
+                # a Python scalar wrapped as a 0-d tensor (x * 0.125) is no layout copy
+                if inner != r and outermost_copy and self._moves_data(inner) and _tensor_dims(ix.trace.host.dims(inner)):
                     intervals.append((ix.ts[inner], ix.end[inner], COPY))
                     copy_rows.append((inner, "inside"))
                 elif inner != r and n in _FILL_OPS:

@@ -29,6 +29,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from attnprof.analysis import taxonomy as tx
+from attnprof.analysis.records import COMPUTE as COMPUTE_PART
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.analysis.sites import summarize_sites
 from attnprof.errors import AttnprofError
@@ -43,19 +45,23 @@ GQA_EXPAND = "gqa_expand"
 KERNEL = "kernel"  # a different fused kernel (FA2 vs cuDNN), or FA2 on Hopper
 FALLBACK = "fallback"  # math / mem-efficient instead of flash / cuDNN
 COMPUTE = "compute"  # the same kernel, running longer (or the attention kernels themselves, for one side)
+UNFUSED = "unfused"  # hand-written attention (manual.py): q·kᵀ, mask, softmax, dropout, ·v as separate kernels
 LAUNCH = "launch"
 OTHER = "other"
 
 #: Cause kinds as people read them.
 KIND_TITLES = {
     LAYOUT_COPY: "layout copies", CAST: "dtype casts", PAD: "padding copies", GQA_EXPAND: "GQA k/v expansion",
-    KERNEL: "kernel choice", FALLBACK: "fallback backend", COMPUTE: "attention kernels",
+    KERNEL: "kernel choice", FALLBACK: "fallback backend", COMPUTE: "attention kernels", UNFUSED: "unfused attention",
     LAUNCH: "launch (GPU idle)", OTHER: "other",
 }
 COPY_KINDS = (LAYOUT_COPY, CAST, PAD, GQA_EXPAND)
 
 #: Backends that are a fallback from flash / cuDNN on a GPU (math also on CPU, against cpu-flash).
 FALLBACK_BACKENDS = frozenset(("math", "efficient"))
+#: Backends of hand-written attention (analysis/manual.py)
+UNFUSED_BACKENDS = frozenset(("manual", "manual-fused"))
+SDPA_CALL = "F.scaled_dot_product_attention(q, k, v, attn_mask=..., dropout_p=..., is_causal=...)"
 #: Backends that take (B, L, H, D) tensors: copying to that layout is what the seed's wrapper did.
 BLHD_BACKENDS = frozenset(("flash", "flash-attn2", "fa3", "fa4"))
 FA2_BACKENDS = frozenset(("flash", "flash-attn2"))
@@ -434,6 +440,43 @@ def _kernel_fix(slower: str, faster: str, hopper: bool) -> str:
             f"library's entry point) for the {slower} calls")
 
 
+def _sdpa_measured(report: Report, unfused: list[SiteSummary]) -> tuple[float, str] | None:
+    """(µs per call, fwd + bwd phases the unfused sites have, and the backend) of fused attention doing the same
+    work (same q and k dims, dtype) in the same report: SDPA measured on the same shape, no estimate needed."""
+    phases = {s.phase for s in unfused}
+    keys = {_work_key(s) for s in unfused if s.phase == "fwd"} or {_work_key(s) for s in unfused}
+    fused = [s for s in report.sites if s.phase in phases and s.backend not in UNFUSED_BACKENDS
+             and s.backend != "unknown" and _work_key(s) in keys]
+    by_site: dict[str, dict[str, SiteSummary]] = defaultdict(dict)
+    for s in fused:
+        by_site[s.site][s.phase] = s
+    for site, per_phase in by_site.items():
+        if set(per_phase) == phases:  # like for like: both phases, or the forward alone
+            return sum(s.window_us for s in per_phase.values()), f"{per_phase[min(phases)].backend} at {site}"
+    return None
+
+
+def _matmul_us(calls: list[CallSplit]) -> float:
+    """Per call: the busy time of the q·kᵀ and ·v matmuls of hand-written attention calls."""
+    if not calls:
+        return 0.0
+    return sum(k.dur_us for c in calls for k in c.kernels if k.category == COMPUTE_PART and
+               tx.is_gemm_work(k.name)) / len({c.id for c in calls})
+
+
+def _unfused_fix(unfused_us: float, measured: tuple[float, str] | None, estimate_us: float) -> str:
+    """Call SDPA instead, and what SDPA takes on this shape: measured when the run has it, else flagged estimate."""
+    fix = (f"replace the hand-written softmax(q @ k.transpose(-2, -1) * scale + mask) @ v with {SDPA_CALL}: one "
+           "fused kernel, no scores tensor written and read back, no mask / softmax / dropout passes")
+    if measured is not None:
+        us, where = measured
+        return fix + (f"; on this shape SDPA took {_us(us)} per call in this run (measured: {where}) against "
+                      f"{_us(unfused_us)} here")
+    return fix + (f"; SDPA would take about {_us(estimate_us)} per call (an estimate: the time of this call's two "
+                  f"matmuls, which a fused kernel also does; no SDPA call of this shape was measured: run "
+                  f"`attnprof compare` on it) against {_us(unfused_us)} here")
+
+
 def fallback_reasons(call: CallSplit, info: CallInfo | None = None) -> list[str]:
     """Why a call could not use flash / cuDNN, as far as its recorded arguments tell."""
     reasons: list[str] = []
@@ -604,6 +647,18 @@ def _pair_causes(pa: dict[str, _Parts], pb: dict[str, _Parts], a: Selection, b: 
                 acc.add(phase, d, f"{tag}same backend ({bb}) and shapes; its kernels ran {_us(abs(d))} {longer} in B")
                 acc.fix = acc.fix or ("the same kernel on the same shapes: run-to-run variation or input strides; "
                                       "time more steps (--timed) and keep the inputs contiguous")
+        elif (bb in UNFUSED_BACKENDS) != (ba in UNFUSED_BACKENDS):
+            unfused, fused_side = (b, a) if bb in UNFUSED_BACKENDS else (a, b)
+            who, fused_backend = ("B", ba) if unfused is b else ("A", bb)
+            acc = _merge(accs, UNFUSED)
+            acc.add(phase, d, f"{tag}{who} computes attention by hand (q·kᵀ, softmax and ·v as separate kernels) "
+                              f"where the other ran {fused_backend}: kernels {_us(A.compute)} in A, "
+                              f"{_us(B.compute)} in B", {s.site: d for s in unfused.sites if s.phase == phase})
+            phases = {s.phase for s in unfused.sites}
+            measured = sum(s.window_us * s.calls for s in fused_side.sites if s.phase in phases) / \
+                max(_forward_calls(fused_side.sites), 1)
+            unfused_us = sum(s.window_us * s.calls for s in unfused.sites) / max(_forward_calls(unfused.sites), 1)
+            acc.fix = _unfused_fix(unfused_us, (measured, f"{fused_backend}, {fused_side.label}"), 0.0)
         elif (bb in FALLBACK_BACKENDS) != (ba in FALLBACK_BACKENDS):
             fell = b if bb in FALLBACK_BACKENDS else a
             fell_backend, fast_backend = (bb, ba) if fell is b else (ba, bb)
@@ -659,7 +714,16 @@ def _single_causes(parts: dict[str, _Parts], sel: Selection) -> list[Cause]:
             acc.fix = _copy_fix(kind, p, list(acc.sources_ranked()))
         for backend, us in p.backend_us.items():
             calls = [c for c in sel.calls if c.phase == phase and c.backend == backend]
-            if backend in FALLBACK_BACKENDS:
+            if backend in UNFUSED_BACKENDS:
+                unfused = [s for s in sel.sites if s.backend == backend]
+                acc = _merge(accs, UNFUSED)
+                acc.add(phase, us, f"{tag}hand-written attention: q·kᵀ, mask, softmax, dropout and ·v as separate "
+                                   f"kernels, {_shape_text(p)}", {s.site: us for s in unfused if s.phase == phase})
+                all_unfused = [s for s in sel.sites if s.backend in UNFUSED_BACKENDS]
+                unfused_calls = [c for c in sel.calls if c.backend in UNFUSED_BACKENDS]
+                acc.fix = _unfused_fix(sum(s.window_us * s.calls for s in all_unfused) / _forward_calls(all_unfused),
+                                       _sdpa_measured(sel.report, all_unfused), _matmul_us(unfused_calls))
+            elif backend in FALLBACK_BACKENDS:
                 reasons = sorted({r for c in calls for r in fallback_reasons(c, sel.call_info.get(c.id))})
                 acc = _merge(accs, FALLBACK)
                 why = "; ".join(reasons) if reasons else "no reason visible in the recorded arguments"

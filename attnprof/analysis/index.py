@@ -12,10 +12,11 @@ from attnprof.trace.model import NO_ID, HostKind, Trace
 from attnprof.trace.runinfo import SOURCE_PREFIX, SourceRange, parse_source_range
 
 _PY_FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>.*)$")
-#: Frames that are never "the user's code": the libraries attnprof looks through to find a call site.
+#: Frames that are never "the user's code": the libraries attnprof looks through to find a call site, and the code
+#: inductor generates for a torch.compile'd graph (/tmp/torchinductor_<user>/).
 _LIBRARY_PATH_RE = re.compile(
     r"(^|/)(torch|flash_attn|flash_attn_interface|xformers|einops|attnprof|triton|importlib|runpy|contextlib|"
-    r"functools|threading)(/|\.py)|^<"
+    r"functools|threading)(/|\.py)|(^|/)torchinductor_[^/]*/|^<"
 )
 
 

@@ -58,10 +58,11 @@ class UnattributedCopy:
 class CallSplit:
     id: int
     op: str  # entry point (sdpa, flash_attn_func, ...) or the aten op name for traces without attnprof ranges
-    backend: str  # cudnn | flash | flash-attn2 | fa3 | fa4 | efficient | math | cpu-flash | unknown
+    backend: str  # cudnn | flash | flash-attn2 | fa3 | fa4 | efficient | math | cpu-flash | flex | manual | unknown
     phase: str  # fwd | bwd
     site: str
-    found_by: str  # "attnprof" (its range) | "aten" (op names only)
+    found_by: str  # "attnprof" (its range) | "aten" (op names only) | "compiled" (an op of a compiled graph)
+    #               | "pattern" (hand-written attention, manual.py)
     device: str  # "cuda:0" | "cpu"
     step: int | None = None  # the step it ran in (attnprof runs)
     shapes: dict[str, list[int]] = field(default_factory=dict)

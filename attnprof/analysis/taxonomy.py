@@ -58,12 +58,27 @@ _ATTENTION_NODE_RE = re.compile(
 AUTOGRAD_NODE_PREFIX = "autograd::engine::evaluate_function: "
 
 
+#: inductor's generated kernels: in a GPU trace each is also a host op of its own name (CPU traces do not show them)
+_GENERATED_RE = re.compile(r"^(triton_(poi|per|red|tem)_|cpp_fused_)")
+#: FlexAttention compiled: inductor's Triton template kernel, named after its origin op (flex_attention,
+#: flex_attention_backward; flex decoding's template too)
+_FLEX_TEMPLATE_RE = re.compile(r"^triton_tem_fused\w*flex_(attention|decoding)")
+
+
+def is_generated_kernel(name: str) -> bool:
+    return bool(_GENERATED_RE.match(name))
+
+
+def _is_flex_template(name: str) -> bool:
+    return bool(_FLEX_TEMPLATE_RE.match(name))
+
+
 def is_attention_fwd_op(name: str) -> bool:
-    return name in _FWD_SET
+    return name in _FWD_SET or (_is_flex_template(name) and "flex_attention_backward" not in name)
 
 
 def is_attention_bwd_op(name: str) -> bool:
-    if name in _BWD_SET:
+    if name in _BWD_SET or (_is_flex_template(name) and "flex_attention_backward" in name):
         return True
     return name.startswith(AUTOGRAD_NODE_PREFIX) and bool(_ATTENTION_NODE_RE.search(name))
 
@@ -96,6 +111,33 @@ NUMEL_PRESERVING_PREP = frozenset(
 )
 
 
+#: The pieces of hand-written attention, softmax(q @ kᵀ * scale + mask) @ v (see manual.py).
+GEMM_OPS = frozenset(("aten::matmul", "aten::bmm", "aten::einsum", "aten::baddbmm"))
+SOFTMAX_OPS = frozenset(("aten::softmax", "aten::_softmax", "aten::_safe_softmax", "aten::special_softmax"))
+#: What a torch.compile'd graph looks like in a trace: the forward runs inside CompiledFunction, its backward inside
+#: the autograd node CompiledFunctionBackward, both numbered with the same sequence number.
+COMPILED_FWD = "CompiledFunction"
+COMPILED_BWD = "CompiledFunctionBackward"
+
+
+def is_gemm_op(name: str) -> bool:
+    return name in GEMM_OPS
+
+
+#: The matmul work of hand-written attention: the GEMM ops (CPU), their autograd nodes, and GEMM kernels (GPU:
+#: cuBLAS / CUTLASS names; cuBLAS's Hopper kernels are called nvjet_*).
+_GEMM_WORK_RE = re.compile(r"^aten::(matmul|bmm|einsum|baddbmm|mm)$|(Bmm|Mm|Baddbmm)Backward|gemm|nvjet_|cutlass",
+                           re.I)
+
+
+def is_gemm_work(name: str) -> bool:
+    return bool(_GEMM_WORK_RE.search(name))
+
+
+def is_softmax_op(name: str) -> bool:
+    return name in SOFTMAX_OPS
+
+
 def is_view_op(name: str) -> bool:
     return name in VIEW_OPS
 
@@ -116,12 +158,27 @@ _COPY_KERNEL_RE = re.compile(
 )
 
 
+#: inductor names a generated kernel after the ops fused into it: triton_poi_fused_clone_transpose_view_4
+_GENERATED_OPS_RE = re.compile(r"^(?:triton_(?:poi|per|red|tem)_fused_|cpp_fused_)(?P<ops>.*?)(?:_\d+)?$")
+#: the words of ops that only move or view data (_to_copy, _unsafe_view, as_strided, constant_pad_nd, ...)
+_LAYOUT_WORDS = frozenset(
+    "clone transpose view permute to copy contiguous reshape unsafe expand unsqueeze squeeze slice select split "
+    "cat stack t alias as strided constant pad nd index".split())
+
+
 def is_copy_kernel_name(name: str) -> bool:
+    generated = _GENERATED_OPS_RE.match(name)
+    if generated:  # a copy when everything fused into it only moves data; a softmax or matmul fused in is compute
+        words = [w for w in generated["ops"].split("_") if w]
+        return bool(words) and all(w in _LAYOUT_WORDS for w in words)
     return bool(_COPY_KERNEL_RE.search(name))
 
 
 #: Backends, checked in this order (cuDNN's Hopper SDPA kernels contain "flash": never match on that alone).
 _BACKEND_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    # inductor names a template kernel triton_tem_fused_<origin ops>: flex_attention, flex_attention_backward
+    # (flex decoding too). Its triton_poi_/triton_red_ kernels are pointwise work around an op, not attention.
+    ("flex", re.compile(r"triton_tem_\w*flex_(attention|decoding)")),
     ("cudnn", re.compile(r"cudnn|fort_native_sdpa|sdpa_sm\d+|_sdpa_", re.I)),
     ("fa4", re.compile(r"FlashAttentionForwardSm\d+|FlashAttentionBackwardSm\d+|flash_attn\.cute|flash_attn_cute")),
     ("fa3", re.compile(r"FlashAttnFwdSm90|FlashAttnBwdSm90|flash::enable_sm90|flash_attn_3|FlashAttnFwdCombine")),
@@ -168,6 +225,11 @@ def backend_from_kernel(name: str) -> str | None:
         if pattern.search(name):
             return backend
     return None
+
+
+def is_attention_kernel(name: str) -> bool:
+    """A fused attention kernel (flash, cuDNN, efficient, FlexAttention's generated Triton template)."""
+    return backend_from_kernel(name) is not None
 
 
 def backend_from_ops(op_names: list[str]) -> str | None:
