@@ -519,13 +519,17 @@ class Session:
     def runinfo(self, exit_code: int, outcome: str) -> RunInfo:
         w = self.window
         device, capability = "cpu", None
-        if self._cuda_device is not None:
+        cuda_device = self._cuda_device
+        if cuda_device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            # no wrapped call ran on CUDA (hand-written or compiled attention only), but the script used the GPU
+            cuda_device = torch.cuda.current_device()
+        if cuda_device is not None:
             try:
-                device = torch.cuda.get_device_name(self._cuda_device)
-                major, minor = torch.cuda.get_device_capability(self._cuda_device)
+                device = torch.cuda.get_device_name(cuda_device)
+                major, minor = torch.cuda.get_device_capability(cuda_device)
                 capability = f"{major}.{minor}"
             except Exception:
-                device = f"cuda:{self._cuda_device}"
+                device = f"cuda:{cuda_device}"
         steps = StepInfo(unit=w.unit_name, warmup=w.warmup, timed=w.timed, active=w.active, seen=w.seen,
                          profiled=list(w.profiled), profiled_calls=w.profiled_calls, stopped_early=w.stopped_early,
                          boundary=w.boundary, first_timed_call=w.first_timed_call)
