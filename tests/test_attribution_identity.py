@@ -241,4 +241,5 @@ for _ in range(3):
 def test_copies_of_copies_follow_the_data(trace):
     r = trace(CHAINED_COPIES, warmup=0, timed=1, active=1)
     (call,) = analyze_run(r.folder).report.calls
-    assert [(c.site, c.position) for c in call.copies] == [("script.py:6", "before")] * 2 + [("script.py:8", "after")] * 2
+    before, after = [("script.py:6", "before")] * 2, [("script.py:8", "after")] * 2
+    assert [(c.site, c.position) for c in call.copies] == before + after

@@ -513,8 +513,9 @@ class CallFinder:
             nbytes = int(sum(d.nbytes[r] for r in work))
         else:
             dur, nbytes = float(self.ix.end[row] - self.ix.ts[row]), 0
-        return UnattributedCopy(site=self._copy_site(row), op=self.ix.name(row), bytes=nbytes or self._copy_bytes(row),
-                                dur_us=dur, start_us=float(self.ix.ts[top]), calls=call_ids)
+        return UnattributedCopy(site=self._copy_site(row), op=self.ix.name(row),
+                                bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=float(self.ix.ts[top]),
+                                calls=call_ids)
 
     def _base_record(self, call_id, op, site, found_by, info: CallInfo | None, attn_ops: list[int]) -> CallSplit:
         h = self.trace.host

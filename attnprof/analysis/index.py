@@ -199,7 +199,8 @@ class TraceIndex:
         span = self._python_spans.get(tid)
         if span is None:
             entry = self._python.get(tid)
-            span = (float("-inf"), float("inf")) if entry is None else (float(entry[1][0]), float(self.end[entry[0]].max()))
+            rows, starts = entry if entry is not None else (None, None)
+            span = (float(starts[0]), float(self.end[rows].max())) if entry else (float("-inf"), float("inf"))
             self._python_spans[tid] = span
         return span
 

@@ -25,7 +25,8 @@ RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
 SOURCE_PREFIX = "attnprof.src:"
 SOURCE_STORAGE = "in="
 SOURCE_NUMBER = "#"
-_SOURCE_RE = re.compile(r"^(?P<site>.*?)(?: in=(?P<read>[0-9a-f]+))?(?: #(?P<number>\d+))?$")
+_SOURCE_RE = re.compile(
+    rf"^(?P<site>.*?)(?: {SOURCE_STORAGE}(?P<read>[0-9a-f]+))?(?: {SOURCE_NUMBER}(?P<number>\d+))?$")
 
 
 class SourceRange(NamedTuple):
