@@ -676,7 +676,8 @@ class CallFinder:
                 n = ix.name(inner)
                 outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent[inner]))
                 # a Python scalar wrapped as a 0-d tensor (x * 0.125) is no layout copy
-                if inner != r and outermost_copy and self._moves_data(inner) and _tensor_dims(ix.trace.host.dims(inner)):
+                scalar = not _tensor_dims(ix.trace.host.dims(inner))
+                if inner != r and outermost_copy and self._moves_data(inner) and not scalar:
                     intervals.append((ix.ts[inner], ix.end[inner], COPY))
                     copy_rows.append((inner, "inside"))
                 elif inner != r and n in _FILL_OPS:
