@@ -344,3 +344,26 @@ def test_a_registered_attention_function_is_one_call_named_after_its_key(tmp_pat
     assert "__getitem__" not in vars(transformers.AttentionInterface)
     assert not patching.is_wrapper(modeling_gpt2.eager_attention_forward)
     assert modeling_gpt2.eager_attention_forward.__module__ == modeling_gpt2.__name__
+
+
+def test_flash_attention_3_through_transformers_is_one_call_named_after_it(tmp_path, stubs):
+    """attn_implementation="flash_attention_3" runs transformers' flash_attention_forward, which calls FA3's
+    flash_attn_func (tests/stubs: FA3 needs a Hopper GPU; transformers' availability check is skipped by setting the
+    config's implementation after building): one call per layer, hf.flash_attention_3, not a second fa3 call."""
+    script = textwrap.dedent(f"""\
+        import torch
+        import transformers
+        config = transformers.LlamaConfig(num_hidden_layers={LAYERS}, hidden_size=64, intermediate_size=128,
+                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+        model = transformers.LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+        model.config._attn_implementation = "flash_attention_3"
+        with torch.no_grad():
+            model(torch.randint(1, 100, ({BATCH}, {SEQ})))
+        import flash_attn_interface
+        assert flash_attn_interface.__file__.startswith({str(stubs)!r})
+        """)
+    run = in_process_run(tmp_path, script, warmup=0, timed=0, active=1)
+    calls = run.runinfo["calls"]
+    assert [(c["op"], c["library"], c["heads_q"], c["heads_kv"], c["causal"]) for c in calls] == [
+        ("hf.flash_attention_3", "flash_attn_interface", 4, 2, True)] * LAYERS
+    assert [c["backend"] for c in run.calls("fwd")] == ["fa3"] * LAYERS
