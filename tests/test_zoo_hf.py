@@ -208,9 +208,6 @@ def test_gpt2_trained_a_few_steps(runs, impl):
         assert "lse" not in c["tensors"]  # eager returns the attention weights, not a log-sum-exp
 
 
-@pytest.mark.xfail(strict=True, reason="analysis (calls.py _split_host): on CPU, the matmul/softmax ops inside an "
-                                       "entry point that computes attention itself (HF eager) are not counted as "
-                                       "compute")
 def test_gpt2_eager_forward_has_compute(runs):
     assert all(c["compute_us"] > 0 for c in runs("gpt2", "eager").calls("fwd"))
 
@@ -241,8 +238,6 @@ def test_llama_gqa_trained_a_few_steps(runs, impl):
                                                                                else True)
 
 
-@pytest.mark.xfail(strict=True, reason="analysis (calls.py _split_host): on CPU, copies inside an entry point that "
-                                       "computes attention itself (HF eager's repeat_kv) are not found")
 def test_llama_eager_repeat_kv_copy_is_charged_with_its_line(runs):
     from transformers.models.llama import modeling_llama as m
 

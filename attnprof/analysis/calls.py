@@ -596,8 +596,14 @@ class CallFinder:
             self._split_device(call, work, host_start)
         else:
             outermost = [r for r in attn_ops if not any(a in attn_ops for a in ix.ancestors(r))]
-            self._split_host(call, phase, outermost if phase_name == "fwd" else phase.anchor_rows, host_start,
-                             host_end)
+            own_copies: list[int] = []
+            if phase_name != "fwd":
+                compute = phase.anchor_rows
+            elif outermost:
+                compute = outermost
+            else:  # an entry point that computes attention itself (HF eager, a user's function): its own ops
+                compute, own_copies = self._entry_work(phase.anchor_rows)
+            self._split_host(call, phase, compute, host_start, host_end, own_copies)
         compute_kernels = [k.name for k in call.kernels if k.category == COMPUTE]
         backend = next(filter(None, map(tx.backend_from_kernel, compute_kernels)), None)
         backend = backend or tx.backend_from_library(info.library if info else None) or tx.backend_from_ops(op_names)
@@ -662,13 +668,31 @@ class CallFinder:
                 site=call.site if position == "inside" else self._copy_site(op_row),
                 op=self.ix.name(op_row), bytes=nbytes or self._copy_bytes(op_row), dur_us=dur, position=position))
 
+    def _entry_work(self, anchors: list[int]) -> tuple[list[int], list[int]]:
+        """(compute rows, copy rows) of entry points with no attention op inside: each op the entry point runs
+        directly is its compute, except the copies it makes (repeat_kv's reshape, a dtype cast), which are copies
+        with their own source lines; views are neither."""
+        compute, copies = [], []
+        for anchor in anchors:
+            for child in self.ix.subtree(anchor).tolist():
+                if self.ix.parent[child] != anchor:
+                    continue
+                verdict, mover = self._classify_sibling(child)
+                if verdict == "prep":
+                    copies.append(mover)
+                elif verdict == "barrier":
+                    compute.append(child)
+        return compute, copies
+
     def _split_host(self, call: CallSplit, phase: _Phase, compute_rows: list[int], host_start: float,
-                    host_end: float) -> None:
-        """CPU-only: the ops are the work; gaps between them (Python, dispatcher) count as other."""
+                    host_end: float, own_copies: list[int] = ()) -> None:
+        """CPU-only: the ops are the work; gaps between them (Python, dispatcher) count as other. `own_copies`:
+        copies the entry point made itself, reported with their own lines."""
         ix = self.ix
         intervals = []
         kernels = []
-        copy_rows = []
+        copy_rows = [(r, "own") for r in own_copies]
+        intervals += [(ix.ts[r], ix.end[r], COPY) for r in own_copies]
         for r in compute_rows:
             intervals.append((ix.ts[r], ix.end[r], COMPUTE))
             kernels.append((r, COMPUTE))
@@ -706,9 +730,10 @@ class CallFinder:
         for r, position in copy_rows:
             call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.ts[r]),
                                             dur_us=float(ix.end[r] - ix.ts[r])))
-            call.copies.append(CopyRecord(site=call.site if position == "inside" else self._copy_site(r),
+            own = position == "own"  # made by the entry point's own code: its line is known
+            call.copies.append(CopyRecord(site=call.site if position == "inside" else (self._copy_site(r) or call.site),
                                           op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
-                                          position=position))
+                                          position="inside" if own else position))
         call.kernels.sort(key=lambda k: k.start_us)
 
 
