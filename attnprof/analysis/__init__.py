@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from attnprof.analysis.calls import find_calls
+from attnprof.analysis.kernel_counters import counters_section
 from attnprof.analysis.records import SCHEMA_VERSION, Report
 from attnprof.analysis.sites import summarize_sites
 from attnprof.trace.model import Trace
+from attnprof.trace.ncu_csv import NcuReport
 from attnprof.trace.runinfo import RunInfo
 
 
-def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
+def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuReport | None = None) -> Report:
     calls, notes = [], []
     for trace in traces:
         calls.extend(find_calls(trace, runinfo))
@@ -20,7 +22,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         if warm:
             calls = [c for c in calls if not (c.found_by == "attnprof" and c.id < first)]
             notes.append(f"{len({c.id for c in warm})} calls of the warm-up steps left out")
-    if not calls:
+    if not calls and traces:
         notes.append("no attention call found (no attnprof range and no attention op in the trace)")
     if runinfo and runinfo.note:
         notes.append(runinfo.note)
@@ -36,6 +38,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         run=_run_summary(runinfo),
         notes=notes,
         trace_base_us=[t.base_us for t in traces],
+        kernel_counters=counters_section(ncu, runinfo) if ncu is not None else None,
     )
 
 

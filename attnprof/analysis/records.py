@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from attnprof.analysis.kernel_counters import KernelCountersSection
+
 SCHEMA_VERSION = 1
 
 COMPUTE, COPY, OTHER = "compute", "copy", "other"
@@ -120,3 +122,5 @@ class Report:
     #: per entry of trace_files: the absolute time (µs, the trace's own clock) of its t=0, which every start_us
     #: is relative to (Trace.base_us); empty for reports made before it was recorded
     trace_base_us: list[float] = field(default_factory=list)
+    #: Nsight Compute's counters per attention kernel, when the run folder holds an ncu report (`attnprof ncu`)
+    kernel_counters: KernelCountersSection | None = None
