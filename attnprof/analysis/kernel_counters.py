@@ -276,18 +276,19 @@ def kernel_evidence(s: SiteKernelCounters) -> str:
             f"of peak, {s.bound or '?'}-bound")
 
 
-def kernel_choice_evidence(section: KernelCountersSection | None, slower_sites: list[str],
-                           faster_sites: list[str]) -> str | None:
-    """Nsight Compute's word on a kernel-choice gap: each side's main attention kernel, from its counters.
-    None when the counters do not cover both sides."""
-    if section is None:
-        return None
+def kernel_choice_evidence(slower: KernelCountersSection | None, slower_sites: list[str],
+                           faster: KernelCountersSection | None, faster_sites: list[str], phase: str = "fwd"
+                           ) -> str | None:
+    """Nsight Compute's word on a kernel-choice gap: each side's main attention kernel (its longest), from the
+    counters of that side's run. None when the counters do not cover both sides."""
 
-    def main_kernel(sites: list[str]) -> SiteKernelCounters | None:
-        rows = [s for s in section.sites if s.site in sites and s.category == "compute" and s.phase in (None, "fwd")]
+    def main_kernel(section: KernelCountersSection | None, sites: list[str]) -> SiteKernelCounters | None:
+        if section is None:
+            return None
+        rows = [s for s in section.sites if s.site in sites and s.category == "compute" and s.phase in (None, phase)]
         return max(rows, key=lambda s: s.duration_us or 0.0, default=None)
 
-    slow, fast = main_kernel(slower_sites), main_kernel(faster_sites)
+    slow, fast = main_kernel(slower, slower_sites), main_kernel(faster, faster_sites)
     if slow is None or fast is None:
         return None
     return f"ncu: {kernel_evidence(fast)}; {kernel_evidence(slow)}"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from attnprof import __version__
-from attnprof.capture import patching
+from attnprof.capture import ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
@@ -128,7 +128,7 @@ def trace_file_name(worker: str, span: int | None = None) -> str:
 class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
-    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name")
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu")
 
 
 class Session:
@@ -372,6 +372,7 @@ class Session:
         if call.phase == WARMUP:
             clock.timing.warmup_calls += 1
         _nvtx_push(call.name)
+        call.ncu = ncu_select.enter(call.step >= self.window.warmup)
         if call.phase != WARMUP and clock.has_room(call.phase):
             try:
                 call.token = self.timer.start(call.device)
@@ -386,6 +387,7 @@ class Session:
         except Exception as e:
             self._note_error("could not time an attention call", e)
         _nvtx_pop()
+        ncu_select.exit(call.ncu)
         try:
             if call.phase == PROFILED:
                 self._record(entry, original, call, args, kwargs, result)
@@ -400,6 +402,7 @@ class Session:
             if call.token is not None:
                 self.timer.cancel(call.token)
             _nvtx_pop()
+            ncu_select.exit(call.ncu)
             with self.window.lock:
                 self.window.exit_call()
         except Exception:

@@ -1,0 +1,246 @@
+"""Nsight Compute's counters per attention kernel, on the H200 recording in traces/h200/ncu-seed/ (how it was made:
+traces/h200/record_ncu.sh): the raw CSV's parsing, the joins kernel -> call -> site, the wgmma / mma.sync
+finding, the bound, ncu's durations against the torch.profiler trace of the same case; `attnprof ncu` end to end
+with a stand-in ncu, and the call selection it relies on."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnprof.analysis.kernel_counters import (
+    LATENCY_BOUND, MEMORY_BOUND, COMPUTE_BOUND, OCCUPANCY_BOUND, classify_bound, counters_section,
+    kernel_choice_evidence, short_kernel_name,
+)
+from attnprof.errors import AttnprofError
+from attnprof.trace.ncu_csv import load_ncu_csv
+from attnprof.trace.runinfo import read_runinfo
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO / "traces" / "h200" / "ncu-seed"
+CSV = SEED / "seed.raw.csv"
+# examples/seed_case.py --variant all: each step calls seed (line 47), native (84), sdpa (86), in that order
+FA2_SEED, FA2_NATIVE, CUDNN = ("examples/seed_case.py:34 via :47", "examples/seed_case.py:34 via :84",
+                               "examples/seed_case.py:52 via :86")
+
+
+def attnprof(*args, env=None, timeout=240):
+    return subprocess.run([sys.executable, "-m", "attnprof", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ) if env is None else env)
+
+
+@pytest.fixture(scope="module")
+def section():
+    return counters_section(load_ncu_csv(CSV), read_runinfo(SEED))
+
+
+def test_the_raw_csv_parses_with_its_units_and_separators():
+    kernels = load_ncu_csv(CSV).kernels
+    assert [k.index for k in kernels] == [0, 1, 2, 3, 4, 5]
+    first = kernels[0]
+    # the CSV's cells, by hand: "62.944000" us, "50.176000" Kbyte/block, "75.565824" Mbyte, "1,536", "255"
+    assert first.duration_us == pytest.approx(62.944)
+    assert first.shared_mem_per_block == pytest.approx(50_176)
+    assert first.dram_read_bytes == pytest.approx(75_565_824)
+    assert first.dram_write_bytes == pytest.approx(17_383_168)
+    assert first.grid_size == 1536 and first.registers_per_thread == 255
+    assert first.occupancy_limits["registers"] == 2 and first.occupancy_limits["warps"] == 16
+    assert first.name.startswith("void pytorch_flash::flash_fwd_kernel<")
+    assert short_kernel_name(first.name) == "flash_fwd_kernel"
+    assert short_kernel_name(kernels[2].name).startswith("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma")
+
+
+def test_kernels_join_calls_and_sites(section):
+    """2 steps x 3 sites: call ids 1..6, one kernel each, the sites in the script's order; phases from runinfo."""
+    runinfo_sites = [s.site for s in read_runinfo(SEED).sites]
+    assert runinfo_sites == [FA2_SEED, FA2_NATIVE, CUDNN]
+    assert [(k.call_id, k.site) for k in section.kernels] == [
+        (1, FA2_SEED), (2, FA2_NATIVE), (3, CUDNN), (4, FA2_SEED), (5, FA2_NATIVE), (6, CUDNN)]
+    assert [k.op for k in section.kernels[:3]] == ["aten._flash_attention_forward"] * 2 + ["sdpa"]
+    assert {k.phase for k in section.kernels} == {"fwd"}
+    by_site = {s.site: s for s in section.sites}
+    assert by_site[FA2_SEED].call_ids == [1, 4] and by_site[FA2_NATIVE].call_ids == [2, 5]
+    assert by_site[CUDNN].call_ids == [3, 6] and by_site[CUDNN].backend == "cudnn"
+    assert section.outside_calls == 0 and section.notes == []
+    # medians per site, by hand from the CSV: (62.944 + 63.296) / 2, (41.216 + 41.728) / 2
+    assert by_site[FA2_SEED].duration_us == pytest.approx(63.12)
+    assert by_site[CUDNN].duration_us == pytest.approx(41.472)
+
+
+def test_wgmma_against_mma_sync_from_the_counters(section):
+    by_site = {s.site: s for s in section.sites}
+    fa2, cudnn = by_site[FA2_SEED], by_site[CUDNN]
+    # FA2 issues mma.sync only: gmma 0, the HMMA pipe 3,145,728 instructions
+    assert (fa2.gmma_inst, fa2.mma_sync_inst) == (0, 3_145_728)
+    # cuDNN issues wgmma: gmma 294,912; ncu counts those on the HMMA pipe too (its hmma.sum is 294,912 as well)
+    assert (cudnn.gmma_inst, cudnn.mma_sync_inst) == (294_912, 0)
+    assert fa2.registers_per_thread == 255 and cudnn.registers_per_thread == 168
+    assert fa2.shared_mem_per_block == 50_176 and cudnn.shared_mem_per_block == 135_168
+    assert fa2.tensor_pipe_pct == pytest.approx((34.127243 + 34.705819) / 2)
+    text = kernel_choice_evidence(section, [FA2_SEED], section, [CUDNN])
+    assert "issues wgmma (gmma 294,912)" in text and "flash_fwd_kernel issues no wgmma and 3.1 M mma.sync" in text
+    assert "tensor pipe 34% active" in text and "DRAM 31% of peak" in text and "DRAM 46% of peak" in text
+    assert kernel_choice_evidence(section, [FA2_SEED], section, ["elsewhere.py:1"]) is None
+    assert kernel_choice_evidence(None, [FA2_SEED], section, [CUDNN]) is None
+
+
+def test_the_bound_from_the_counters(section):
+    fa2 = next(k for k in section.kernels if k.call_id == 1)
+    # SM 40.6%, memory 33.3% of peak: far from both; 12.0% of the warps active, 2 blocks of 4 warps allowed by
+    # registers and by shared memory
+    assert fa2.bound == OCCUPANCY_BOUND
+    assert fa2.occupancy_limiters == ["registers (255/thread)", "shared memory (50.2 KB/block)"]
+    assert "12.0%" in fa2.bound_evidence and "8 of 64 warps" in fa2.bound_evidence
+    assert classify_bound(85.0, 30.0, 20.0, 50.0)[0] == COMPUTE_BOUND
+    assert classify_bound(30.0, 70.0, 88.0, 50.0)[0] == MEMORY_BOUND  # DRAM alone at the ceiling
+    assert classify_bound(40.0, 30.0, 30.0, 50.0)[0] == LATENCY_BOUND
+    assert classify_bound(40.0, 30.0, 30.0, 20.0)[0] == OCCUPANCY_BOUND
+    assert classify_bound(None, None, None, None)[0] is None
+
+
+def test_ncu_durations_hold_to_the_trace():
+    """Clock control off: ncu's kernel durations within 10% of torch.profiler's for the same kernels (the trace of
+    the same case in the same device session, trace-run/)."""
+    from attnprof.pipeline import analyze_run
+
+    report = analyze_run(SEED / "trace-run").report
+    traced: dict[str, list[float]] = {}
+    for call in report.calls:
+        traced.setdefault(call.site, []).extend(k.dur_us for k in call.kernels if k.category == "compute")
+    section = counters_section(load_ncu_csv(CSV), None)
+    for s in section.sites:
+        t = statistics.median(traced[s.site])
+        assert abs(s.duration_us - t) <= 0.10 * t, (s.site, s.duration_us, t)
+
+
+def test_analyze_an_ncu_run_folder_and_its_csv():
+    r = attnprof("analyze", SEED)
+    assert r.returncode == 0, r.stderr
+    assert "Nsight Compute counters" in r.stdout and "3,145,728" in r.stdout and "294,912" in r.stdout
+    r = attnprof("analyze", CSV, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [s["call_ids"] for s in doc["kernel_counters"]["sites"]] == [[1, 4], [2, 5], [3, 6]]
+    assert doc["kernel_counters"]["kernels"][2]["gmma_inst"] == 294_912
+
+
+def test_kernel_choice_cause_carries_the_counters(tmp_path):
+    """The trace of the seed case with ncu's CSV of the same case beside it: `explain` FA2 vs cuDNN states the
+    wgmma / mma.sync finding in the kernel-choice cause."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(SEED / "trace-run", run)
+    shutil.copy(CSV, run / "report.raw.csv")
+    r = attnprof("explain", run, "--site-a", "seed_case.py:52 via :86", "--site-b", "seed_case.py:34 via :84", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (kernel,) = [c for c in doc["causes"] if c["kind"] == "kernel"]
+    assert "gmma 294,912" in kernel["detail"] and "3.1 M mma.sync" in kernel["detail"]
+
+
+def test_ncu_select_marks_calls_after_warmup(monkeypatch, trace):
+    """Under `attnprof ncu` (ATTNPROF_NCU_CALLS=n) the first n calls after the warm-up steps get the `attnprof.ncu`
+    range ncu filters on, inside their own range: 3 calls per step, 1 warm-up step, 4 calls -> ids 4..7."""
+    from attnprof.capture import ncu_select, session
+
+    events = []
+
+    class FakeNvtx:
+        @staticmethod
+        def push_range(message, domain):
+            events.append(f"push {domain}:{message}")
+
+        @staticmethod
+        def pop_range(domain):
+            events.append(f"pop {domain}")
+
+    monkeypatch.setattr(ncu_select, "_nvtx", FakeNvtx)
+    monkeypatch.setattr(ncu_select, "_selection", ncu_select._Selection(4))
+    monkeypatch.setattr(session, "_nvtx", FakeNvtx)
+    r = trace("""
+        import torch, torch.nn.functional as F
+        q = torch.randn(1, 2, 8, 4)
+        for step in range(4):  # a step: one pass through the first of three sites
+            F.scaled_dot_product_attention(q, q, q)
+            F.scaled_dot_product_attention(q, q, q)
+            F.scaled_dot_product_attention(q, q, q)
+    """, warmup=1, active=0, step_on="iteration")
+    assert r.exit_code == 0
+    marked = [events[i - 1] for i, e in enumerate(events) if e == "push attnprof.ncu:call"]
+    assert [m.rsplit("#", 1)[1] for m in marked] == ["4", "5", "6", "7"]
+    assert events.count("pop attnprof.ncu") == 4
+
+
+STAND_IN = """#!/usr/bin/env bash
+echo "$ATTNPROF_NCU_CALLS $*" >> "$FAKE_LOG"
+if [ "$1" = --import ]; then cat "$FAKE_CSV"; exit 0; fi
+out=""
+while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift 2; break;; *) shift;; esac; done
+"$@"; rc=$?
+[ -n "$FAKE_NO_REPORT" ] || echo report > "$out.ncu-rep"
+exit $rc
+"""
+
+
+def test_ncu_command_with_a_stand_in_ncu(tmp_path):
+    """`attnprof ncu` runs `ncu --nvtx --nvtx-include attnprof.ncu@call/ ... python -m attnprof trace --active 0`,
+    then `ncu --import ... --csv --page raw`: a stand-in ncu runs the command as given and exports the recorded
+    CSV, so the whole flow runs on CPU."""
+    fake = tmp_path / "ncu"
+    fake.write_text(STAND_IN)
+    fake.chmod(0o755)
+    log = tmp_path / "argv.txt"
+    env = {**os.environ, "FAKE_CSV": str(CSV), "FAKE_LOG": str(log)}
+    out = tmp_path / "run"
+    r = attnprof("ncu", "--ncu", fake, "--out", out, "--calls", "3", "--warmup", "1", "--cache-control", "all",
+                 "--", "examples/seed_case.py", "--steps", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    profile, export = log.read_text().splitlines()
+    assert profile.startswith("3 --nvtx --nvtx-include attnprof.ncu@call/ --clock-control none")
+    assert "--section SpeedOfLight" in profile and "sm__inst_executed_pipe_tensor_op_gmma.sum" in profile
+    assert "--cache-control all" in profile  # an ncu option of the user's, passed on
+    assert "-m attnprof trace --active 0 --quiet --out" in profile and "--warmup 1 --timed 0" in profile
+    assert export.split() == ["--import", str(out / "report.ncu-rep"), "--csv", "--page", "raw"]
+    assert {"report.ncu-rep", "report.raw.csv", "runinfo.json", "attnprof.json"} <= {p.name for p in out.iterdir()}
+    assert "ran 2 steps of seed" in r.stdout and "Nsight Compute counters" in r.stdout
+    assert json.loads((out / "attnprof.json").read_text())["kernel_counters"]["sites"]
+
+
+def test_the_scripts_exit_code_passes_through(tmp_path):
+    fake = tmp_path / "ncu"
+    fake.write_text(STAND_IN)
+    fake.chmod(0o755)
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('bye')\nsys.exit(3)\n")
+    env = {**os.environ, "FAKE_CSV": str(CSV), "FAKE_LOG": str(tmp_path / "argv.txt"), "FAKE_NO_REPORT": "1"}
+    r = attnprof("ncu", "--ncu", fake, "--out", tmp_path / "run", "--", script, env=env)
+    assert r.returncode == 3 and r.stdout.startswith("bye\n")  # then the run folder, as under attnprof nsys
+    assert "ncu profiled no kernel" in r.stderr
+
+
+def test_missing_ncu_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}
+    r = attnprof("ncu", "--ncu", tmp_path / "nowhere", "--", "examples/seed_case.py", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an executable" in r.stderr
+    from attnprof.trace import ncu_csv
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(tmp_path))
+        mp.setattr(ncu_csv, "_SEARCH", (str(tmp_path / "nowhere" / "*" / "ncu"),))
+        with pytest.raises(AttnprofError, match="ncu not found on PATH"):
+            ncu_csv.find_ncu()
+    r = attnprof("ncu", "examples/seed_case.py")
+    assert r.returncode == 2 and "needs `--`" in r.stderr
+
+
+def test_a_csv_that_is_not_ncus_is_one_error(tmp_path):
+    bad = tmp_path / "x.raw.csv"
+    bad.write_text("a,b\n1,2\n")
+    r = attnprof("analyze", bad)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "not Nsight Compute's raw CSV" in r.stderr
