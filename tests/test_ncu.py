@@ -244,3 +244,18 @@ def test_a_csv_that_is_not_ncus_is_one_error(tmp_path):
     bad.write_text("a,b\n1,2\n")
     r = attnprof("analyze", bad)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "not Nsight Compute's raw CSV" in r.stderr
+
+
+def test_attnprof_ncu_on_the_h200_profiled_the_calls_after_warmup():
+    """`attnprof ncu --calls 6 --warmup 2` on the H200 (attnprof-ncu/): 2 warm-up steps of 3 calls are skipped,
+    calls #7..#12 profiled, one kernel each; an independent run gives the same instruction counts."""
+    run = SEED / "attnprof-ncu"
+    section = counters_section(load_ncu_csv(run / "report.raw.csv"), read_runinfo(run))
+    assert [(k.call_id, k.site) for k in section.kernels] == [
+        (7, FA2_SEED), (8, FA2_NATIVE), (9, CUDNN), (10, FA2_SEED), (11, FA2_NATIVE), (12, CUDNN)]
+    by_site = {s.site: s for s in section.sites}
+    assert (by_site[CUDNN].gmma_inst, by_site[FA2_NATIVE].mma_sync_inst) == (294_912, 3_145_728)
+    full = load_ncu_csv(SEED / "attnprof-ncu-full" / "report.raw.csv")
+    assert [k.call_id for k in full.kernels] == [7, 8, 9]
+    assert len(full.metrics) > 2 * len(load_ncu_csv(run / "report.raw.csv").metrics)  # --set full: more sections
+    assert full.kernels[2].gmma_inst == 294_912 and full.kernels[0].hmma_inst == 3_145_728
