@@ -259,3 +259,20 @@ def test_attnprof_ncu_on_the_h200_profiled_the_calls_after_warmup():
     assert [k.call_id for k in full.kernels] == [7, 8, 9]
     assert len(full.metrics) > 2 * len(load_ncu_csv(run / "report.raw.csv").metrics)  # --set full: more sections
     assert full.kernels[2].gmma_inst == 294_912 and full.kernels[0].hmma_inst == 3_145_728
+
+
+def test_dashboard_speed_of_light_chart(tmp_path):
+    """The ncu run folder's dashboard: SM % and DRAM % per kernel, grouped by site, the numbers of the CSV."""
+    from attnprof.pipeline import analyze_run, write_dashboard_for
+    from attnprof.render.dashboard import read_dashboard_data
+
+    run = analyze_run(SEED)
+    path = write_dashboard_for(run.report, tmp_path, call_info=run.call_info)
+    figures = read_dashboard_data(path)["figures"]
+    assert list(figures) == ["speed-of-light"]  # an ncu run has no timeline: the counters alone
+    bars = {t["name"]: t for t in figures["speed-of-light"]["data"]}
+    sm, dram = bars["SM throughput"], bars["DRAM throughput"]
+    assert [y.split(" · ")[0] for y in sm["y"]] == [FA2_SEED, FA2_NATIVE, CUDNN]
+    # medians of the CSV's two calls per site, by hand: SM (39.977180 + 39.642677) / 2, DRAM (46.058466 + 45.290218) / 2
+    assert sm["x"][2] == pytest.approx(39.8099285) and dram["x"][2] == pytest.approx(45.674342)
+    assert "gmma 294,912" in sm["customdata"][2][5]
