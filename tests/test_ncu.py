@@ -103,6 +103,20 @@ def test_the_bound_from_the_counters(section):
     assert classify_bound(None, None, None, None)[0] is None
 
 
+def test_a_copy_kernel_gets_its_bytes_and_bandwidth():
+    """A copy kernel inside a call's range: DRAM bytes read + written, GB/s over its duration, memory-bound at 80%
+    of DRAM peak (by hand: 3 MB + 1 MB in 20 µs = 200 GB/s)."""
+    from attnprof.analysis.kernel_counters import kernel_counters
+    from attnprof.trace.ncu_csv import NcuKernel
+
+    k = NcuKernel(index=0, name="void at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)", call_id=3,
+                  op="sdpa", site="m.py:5", device=0, stream=7, duration_us=20.0, sm_pct=12.0, memory_pct=81.0,
+                  dram_pct=80.0, achieved_occupancy_pct=70.0, dram_read_bytes=3e6, dram_write_bytes=1e6)
+    c = kernel_counters(k)
+    assert (c.category, c.dram_bytes, c.bound) == ("copy", 4_000_000, MEMORY_BOUND)
+    assert c.dram_gbs == pytest.approx(200.0)
+
+
 def test_ncu_durations_hold_to_the_trace():
     """Clock control off: ncu's kernel durations within 10% of torch.profiler's for the same kernels (the trace of
     the same case in the same device session, trace-run/)."""
