@@ -160,7 +160,11 @@ def test_kernel_choice_cause_carries_the_counters(tmp_path):
 
 def test_ncu_select_marks_calls_after_warmup(monkeypatch, trace):
     """Under `attnprof ncu` (ATTNPROF_NCU_CALLS=n) the first n calls after the warm-up steps get the `attnprof.ncu`
-    range ncu filters on, inside their own range: 3 calls per step, 1 warm-up step, 4 calls -> ids 4..7."""
+    range ncu filters on, inside their own range: 3 calls per step, 1 warm-up step, 4 calls -> ids 4..7. The
+    user's layout copies from the first selected call until the first call after the last get it too, with their
+    source line in domain `attnprof.copy`: the copy of step 2 (before #7); step 1's ran before #4 selected."""
+    import torch
+
     from attnprof.capture import ncu_select, session
 
     events = []
@@ -181,14 +185,22 @@ def test_ncu_select_marks_calls_after_warmup(monkeypatch, trace):
         import torch, torch.nn.functional as F
         q = torch.randn(1, 2, 8, 4)
         for step in range(4):  # a step: one pass through the first of three sites
-            F.scaled_dot_product_attention(q, q, q)
+            x = q.transpose(1, 2).contiguous()
+            F.scaled_dot_product_attention(x.transpose(1, 2), q, q)
             F.scaled_dot_product_attention(q, q, q)
             F.scaled_dot_product_attention(q, q, q)
     """, warmup=1, active=0, step_on="iteration")
     assert r.exit_code == 0
-    marked = [events[i - 1] for i, e in enumerate(events) if e == "push attnprof.ncu:call"]
+    marked = [events[i - 1] for i, e in enumerate(events) if e == "push attnprof.ncu:call"
+              and events[i - 1].startswith("push attnprof:")]
     assert [m.rsplit("#", 1)[1] for m in marked] == ["4", "5", "6", "7"]
-    assert events.count("pop attnprof.ncu") == 4
+    copies = [i for i, e in enumerate(events) if e.startswith("push attnprof.copy:")]
+    assert len(copies) == 1 and events[copies[0]].startswith("push attnprof.copy:script.py:5 in=")
+    assert events[copies[0] - 1] == "push attnprof.ncu:call"
+    assert events[copies[0] + 1:copies[0] + 3] == ["pop attnprof.copy", "pop attnprof.ncu"]
+    assert events[copies[0] + 3].endswith("#7")  # the next attention call's own range
+    assert events.count("push attnprof.ncu:call") == events.count("pop attnprof.ncu") == 5
+    assert torch._C._len_torch_function_stack() == 0  # the marks came off the stack
 
 
 STAND_IN = """#!/usr/bin/env bash

@@ -53,6 +53,8 @@ class KernelCounters:
     bound: str | None
     bound_evidence: str
     occupancy_limiters: list[str] = field(default_factory=list)
+    copy_site: str | None = None  # a layout copy's source line
+    position: str | None = None  # a layout copy's place: before | after the call (inside: in the call's range)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class SiteKernelCounters:
     dram_gbs: float | None
     bound: str | None
     bound_evidence: str
+    copy_site: str | None = None
+    position: str | None = None
 
 
 @dataclass
@@ -191,7 +195,9 @@ def kernel_counters(kernel: NcuKernel, phases: dict[tuple[str, str], str] | None
         theoretical_occupancy_pct=kernel.theoretical_occupancy_pct,
         registers_per_thread=_int(kernel.registers_per_thread), shared_mem_per_block=_int(kernel.shared_mem_per_block),
         gmma_inst=_int(gmma), mma_sync_inst=_int(mma_sync), tensor_pipe_pct=kernel.tensor_pipe_pct,
-        dram_bytes=_int(dram), dram_gbs=gbs, bound=bound, bound_evidence=evidence, occupancy_limiters=limiters)
+        dram_bytes=_int(dram), dram_gbs=gbs, bound=bound, bound_evidence=evidence, occupancy_limiters=limiters,
+        copy_site=kernel.copy_site, position="inside" if kernel.copy_site is None and kernel.call_id is not None
+        and is_copy_kernel_name(kernel.name) else None)
 
 
 def site_kernel_counters(kernels: list[KernelCounters]) -> list[SiteKernelCounters]:
@@ -199,9 +205,9 @@ def site_kernel_counters(kernels: list[KernelCounters]) -> list[SiteKernelCounte
     groups: dict[tuple, list[KernelCounters]] = defaultdict(list)
     for k in kernels:
         if k.site is not None:
-            groups[(k.site, k.op, k.kernel)].append(k)
+            groups[(k.site, k.op, k.kernel, k.copy_site, k.position)].append(k)
     out = []
-    for (site, op, name), ks in groups.items():
+    for (site, op, name, copy_site, position), ks in groups.items():
         first = ks[0]
         med = {f: _median([getattr(k, f) for k in ks]) for f in (
             "duration_us", "sm_pct", "memory_pct", "dram_pct", "achieved_occupancy_pct", "theoretical_occupancy_pct",
@@ -221,7 +227,7 @@ def site_kernel_counters(kernels: list[KernelCounters]) -> list[SiteKernelCounte
             registers_per_thread=_int(med["registers_per_thread"]), shared_mem_per_block=_int(med["shared_mem_per_block"]),
             gmma_inst=_int(med["gmma_inst"]), mma_sync_inst=_int(med["mma_sync_inst"]),
             tensor_pipe_pct=med["tensor_pipe_pct"], dram_bytes=_int(med["dram_bytes"]), dram_gbs=med["dram_gbs"],
-            bound=bound, bound_evidence=evidence))
+            bound=bound, bound_evidence=evidence, copy_site=copy_site, position=position))
     return out
 
 
@@ -232,7 +238,7 @@ def counters_section(report: NcuReport, runinfo: RunInfo | None) -> KernelCounte
         for t in runinfo.sites:
             if t.phase == "fwd" or (t.site, t.op) not in phases:
                 phases[(t.site, t.op)] = t.phase
-    kernels = [kernel_counters(k, phases) for k in report.kernels]
+    kernels = tie_copies([kernel_counters(k, phases) for k in sorted(report.kernels, key=lambda k: k.index)])
     if runinfo is not None:
         unknown = sorted({k.site for k in kernels if k.site is not None and (k.site, k.op) not in phases})
         if unknown:
@@ -240,9 +246,47 @@ def counters_section(report: NcuReport, runinfo: RunInfo | None) -> KernelCounte
                          f"(the CSV is from another run?)")
     outside = sum(1 for k in kernels if k.call_id is None)
     if outside:
-        notes.append(f"{outside} profiled kernels ran in no attnprof range: left out of the sites")
+        notes.append(f"{outside} profiled kernels ran in no attnprof range and were tied to no call: left out of "
+                     f"the sites")
     return KernelCountersSection(source=report.source, kernels=kernels,
                                  sites=site_kernel_counters(kernels), outside_calls=outside, notes=notes)
+
+
+def _lines(site: str) -> list[tuple[str, int]]:
+    """(file, line) of each frame a site names: `a.py:34 via :47` -> [(a.py, 34), (a.py, 47)]."""
+    out, path = [], ""
+    for part in site.split(" via "):
+        file, _, line = part.rpartition(":")
+        path = file or path
+        if line.isdigit():
+            out.append((path, int(line)))
+    return out
+
+
+def _distance(copy_site: str, call_site: str) -> float:
+    """Lines between a copy and the nearest frame of a call site in the same file (inf: another file)."""
+    (file, line), = _lines(copy_site)[:1] or [("", -1)]
+    return min((abs(n - line) for f, n in _lines(call_site) if f == file), default=float("inf"))
+
+
+def tie_copies(kernels: list[KernelCounters]) -> list[KernelCounters]:
+    """A marked layout copy (in no call's range) belongs to the profiled call before it (its output's copy) or the
+    one after it (an input's): the one with a frame nearest to the copy's line in the same file, the next on a tie.
+    `kernels` in launch order."""
+    calls = [i for i, k in enumerate(kernels) if k.call_id is not None and k.copy_site is None]
+    for i, k in enumerate(kernels):
+        if k.copy_site is None or k.call_id is not None:
+            continue
+        prev = max((j for j in calls if j < i), default=None)
+        nxt = min((j for j in calls if j > i), default=None)
+        options = [(_distance(k.copy_site, kernels[j].site or ""), 0 if j == nxt else 1, j, pos)
+                   for j, pos in ((nxt, "before"), (prev, "after")) if j is not None]
+        options = [o for o in options if o[0] != float("inf")]
+        if options:
+            _, _, j, k.position = min(options)
+            owner = kernels[j]
+            k.call_id, k.site, k.op, k.phase = owner.call_id, owner.site, owner.op, owner.phase
+    return kernels
 
 
 # --- the kernel-choice evidence (diagnosis) -------------------------------------------------------------------

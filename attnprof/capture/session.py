@@ -213,6 +213,7 @@ class Session:
         self.patcher.uninstall()
         if self.sources is not None:
             self.sources.cleanup()
+        ncu_select.cleanup()
 
     def _finish(self, exit_code: int, outcome: str) -> None:
         """Stop what runs, restore what was patched, resolve timings, write runinfo.json: each step on its own, so
@@ -372,7 +373,7 @@ class Session:
         if call.phase == WARMUP:
             clock.timing.warmup_calls += 1
         _nvtx_push(call.name)
-        call.ncu = ncu_select.enter(call.step >= self.window.warmup)
+        call.ncu = ncu_select.enter(call.step >= self.window.warmup, self.resolver)
         if call.phase != WARMUP and clock.has_room(call.phase):
             try:
                 call.token = self.timer.start(call.device)

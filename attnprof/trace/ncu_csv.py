@@ -31,6 +31,9 @@ _SEARCH = ("/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu", "/opt/nvidia/
 
 #: attnprof's range inside the NVTX column: `attnprof:<op> <site> #<id>:` then ncu's payload/color/message fields.
 _CALL_RANGE = re.compile(r'"attnprof:(?P<op>\S+) (?P<site>.+?) #(?P<id>\d+):')
+#: A layout copy `attnprof ncu` marked (domain `attnprof.copy`): `<source line> in=<storage>`, ncu's fields, the
+#: message again.
+_COPY_RANGE = re.compile(r'"attnprof\.copy:(?P<name>[^"]*?)(?::[^:"]*){5}:(?P=name)"')
 
 _SCALE = {  # unit -> factor to the base unit (µs for times, bytes for sizes)
     "ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6,
@@ -79,6 +82,7 @@ class NcuKernel:
     site: str | None
     device: int | None
     stream: int | None
+    copy_site: str | None = None  # a layout copy's source line (`attnprof ncu` marks them), outside any call
     duration_us: float | None = None
     sm_pct: float | None = None  # SM throughput, % of peak (speed of light)
     memory_pct: float | None = None  # the busiest memory unit (L1, L2, DRAM), % of peak
@@ -183,10 +187,12 @@ def load_ncu_csv(path: Path) -> NcuReport:
 
         call = _CALL_RANGE.findall(row[nvtx]) if nvtx is not None else []
         op, site, call_id = call[-1] if call else (None, None, None)  # the innermost attnprof range
+        copy = _COPY_RANGE.search(row[nvtx]) if nvtx is not None else None
         k = NcuKernel(index=int(_number(row[col["ID"]], "") or 0), name=row[col["Kernel Name"]],
                       call_id=int(call_id) if call_id else None, op=op, site=site,
                       device=_int(value("Device")) if "Device" in col else None,
                       stream=_int(value("Stream")) if "Stream" in col else None,
+                      copy_site=copy.group("name").rsplit(" in=", 1)[0] if copy else None,
                       **{attr: value(metric) for attr, metric in METRICS.items()})
         k.occupancy_limits = {what: v for what, metric in OCCUPANCY_LIMITS.items()
                               if (v := value(metric)) is not None}
