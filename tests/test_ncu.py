@@ -277,14 +277,62 @@ def test_attnprof_ncu_on_the_h200_profiled_the_calls_after_warmup():
     calls #7..#12 profiled, one kernel each; an independent run gives the same instruction counts."""
     run = SEED / "attnprof-ncu"
     section = counters_section(load_ncu_csv(run / "report.raw.csv"), read_runinfo(run))
-    assert [(k.call_id, k.site) for k in section.kernels] == [
+    attention = [k for k in section.kernels if k.copy_site is None]
+    assert [(k.call_id, k.site) for k in attention] == [
         (7, FA2_SEED), (8, FA2_NATIVE), (9, CUDNN), (10, FA2_SEED), (11, FA2_NATIVE), (12, CUDNN)]
-    by_site = {s.site: s for s in section.sites}
+    by_site = {s.site: s for s in section.sites if s.category == "compute"}
     assert (by_site[CUDNN].gmma_inst, by_site[FA2_NATIVE].mma_sync_inst) == (294_912, 3_145_728)
     full = load_ncu_csv(SEED / "attnprof-ncu-full" / "report.raw.csv")
     assert [k.call_id for k in full.kernels] == [7, 8, 9]
     assert len(full.metrics) > 2 * len(load_ncu_csv(run / "report.raw.csv").metrics)  # --set full: more sections
     assert full.kernels[2].gmma_inst == 294_912 and full.kernels[0].hmma_inst == 3_145_728
+
+
+def test_the_seed_wrappers_copies_are_profiled_and_tied_to_their_call():
+    """The seed wrapper copies q, k, v at lines 44-46 before FA2 and the output at line 48 after it. Marking starts
+    at the first selected call (#7), so #7's input copies ran unmarked; its output copy and all four of #10 are
+    profiled and tied to those calls; the other sites make none."""
+    run = SEED / "attnprof-ncu"
+    section = counters_section(load_ncu_csv(run / "report.raw.csv"), read_runinfo(run))
+    copies = [(k.call_id, k.copy_site, k.position, k.category) for k in section.kernels if k.copy_site is not None]
+    line = "examples/seed_case.py:"
+    assert copies == [(7, line + "48", "after", "copy"), (10, line + "44", "before", "copy"),
+                      (10, line + "45", "before", "copy"), (10, line + "46", "before", "copy"),
+                      (10, line + "48", "after", "copy")]
+    assert section.outside_calls == 0
+    # each copy moves a (12, 64, 256, 64) fp16 tensor: 25.2 MB read and 25.2 MB written at most; DRAM sees less
+    # (the 60 MB L2 keeps part of it), never more
+    for k in section.kernels:
+        if k.copy_site is not None:
+            assert 0 < k.dram_bytes <= 2 * 12 * 64 * 256 * 64 * 2
+    # their durations against the profiler's copy kernels of the same wrapper (trace-run/): within 10%
+    from attnprof.pipeline import analyze_run
+
+    traced = [k.dur_us for c in analyze_run(SEED / "trace-run").report.calls if c.site == FA2_SEED
+              for k in c.kernels if k.category == "copy"]
+    assert len(traced) == 8  # 2 profiled calls x 4 copies
+    t = statistics.median(traced)
+    for k in section.kernels:
+        if k.copy_site is not None:
+            assert abs(k.duration_us - t) <= 0.10 * t, (k.copy_site, k.duration_us, t)
+
+
+def test_a_copy_is_tied_to_the_neighbour_nearest_in_the_source():
+    """Between FA2 on the wrapper (line 34 via :47) and FA2 native (34 via :84), a copy at line 48 is 1 line from
+    the first and 14 from the second: after the first; a copy at line 80 is 4 lines from :84: before the second."""
+    from attnprof.analysis.kernel_counters import tie_copies
+    from attnprof.analysis.kernel_counters import kernel_counters as counters
+    from attnprof.trace.ncu_csv import NcuKernel
+
+    def kernel(i, call_id=None, site=None, copy_site=None):
+        return counters(NcuKernel(index=i, name="k", call_id=call_id, op="op" if site else None, site=site, device=0,
+                                  stream=7, copy_site=copy_site))
+
+    ks = tie_copies([kernel(0, 1, FA2_SEED), kernel(1, copy_site="examples/seed_case.py:48"),
+                     kernel(2, copy_site="examples/seed_case.py:80"), kernel(3, 2, FA2_NATIVE),
+                     kernel(4, copy_site="other.py:3")])
+    assert [(k.call_id, k.position) for k in ks[1:3]] == [(1, "after"), (2, "before")]
+    assert ks[4].call_id is None  # another file: tied to nothing
 
 
 def test_dashboard_speed_of_light_chart(tmp_path):

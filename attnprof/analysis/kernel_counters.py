@@ -228,6 +228,9 @@ def site_kernel_counters(kernels: list[KernelCounters]) -> list[SiteKernelCounte
             gmma_inst=_int(med["gmma_inst"]), mma_sync_inst=_int(med["mma_sync_inst"]),
             tensor_pipe_pct=med["tensor_pipe_pct"], dram_bytes=_int(med["dram_bytes"]), dram_gbs=med["dram_gbs"],
             bound=bound, bound_evidence=evidence, copy_site=copy_site, position=position))
+    sites = list(dict.fromkeys(s.site for s in out))
+    place = {"before": 0, None: 1, "inside": 2, "after": 3}
+    out.sort(key=lambda s: (sites.index(s.site), place.get(s.position, 4), s.copy_site or ""))
     return out
 
 
@@ -298,8 +301,22 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1_000_000 else f"{n:,}"
 
 
+def kernel_label(s: SiteKernelCounters | KernelCounters) -> str:
+    """The kernel's short name; for a layout copy, with its source line and place: `elementwise_kernel (copy at
+    seed_case.py:44, before)`."""
+    if s.copy_site is None:
+        return s.kernel
+    return f"{s.kernel} (copy at {s.copy_site.rsplit('/', 1)[-1]}, {s.position or 'untied'})"
+
+
 def tensor_path(s: SiteKernelCounters) -> str:
-    """`issues wgmma (gmma 294,912)` or `issues no wgmma and 3.1 M mma.sync`, from the counters."""
+    """`issues wgmma (gmma 294,912)` or `issues no wgmma and 3.1 M mma.sync`, from the counters; for a copy, what it
+    moved."""
+    if s.category == "copy":
+        if s.dram_bytes is None:
+            return "a copy (no DRAM counters)"
+        rate = f" at {s.dram_gbs:,.0f} GB/s" if s.dram_gbs is not None else ""
+        return f"a copy: {s.dram_bytes / 1e6:,.1f} MB to and from DRAM{rate}, {_pct(s.dram_pct)} of DRAM peak"
     if s.gmma_inst is None:
         return "no tensor-core counters"
     if s.gmma_inst > 0:

@@ -30,7 +30,7 @@ from plotly.offline import get_plotlyjs
 
 from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
-from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, tensor_path
+from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
@@ -132,14 +132,18 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
     return fig
 
 
+def _short_kernel(label: str, width: int = 60) -> str:
+    return label if len(label) <= width else label[:width - 3] + "..."
+
+
 def speed_of_light_figure(section: KernelCountersSection | None) -> go.Figure | None:
     """Nsight Compute's speed of light per kernel, grouped by site: SM and DRAM throughput in % of peak (medians
     over the site's profiled calls), with ncu's 60% line."""
     rows = [s for s in (section.sites if section else []) if s.sm_pct is not None or s.dram_pct is not None]
     if not rows:
         return None
-    labels = [f"{s.site} · {s.kernel if len(s.kernel) <= 40 else s.kernel[:37] + '...'}" for s in rows]
-    hover = [[html.escape(s.site), html.escape(s.kernel), _us(s.duration_us), s.bound or "?", _html_text(_wrap(s.bound_evidence, 70)),
+    labels = [f"{s.site} · {_short_kernel(kernel_label(s))}" for s in rows]
+    hover = [[html.escape(s.site), html.escape(kernel_label(s)), _us(s.duration_us), s.bound or "?", _html_text(_wrap(s.bound_evidence, 70)),
               html.escape(tensor_path(s))] for s in rows]
     template = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]} under ncu · %{customdata[5]}<br>"
                 "%{customdata[3]}-bound: %{customdata[4]}<br><b>%{fullData.name}: %{x:.1f}% of peak</b><extra></extra>")

@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
-from attnprof.analysis.kernel_counters import KernelCountersSection, tensor_path
+from attnprof.analysis.kernel_counters import KernelCountersSection, kernel_label, tensor_path
 
 
 def _pct(v: float | None) -> str:
@@ -17,10 +17,12 @@ def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
 
 
 def counters_rows(section: KernelCountersSection) -> list[list[str]]:
-    return [[s.site, s.kernel, str(s.calls), _num(s.duration_us, "{:,.1f}"), _pct(s.sm_pct), _pct(s.dram_pct),
+    # a copy's tensor-pipe counters say nothing about attention's tensor-core path: shown as — (kept in the JSON)
+    return [[s.site, kernel_label(s), str(s.calls), _num(s.duration_us, "{:,.1f}"), _pct(s.sm_pct), _pct(s.dram_pct),
              _pct(s.achieved_occupancy_pct), _num(s.registers_per_thread),
              _num(None if s.shared_mem_per_block is None else s.shared_mem_per_block / 1e3, "{:,.1f}"),
-             _num(s.gmma_inst), _num(s.mma_sync_inst), _pct(s.tensor_pipe_pct),
+             *(["—"] * 3 if s.category == "copy" else [_num(s.gmma_inst), _num(s.mma_sync_inst),
+                                                        _pct(s.tensor_pipe_pct)]),
              _num(None if s.dram_bytes is None else s.dram_bytes / 1e6, "{:,.1f}"), s.bound or "—"]
             for s in section.sites]
 
@@ -39,5 +41,5 @@ def print_counters(console: Console, section: KernelCountersSection) -> None:
         return
     console.print(grid(counters_rows(section), HEADERS))
     for s in section.sites:
-        console.print(Padding(Text(f"{s.kernel} at {s.site}: {tensor_path(s)}; {s.bound or '?'}-bound: "
+        console.print(Padding(Text(f"{kernel_label(s)} at {s.site}: {tensor_path(s)}; {s.bound or '?'}-bound: "
                                    f"{s.bound_evidence}", style="dim"), (0, 0, 0, 2)))
