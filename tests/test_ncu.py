@@ -333,6 +333,9 @@ def test_a_copy_is_tied_to_the_neighbour_nearest_in_the_source():
                      kernel(4, copy_site="other.py:3")])
     assert [(k.call_id, k.position) for k in ks[1:3]] == [(1, "after"), (2, "before")]
     assert ks[4].call_id is None  # another file: tied to nothing
+    # as near to both (line 15 between sites at 10 and 20): an input copy of the next call
+    ks = tie_copies([kernel(0, 1, "a.py:10"), kernel(1, copy_site="a.py:15"), kernel(2, 2, "a.py:20")])
+    assert (ks[1].call_id, ks[1].position) == (2, "before")
 
 
 def test_dashboard_speed_of_light_chart(tmp_path):
