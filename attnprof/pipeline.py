@@ -34,7 +34,7 @@ class AnalyzedRun:
 
 def analyze_run(path: Path) -> AnalyzedRun:
     run = load_path(Path(path))
-    return AnalyzedRun(analyze(run.traces, run.runinfo, run.source), run.runinfo)
+    return AnalyzedRun(analyze(run.traces, run.runinfo, run.source, run.ncu), run.runinfo)
 
 
 def analyze_path(path: Path) -> Report:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from attnprof.analysis.calls import find_calls
+from attnprof.analysis.kernel_counters import counters_section
 from attnprof.analysis.records import SCHEMA_VERSION, Report
 from attnprof.analysis.sites import summarize_sites
 from attnprof.trace.model import Trace
+from attnprof.trace.ncu_csv import NcuReport
 from attnprof.trace.runinfo import RunInfo
 
 
-def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
+def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuReport | None = None) -> Report:
     calls, notes, unattributed = [], [], []
     for trace in traces:
         found, unowned = find_calls(trace, runinfo)
@@ -22,7 +24,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         if warm:
             calls = [c for c in calls if not (c.found_by == "attnprof" and c.id < first)]
             notes.append(f"{len({c.id for c in warm})} calls of the warm-up steps left out")
-    if not calls:
+    if not calls and traces:
         notes.append("no attention call found (no attnprof range and no attention op in the trace)")
     if unattributed:
         sites = sorted({c.site or c.op for c in unattributed})
@@ -44,6 +46,7 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report
         notes=notes,
         trace_base_us=[t.base_us for t in traces],
         unattributed_copies=unattributed,
+        kernel_counters=counters_section(ncu, runinfo) if ncu is not None else None,
     )
 
 

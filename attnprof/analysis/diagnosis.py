@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.records import COMPUTE as COMPUTE_PART
+from attnprof.analysis.kernel_counters import kernel_choice_evidence
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.analysis.sites import summarize_sites
 from attnprof.errors import AttnprofError
@@ -680,7 +681,11 @@ def _pair_causes(pa: dict[str, _Parts], pb: dict[str, _Parts], a: Selection, b: 
                 acc.fix = _fallback_fix(reasons)
         else:
             acc = _merge(accs, KERNEL)
-            acc.add(phase, d, f"{tag}A ran {ba}, B ran {bb}: kernels {_us(A.compute)} vs {_us(B.compute)}")
+            slow, fast = (b, a) if d >= 0 else (a, b)
+            counters = kernel_choice_evidence(slow.report.kernel_counters, [s.site for s in slow.sites],
+                                              fast.report.kernel_counters, [s.site for s in fast.sites], phase)
+            acc.add(phase, d, f"{tag}A ran {ba}, B ran {bb}: kernels {_us(A.compute)} vs {_us(B.compute)}"
+                              + (f"; {counters}" if counters else ""))
             slower, faster = (bb, ba) if d >= 0 else (ba, bb)
             acc.fix = _kernel_fix(slower, faster, hopper)
         # launch: GPU idle between the call's kernels

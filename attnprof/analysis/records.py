@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from attnprof.analysis.kernel_counters import KernelCountersSection
+
 SCHEMA_VERSION = 1
 
 COMPUTE, COPY, OTHER = "compute", "copy", "other"
@@ -135,3 +137,5 @@ class Report:
     trace_base_us: list[float] = field(default_factory=list)
     #: layout copies charged to no call: the trace could not tell which call's they are (see notes)
     unattributed_copies: list[UnattributedCopy] = field(default_factory=list)
+    #: Nsight Compute's counters per attention kernel, when the run folder holds an ncu report (`attnprof ncu`)
+    kernel_counters: KernelCountersSection | None = None

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from attnprof import __version__
-from attnprof.capture import patching
+from attnprof.capture import ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
@@ -129,7 +129,7 @@ def trace_file_name(worker: str, span: int | None = None) -> str:
 class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
-    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name")
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu")
 
 
 class Session:
@@ -217,6 +217,7 @@ class Session:
         self.patcher.uninstall()
         if self.sources is not None:
             self.sources.cleanup()
+        ncu_select.cleanup()
 
     def _finish(self, exit_code: int, outcome: str) -> None:
         """Stop what runs, restore what was patched, resolve timings, write runinfo.json: each step on its own, so
@@ -451,6 +452,7 @@ class Session:
         if call.phase == WARMUP:
             clock.timing.warmup_calls += 1
         _nvtx_push(call.name)
+        call.ncu = ncu_select.enter(call.step >= self.window.warmup, self.resolver)
         if call.phase != WARMUP and clock.has_room(call.phase):
             try:
                 call.token = self.timer.start(call.device)
@@ -465,6 +467,7 @@ class Session:
         except Exception as e:
             self._note_error("could not time an attention call", e)
         _nvtx_pop()
+        ncu_select.exit(call.ncu)
         try:
             if call.phase == PROFILED:
                 self._record(entry, original, call, args, kwargs, result)
@@ -479,6 +482,7 @@ class Session:
             if call.token is not None:
                 self.timer.cancel(call.token)
             _nvtx_pop()
+            ncu_select.exit(call.ncu)
             with self.window.lock:
                 self.window.exit_call()
         except Exception:

@@ -16,7 +16,7 @@ from attnprof.errors import AttnprofError
 
 PROG = "attnprof"
 #: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
-COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "correlate")
+COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "ncu", "correlate")
 
 
 def build_parser() -> argparse.ArgumentParser:

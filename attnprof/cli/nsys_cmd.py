@@ -40,10 +40,13 @@ def split_script_argv(argv: list[str]) -> list[str]:
     return [argv[0], "--", *argv[1:]]
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(attnprof's own options, nsys options, the script and its arguments) of `attnprof nsys ...`."""
+def split_argv(argv: list[str], own_options: set[str] = _OWN, tool: str = "nsys"
+               ) -> tuple[list[str], list[str], list[str]]:
+    """(attnprof's own options, the tool's options, the script and its arguments) of `attnprof nsys ...` (or of
+    `attnprof ncu ...`: its own options and tool name given)."""
     if "--" not in argv:
-        raise AttnprofError("attnprof nsys needs `--` before the script: attnprof nsys [options] -- script.py args")
+        raise AttnprofError(f"attnprof {tool} needs `--` before the script: attnprof {tool} [options] -- script.py "
+                            f"args")
     i = argv.index("--")
     before, script = argv[:i], argv[i + 1:]
     if not script:
@@ -53,7 +56,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     while j < len(before):
         a = before[j]
         key = a.split("=", 1)[0]
-        if key in _OWN:
+        if key in own_options:
             own.append(a)
             if "=" not in a and j + 1 < len(before):
                 own.append(before[j + 1])

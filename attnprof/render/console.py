@@ -13,6 +13,7 @@ from rich.text import Text
 
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.render.base import Renderer
+from attnprof.render.kernel_counters import print_counters
 
 #: From this many columns on, the full table; below it, one line per site (name, backend, calls, µs, the split in %).
 FULL_TABLE_WIDTH = 140
@@ -127,6 +128,8 @@ class ConsoleRenderer(Renderer):
         console.print(Text(f"attnprof — {report.source}", style="bold").append(f"  [{where}]"))
         notes = notes_to or console
         if not report.sites:
+            if report.kernel_counters is not None:
+                print_counters(console, report.kernel_counters)
             for note in report.notes:
                 notes.print(Text(f"  {note}"))
             return
@@ -155,6 +158,8 @@ class ConsoleRenderer(Renderer):
             console.print(Text(f"  {s.site} ({s.phase}):"))
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
+        if report.kernel_counters is not None:
+            print_counters(console, report.kernel_counters)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:

@@ -30,6 +30,7 @@ from plotly.offline import get_plotlyjs
 
 from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
+from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
@@ -128,6 +129,33 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
                 name=f"{key} µs (end-to-end, median)", x=xs, y=labels, mode="markers",
                 marker=dict(symbol=symbol, size=13, color=COLORS[key], line=dict(width=2, color=COLORS[key])),
                 customdata=hover, hovertemplate=template))
+    return fig
+
+
+def _short_kernel(label: str, width: int = 60) -> str:
+    return label if len(label) <= width else label[:width - 3] + "..."
+
+
+def speed_of_light_figure(section: KernelCountersSection | None) -> go.Figure | None:
+    """Nsight Compute's speed of light per kernel, grouped by site: SM and DRAM throughput in % of peak (medians
+    over the site's profiled calls), with ncu's 60% line."""
+    rows = [s for s in (section.sites if section else []) if s.sm_pct is not None or s.dram_pct is not None]
+    if not rows:
+        return None
+    labels = [f"{s.site} · {_short_kernel(kernel_label(s))}" for s in rows]
+    hover = [[html.escape(s.site), html.escape(kernel_label(s)), _us(s.duration_us), s.bound or "?", _html_text(_wrap(s.bound_evidence, 70)),
+              html.escape(tensor_path(s))] for s in rows]
+    template = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]} under ncu · %{customdata[5]}<br>"
+                "%{customdata[3]}-bound: %{customdata[4]}<br><b>%{fullData.name}: %{x:.1f}% of peak</b><extra></extra>")
+    fig = _figure(barmode="group", height=160 + 56 * len(rows), xaxis=dict(title="% of peak", range=[0, 100]),
+                  yaxis=dict(title="call site · kernel", autorange="reversed", automargin=True))
+    for name, values, color in (("SM throughput", [s.sm_pct for s in rows], COLORS["compute"]),
+                                ("DRAM throughput", [s.dram_pct for s in rows], COLORS["copy"])):
+        fig.add_trace(go.Bar(name=name, x=values, y=labels, orientation="h", marker=dict(color=color),
+                             customdata=hover, hovertemplate=template))
+    fig.add_vline(x=CEILING_PCT, line_dash="dash", line_color="gray",
+                  annotation_text=f"{CEILING_PCT:.0f}%: under it on both, latency or occupancy",
+                  annotation_position="top right")
     return fig
 
 
@@ -396,6 +424,13 @@ def build_panels(report: Report | None, insights: Insights | None = None,
             panels.append(Panel("roofline", "Roofline", "Achieved TFLOP/s against arithmetic intensity (FLOPs over "
                                 "the minimum bytes), per site and phase: filled, the attention kernels alone; open, "
                                 f"the whole call. Dashed: {where}.", fig))
+    if report is not None:
+        fig = speed_of_light_figure(report.kernel_counters)
+        if fig is not None:
+            panels.append(Panel("speed-of-light", "Nsight Compute: speed of light per kernel",
+                                "SM and DRAM throughput of each attention kernel in % of the device's peak, median "
+                                "over the site's profiled calls (attnprof ncu). Hover: the tensor-core path (wgmma "
+                                "vs mma.sync) and the bound from the counters.", fig))
     if compare:
         rows = compare["rows"]
         fig = sweep_figure(rows)

@@ -10,6 +10,9 @@ import msgspec
 from attnprof.errors import AttnprofError
 from attnprof.files import read_bytes
 from attnprof.trace.model import Trace
+from attnprof.trace.ncu_csv import (
+    NCU_REPORT_SUFFIX, NcuReport, csv_for_report, is_ncu_csv, load_ncu_csv, ncu_data_in,
+)
 from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.nsys_sqlite import export_sqlite, find_nsys, load_nsys_sqlite
 from attnprof.trace.torch_json import load_torch_trace
@@ -26,6 +29,7 @@ class LoadedRun:
     traces: list[Trace]
     runinfo: RunInfo | None
     folder: Path | None  # the run folder, when one was given
+    ncu: NcuReport | None = None  # Nsight Compute's counters (`attnprof ncu`'s report.raw.csv), when there
 
 
 def trace_files_in(folder: Path) -> list[Path]:
@@ -48,11 +52,24 @@ def load_path(path: Path) -> LoadedRun:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise AttnprofError(f"{path}/runinfo.json is damaged ({e})") from None
         files = trace_files_in(path)
+        ncu_csv = ncu_data_in(path)
+        ncu = load_ncu_csv(ncu_csv) if ncu_csv else None
+        if not files and ncu is not None:  # an `attnprof ncu` run: counters, no timeline
+            return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=path, ncu=ncu)
         if not files:
             if runinfo and runinfo.note:
                 raise AttnprofError(f"{path} holds no trace: {runinfo.note}")
             raise AttnprofError(f"{path} holds no torch.profiler trace (*.pt.trace.json[.gz])")
-        return LoadedRun(source=str(path), traces=[load_trace(f) for f in files], runinfo=runinfo, folder=path)
+        return LoadedRun(source=str(path), traces=[load_trace(f) for f in files], runinfo=runinfo, folder=path,
+                         ncu=ncu)
+    if path.suffix == NCU_REPORT_SUFFIX:
+        path = csv_for_report(path)
+    if is_ncu_csv(path):  # the CSV alone: its folder's runinfo.json, if any, names the phases
+        try:
+            runinfo = read_runinfo(path.parent)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            runinfo = None
+        return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=None, ncu=load_ncu_csv(path))
     return LoadedRun(source=str(path), traces=[load_trace(path)], runinfo=None, folder=None)
 
 

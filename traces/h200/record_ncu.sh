@@ -52,3 +52,11 @@ cp "$PYNCU"/ncu_report.py "$OUT/" 2>/dev/null; ls -la "$PYNCU" > "$OUT/extras-py
 # the same case under attnprof trace (torch.profiler), for the kernel durations ncu is held to
 python3 -m attnprof trace --out "$OUT/seed-trace" examples/seed_case.py --variant all --steps 12 > "$OUT/seed-trace.log" 2>&1
 echo "== trace rc=$?"
+# attnprof's own command (attnprof-ncu/ and attnprof-ncu-full/ in traces/h200/ncu-seed/)
+for SET in basic full; do
+    CALLS=6; [ "$SET" = full ] && CALLS=3
+    t0=$SECONDS
+    python3 -m attnprof ncu --set "$SET" --calls "$CALLS" --warmup 2 --out "$OUT/attnprof-ncu-$SET" \
+        -- examples/seed_case.py --variant all --steps 4 > "$OUT/attnprof-ncu-$SET.log" 2>&1
+    echo "== attnprof ncu --set $SET: rc=$? in $((SECONDS - t0)) s"
+done
