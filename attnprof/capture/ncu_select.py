@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 
-from attnprof.capture.sources import SiteResolver, SourceLineMode, SourceLines
+from attnprof.capture.sources import SiteResolver, SourceLineMode, SourceLines, _is_compiling
 from attnprof.trace.runinfo import SOURCE_PREFIX
 
 ENV_CALLS = "ATTNPROF_NCU_CALLS"
@@ -41,9 +41,10 @@ class _CopyMarks(SourceLineMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
-        if self.active:
-            name = self._range_name(func, args)
-            if name is not None:
+        if self.active and not _is_compiling():
+            named = self._range_name(func, args)
+            if named is not None:
+                name = named[0]  # (range name, copy number): the number only matters to the profiler's ranges
                 _nvtx.push_range(message=RANGE, domain=DOMAIN)
                 _nvtx.push_range(message=name[len(SOURCE_PREFIX):], domain=COPY_DOMAIN)
                 try:
