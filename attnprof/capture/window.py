@@ -15,7 +15,7 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 
 Cold start: a script that shows no loop around its first step (a one-pass inference script) would end before step
 W+T. When no frame outside that step (outside the outermost module, or around the call site) is executing a loop
-body, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are cold and the run has no true
+or has one after its current line, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are cold and the run has no true
 (unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
 
 At most `max_calls` attention calls are profiled: the profiler stops at the entry of the next one.
@@ -268,8 +268,9 @@ class StepWindow:
 
 
 def _in_loop(frame: FrameType | None) -> bool:
-    """Whether `frame` or a frame outside it (up to attnprof's runner) is executing the body of a loop: the sign
-    that the step about to run will run again. Unknown source counts as a loop (the safe side: no cold window).
+    """Whether `frame` or a frame outside it (up to attnprof's runner) is executing a loop, or has one still to
+    run after its current line (a warm-up call before a benchmark loop): the signs that the step about to run may
+    run again. Unknown source counts as a loop (the safe side: no cold window).
     Asked once per run, so nothing is cached: a file may change between runs in one process."""
     trees: dict[str, ast.AST | None] = {}
     while frame is not None:
@@ -282,7 +283,7 @@ def _in_loop(frame: FrameType | None) -> bool:
         if spans is None:
             return True
         line = frame.f_lineno or 0
-        if any(first <= line <= last for first, last in spans):
+        if any(line <= last for _, last in spans):  # inside a loop, or a loop comes later
             return True
         frame = frame.f_back
     return False
