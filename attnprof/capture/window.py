@@ -198,9 +198,9 @@ class StepWindow:
 
     def _first_mark(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
         self.first_site = site
-        outer = None
-        if self.unit in (None, "iteration"):
-            outer = self._find_root(frame)
+        outer = self._outer_module_call(frame)
+        if outer is not None and self.unit in (None, "iteration"):
+            self._hook_root(outer)
         if self.state == WAITING and self.first > 0 and not _in_loop(outer.f_back if outer is not None else user):
             self.cold = True
             self.first, self.end = 0, self.active
@@ -242,21 +242,23 @@ class StepWindow:
         self.profiled = [first, max(first, last if last is not None else first)]
         self._stop()
 
-    def _find_root(self, frame: FrameType | None) -> FrameType | None:
-        """The outermost nn.Module call on the stack from `frame` outwards: its forwards become the steps (a
-        pre-hook). Returns that call's frame, None if there is no module on the stack. A module compiled in place
-        (`module.compile()`) runs its hooks inside the graph, where they cannot count: it is passed over."""
+    def _outer_module_call(self, frame: FrameType | None) -> FrameType | None:
+        """The frame of the outermost nn.Module call on the stack from `frame` outwards, None if there is none. A
+        module compiled in place (`module.compile()`) runs its hooks inside the graph, where they cannot count
+        steps: it is passed over."""
         codes = self._module_codes
         outer = None
         while frame is not None:
-            if frame.f_code in codes and getattr(frame.f_locals.get("self"), "_compiled_call_impl", None) is None:
-                outer = frame
+            if frame.f_code in codes:
+                module = frame.f_locals.get("self")
+                if isinstance(module, torch.nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
+                    outer = frame
             frame = frame.f_back
-        if outer is None:
-            return None
-        module = outer.f_locals.get("self")
-        if not isinstance(module, torch.nn.Module):
-            return None
+        return outer
+
+    def _hook_root(self, outer: FrameType) -> None:
+        """The module called in `outer` is the root: its forwards become the steps (a forward pre-hook)."""
+        module = outer.f_locals["self"]
         try:
             self._root_handles.append(module.register_forward_pre_hook(self.root_forward))
             original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule: name what it compiled
@@ -264,7 +266,6 @@ class StepWindow:
             self.root = f"compiled {name}" if original is not None else name
         except Exception:
             self.root = None
-        return outer
 
 
 def _in_loop(frame: FrameType | None) -> bool:
