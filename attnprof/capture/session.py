@@ -337,7 +337,14 @@ class Session:
         self._unwrapped.append(("compile", original, compile))
         fused = getattr(torch, "_transformer_encoder_layer_fwd", None)
         if fused is not None:
-            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, self._unwrapped_entry(fused)))
+            wrapper = self._unwrapped_entry(fused)
+            try:  # TorchScript (torch.jit.script of the layer) must see the aten op, not a Python function
+                from torch.jit._builtins import _register_builtin
+
+                _register_builtin(wrapper, "aten::_transformer_encoder_layer_fwd")
+            except Exception:
+                pass
+            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, wrapper))
         for name, _, wrapper in self._unwrapped:
             setattr(torch, name, wrapper)
 
