@@ -5,8 +5,9 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 - optimizer: a step ends at every optimizer step; the profiler starts right after the optimizer step that ends step
   W+T-1 and stops right after the one that ends step W+T+A-1.
 - iteration: one forward. When the run's first attention call (or call with attention unwrapped inside: a
-  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module, a step starts at each call of the outermost module on that call's stack (a forward
-  pre-hook on it; the layers of one forward all share it). Otherwise a step starts each time the site of the first
+  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module,
+  a step starts at each call of the outermost module on that call's stack (a forward pre-hook on it; the layers of
+  one forward all share it). Otherwise a step starts each time the site of the first
   such call is called again; after the first recurrence the number of calls per step P is known, the profiler
   starts right after the exit of the P-th call of step W+T-1 and stops at the entry of the first call of step W+T+A.
 - call: every attention call is a step (start after the exit of call W+T-1, stop at the entry of call W+T+A).
@@ -15,8 +16,8 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 
 Cold start: a script that shows no loop around its first step (a one-pass inference script) would end before step
 W+T. When no frame outside that step (outside the outermost module, or around the call site) is executing a loop
-or has one after its current line, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are cold and the run has no true
-(unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
+or has one after its current line, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are
+cold and the run has no true (unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
 
 At most `max_calls` attention calls are profiled: the profiler stops at the entry of the next one.
 """
