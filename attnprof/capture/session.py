@@ -331,13 +331,21 @@ class Session:
         def compile(*args, **kwargs):
             model = args[0] if args else kwargs.get("model")
             if model is None:  # @torch.compile(mode=...): the decorator comes back here with the model
-                return lambda model: compile(model, *args[1:], **kwargs)
+                options = {k: v for k, v in kwargs.items() if k != "model"}
+                return lambda model: compile(model, *args[1:], **options)
             return session._watch_compiled(original(*args, **kwargs))
 
         self._unwrapped.append(("compile", original, compile))
         fused = getattr(torch, "_transformer_encoder_layer_fwd", None)
         if fused is not None:
-            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, self._unwrapped_entry(fused)))
+            wrapper = self._unwrapped_entry(fused)
+            try:  # TorchScript (torch.jit.script of the layer) must see the aten op, not a Python function
+                from torch.jit._builtins import _register_builtin
+
+                _register_builtin(wrapper, "aten::_transformer_encoder_layer_fwd")
+            except Exception:
+                pass
+            self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, wrapper))
         for name, _, wrapper in self._unwrapped:
             setattr(torch, name, wrapper)
 
@@ -569,9 +577,10 @@ class Session:
             first, last = w.profiled[0], w.profiled[-1]
             steps = f"step {first} was" if first == last else f"steps {first}-{last} were"
             notes.append(
-                f"cold start: the script showed no loop around its first step, so {steps} profiled from the start; every number is from a cold first step (allocation, "
-                f"kernel selection, compilation included), there are no true (unprofiled) times, and layout copies "
-                f"made before the first attention call are not in the trace")
+                f"cold start: the script showed no loop around its first step, so {steps} profiled from the start: "
+                f"the numbers include the cold first step (allocation, kernel selection, compilation), there are no "
+                f"true (unprofiled) times, and layout copies made before the first attention call are not in the "
+                f"trace")
         elif w.profiled and w.profiled[0] == 0:
             notes.append("step 0 was profiled (--warmup 0 --timed 0): its numbers are from a cold first step "
                          "(allocation, kernel selection, compilation included)")

@@ -5,8 +5,9 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 - optimizer: a step ends at every optimizer step; the profiler starts right after the optimizer step that ends step
   W+T-1 and stops right after the one that ends step W+T+A-1.
 - iteration: one forward. When the run's first attention call (or call with attention unwrapped inside: a
-  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module, a step starts at each call of the outermost module on that call's stack (a forward
-  pre-hook on it; the layers of one forward all share it). Otherwise a step starts each time the site of the first
+  torch.compile'd module or function, TransformerEncoderLayer's fused inference op) happens inside an nn.Module,
+  a step starts at each call of the outermost module on that call's stack (a forward pre-hook on it; the layers of
+  one forward all share it). Otherwise a step starts each time the site of the first
   such call is called again; after the first recurrence the number of calls per step P is known, the profiler
   starts right after the exit of the P-th call of step W+T-1 and stops at the entry of the first call of step W+T+A.
 - call: every attention call is a step (start after the exit of call W+T-1, stop at the entry of call W+T+A).
@@ -15,8 +16,8 @@ Steps are numbered from 0. With W warm-up, T timed and A active steps, steps W+T
 
 Cold start: a script that shows no loop around its first step (a one-pass inference script) would end before step
 W+T. When no frame outside that step (outside the outermost module, or around the call site) is executing a loop
-body, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are cold and the run has no true
-(unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
+or has one after its current line, the window opens there, at step 0, and covers steps 0 .. A-1: those numbers are
+cold and the run has no true (unprofiled) times. A run that loops keeps W warm-up and T timed steps before its window.
 
 At most `max_calls` attention calls are profiled: the profiler stops at the entry of the next one.
 """
@@ -198,9 +199,9 @@ class StepWindow:
 
     def _first_mark(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
         self.first_site = site
-        outer = None
-        if self.unit in (None, "iteration"):
-            outer = self._find_root(frame)
+        outer = self._outer_module_call(frame)
+        if outer is not None and self.unit in (None, "iteration"):
+            self._hook_root(outer)
         if self.state == WAITING and self.first > 0 and not _in_loop(outer.f_back if outer is not None else user):
             self.cold = True
             self.first, self.end = 0, self.active
@@ -242,21 +243,23 @@ class StepWindow:
         self.profiled = [first, max(first, last if last is not None else first)]
         self._stop()
 
-    def _find_root(self, frame: FrameType | None) -> FrameType | None:
-        """The outermost nn.Module call on the stack from `frame` outwards: its forwards become the steps (a
-        pre-hook). Returns that call's frame, None if there is no module on the stack. A module compiled in place
-        (`module.compile()`) runs its hooks inside the graph, where they cannot count: it is passed over."""
+    def _outer_module_call(self, frame: FrameType | None) -> FrameType | None:
+        """The frame of the outermost nn.Module call on the stack from `frame` outwards, None if there is none. A
+        module compiled in place (`module.compile()`) runs its hooks inside the graph, where they cannot count
+        steps: it is passed over."""
         codes = self._module_codes
         outer = None
         while frame is not None:
-            if frame.f_code in codes and getattr(frame.f_locals.get("self"), "_compiled_call_impl", None) is None:
-                outer = frame
+            if frame.f_code in codes:
+                module = frame.f_locals.get("self")
+                if isinstance(module, torch.nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
+                    outer = frame
             frame = frame.f_back
-        if outer is None:
-            return None
-        module = outer.f_locals.get("self")
-        if not isinstance(module, torch.nn.Module):
-            return None
+        return outer
+
+    def _hook_root(self, outer: FrameType) -> None:
+        """The module called in `outer` is the root: its forwards become the steps (a forward pre-hook)."""
+        module = outer.f_locals["self"]
         try:
             self._root_handles.append(module.register_forward_pre_hook(self.root_forward))
             original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule: name what it compiled
@@ -264,12 +267,12 @@ class StepWindow:
             self.root = f"compiled {name}" if original is not None else name
         except Exception:
             self.root = None
-        return outer
 
 
 def _in_loop(frame: FrameType | None) -> bool:
-    """Whether `frame` or a frame outside it (up to attnprof's runner) is executing the body of a loop: the sign
-    that the step about to run will run again. Unknown source counts as a loop (the safe side: no cold window).
+    """Whether `frame` or a frame outside it (up to attnprof's runner) is executing a loop, or has one still to
+    run after its current line (a warm-up call before a benchmark loop): the signs that the step about to run may
+    run again. Unknown source counts as a loop (the safe side: no cold window).
     Asked once per run, so nothing is cached: a file may change between runs in one process."""
     trees: dict[str, ast.AST | None] = {}
     while frame is not None:
@@ -282,7 +285,7 @@ def _in_loop(frame: FrameType | None) -> bool:
         if spans is None:
             return True
         line = frame.f_lineno or 0
-        if any(first <= line <= last for first, last in spans):
+        if any(line <= last for _, last in spans):  # inside a loop, or a loop comes later
             return True
         frame = frame.f_back
     return False
