@@ -9,7 +9,7 @@ from attnprof.trace.runinfo import RunInfo
 
 
 def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str) -> Report:
-    calls, notes = [], []
+    calls, notes = [], [n for trace in traces for n in trace.notes]  # what the loader skipped or repaired
     for trace in traces:
         calls.extend(find_calls(trace, runinfo))
     first = runinfo.steps.first_timed_call if runinfo else None

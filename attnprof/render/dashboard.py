@@ -31,6 +31,7 @@ from plotly.offline import get_plotlyjs
 from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
 
@@ -542,9 +543,7 @@ def write_dashboard(report: Report | None, insights: Insights | None, folder: Pa
     the insights."""
     folder = Path(folder)
     renderer = DashboardRenderer(insights, compare, title or f"attnprof — {folder.resolve().name}")
-    path = folder / name
-    path.write_text(renderer.render(report))
-    return path
+    return atomic_write(folder / name, renderer.render(report))
 
 
 class DashboardRenderer(Renderer):

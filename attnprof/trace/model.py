@@ -109,8 +109,15 @@ class HostEvents:
 
 
 def _decoded(raw: bytes | None) -> list:
-    """One op's raw JSON argument column, decoded on demand (most ops are never asked)."""
-    return msgspec.json.decode(raw) if raw else []
+    """One op's raw JSON argument column, decoded on demand (most ops are never asked); [] unless it is a list
+    (a hand-edited or foreign trace can hold anything there)."""
+    if not raw:
+        return []
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return []
+    return value if isinstance(value, list) else []
 
 
 @dataclass
@@ -145,6 +152,7 @@ class Trace:
     base_us: float  # absolute time of t=0, µs
     device_properties: list[dict] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # loader-specific facts (with_stack, record_shapes, ...)
+    notes: list[str] = field(default_factory=list)  # what the loader skipped or repaired, and why (for the report)
 
     @property
     def has_device_activity(self) -> bool:

@@ -6,11 +6,14 @@ else's torch.profiler file) still gets the full split, only without true times a
 """
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+
+from attnprof.files import atomic_write
 
 RUNINFO_FILE = "runinfo.json"
 RUNINFO_VERSION = 1
@@ -30,15 +33,22 @@ def parse_source_range(name: str) -> tuple[str, int | None]:
     site, sep, storage = body.rpartition(" " + SOURCE_STORAGE)
     if sep:
         try:
-            return site, int(storage, 16)
+            return unescape_name(site), int(storage, 16)
         except ValueError:
             pass
-    return body, None
+    return unescape_name(body), None
 
 
 def ascii_name(text: str) -> str:
-    """torch.profiler drops ranges whose names are not ASCII from its trace: escape anything else."""
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+    """torch.profiler drops ranges whose names are not ASCII from its trace: escape anything else, as XML character
+    references (`sïte.py` -> `s&#239;te.py`; `&` itself -> `&amp;`), which Kineto's JSON keeps as they are (it
+    turns backslashes into slashes) and `unescape_name` reverses exactly."""
+    return text.replace("&", "&amp;").encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def unescape_name(text: str) -> str:
+    """The text `ascii_name` escaped (a site read back from a range name)."""
+    return html.unescape(text) if "&" in text else text
 
 
 def range_name(op: str, site: str, call_id: int) -> str:
@@ -132,9 +142,8 @@ class RunInfo:
 
 
 def write_runinfo(info: RunInfo, folder: Path) -> Path:
-    path = Path(folder) / RUNINFO_FILE
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(info), indent=1))
-    return path
+    """Atomically: a crash or a full disk leaves the previous runinfo.json (or none), never half of one."""
+    return atomic_write(Path(folder) / RUNINFO_FILE, msgspec.json.format(msgspec.json.encode(info), indent=1))
 
 
 def read_runinfo(folder: Path) -> RunInfo | None:
