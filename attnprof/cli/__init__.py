@@ -22,8 +22,18 @@ COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "corr
 
 def add_max_trace_mb(parser: argparse.ArgumentParser) -> None:
     """The cap on each input trace (decompressed), for the commands that read traces."""
-    parser.add_argument("--max-trace-mb", type=float, default=DEFAULT_MAX_INPUT_MB, metavar="MB",
+    parser.add_argument("--max-trace-mb", type=_positive_mb, default=DEFAULT_MAX_INPUT_MB, metavar="MB",
                         help=f"refuse input files larger than this, decompressed (default: {DEFAULT_MAX_INPUT_MB})")
+
+
+def _positive_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size in MB greater than 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
