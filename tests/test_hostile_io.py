@@ -285,14 +285,15 @@ def _out_under_a_file(tmp_path):
 RUN_FOLDERS = [_root_is_a_file, _out_exists, _out_under_a_file]
 
 
-@pytest.mark.parametrize("command", ["trace", "compare"])
+@pytest.mark.parametrize("command", ["trace", "compare", "nsys"])
 @pytest.mark.parametrize("where", RUN_FOLDERS, ids=[w.__name__.strip("_") for w in RUN_FOLDERS])
 def test_run_folder_target_refused_before_the_script_runs(capsys, monkeypatch, tmp_path, command, where):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
     options, message = where(tmp_path)
     before = digests(tmp_path)
-    argv = [command, *options] + (["script.py"] if command == "trace" else ["--device", "cpu"])
+    argv = [command, *options] + {"trace": ["script.py"], "compare": ["--device", "cpu"],
+                                  "nsys": ["--", "script.py"]}[command]
     code, out, err = cli(capsys, *argv)
     assert code == 2 and out == ""
     assert message in one_line_error(err)

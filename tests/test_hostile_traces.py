@@ -224,6 +224,18 @@ def test_odd_trace_through_explain_and_dashboard(tmp_path, seed_doc, command):
         assert "examples/seed_case.py:34 via :47" in out
 
 
+@pytest.mark.parametrize("size", [0, -5], ids=["zero", "negative"])
+def test_degenerate_shapes_through_the_dashboard(tmp_path, seed_doc, size):
+    doc = copy.deepcopy(seed_doc)
+    for e in events(doc, {"cpu_op"}):
+        if "Input Dims" in e["args"]:
+            e["args"]["Input Dims"] = [[size, 64, 256, 64]] * 3
+    path = write(tmp_path, doc)
+    code, out, err = cli("dashboard", path, "-o", tmp_path / "page.html")
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "page.html").read_text().rstrip().endswith("</html>")
+
+
 # --- files that are not traces: one line, exit 2 --------------------------------------------------------------------
 
 def _deep(doc):

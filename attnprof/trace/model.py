@@ -96,7 +96,9 @@ class HostEvents:
         return self.ts + self.dur
 
     def dims(self, i: int) -> list:
-        return _decoded(self.input_dims[i])
+        """Input shapes; an entry holding a negative size (not a shape) reads as [] ."""
+        return [d if not (isinstance(d, list) and any(isinstance(x, int) and x < 0 for x in d)) else []
+                for d in _decoded(self.input_dims[i])]
 
     def types(self, i: int) -> list:
         return _decoded(self.input_types[i])
