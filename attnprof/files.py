@@ -32,11 +32,12 @@ def read_bytes(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> bytearray:
     limit = int(max_mb * MB)
     try:
         with open(path, "rb", buffering=0) as f:
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and os.fstat(f.fileno()).st_size == 0:
-                return bytearray()
             first = _read_some(f, 2)
             if first[:2] == _GZIP_MAGIC:
                 return _gunzip(path, f, first, limit, max_mb)
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > limit:  # a plain file says its size: no need to read
+                raise _too_big(path, max_mb, "")
             data = bytearray(first)
             while len(data) <= limit:
                 chunk = f.read(_CHUNK)
