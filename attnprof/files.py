@@ -1,22 +1,222 @@
-"""Reading the files users hand attnprof, for every stage: gzipped or not, with one-line errors."""
+"""The files attnprof reads and writes, for every stage, with one-line errors.
+
+Reading: once, streaming (pipes and `<(zcat trace.gz)` work; nothing seeks), gunzipped when the content is gzip,
+and capped while reading, so a gzip bomb or `/dev/zero` stops at the cap instead of filling memory.
+Writing: atomically (a temporary name in the same folder, flushed to disk, then renamed), so a crash or a full disk
+leaves the last good file or none, never a truncated one. Output paths are checked before any work.
+"""
 from __future__ import annotations
 
-import gzip
+import errno
+import os
+import stat
+import sys
+import tempfile
 import zlib
 from pathlib import Path
+from typing import Callable, Iterable, Union
 
 from attnprof.errors import AttnprofError
 
+#: Default cap on the (decompressed) size of one input file; `--max-trace-mb` raises it.
+DEFAULT_MAX_INPUT_MB = 1024
+MB = 1 << 20
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
 
-def read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it is gzip (told by content, not by name)."""
+
+def read_bytes(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> bytearray:
+    """The file's content, gunzipped when it is gzip (told by content, not by name), read once from the start.
+
+    Stops with an AttnprofError as soon as the (decompressed) content passes `max_mb`."""
+    limit = int(max_mb * MB)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb", buffering=0) as f:
+            first = _read_some(f, 2)
+            if first[:2] == _GZIP_MAGIC:
+                return _gunzip(path, f, first, limit, max_mb)
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > limit:  # a plain file says its size: no need to read
+                raise _too_big(path, max_mb, "")
+            data = bytearray(first)
+            while len(data) <= limit:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    return data
+                data += chunk
+            raise _too_big(path, max_mb, "")
     except OSError as e:
         raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
+    except MemoryError:
+        raise _too_big(path, max_mb, " (out of memory while reading)") from None
+
+
+def _read_some(f, n: int) -> bytes:
+    """At least n bytes unless the input ends first (a pipe hands out what it has)."""
+    data = b""
+    while len(data) < n:
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            break
+        data += chunk
     return data
+
+
+def _gunzip(path: Path, f, first: bytes, limit: int, max_mb: float) -> bytearray:
+    """Inflate while reading, a bounded piece at a time: a bomb is caught at the cap, never inflated whole."""
+    out = bytearray()
+    d = zlib.decompressobj(wbits=31)
+    pending = first
+    while True:
+        if not pending:
+            pending = f.read(_CHUNK)
+            if not pending:
+                if not d.eof:
+                    raise AttnprofError(f"{path} is not a readable gzip file (it ends early)")
+                return out
+        try:
+            out += d.decompress(pending, _CHUNK)
+        except zlib.error as e:
+            raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
+        if len(out) > limit:
+            raise _too_big(path, max_mb, " decompressed")
+        pending = d.unconsumed_tail
+        if d.eof:  # a file may hold several gzip members one after the other
+            pending = d.unused_data
+            d = zlib.decompressobj(wbits=31)
+            if not pending:
+                pending = f.read(_CHUNK)
+                if not pending:
+                    return out
+
+
+def _too_big(path: Path, max_mb: float, how: str) -> AttnprofError:
+    return AttnprofError(f"{path} is larger than {max_mb:g} MB{how}: raise the cap with --max-trace-mb if it is "
+                         "a real trace")
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def say(line: object, stream=None) -> None:
+    """Print one of attnprof's own lines (stderr by default), unless the user's script closed that stream: python
+    then ends quietly, and so does attnprof, instead of raising on a closed file."""
+    stream = sys.stderr if stream is None else stream
+    if stream is None or getattr(stream, "closed", False):
+        return
+    try:
+        print(line, file=stream)
+    except (OSError, ValueError):
+        pass
+
+
+def stream_open(stream) -> bool:
+    return stream is not None and not getattr(stream, "closed", False)
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+Payload = Union[bytes, bytearray, str, Callable[[object], None]]
+
+
+def atomic_write(path: Path, data: Payload) -> Path:
+    """Write `data` (bytes, str as UTF-8, or a function that writes into a binary file object) to `path`: a temporary
+    name in the same folder, flushed to disk, then renamed over `path`. On any failure the temporary file is removed
+    and `path` is left as it was (the last good file, or none), and the OSError propagates."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_failure(path: Path, e: OSError) -> str:
+    """One line for a write that failed: what is missing and why."""
+    why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return f"could not write {path}: {why}"
+
+
+def check_output_file(path: Path, inputs: Iterable[Path] = ()) -> Path:
+    """Raise AttnprofError unless `path` can be written as a new or replaced file, and is none of `inputs`
+    (no command writes over what it reads)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AttnprofError(f"{path} is a folder: give a file name (e.g. {path / 'dashboard.html'})")
+    if path.exists() and not path.is_file():
+        raise AttnprofError(f"{path} is not a regular file: give a file name to write")
+    for item in inputs:
+        if _same_file(path, Path(item)):
+            raise AttnprofError(f"{path} is an input of this command: attnprof never writes over its input")
+    check_writable_folder(path.parent, f"cannot write {path}")
+    return path
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Raise AttnprofError unless `folder` is an existing folder new files can be created in."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        existing = next((p for p in folder.parents if p.exists()), None)
+        if folder.exists() or (existing is not None and not existing.is_dir()):
+            raise AttnprofError(f"{what}: {folder if folder.exists() else existing} is a file, not a folder")
+        raise AttnprofError(f"{what}: no folder {folder}")
+    if not _writable(folder):
+        raise AttnprofError(f"{what}: {folder} is not writable")
+
+
+def check_new_folder_place(folder: Path, what: str) -> None:
+    """Raise AttnprofError unless `folder` could be created: its first existing ancestor is a writable folder."""
+    for parent in (Path(folder), *Path(folder).parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise AttnprofError(f"{what}: {parent} is a file, not a folder")
+            if not _writable(parent):
+                raise AttnprofError(f"{what}: {parent} is not writable")
+            return
+
+
+def check_run_folder_target(out: Path | None, root: Path, empty_ok: bool = False) -> None:
+    """Before any work: the run folder can be created where asked: `out` new (or, with `empty_ok`, an empty
+    folder), else under `root`, a folder or a place one can be made."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not (empty_ok and out.is_dir() and not any(out.iterdir())):
+            raise AttnprofError(f"{out} already exists: choose another --out or remove it")
+        check_new_folder_place(out, f"cannot create --out {out}")
+    else:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise AttnprofError(f"--root {root} is a file, not a folder")
+        check_new_folder_place(root, f"cannot create run folders under --root {root}")
+
+
+def _writable(folder: Path) -> bool:
+    """os.access answers for the user (root may write into mode 555 folders) and sees read-only mounts."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -16,6 +16,7 @@ from pathlib import Path
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis.records import Report
 from attnprof.errors import AttnprofError
+from attnprof.files import atomic_write, check_new_folder_place
 from attnprof.pipeline import analyze_run, read_compare, write_dashboard_for
 from attnprof.trace.load import DERIVED_MARK, TRACE_SUFFIXES
 
@@ -173,6 +174,11 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
     traces, out = Path(traces), Path(out)
     if not traces.is_dir():
         raise AttnprofError(f"{traces}: no such folder (the gallery renders the run folders under it)")
+    check_new_folder_place(out, f"cannot write the gallery into {out}")
+    if out.exists() and not out.is_dir():
+        raise AttnprofError(f"--out {out} is a file, not a folder")
+    if out.resolve() == traces.resolve() or traces.resolve() in out.resolve().parents:
+        raise AttnprofError(f"--out {out} is inside --traces {traces}: the gallery never writes among its inputs")
     runs = load_gallery_runs(traces)
     if not runs:
         raise AttnprofError(f"{traces} holds no run folder (a folder with a *.pt.trace.json[.gz] or compare.json)")
@@ -197,7 +203,7 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
                                    name=f"{name}.html", title=f"attnprof — {other.name} vs {base.name}")
         entries.append(GalleryEntry(path, name, [_explanation_line(e)] + [
             f"{dg.KIND_TITLES[c.kind]}: {c.detail}" for c in e.causes[:3]]))
-    (out / "README.md").write_text(gallery_readme(entries, traces, out))
+    atomic_write(out / "README.md", gallery_readme(entries, traces, out))
     return entries
 
 

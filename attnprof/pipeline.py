@@ -12,6 +12,8 @@ from attnprof.analysis import analyze
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
+from attnprof.errors import AttnprofError
+from attnprof.files import DEFAULT_MAX_INPUT_MB, atomic_write, write_failure
 from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
@@ -32,13 +34,16 @@ class AnalyzedRun:
         return {c.id: c for c in self.runinfo.calls} if self.runinfo else {}
 
 
-def analyze_run(path: Path) -> AnalyzedRun:
-    run = load_path(Path(path))
-    return AnalyzedRun(analyze(run.traces, run.runinfo, run.source, run.ncu), run.runinfo)
+def analyze_run(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> AnalyzedRun:
+    """Load and analyse a run folder or trace; `max_mb` caps each input file (decompressed)."""
+    run = load_path(Path(path), max_mb)
+    report = analyze(run.traces, run.runinfo, run.source, run.ncu)
+    report.notes[:0] = run.notes  # what of the folder was left out comes first
+    return AnalyzedRun(report, run.runinfo)
 
 
-def analyze_path(path: Path) -> Report:
-    return analyze_run(path).report
+def analyze_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Report:
+    return analyze_run(path, max_mb).report
 
 
 def render_json(report: Report) -> str:
@@ -95,16 +100,33 @@ def write_dashboard_for(report: Report | None, folder: Path, explanations: list[
                            name=name or DASHBOARD_FILE, title=title)
 
 
-def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:
+def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[str]:
     """What `attnprof trace` leaves in a run folder after the run: attnprof.json, dashboard.html, the Perfetto overlay
-    and the TensorBoard scalars; and the table, on stdout after the script's own output (notes on stderr)."""
+    and the TensorBoard scalars; and the table, on stdout after the script's own output (notes on stderr).
+
+    Each file is written atomically and on its own: one that cannot be written (a full disk, a read-only folder)
+    leaves its previous version or none, and the others are still written. Returns one line per file missing."""
+    from attnprof.render.dashboard import DASHBOARD_FILE
     from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
 
     report = run.report
     renderer = JsonRenderer()
-    (Path(folder) / renderer.output_name).write_text(renderer.render(report) + "\n")
-    write_dashboard_for(report, folder, call_info=run.call_info)
-    write_trace_views(report, folder)
+    folder = Path(folder)
+    pieces = [
+        (folder / renderer.output_name, lambda: atomic_write(folder / renderer.output_name,
+                                                             renderer.render(report) + "\n")),
+        (folder / DASHBOARD_FILE, lambda: write_dashboard_for(report, folder, call_info=run.call_info)),
+        (folder / "trace views (Perfetto overlay, TensorBoard scalars)", lambda: write_trace_views(report, folder)),
+    ]
+    missing = []
+    for path, write in pieces:
+        try:
+            write()
+        except OSError as e:
+            missing.append(write_failure(path, e))
+        except AttnprofError as e:
+            missing.append(f"could not write {path}: {e}")
     if console:
         sys.stdout.flush()
         render_console(report)
+    return missing

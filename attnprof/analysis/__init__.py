@@ -11,7 +11,8 @@ from attnprof.trace.runinfo import RunInfo
 
 
 def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuReport | None = None) -> Report:
-    calls, notes, unattributed = [], [], []
+    calls, unattributed = [], []
+    notes = [n for trace in traces for n in trace.notes]  # what the loader skipped or repaired
     for trace in traces:
         found, unowned = find_calls(trace, runinfo)
         calls.extend(found)

@@ -26,7 +26,9 @@ from attnprof.analysis.records import (
     COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment, UnattributedCopy,
 )
 from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
-from attnprof.trace.runinfo import RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange
+from attnprof.trace.runinfo import (
+    RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange, unescape_name,
+)
 
 #: How far to walk from a call to find its prep ops (siblings), so a pathological thread cannot stall analysis.
 MAX_WALK = 64
@@ -460,7 +462,7 @@ class CallFinder:
         for anchor in self.anchors():
             m = RANGE_RE.match(self.ix.name(anchor))
             if m:
-                call_id, op, site, found_by = int(m["id"]), m["op"], m["site"], "attnprof"
+                call_id, op, site, found_by = int(m["id"]), m["op"], unescape_name(m["site"]), "attnprof"
                 info = self.call_info.get(call_id)
             else:
                 call_id, op, found_by, info = next_id, self.ix.name(anchor), compiled.found_by(self.ix, anchor), None

@@ -58,6 +58,8 @@ def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[di
             if not us or us <= 0:
                 continue
             r = roofline(shape, itemsize, s.phase == "bwd", us, ceilings)
+            if not r.min_bytes:  # a degenerate recorded shape (a 0 or negative size): no point to place
+                continue
             points.append({"site": s.site, "phase": s.phase, "what": what, "backend": s.backend,
                            "shapes": s.shapes, "dtype": s.dtype, "layout": s.layout, "us": us,
                            "intensity": r.flops / r.min_bytes, "tflops": r.tflops, "gbps": r.gbps,

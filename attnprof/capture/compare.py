@@ -316,9 +316,42 @@ def _make_inputs(case: CompareCase, layout: str, device: torch.device, n_sets: i
     return _Inputs(sets=sets, grads=grads)
 
 
-def _set_bytes(case: CompareCase) -> int:
+def free_memory_bytes(device: torch.device) -> int | None:
+    """What can still be allocated on `device`: the GPU's free memory, on CPU the RAM the kernel says is available;
+    None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_shortfall(case: CompareCase, n_sets: int, device: torch.device) -> str | None:
+    """Why a case cannot run here at all, before allocating: its inputs and output alone do not fit."""
+    free = free_memory_bytes(device)
+    needed = n_sets * _set_bytes(case) + case.heads_q * _per_head_bytes(case)  # + one output
+    if free is None or needed <= free:
+        return None
+    where = "free on the GPU" if device.type == "cuda" else "of RAM available"
+    return (f"its inputs and output need {needed / 2**30:,.1f} GiB, {free / 2**30:,.1f} GiB {where}: "
+            "not run (a smaller shape, or a larger device)")
+
+
+def _per_head_bytes(case: CompareCase) -> int:
     itemsize = torch.empty(0, dtype=getattr(torch, case.dtype)).element_size()
-    per_head = case.batch * case.seqlen * case.head_dim * itemsize
+    return case.batch * case.seqlen * case.head_dim * itemsize
+
+
+def _set_bytes(case: CompareCase) -> int:
+    per_head = _per_head_bytes(case)
     roles = 2 * case.heads_q + 2 * case.heads_kv if case.backward else case.heads_q + 2 * case.heads_kv
     return roles * per_head
 
@@ -372,6 +405,10 @@ class _Runner:
                 return work(inputs)
         except torch.OutOfMemoryError as e:  # a shape too large for this backend (math materialises L×L)
             return phases_failed(_reason(e))
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e):  # the CPU allocator's out-of-memory is a RuntimeError
+                raise
+            return phases_failed(_reason(e))
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -385,6 +422,9 @@ class _Runner:
         if backend.unavailable:
             return unsupported(backend.unavailable)
         n_sets = input_sets_needed(_set_bytes(case), self.cache_bytes)
+        too_big = _memory_shortfall(case, n_sets, self.device)
+        if too_big:
+            return unsupported(too_big)
         return self._with_inputs(case, backend, variant, n_sets,
                                  lambda inputs: self._time(index, case, backend, variant, inputs), unsupported)
 
@@ -490,7 +530,18 @@ def run_compare(options: CompareOptions, progress: Callable[[str], None] | None 
         raise AttnprofError("--warmup must be >= 0 and --reps >= 1")
     chosen = backends(options.backends)
     device = torch.device(options.device)
+    created = options.out is None or not Path(options.out).exists()
     folder = new_run_folder(options.out, options.root)
+    try:
+        return _run_all(options, chosen, device, folder, progress)
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed compare leaves nothing behind that would block a rerun with the same --out
+        raise
+
+
+def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.device, folder: Path,
+             progress: Callable[[str], None] | None) -> CompareRun:
     runner = _Runner(options, device, folder)
     clock = ("a CUDA event pair on the stream, the host given a head start (GPU time)" if device.type == "cuda"
              else "the host clock (time.perf_counter)")

@@ -32,8 +32,9 @@ from attnprof.capture.sources import SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError
+from attnprof.files import say
 from attnprof.trace.runinfo import (
-    RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, range_name, write_runinfo,
+    RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
 )
 
 try:
@@ -451,7 +452,7 @@ class Session:
         after = self.window.tried and self.window.state == "done"
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
-        call.name = f"{entry.op} {site} #{call.call_id}"
+        call.name = ascii_name(f"{entry.op} {site} #{call.call_id}")  # profilers keep ASCII range names only
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
             self._cuda_device = call.device
@@ -596,7 +597,7 @@ class Session:
 
     def _say(self, message: str) -> None:
         if not self.options.quiet:
-            print(f"attnprof: {message}", file=sys.stderr)
+            say(f"attnprof: {message}")  # the script may have closed stderr
 
     def _note_error(self, what: str, e: BaseException) -> None:
         """An attnprof failure during the run: said once on stderr, kept in runinfo's note; the run goes on."""

@@ -128,7 +128,7 @@ class SiteResolver:
         if found is None:
             path = self._paths.get(code.co_filename)
             if path is None:
-                path = self._paths[code.co_filename] = ascii_name(short_path(code.co_filename, self.cwd))
+                path = self._paths[code.co_filename] = short_path(code.co_filename, self.cwd)
             found = self._sites[key] = (f"{path}:{line}", getattr(code, "co_qualname", code.co_name))
         return found
 
@@ -209,7 +209,7 @@ class SourceLineMode(TorchFunctionMode):
             user = self.resolver.user_frame(sys._getframe(2), through_attention=False)
             if user is None:
                 return None
-            name = SOURCE_PREFIX + self.resolver.site(user)[0]
+            name = SOURCE_PREFIX + ascii_name(self.resolver.site(user)[0])  # the profiler keeps ASCII names
             source = args[0] if args else None
             if isinstance(source, (list, tuple)) and source:  # torch.cat / stack: a list of tensors
                 source = source[0]

@@ -13,10 +13,27 @@ import sys
 
 from attnprof import __version__
 from attnprof.errors import AttnprofError
+from attnprof.files import DEFAULT_MAX_INPUT_MB, say
 
 PROG = "attnprof"
 #: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
 COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "ncu", "correlate")
+
+
+def add_max_trace_mb(parser: argparse.ArgumentParser) -> None:
+    """The cap on each input trace (decompressed), for the commands that read traces."""
+    parser.add_argument("--max-trace-mb", type=_positive_mb, default=DEFAULT_MAX_INPUT_MB, metavar="MB",
+                        help=f"refuse input files larger than this, decompressed (default: {DEFAULT_MAX_INPUT_MB})")
+
+
+def _positive_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size in MB greater than 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         ns = parser.parse_args(argv)
         return ns.run(ns)
     except AttnprofError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        say(f"{PROG}: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        say(f"{PROG}: interrupted")
         return 130
     except BrokenPipeError:
         return 0

@@ -63,15 +63,22 @@ def _progress(message: str) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from attnprof.files import check_run_folder_target
+
+    check_run_folder_target(ns.out, ns.root, empty_ok=True)  # before importing torch and measuring anything
+
     import msgspec
     import torch
 
     from attnprof.analysis import analyze
     from attnprof.analysis.compare import compare_rows
-    from attnprof.capture.ceilings import device_ceilings
+    from attnprof.capture.ceilings import device_ceilings, device_name
     from attnprof.capture.compare import CompareOptions, run_compare
+    from attnprof.errors import AttnprofError
+    from attnprof.files import atomic_write, write_failure
     from attnprof.render.compare_table import compare_document, print_compare, rows_json
     from attnprof.render.console import table_console
+    from attnprof.trace.ceilings import load_ceilings
     from attnprof.trace.compare import COMPARE_FILE, CompareCase
     from attnprof.trace.load import load_trace
 
@@ -85,7 +92,10 @@ def run(ns: argparse.Namespace) -> int:
                              out=ns.out, root=ns.root, command=["attnprof", *sys.argv[1:]])
 
     result = run_compare(options, progress=_progress)
-    ceilings = device_ceilings(torch.device(device), remeasure=ns.remeasure, progress=_progress)
+    if ns.remeasure or any(m.unsupported is None for m in result.measurements):
+        ceilings = device_ceilings(torch.device(device), remeasure=ns.remeasure, progress=_progress)
+    else:  # nothing ran: no percentage to divide, so no minute spent measuring the device
+        ceilings = load_ceilings(device_name(torch.device(device)))
 
     folder = Path(result.folder)
     calls_by_trace = {}
@@ -94,7 +104,10 @@ def run(ns: argparse.Namespace) -> int:
     rows, notes = compare_rows(result, calls_by_trace, ceilings)
 
     document = compare_document(result, rows, ceilings, notes)
-    (folder / COMPARE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=1) + b"\n")
+    try:
+        atomic_write(folder / COMPARE_FILE, msgspec.json.format(msgspec.json.encode(document), indent=1) + b"\n")
+    except OSError as e:
+        raise AttnprofError(f"{write_failure(folder / COMPARE_FILE, e)} (traces kept in {folder})") from None
     if ns.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows_json(rows)), indent=1).decode() + "\n")
     else:

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from attnprof.cli import add_max_trace_mb
 from attnprof.errors import AttnprofError
 
 SEPARATOR = "::"
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site-b", metavar="SITE", help="narrow B to a call site; without B, B is this site of A's run")
     p.add_argument("--phase", choices=["fwd", "bwd"], help="only this phase (default: fwd and bwd together)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    add_max_trace_mb(p)
     p.set_defaults(run=run)
 
 
@@ -68,15 +70,16 @@ def _merge(spec: tuple[str | None, str | None], option: str | None, name: str) -
 class _Runs:
     """Each path loaded and analysed once, however many sides name it."""
 
-    def __init__(self):
+    def __init__(self, max_mb: float):
         self._cache: dict[Path, tuple] = {}
+        self.max_mb = max_mb
 
     def get(self, path: str):
         from attnprof.pipeline import analyze_run
 
         key = Path(path).resolve()
         if key not in self._cache:
-            run = analyze_run(Path(path))
+            run = analyze_run(Path(path), self.max_mb)
             self._cache[key] = (run.report, run.call_info)
         return self._cache[key]
 
@@ -103,7 +106,7 @@ def run(ns: argparse.Namespace) -> int:
     a_path, a_what = _merge(parse_side(ns.a), ns.site_a, "A")
     if a_path is None:
         raise AttnprofError("side A needs a run folder or trace: PATH[::SITE]")
-    runs = _Runs()
+    runs = _Runs(ns.max_trace_mb)
     console = table_console(sys.stdout)
     if ns.b is None and ns.site_b is None:
         if a_what:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
+from attnprof.files import check_run_folder_target, say
 
 _OWN = {"--nsys", "--out", "--root", "--beside", "--warmup", "--timed", "--step-on"}
 
@@ -76,10 +77,9 @@ def run(ns: argparse.Namespace) -> int:
     rest = ns.rest[1:] if ns.rest[:1] == ["--"] else ns.rest
     own, nsys_opts, script = split_argv(rest)
     ns = argparse.Namespace(**{**vars(ns), **vars(_own_parser().parse_args(own))})
+    check_run_folder_target(ns.out, ns.root)
     nsys = find_nsys(ns.nsys)
     if ns.out is not None:
-        if ns.out.exists():
-            raise AttnprofError(f"{ns.out} already exists: choose another --out or remove it")
         folder = ns.out
     else:
         stem = Path(script[1] if script[0] == "-m" and len(script) > 1 else script[0]).stem.split(".")[-1]
@@ -88,7 +88,8 @@ def run(ns: argparse.Namespace) -> int:
     trace_argv = ["--warmup", str(ns.warmup), "--timed", "0", "--step-on", ns.step_on, *script]
     code = run_under_nsys(nsys, nsys_opts, trace_argv, folder)
     run_ = analyze_run(folder)
-    write_reports(run_, folder, console=False)
+    for line in write_reports(run_, folder, console=False):
+        say(f"attnprof: {line} (run folder kept: {folder})")
     sys.stdout.flush()  # the script's own output first, then attnprof's tables
     render_console(run_.report)
     if ns.beside is not None:

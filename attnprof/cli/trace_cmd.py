@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
+from attnprof.files import check_run_folder_target, say, stream_open
 
 _TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls"}
 
@@ -86,6 +87,7 @@ def run(ns: argparse.Namespace) -> int:
     for name in ("warmup", "timed", "active", "max_calls"):
         if getattr(ns, name) < 0:
             raise AttnprofError(f"--{name.replace('_', '-')} must be >= 0")
+    check_run_folder_target(ns.out, ns.root)
     options = TraceOptions(
         quiet=ns.quiet,
         target=ns.module or ns.target,
@@ -105,22 +107,28 @@ def run(ns: argparse.Namespace) -> int:
         _analyze_run_folder(result.folder, quiet=ns.quiet)
     elif result.folder is not None:
         if ns.quiet:
-            print(result.folder)
+            say(result.folder, sys.stdout)
         elif result.runinfo is not None and result.runinfo.note:
-            print(f"attnprof: {result.runinfo.note}", file=sys.stderr)
+            say(f"attnprof: {result.runinfo.note}")
     return result.exit_code
 
 
 def _analyze_run_folder(folder: Path, quiet: bool) -> None:
-    """Analyse a finished run and leave attnprof.json in it; the run's own exit code stays the user's."""
-    from attnprof.errors import AttnprofError
+    """Analyse a finished run and leave attnprof.json in it; the run's own exit code stays the user's, whatever
+    happens here: what fails is said in one line, and the run folder (trace, runinfo.json) is kept."""
     from attnprof.pipeline import analyze_run, write_reports
 
     if quiet:
-        print(folder)
+        say(folder, sys.stdout)
     try:
         run = analyze_run(folder)
+        missing = write_reports(run, folder, console=not quiet and stream_open(sys.stderr))
     except AttnprofError as e:
-        print(f"attnprof: {e} (run folder kept: {folder})", file=sys.stderr)
+        say(f"attnprof: {e} (run folder kept: {folder})")
         return
-    write_reports(run, folder, console=not quiet)
+    except Exception as e:  # noqa: BLE001 - the user's run is done and saved: an analysis bug must not change its exit
+        say(f"attnprof: the analysis failed ({type(e).__name__}: {e}); run folder kept: {folder}, "
+             f"retry with `attnprof analyze {folder}`")
+        return
+    for line in missing:
+        say(f"attnprof: {line} (run folder kept: {folder})")

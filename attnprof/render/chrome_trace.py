@@ -17,8 +17,6 @@ The report's times are relative to the trace's t=0; analysis records where that 
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -27,7 +25,7 @@ import msgspec
 
 from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
 from attnprof.errors import AttnprofError
-from attnprof.files import read_bytes
+from attnprof.files import atomic_write, read_bytes
 from attnprof.trace.load import DERIVED_MARK
 
 LAUNCH = "launch"
@@ -103,7 +101,8 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
         doc = msgspec.json.encode(all_events)
     else:
         doc = msgspec.json.encode({**header, "traceEvents": all_events})
-    _write_atomically(out_path, gzip.compress(doc, compresslevel=6))
+    # atomically: a viewer or TensorBoard polling the folder never sees half a file
+    atomic_write(out_path, gzip.compress(doc, compresslevel=6))
     return out_path
 
 
@@ -254,16 +253,3 @@ def _call_args(c: CallSplit) -> dict:
     }
     # Viewers show null as "null": leave unknowns out; µs to the nanosecond.
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in args.items() if v is not None}
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """A viewer or TensorBoard polling the folder never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -32,6 +32,7 @@ from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSpl
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
 
@@ -577,9 +578,7 @@ def write_dashboard(report: Report | None, insights: Insights | None, folder: Pa
     the insights."""
     folder = Path(folder)
     renderer = DashboardRenderer(insights, compare, title or f"attnprof — {folder.resolve().name}")
-    path = folder / name
-    path.write_text(renderer.render(report))
-    return path
+    return atomic_write(folder / name, renderer.render(report))
 
 
 class DashboardRenderer(Renderer):

@@ -9,6 +9,8 @@ Written with TensorBoard's own event writer and protos: no torch, no TensorFlow.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections import defaultdict
 from datetime import datetime
@@ -55,12 +57,27 @@ def scalar_series(report: Report) -> dict[str, list[tuple[int, float]]]:
 def write_scalars(report: Report, folder: Path) -> Path | None:
     """Write the scalars into `folder` as one event file, replacing attnprof's previous one; None if no calls."""
     folder = Path(folder)
-    for old in folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"):
-        old.unlink()
+    old_files = list(folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"))
     series = scalar_series(report)
     if not series:
+        for old in old_files:
+            old.unlink()
         return None
     wall_time = _run_start(report)
+    # Written in a private folder and renamed in whole: a full disk or a crash never leaves TensorBoard half a file,
+    # and the previous file stays until the new one is complete.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".attnprof-tb-") as tmp:
+        _write_events(Path(tmp), series, wall_time)
+        (written,) = Path(tmp).glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}")
+        path = folder / written.name
+        os.replace(written, path)
+    for old in old_files:
+        if old != path:
+            old.unlink()
+    return path
+
+
+def _write_events(folder: Path, series: dict[str, list[tuple[int, float]]], wall_time: float) -> None:
     writer = EventFileWriter(str(folder), filename_suffix=EVENT_FILE_SUFFIX)
     try:
         for tag, points in series.items():
@@ -74,7 +91,6 @@ def write_scalars(report: Report, folder: Path) -> Path | None:
                 writer.add_event(event)
     finally:
         writer.close()
-    return next(folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"))  # the one file: the old ones are gone
 
 
 def _step(call: CallSplit) -> int:

@@ -8,11 +8,12 @@ dashboards read the cache on machines without a GPU.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
+from attnprof.files import atomic_write
 
 CEILINGS_FILE = "ceilings.json"
 CEILINGS_VERSION = 1
@@ -64,9 +65,4 @@ def save_ceilings(ceilings: Ceilings, path: Path | None = None) -> Path:
                if (c.device, c.torch_version) != (ceilings.device, ceilings.torch_version)]
     entries.append(ceilings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = msgspec.json.format(msgspec.json.encode(_CacheFile(CEILINGS_VERSION, entries)), indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ceilings-", suffix=".json")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, msgspec.json.format(msgspec.json.encode(_CacheFile(CEILINGS_VERSION, entries)), indent=1))

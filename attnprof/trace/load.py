@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 from attnprof.errors import AttnprofError
-from attnprof.files import read_bytes
+from attnprof.files import DEFAULT_MAX_INPUT_MB, is_regular_file, read_bytes
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import (
     NCU_REPORT_SUFFIX, NcuReport, csv_for_report, is_ncu_csv, load_ncu_csv, ncu_data_in,
@@ -29,6 +29,7 @@ class LoadedRun:
     traces: list[Trace]
     runinfo: RunInfo | None
     folder: Path | None  # the run folder, when one was given
+    notes: list[str] = field(default_factory=list)  # pieces of the folder left out (damaged, unreadable), and why
     ncu: NcuReport | None = None  # Nsight Compute's counters (`attnprof ncu`'s report.raw.csv), when there
 
 
@@ -42,39 +43,72 @@ def trace_files_in(folder: Path) -> list[Path]:
     return files
 
 
-def load_path(path: Path) -> LoadedRun:
+def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
+    """A run folder (its traces and runinfo.json) or one trace file. A folder with damaged pieces loads with what is
+    readable, and `notes` says what was left out; nothing readable is an AttnprofError."""
     path = Path(path)
     if not path.exists():
         raise AttnprofError(f"{path}: no such file or folder")
-    if path.is_dir():
-        try:
-            runinfo = read_runinfo(path)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise AttnprofError(f"{path}/runinfo.json is damaged ({e})") from None
+    if not path.is_dir():
+        return _load_file(path, max_mb)
+    notes = []
+    try:
+        runinfo = read_runinfo(path)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, OSError) as e:
+        runinfo = None
+        notes.append(f"runinfo.json is damaged or unreadable, analysed without it "
+                     f"(no true times, no call arguments): {_one_line(e)}")
+    try:
         files = trace_files_in(path)
-        ncu_csv = ncu_data_in(path)
-        ncu = load_ncu_csv(ncu_csv) if ncu_csv else None
-        if not files and ncu is not None:  # an `attnprof ncu` run: counters, no timeline
-            return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=path, ncu=ncu)
-        if not files:
-            if runinfo and runinfo.note:
-                raise AttnprofError(f"{path} holds no trace: {runinfo.note}")
-            raise AttnprofError(f"{path} holds no torch.profiler trace (*.pt.trace.json[.gz])")
-        return LoadedRun(source=str(path), traces=[load_trace(f) for f in files], runinfo=runinfo, folder=path,
-                         ncu=ncu)
+    except OSError as e:
+        raise AttnprofError(f"cannot list {path}: {e.strerror or e}") from None
+    ncu_csv = ncu_data_in(path)
+    ncu = load_ncu_csv(ncu_csv) if ncu_csv else None
+    if not files and ncu is not None:  # an `attnprof ncu` run: counters, no timeline
+        return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=path, notes=notes, ncu=ncu)
+    if not files:
+        if runinfo and runinfo.note:
+            raise AttnprofError(f"{path} holds no trace: {runinfo.note}")
+        raise AttnprofError(f"{path} holds no torch.profiler trace (*.pt.trace.json[.gz])")
+    traces, failures = [], []
+    for f in files:
+        try:
+            traces.append(load_trace(f, max_mb))
+        except AttnprofError as e:
+            failures.append(str(e))
+    if not traces:
+        raise AttnprofError(failures[0] if len(failures) == 1 else f"no trace of {path} is readable: {failures[0]}")
+    notes += [f"left out: {why}" for why in failures]
+    return LoadedRun(source=str(path), traces=traces, runinfo=runinfo, folder=path, notes=notes, ncu=ncu)
+
+
+def _load_file(path: Path, max_mb: float) -> LoadedRun:
+    """One file: a trace, or Nsight Compute's report / raw CSV (its folder's runinfo.json, if any, names the
+    phases)."""
     if path.suffix == NCU_REPORT_SUFFIX:
         path = csv_for_report(path)
-    if is_ncu_csv(path):  # the CSV alone: its folder's runinfo.json, if any, names the phases
+    if is_regular_file(path) and is_ncu_csv(path):
         try:
             runinfo = read_runinfo(path.parent)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, OSError):
             runinfo = None
         return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=None, ncu=load_ncu_csv(path))
-    return LoadedRun(source=str(path), traces=[load_trace(path)], runinfo=None, folder=None)
+    return LoadedRun(source=str(path), traces=[load_trace(path, max_mb)], runinfo=None, folder=None)
 
 
-def load_trace(path: Path) -> Trace:
-    """A torch.profiler trace (.json / .json.gz) or an Nsight Systems SQLite export, told apart by content."""
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
+    """A torch.profiler trace (.json / .json.gz) or an Nsight Systems SQLite export, told apart by content.
+
+    A pipe or process substitution (`<(zcat trace.json.gz)`) is read once and told apart from what was read."""
+    if not is_regular_file(path):
+        data = read_bytes(path, max_mb)
+        if bytes(data[:16]).startswith(b"SQLite format 3"):
+            return _load_sqlite_bytes(data, Path(path))
+        return load_torch_trace(path, data=data)
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -83,17 +117,18 @@ def load_trace(path: Path) -> Trace:
     if head.startswith(b"SQLite format 3"):
         return load_nsys_sqlite(path)
     if head.startswith(b"\x1f\x8b") and Path(path).name.endswith(".sqlite.gz"):
-        return _load_gzipped_sqlite(Path(path))
+        return _load_sqlite_bytes(read_bytes(path, max_mb), Path(path))
     if Path(path).suffix == ".nsys-rep":
         return load_nsys_sqlite(_exported(Path(path)))
-    return load_torch_trace(path)
+    return load_torch_trace(path, max_mb=max_mb)
 
 
-def _load_gzipped_sqlite(path: Path) -> Trace:
-    """A gzipped Nsight export (how small fixtures are kept): SQLite needs a file, so unpack to a temporary one."""
+def _load_sqlite_bytes(data: bytes, path: Path) -> Trace:
+    """A gzipped (how small fixtures are kept) or piped Nsight export: SQLite needs a file, so unpack to a
+    temporary one."""
     with tempfile.TemporaryDirectory(prefix="attnprof-") as tmp:
-        plain = Path(tmp) / path.name.removesuffix(".gz")
-        plain.write_bytes(read_bytes(path))
+        plain = Path(tmp) / (path.name.removesuffix(".gz") or "export.sqlite")
+        plain.write_bytes(data)
         trace = load_nsys_sqlite(plain)
     trace.source = str(path)
     return trace

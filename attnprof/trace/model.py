@@ -96,7 +96,9 @@ class HostEvents:
         return self.ts + self.dur
 
     def dims(self, i: int) -> list:
-        return _decoded(self.input_dims[i])
+        """Input shapes; an entry holding a negative size (not a shape) reads as [] ."""
+        return [d if not (isinstance(d, list) and any(isinstance(x, int) and x < 0 for x in d)) else []
+                for d in _decoded(self.input_dims[i])]
 
     def types(self, i: int) -> list:
         return _decoded(self.input_types[i])
@@ -109,8 +111,15 @@ class HostEvents:
 
 
 def _decoded(raw: bytes | None) -> list:
-    """One op's raw JSON argument column, decoded on demand (most ops are never asked)."""
-    return msgspec.json.decode(raw) if raw else []
+    """One op's raw JSON argument column, decoded on demand (most ops are never asked); [] unless it is a list
+    (a hand-edited or foreign trace can hold anything there)."""
+    if not raw:
+        return []
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return []
+    return value if isinstance(value, list) else []
 
 
 @dataclass
@@ -145,6 +154,7 @@ class Trace:
     base_us: float  # absolute time of t=0, µs
     device_properties: list[dict] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)  # loader-specific facts (with_stack, record_shapes, ...)
+    notes: list[str] = field(default_factory=list)  # what the loader skipped or repaired, and why (for the report)
 
     @property
     def has_device_activity(self) -> bool:

@@ -6,12 +6,15 @@ else's torch.profiler file) still gets the full split, only without true times a
 """
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
+
+from attnprof.files import atomic_write
 
 RUNINFO_FILE = "runinfo.json"
 RUNINFO_VERSION = 1
@@ -36,15 +39,22 @@ class SourceRange(NamedTuple):
 
 
 def parse_source_range(name: str) -> SourceRange:
-    """(site, storage read, copy number) of an `attnprof.src:` range name."""
+    """(site, storage read, copy number) of an `attnprof.src:` range name; the site as the user's file names it."""
     m = _SOURCE_RE.match(name[len(SOURCE_PREFIX):])
     read, number = m["read"], m["number"]
-    return SourceRange(m["site"], int(read, 16) if read else None, int(number) if number else None)
+    return SourceRange(unescape_name(m["site"]), int(read, 16) if read else None, int(number) if number else None)
 
 
 def ascii_name(text: str) -> str:
-    """torch.profiler drops ranges whose names are not ASCII from its trace: escape anything else."""
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+    """torch.profiler drops ranges whose names are not ASCII from its trace: escape anything else, as XML character
+    references (`sïte.py` -> `s&#239;te.py`; `&` itself -> `&amp;`), which Kineto's JSON keeps as they are (it
+    turns backslashes into slashes) and `unescape_name` reverses exactly."""
+    return text.replace("&", "&amp;").encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def unescape_name(text: str) -> str:
+    """The text `ascii_name` escaped (a site read back from a range name)."""
+    return html.unescape(text) if "&" in text else text
 
 
 def range_name(op: str, site: str, call_id: int) -> str:
@@ -140,9 +150,8 @@ class RunInfo:
 
 
 def write_runinfo(info: RunInfo, folder: Path) -> Path:
-    path = Path(folder) / RUNINFO_FILE
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(info), indent=1))
-    return path
+    """Atomically: a crash or a full disk leaves the previous runinfo.json (or none), never half of one."""
+    return atomic_write(Path(folder) / RUNINFO_FILE, msgspec.json.format(msgspec.json.encode(info), indent=1))
 
 
 def read_runinfo(folder: Path) -> RunInfo | None:
