@@ -287,7 +287,8 @@ def test_one_forward_inference_script_is_profiled_cold_by_default(trace, capsys)
     s = r.runinfo.steps
     assert (s.unit, s.boundary, s.seen, s.profiled, s.stopped_early) == (
         "iteration", "one forward of GPT2LMHeadModel", 1, [0, 0], None)
-    assert [(c.op, c.step) for c in r.runinfo.calls] == [("sdpa", 0), ("sdpa", 0)]  # one per layer
+    # one per layer, through HF's attention interface
+    assert [(c.op, c.step) for c in r.runinfo.calls] == [("hf.sdpa", 0), ("hf.sdpa", 0)]
     assert r.runinfo.note.startswith("cold start: the script showed no loop around its first step, so step 0 was "
                                      "profiled")
     assert all(t.true_us == [] for t in r.runinfo.sites)  # nothing ran unprofiled: no true times, none invented
