@@ -33,6 +33,12 @@ class AnalyzedRun:
 
 
 def analyze_run(path: Path) -> AnalyzedRun:
+    from attnprof.multirank import analyze_ranks, job_report, rank_inputs
+
+    ranks = rank_inputs(Path(path))
+    if ranks:  # a job of several ranks (torchrun): one report across them
+        report = job_report(analyze_ranks(ranks, str(path)), str(path))
+        return AnalyzedRun(report, ranks[0].runinfo)
     run = load_path(Path(path))
     return AnalyzedRun(analyze(run.traces, run.runinfo, run.source), run.runinfo)
 

@@ -5,6 +5,10 @@ These records are attnprof.json (README, "attnprof.json schema"): render/json_re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attnprof.analysis.ranks import RanksSummary
 
 SCHEMA_VERSION = 1
 
@@ -120,3 +124,6 @@ class Report:
     #: per entry of trace_files: the absolute time (µs, the trace's own clock) of its t=0, which every start_us
     #: is relative to (Trace.base_us); empty for reports made before it was recorded
     trace_base_us: list[float] = field(default_factory=list)
+    #: a job of several ranks (torchrun): every rank across call sites (analysis/ranks.py); calls and sites above
+    #: are then those of the lowest rank
+    ranks: RanksSummary | None = None

@@ -155,6 +155,11 @@ class ConsoleRenderer(Renderer):
             console.print(Text(f"  {s.site} ({s.phase}):"))
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
+        if report.ranks is not None:
+            from attnprof.render.ranks import console_renderables  # a job of several ranks
+
+            for item in console_renderables(report.ranks, small=compact(console)):
+                console.print(item)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:

@@ -396,6 +396,8 @@ def build_panels(report: Report | None, insights: Insights | None = None,
             panels.append(Panel("roofline", "Roofline", "Achieved TFLOP/s against arithmetic intensity (FLOPs over "
                                 "the minimum bytes), per site and phase: filled, the attention kernels alone; open, "
                                 f"the whole call. Dashed: {where}.", fig))
+    if report is not None and report.ranks is not None:
+        panels.extend(rank_panels(report.ranks))
     if compare:
         rows = compare["rows"]
         fig = sweep_figure(rows)
@@ -408,6 +410,24 @@ def build_panels(report: Report | None, insights: Insights | None = None,
             panels.append(Panel("compare-table", "attnprof compare: every row",
                                 "Each backend, variant and phase as compare.json holds it.", fig))
     return panels
+
+
+def rank_panels(summary) -> list[Panel]:
+    """A job of several ranks: the rank x site heatmap and the per-rank split (render/ranks.py)."""
+    from attnprof.render.ranks import heatmap_figure, rank_split_figure
+
+    cp = summary.critical_path
+    slowest = (f" Rank {cp.slowest_rank} sets the step: {_us(cp.step_us)} µs, {cp.attention_pct:.1f}% of it attention."
+               if cp is not None else "")
+    stragglers = "; ".join(f"{_short(s.site)} {s.phase}: rank {s.straggler_rank} {s.straggler_extra_us:+,.0f} µs"
+                           for s in summary.sites if s.straggler_rank is not None)
+    return [
+        Panel("ranks-heatmap", f"Attention across {summary.world_size} ranks",
+              "Traced window µs per call of each site on each rank. Straggler per site (its µs less the median of "
+              f"the other ranks): {stragglers or 'none'}.", heatmap_figure(summary)),
+        Panel("ranks-split", "Each rank's step", "Per profiled step and rank: attention's compute / copy / launch / "
+              f"other and the rest of the step.{slowest}", rank_split_figure(summary)),
+    ]
 
 
 def _short(label: str, width: int = 48) -> str:

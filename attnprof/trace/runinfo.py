@@ -129,10 +129,17 @@ class RunInfo:
     exit_code: int = 0
     outcome: str = "completed"  # completed | exited | raised | interrupted (| running: the process never finished)
     note: str | None = None
+    rank: int | None = None  # under torchrun: this process's rank (RANK) and the job's WORLD_SIZE
+    world_size: int | None = None
+
+
+def runinfo_name(rank: int | None) -> str:
+    """`runinfo.json`, or `runinfo.rank<N>.json` for one rank of a job: every rank writes its own, in one folder."""
+    return RUNINFO_FILE if rank is None else f"runinfo.rank{rank}.json"
 
 
 def write_runinfo(info: RunInfo, folder: Path) -> Path:
-    path = Path(folder) / RUNINFO_FILE
+    path = Path(folder) / runinfo_name(info.rank)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(info), indent=1))
     return path
 
@@ -142,3 +149,16 @@ def read_runinfo(folder: Path) -> RunInfo | None:
     if not path.is_file():
         return None
     return msgspec.json.decode(path.read_bytes(), type=RunInfo)
+
+
+_RANK_RUNINFO = re.compile(r"^runinfo\.rank(\d+)\.json$")
+
+
+def read_rank_runinfos(folder: Path) -> dict[int, RunInfo]:
+    """rank -> RunInfo of every `runinfo.rank<N>.json` in a job's run folder (empty for a one-process run)."""
+    out = {}
+    for path in sorted(Path(folder).iterdir()):
+        m = _RANK_RUNINFO.match(path.name)
+        if m and path.is_file():
+            out[int(m.group(1))] = msgspec.json.decode(path.read_bytes(), type=RunInfo)
+    return out
