@@ -49,7 +49,8 @@ class Block(nn.Module):
     def forward(self, x):
         B, L, D = x.shape
         if self.layer == 0 and args.overlap:  # before the call's first op: c10d's launch op would end its window
-            pending.append(dist.all_reduce(torch.ones(1 << 21, device=x.device), async_op=True))
+            pending.append(dist.all_reduce(torch.ones(1 << 22, device=x.device), async_op=True))
+            time.sleep(0.01)  # gloo's thread can take a while to pick the work up: let it be running by the call
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).unbind(2)
         q = q.transpose(1, 2).contiguous()
         if rank == args.straggler:
@@ -64,8 +65,8 @@ class Block(nn.Module):
 if args.model == "gpt2":
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=256)
-    model = GPT2LMHeadModel(config, attn_implementation="sdpa").to(device)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=256, attn_implementation="sdpa")
+    model = GPT2LMHeadModel(config).to(device)
     batch = torch.randint(0, 256, (4, 32), device=device)
     loss_of = lambda m: m(batch, labels=batch).loss  # noqa: E731
 else:
@@ -73,10 +74,14 @@ else:
     batch = torch.randn(4, 32, 64, device=device)
     loss_of = lambda m: m(batch).square().mean()  # noqa: E731
 
-if args.fsdp:
-    from torch.distributed.fsdp import FullyShardedDataParallel
+if args.fsdp:  # FSDP2: shards each layer, then the rest (FSDP1 needs an accelerator; this runs on CPU with gloo)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
 
-    model = FullyShardedDataParallel(model, device_id=device if cuda else None)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for layer in (model.transformer.h if args.model == "gpt2" else model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 else:
     from torch.nn.parallel import DistributedDataParallel
 

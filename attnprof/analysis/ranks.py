@@ -64,6 +64,7 @@ class RankStep:
     attention_us: float  # per step: the attention call windows
     attention_pct: float  # attention_us / step_us, in %
     collective_us: float  # per step: time some collective ran (union over streams and threads)
+    busy_us: float  # per step: step_us less collective_us, the time outside collectives (the others wait on it)
     overlap_us: float  # per step: collective time inside attention windows
     step_basis: str  # "ProfilerStep" | "trace span"
 
@@ -87,12 +88,17 @@ class OverlapCause:
 
 @dataclass
 class CriticalPath:
+    """The rank the others wait for. Ranks of a synchronous job end their steps together (the early ones wait in the
+    collectives: on a straggler's peers an all-reduce lasts until the straggler joins), so the slowest rank is the
+    one with the most time outside collectives, not the longest step."""
+
     slowest_rank: int
     step_us: float
-    attention_us: float
-    attention_pct: float
-    median_step_us: float  # the median rank's step: what the slowest rank costs the job is step_us less this
-    attention_extra_us: float  # the slowest rank's attention per step less the median rank's
+    busy_us: float  # its time outside collectives per step
+    others_busy_us: float  # the other ranks' median of the same
+    attention_us: float  # its attention per step
+    attention_pct: float  # of its step
+    attention_extra_us: float  # its attention per step less the other ranks' median
 
 
 @dataclass
@@ -249,9 +255,10 @@ def _rank_step(f: RankFacts) -> RankStep:
     steps = max(f.steps, 1)
     attention = sum(c.window_us for c in f.report.calls) / steps
     overlap = sum(f.call_overlap.values()) / steps
+    collective = f.collective_us / steps
     return RankStep(rank=f.rank, trace_files=f.trace_files, steps=f.steps, step_us=f.step_us, attention_us=attention,
-                    attention_pct=100 * attention / f.step_us if f.step_us > 0 else 0.0,
-                    collective_us=f.collective_us / steps, overlap_us=overlap, step_basis=f.step_basis)
+                    attention_pct=100 * attention / f.step_us if f.step_us > 0 else 0.0, collective_us=collective,
+                    busy_us=max(f.step_us - collective, 0.0), overlap_us=overlap, step_basis=f.step_basis)
 
 
 def _sites(facts: list[RankFacts]) -> list[SiteAcrossRanks]:
@@ -291,11 +298,12 @@ def _critical_path(facts: list[RankFacts]) -> CriticalPath | None:
     steps = [_rank_step(f) for f in facts if f.step_us > 0]
     if not steps:
         return None
-    slow = max(steps, key=lambda r: r.step_us)
-    return CriticalPath(slowest_rank=slow.rank, step_us=slow.step_us, attention_us=slow.attention_us,
-                        attention_pct=slow.attention_pct,
-                        median_step_us=statistics.median(r.step_us for r in steps),
-                        attention_extra_us=slow.attention_us - statistics.median(r.attention_us for r in steps))
+    slow = max(steps, key=lambda r: r.busy_us)
+    others = [r for r in steps if r is not slow] or [slow]
+    return CriticalPath(slowest_rank=slow.rank, step_us=slow.step_us, busy_us=slow.busy_us,
+                        others_busy_us=statistics.median(r.busy_us for r in others),
+                        attention_us=slow.attention_us, attention_pct=slow.attention_pct,
+                        attention_extra_us=slow.attention_us - statistics.median(r.attention_us for r in others))
 
 
 def _overlaps(facts: list[RankFacts]) -> list[OverlapCause]:

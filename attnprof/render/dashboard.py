@@ -417,7 +417,8 @@ def rank_panels(summary) -> list[Panel]:
     from attnprof.render.ranks import heatmap_figure, rank_split_figure
 
     cp = summary.critical_path
-    slowest = (f" Rank {cp.slowest_rank} sets the step: {_us(cp.step_us)} µs, {cp.attention_pct:.1f}% of it attention."
+    slowest = (f" The others wait for rank {cp.slowest_rank} (the most time outside collectives); its step "
+               f"{_us(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
                if cp is not None else "")
     stragglers = "; ".join(f"{_short(s.site)} {s.phase}: rank {s.straggler_rank} {s.straggler_extra_us:+,.0f} µs"
                            for s in summary.sites if s.straggler_rank is not None)

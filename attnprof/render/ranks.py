@@ -33,17 +33,19 @@ def console_renderables(summary: RanksSummary, small: bool = False) -> list:
     out.append(Text(f"\nacross {summary.world_size} ranks: window µs per call on each rank", style="bold"))
     out.append(grid(rows, headers))
     cp = summary.critical_path
-    rows = [[str(r.rank) + (" ◀ slowest" if cp and r.rank == cp.slowest_rank else ""), str(r.steps),
+    rows = [[str(r.rank) + (" ◀ critical" if cp and r.rank == cp.slowest_rank else ""), str(r.steps),
              us_text(r.step_us), us_text(r.attention_us), f"{r.attention_pct:.1f}%", us_text(r.collective_us),
-             us_text(r.overlap_us)] for r in summary.ranks]
+             us_text(r.busy_us), us_text(r.overlap_us)] for r in summary.ranks]
     out.append(grid(rows, [("rank", "word"), ("steps", "num"), ("step µs", "num"), ("attention µs", "num"),
-                           ("of step", "num"), ("collectives µs", "num"), ("in attention µs", "num")],
+                           ("of step", "num"), ("collectives µs", "num"), ("outside µs", "num"),
+                           ("in attention µs", "num")],
                     title="per rank, per profiled step"))
     if cp is not None:
         out.append(Text(
-            f"critical path: rank {cp.slowest_rank} sets the step ({us_text(cp.step_us)} µs, the median rank "
-            f"{us_text(cp.median_step_us)} µs); attention is {cp.attention_pct:.1f}% of it "
-            f"({us_text(cp.attention_us)} µs, {cp.attention_extra_us:+,.0f} µs against the median rank)."))
+            f"critical path: the others wait for rank {cp.slowest_rank} ({us_text(cp.busy_us)} µs per step outside "
+            f"collectives, the other ranks {us_text(cp.others_busy_us)}); attention is {cp.attention_pct:.1f}% of its "
+            f"{us_text(cp.step_us)} µs step ({us_text(cp.attention_us)} µs, {cp.attention_extra_us:+,.0f} µs "
+            f"against the other ranks)."))
     for o in summary.overlaps:
         out.append(Text(f"collective overlap: {o.detail}", style="bold"))
         out.append(Text(f"  fix: {o.fix}", style="dim"))
