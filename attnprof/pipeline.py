@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -26,6 +26,7 @@ class AnalyzedRun:
 
     report: Report
     runinfo: RunInfo | None
+    other_ranks: list[Report] = field(default_factory=list)  # a job: the other ranks' own reports (their overlays)
 
     @property
     def call_info(self) -> dict[int, CallInfo]:
@@ -37,8 +38,8 @@ def analyze_run(path: Path) -> AnalyzedRun:
 
     ranks = rank_inputs(Path(path))
     if ranks:  # a job of several ranks (torchrun): one report across them
-        report = job_report(analyze_ranks(ranks, str(path)), str(path))
-        return AnalyzedRun(report, ranks[0].runinfo)
+        facts = analyze_ranks(ranks, str(path))
+        return AnalyzedRun(job_report(facts, str(path)), ranks[0].runinfo, [f.report for f in facts[1:]])
     run = load_path(Path(path))
     return AnalyzedRun(analyze(run.traces, run.runinfo, run.source), run.runinfo)
 
@@ -104,13 +105,15 @@ def write_dashboard_for(report: Report | None, folder: Path, explanations: list[
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:
     """What `attnprof trace` leaves in a run folder after the run: attnprof.json, dashboard.html, the Perfetto overlay
     and the TensorBoard scalars; and the table, on stdout after the script's own output (notes on stderr)."""
-    from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
+    from attnprof.render.trace_views import write_overlays, write_trace_views  # lazy: tensorboard costs ~0.2 s
 
     report = run.report
     renderer = JsonRenderer()
     (Path(folder) / renderer.output_name).write_text(renderer.render(report) + "\n")
     write_dashboard_for(report, folder, call_info=run.call_info)
     write_trace_views(report, folder)
+    for rank_report in run.other_ranks:
+        write_overlays(rank_report, folder)
     if console:
         sys.stdout.flush()
         render_console(report)

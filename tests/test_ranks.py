@@ -7,6 +7,7 @@ asynchronous all-reduce across the first block's attention call in every step.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -97,6 +98,11 @@ def test_torchrun_runs_attnprof_in_every_rank_and_names_the_straggler(tmp_path):
     assert cp["slowest_rank"] == 1
     assert abs(cp["attention_extra_us"] - 2 * SLEEP_MS * 1e3) < 2 * TOLERANCE_MS * 1e3, cp["attention_extra_us"]
     assert "across 2 ranks" in proc.stdout and "rank 1 +" in proc.stdout
+    for rank, name in enumerate(traces):  # each rank's Perfetto overlay holds its own calls: rank 1's slept
+        overlay = json.loads(gzip.decompress((folder / name.replace(".pt.", ".attnprof.pt.")).read_bytes()))
+        windows = [e["dur"] for e in overlay["traceEvents"] if e.get("name") == "sdpa → cpu-flash fwd"]
+        assert len(windows) == 2
+        assert all((w >= SLEEP_MS * 1e3) == (rank == 1) for w in windows), (rank, windows)
     panels = read_dashboard_data(folder / "dashboard.html")["figures"]
     heat = panels["ranks-heatmap"]["data"][0]
     assert heat["x"] == ["rank 0", "rank 1"] and len(heat["z"]) == 2  # sites x ranks
