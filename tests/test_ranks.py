@@ -151,3 +151,14 @@ def test_tensorboard_trace_handler_traces_give_the_cross_rank_report(tmp_path):
         assert r.overlapped_calls == 2 and 0 < r.overlap_us <= r.window_us
     cli = _run([sys.executable, "-m", "attnprof", "analyze", "tb"], tmp_path)
     assert "across 2 ranks" in cli.stdout and "collective overlap" in cli.stdout
+
+
+def test_torchrun_options_need_nproc_per_node(tmp_path):
+    """A torchrun option alone is a one-line error (exit 2), before anything runs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "attnprof", "trace", "--master-port", "29999", str(CASE)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "attnprof: error: --master-port is a torchrun option: give --nproc-per-node too (or run torchrun yourself)"]
+    assert not (tmp_path / "traces").exists()
