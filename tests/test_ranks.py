@@ -162,3 +162,19 @@ def test_torchrun_options_need_nproc_per_node(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "attnprof: error: --master-port is a torchrun option: give --nproc-per-node too (or run torchrun yourself)"]
     assert not (tmp_path / "traces").exists()
+
+
+def test_other_launchers_get_a_folder_per_rank_without_waiting(tmp_path):
+    """RANK / WORLD_SIZE / MASTER_PORT set by a launcher that is not torchrun: MASTER_PORT is the script's own
+    process group, which does not exist before the script runs, so attnprof must not wait for a store there."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "attnprof", "trace", "--warmup", "0", "--timed", "0", "--active",
+                           "1", "--root", "traces", str(CASE), "--steps", "1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = _one_folder(tmp_path / "traces")
+    assert folder.name.startswith("ddp_ranks-rank0-")
+    assert [(i.rank, i.world_size) for i in read_rank_runinfos(folder).values()] == [(0, 1)]
+    assert json.loads((folder / "attnprof.json").read_text())["ranks"]["world_size"] == 1

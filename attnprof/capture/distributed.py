@@ -38,7 +38,7 @@ class Job:
     local_rank: int
     master_addr: str | None
     master_port: int | None
-    run_id: str
+    run_id: str | None  # TORCHELASTIC_RUN_ID: None when the process was not started by torchrun
     restart: int
     _store: Any = None
 
@@ -47,8 +47,9 @@ class Job:
         return f"attnprof/{self.run_id}/{self.restart}"
 
     def store(self):
-        """A client of torchrun's TCPStore (None when there is none to reach: the folder then comes from the run id)."""
-        if self._store is None and self.master_addr and self.master_port:
+        """A client of torchrun's TCPStore; None when not under torchrun (another launcher's MASTER_PORT is the
+        script's own process group, which does not exist yet) or when it cannot be reached."""
+        if self._store is None and self.run_id and self.master_addr and self.master_port:
             import torch.distributed as dist
 
             try:
@@ -56,15 +57,15 @@ class Job:
                                             timeout=timedelta(seconds=FOLDER_TIMEOUT_S))
             except Exception as e:  # noqa: BLE001 - attnprof carries on without it
                 print(f"attnprof: rank {self.rank}: no torchrun store at {self.master_addr}:{self.master_port} "
-                      f"({type(e).__name__}); naming the run folder from the run id", file=sys.stderr)
-                self.master_addr = None
+                      f"({type(e).__name__}): a run folder of its own", file=sys.stderr)
+                self.run_id = None
         return self._store
 
     def agree_folder(self, make: Callable[[], Path], root: Path, stem: str, out: Path | None) -> Path:
         """Rank 0 makes the folder (`make`: the one-process naming) and publishes it; the others read it."""
         store = self.store()
         if store is None:
-            return self._folder_from_run_id(root, stem, out)
+            return self._own_folder(root, stem, out)
         key = f"{self.prefix}/folder"
         if self.rank == 0:
             folder = make()
@@ -75,10 +76,15 @@ class Job:
         folder.mkdir(parents=True, exist_ok=True)  # on another node without a shared filesystem
         return folder
 
-    def _folder_from_run_id(self, root: Path, stem: str, out: Path | None) -> Path:
-        folder = Path(out) if out is not None else Path(root) / f"{stem}-{_safe(self.run_id)}-{self.restart}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def _own_folder(self, root: Path, stem: str, out: Path | None) -> Path:
+        """No store to agree through: a given --out is shared (every rank writes its own files there), else each
+        rank gets a folder of its own (analyse them together with `attnprof analyze` on a folder of the traces)."""
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            return Path(out)
+        from attnprof.capture.session import new_run_folder, _now
+
+        return new_run_folder(Path(root), f"{stem}-rank{self.rank}", _now())
 
     def finished(self) -> None:
         store = self.store()
@@ -98,10 +104,6 @@ class Job:
             return [r for r, k in enumerate(keys) if not store.check([k])]
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:36] or "job"
-
-
 _job: Job | None = None
 _read = False
 
@@ -119,7 +121,7 @@ def current_job() -> Job | None:
         port = env.get("MASTER_PORT", "")
         _job = Job(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", "0") or 0),
                    master_addr=env.get("MASTER_ADDR") or None, master_port=int(port) if port.isdigit() else None,
-                   run_id=env.get("TORCHELASTIC_RUN_ID") or port or "job",
+                   run_id=env.get("TORCHELASTIC_RUN_ID") or None,
                    restart=int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
     return _job
 

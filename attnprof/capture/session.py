@@ -80,7 +80,7 @@ def trace_script(options: TraceOptions) -> RunResult:
     _check_options(options)
     target = resolve_target(options.target, options.is_module, list(options.args))
     job = distributed.current_job()
-    if options.out is not None and Path(options.out).exists() and (job is None or job.rank == 0):
+    if options.out is not None and Path(options.out).exists() and (job is None or (job.rank == 0 and job.run_id)):
         raise AttnprofError(f"{options.out} already exists: choose another --out or remove it")
     session = Session(options, target)
     if target.syntax_error is not None:
