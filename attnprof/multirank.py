@@ -25,6 +25,9 @@ from attnprof.trace.runinfo import RunInfo, read_rank_runinfos
 
 #: How far into a trace file its `distributedInfo` is looked for (Kineto writes it before the events).
 _HEAD_BYTES = 1 << 18
+#: Peak resident bytes of a worker per byte of (uncompressed) trace JSON: 450 MB for a 100 MB trace, measured with
+#: benchmarks/scale_analyze.py; with the memory the machine has free, it caps how many workers run at once.
+_PEAK_PER_TRACE_BYTE = 4.5
 
 
 @dataclass
@@ -97,7 +100,7 @@ def analyze_rank(item: RankInput, source: str) -> RankFacts:
 
 def analyze_ranks(inputs: list[RankInput], source: str, workers: int | None = None) -> list[RankFacts]:
     """Every rank, `workers` (default: the machine's cores) at a time, each in a fresh process."""
-    workers = max(1, min(len(inputs), workers or os.cpu_count() or 1))
+    workers = max(1, min(len(inputs), workers or os.cpu_count() or 1, _workers_that_fit(inputs)))
     if workers == 1:
         return [analyze_rank(item, source) for item in inputs]
     # forkserver: workers start from a small server process, not from the caller (which may hold torch and its
@@ -106,6 +109,29 @@ def analyze_ranks(inputs: list[RankInput], source: str, workers: int | None = No
     context.set_forkserver_preload(["attnprof.multirank"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
         return list(pool.map(analyze_rank, inputs, [source] * len(inputs)))
+
+
+def _json_bytes(path: Path) -> int:
+    """A trace's JSON size: gzip records it (mod 4 GiB) in its last four bytes."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                return path.stat().st_size
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return 0
+
+
+def _workers_that_fit(inputs: list[RankInput]) -> int:
+    """How many ranks can be in memory at once, from MemAvailable (Linux); no limit where it is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return len(inputs)
+    largest = max(sum(_json_bytes(p) for p in item.files) for item in inputs) * _PEAK_PER_TRACE_BYTE
+    return max(1, int(available // largest)) if largest > 0 else len(inputs)
 
 
 def job_report(facts: list[RankFacts], source: str, missing: list[int] | None = None) -> Report:

@@ -29,6 +29,14 @@ SLEEP_MS = 60.0
 # so one call can lose a few ms to the scheduler on either rank
 TOLERANCE_MS = 15.0
 
+TB_WORKERS = """
+import json, sys
+from torch_tb_profiler import io
+from torch_tb_profiler.profiler.loader import RunLoader
+if __name__ == "__main__":
+    print(json.dumps(sorted(worker for worker, _ in RunLoader("job", sys.argv[1], io.Cache()).load().profiles)))
+"""
+
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_INET"), reason="torchrun needs TCP")
 
 
@@ -103,6 +111,12 @@ def test_torchrun_runs_attnprof_in_every_rank_and_names_the_straggler(tmp_path):
         windows = [e["dur"] for e in overlay["traceEvents"] if e.get("name") == "sdpa → cpu-flash fwd"]
         assert len(windows) == 2
         assert all((w >= SLEEP_MS * 1e3) == (rank == 1) for w in windows), (rank, windows)
+    # torch-tb-profiler's own loader: every rank a worker (and its overlay), and its distributed view ("All")
+    loader = tmp_path / "tb_workers.py"
+    loader.write_text(TB_WORKERS)
+    workers = json.loads(_run([sys.executable, str(loader), str(folder)], tmp_path).stdout.splitlines()[-1])
+    assert sorted(workers) == sorted(["All", *(t.split(".")[0] for t in traces),
+                                      *(t.split(".")[0] + ".attnprof" for t in traces)])
     panels = read_dashboard_data(folder / "dashboard.html")["figures"]
     heat = panels["ranks-heatmap"]["data"][0]
     assert heat["x"] == ["rank 0", "rank 1"] and len(heat["z"]) == 2  # sites x ranks
