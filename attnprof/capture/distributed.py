@@ -17,6 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from attnprof.errors import AttnprofError
+
 #: How long a rank waits for rank 0's folder, and rank 0 for the other ranks to finish their traces.
 FOLDER_TIMEOUT_S = 300.0
 DONE_TIMEOUT_S = 600.0
@@ -71,8 +73,12 @@ class Job:
             folder = make()
             store.set(key, str(folder))
             return folder
-        store.wait([key], timedelta(seconds=FOLDER_TIMEOUT_S))
-        folder = Path(store.get(key).decode())
+        try:
+            store.wait([key], timedelta(seconds=FOLDER_TIMEOUT_S))
+            folder = Path(store.get(key).decode())
+        except Exception as e:  # noqa: BLE001 - torch's store errors: a one-line error, not a traceback
+            raise AttnprofError(f"rank {self.rank}: rank 0 named no run folder within {FOLDER_TIMEOUT_S:.0f} s "
+                                f"({type(e).__name__})") from None
         folder.mkdir(parents=True, exist_ok=True)  # on another node without a shared filesystem
         return folder
 
