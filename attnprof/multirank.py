@@ -68,13 +68,10 @@ def rank_inputs(folder: Path) -> list[RankInput] | None:
         runinfos = read_rank_runinfos(folder)
     except ValueError as e:  # msgspec's decode and validation errors
         raise AttnprofError(f"a runinfo.rank<N>.json in {folder} is damaged ({e})") from None
-    if runinfos:
-        out = []
-        for rank, info in sorted(runinfos.items()):
-            files = [folder / name for name in info.trace_files if (folder / name).is_file()]
-            if files:
-                out.append(RankInput(rank, files, info))
-        return out or None
+    if runinfos:  # ranks that recorded no trace stay in the list (files empty), for the report's notes
+        out = [RankInput(rank, [folder / n for n in info.trace_files if (folder / n).is_file()], info)
+               for rank, info in sorted(runinfos.items())]
+        return out if any(item.files for item in out) else None
     files = trace_files_in(folder)
     if len(files) < 2:
         return None
@@ -99,7 +96,8 @@ def analyze_rank(item: RankInput, source: str) -> RankFacts:
 
 
 def analyze_ranks(inputs: list[RankInput], source: str, workers: int | None = None) -> list[RankFacts]:
-    """Every rank, `workers` (default: the machine's cores) at a time, each in a fresh process."""
+    """Every rank that has traces, `workers` (default: the machine's cores) at a time, each in a fresh process."""
+    inputs = [item for item in inputs if item.files]
     workers = max(1, min(len(inputs), workers or os.cpu_count() or 1, _workers_that_fit(inputs)))
     if workers == 1:
         return [analyze_rank(item, source) for item in inputs]
@@ -134,14 +132,17 @@ def _workers_that_fit(inputs: list[RankInput]) -> int:
     return max(1, int(available // largest)) if largest > 0 else len(inputs)
 
 
-def job_report(facts: list[RankFacts], source: str, missing: list[int] | None = None) -> Report:
-    """The job's Report: the lowest rank's calls and sites, with every rank in `ranks`."""
+def job_report(facts: list[RankFacts], source: str, inputs: list[RankInput] = ()) -> Report:
+    """The job's Report: the lowest rank's calls and sites, with every rank in `ranks`; `inputs` (rank_inputs) adds
+    a note for each rank that left no trace."""
     facts = sorted(facts, key=lambda f: f.rank)
     report = facts[0].report
     report.source = source
     report.ranks = summarize_ranks(facts)
     report.notes.append(f"{len(facts)} ranks ({', '.join(str(f.rank) for f in facts)}): calls and sites are rank "
                         f"{facts[0].rank}'s, `ranks` compares every rank")
-    if missing:
-        report.notes.append(f"rank(s) {', '.join(map(str, missing))} did not finish: left out")
+    for item in inputs:
+        if not item.files:
+            why = item.runinfo.note if item.runinfo and item.runinfo.note else "no trace"
+            report.notes.append(f"rank {item.rank} left out: {why}")
     return report

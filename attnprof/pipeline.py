@@ -39,7 +39,8 @@ def analyze_run(path: Path) -> AnalyzedRun:
     ranks = rank_inputs(Path(path))
     if ranks:  # a job of several ranks (torchrun): one report across them
         facts = analyze_ranks(ranks, str(path))
-        return AnalyzedRun(job_report(facts, str(path)), ranks[0].runinfo, [f.report for f in facts[1:]])
+        runinfo = next(r.runinfo for r in ranks if r.files)
+        return AnalyzedRun(job_report(facts, str(path), ranks), runinfo, [f.report for f in facts[1:]])
     run = load_path(Path(path))
     return AnalyzedRun(analyze(run.traces, run.runinfo, run.source), run.runinfo)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -117,6 +118,12 @@ def test_torchrun_runs_attnprof_in_every_rank_and_names_the_straggler(tmp_path):
     workers = json.loads(_run([sys.executable, str(loader), str(folder)], tmp_path).stdout.splitlines()[-1])
     assert sorted(workers) == sorted(["All", *(t.split(".")[0] for t in traces),
                                       *(t.split(".")[0] + ".attnprof" for t in traces)])
+    # a rank whose trace is missing (killed before its window closed): left out, and said so
+    partial = tmp_path / "partial"
+    shutil.copytree(folder, partial)
+    (partial / traces[1]).unlink()
+    report = analyze_path(partial)
+    assert [r.rank for r in report.ranks.ranks] == [0] and "rank 1 left out: no trace" in report.notes
     panels = read_dashboard_data(folder / "dashboard.html")["figures"]
     heat = panels["ranks-heatmap"]["data"][0]
     assert heat["x"] == ["rank 0", "rank 1"] and len(heat["z"]) == 2  # sites x ranks

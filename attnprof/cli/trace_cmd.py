@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not mark layout-prep torch calls with their source line while profiling")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
     ranks = p.add_argument_group(
-        "many ranks", "with --nproc-per-node, attnprof starts torchrun, which runs attnprof in every rank; the other "
-        "options are torchrun's own, passed through (or run `torchrun ... -m attnprof trace script.py` yourself)")
+        "many ranks", "with --nproc-per-node, attnprof starts torchrun, which runs attnprof in every rank; "
+        + ", ".join(o for o in TORCHRUN_OPTIONS if o != "--nproc-per-node") + " are torchrun's own, passed "
+        "through (or run `torchrun ... -m attnprof trace script.py` yourself)")
     for option, takes_value in TORCHRUN_OPTIONS.items():
         if takes_value:
             ranks.add_argument(option, dest="torchrun_" + option[2:].replace("-", "_"), metavar="X",
