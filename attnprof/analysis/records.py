@@ -5,6 +5,10 @@ These records are attnprof.json (README, "attnprof.json schema"): render/json_re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attnprof.analysis.ranks import RanksSummary
 
 from attnprof.analysis.kernel_counters import KernelCountersSection
 
@@ -139,3 +143,6 @@ class Report:
     unattributed_copies: list[UnattributedCopy] = field(default_factory=list)
     #: Nsight Compute's counters per attention kernel, when the run folder holds an ncu report (`attnprof ncu`)
     kernel_counters: KernelCountersSection | None = None
+    #: a job of several ranks (torchrun): every rank across call sites (analysis/ranks.py); calls and sites above
+    #: are then those of the lowest rank
+    ranks: RanksSummary | None = None

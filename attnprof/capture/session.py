@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from attnprof import __version__
-from attnprof.capture import ncu_select, patching
+from attnprof.capture import distributed, ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
@@ -81,7 +81,8 @@ def trace_script(options: TraceOptions) -> RunResult:
         raise AttnprofError("attnprof is already tracing a script in this process")
     _check_options(options)
     target = resolve_target(options.target, options.is_module, list(options.args))
-    if options.out is not None and Path(options.out).exists():
+    job = distributed.current_job()
+    if options.out is not None and Path(options.out).exists() and (job is None or (job.rank == 0 and job.run_id)):
         raise AttnprofError(f"{options.out} already exists: choose another --out or remove it")
     session = Session(options, target)
     if target.syntax_error is not None:
@@ -139,7 +140,8 @@ class Session:
         self.target = target
         self.cwd = os.getcwd()
         self.started_at = _now()
-        self.worker = worker_name()
+        self.job = distributed.current_job()  # a rank of a torchrun job, or None
+        self.worker = distributed.worker_name(self.job) if self.job else worker_name()
         self.folder: Path | None = None
         self.resolver = SiteResolver(self.cwd)
         self.timer = Timer()
@@ -167,11 +169,11 @@ class Session:
         global _active
         exit_code, outcome = 1, "raised"
         try:
-            if self.options.out is not None:
-                self.folder = Path(self.options.out)
-                self.folder.mkdir(parents=True, exist_ok=False)
+            if self.job is not None:
+                self.folder = self.job.agree_folder(self._new_folder, Path(self.options.root), self.target.stem,
+                                                    self.options.out)
             else:
-                self.folder = new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
+                self.folder = self._new_folder()
         except FileExistsError:
             raise AttnprofError(f"{self.options.out} already exists: choose another --out or remove it") from None
         except OSError as e:
@@ -191,6 +193,13 @@ class Session:
             _active = None
         return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
                          trace_files=list(self.trace_files), runinfo=self._final)
+
+    def _new_folder(self) -> Path:
+        if self.options.out is not None:
+            folder = Path(self.options.out)
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        return new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
 
     def _activate(self) -> None:
         self._enabled = True
@@ -554,6 +563,7 @@ class Session:
             trace_files=[p.name for p in self.trace_files], steps=steps, calls=list(self.calls),
             sites=self.timer.timings(), exit_code=exit_code, outcome=outcome, note=self._note(outcome),
             copy_writes=self.sources.mode.written.copy() if self.sources is not None else {},
+            rank=self.job.rank if self.job else None, world_size=self.job.world_size if self.job else None,
         )
 
     def _note(self, outcome: str) -> str | None:

@@ -160,6 +160,11 @@ class ConsoleRenderer(Renderer):
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
         if report.kernel_counters is not None:
             print_counters(console, report.kernel_counters)
+        if report.ranks is not None:
+            from attnprof.render.ranks import console_renderables  # a job of several ranks
+
+            for item in console_renderables(report.ranks, small=compact(console)):
+                console.print(item)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:
