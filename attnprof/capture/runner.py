@@ -20,7 +20,7 @@ import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from attnprof.errors import AttnprofError
 
@@ -192,9 +192,13 @@ def _execute(target: Target) -> None:
             sys.modules.pop("__main__", None)
 
 
-def run_target(target: Target, args: list[str]) -> tuple[int, str]:
-    """Run the script; (exit code, outcome) where outcome is completed | exited | raised | interrupted."""
+def run_target(target: Target, args: list[str], before: Callable[[], None] | None = None) -> tuple[int, str]:
+    """Run the script; (exit code, outcome) where outcome is completed | exited | raised | interrupted. `before`
+    runs first (the profiler starting): a Ctrl-C or SIGTERM that lands there ends the run as one in the script's
+    first line would."""
     try:
+        if before is not None:
+            before()
         with script_environment(target, args):
             _execute(target)
     except SystemExit as e:

@@ -150,6 +150,11 @@ class StepWindow:
                                       f"{self.end - 1}")
             self._close(None, last=self.step)
 
+    def stop_early(self, reason: str) -> None:
+        """Close an open window now, whatever the step (the script needs the profiler for itself)."""
+        if self.state == OPEN:
+            self._close(reason, last=self.step)
+
     def remove_hooks(self) -> None:
         if self._root_handle is not None:
             try:

@@ -1,0 +1,424 @@
+"""Hostile runs (issue 8): scripts with threads, scripts that run their own torch.profiler, signals while attnprof
+starts, stops or exports its profiler, a full disk while it exports. Each case checks the exit code, what was
+printed (never an attnprof traceback) and what was kept."""
+from __future__ import annotations
+
+import collections
+import errno
+import gzip
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from attnprof.cli import main as cli_main
+from attnprof.files import atomic_write
+from attnprof.trace.runinfo import read_runinfo
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def _attnprof_ranges_by_thread(trace_path: Path) -> collections.Counter:
+    events = json.load(gzip.open(trace_path))["traceEvents"]
+    return collections.Counter(e["tid"] for e in events
+                               if e.get("ph") == "X" and e.get("name", "").startswith("attnprof:sdpa"))
+
+
+# --- threads --------------------------------------------------------------------------------------------------------
+
+FOUR_THREADS = """\
+import threading, torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 16, 8)
+for _ in range(2):  # calls 1-2 on the main thread: the window opens after call 2
+    F.scaled_dot_product_attention(q, q, q)
+def work():
+    x = torch.randn(1, 2, 16, 8)
+    for _ in range(6):
+        F.scaled_dot_product_attention(x, x, x)
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("done")
+"""
+
+
+def test_four_threads_calling_sdpa_are_traced_and_split(tmp_path):
+    (tmp_path / "threads.py").write_text(FOUR_THREADS)
+    done = subprocess.run([sys.executable, "-m", "attnprof", "trace", "--out", "run", "--warmup", "0", "--timed", "2",
+                           "--active", "12", "--step-on", "call", "threads.py"], cwd=tmp_path, capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("done\n") and "Traceback" not in done.stderr
+    info = read_runinfo(tmp_path / "run")
+    # 2 + 4 threads x 6 calls = 26 calls; one step = one call; steps 2-13 (calls 3-14) are profiled, whichever
+    # thread makes them
+    assert sorted(c.id for c in info.calls) == list(range(3, 15))
+    counted = sum(len(s.true_us) + len(s.profiled_us) + len(s.after_us) + s.warmup_calls for s in info.sites)
+    assert counted == 26
+    by_thread = _attnprof_ranges_by_thread(tmp_path / "run" / info.trace_files[0])
+    assert len(by_thread) >= 2, by_thread
+    # a call still running on another thread when call 15 closes the window may lose the end of its range
+    report = json.loads((tmp_path / "run" / "attnprof.json").read_text())
+    ids = [c["id"] for c in report["calls"]]
+    assert len(ids) == sum(by_thread.values()) >= 9 and set(ids) <= set(range(3, 15))
+    for call in report["calls"]:
+        parts = call["compute_us"] + call["copy_us"] + call["other_us"]
+        assert call["compute_us"] > 0 and parts == pytest.approx(call["window_us"], abs=0.01)
+
+
+HANDOVER = """\
+import threading, torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 16, 8)
+F.scaled_dot_product_attention(q, q, q)      # call 1 (main): the window opens after it
+def one():
+    F.scaled_dot_product_attention(q, q, q)
+for _ in range(2):                           # call 2 (profiled), call 3 (closes the window): each on a new thread
+    t = threading.Thread(target=one)
+    t.start()
+    t.join()
+print("done", threading.get_native_id())
+"""
+
+
+def test_window_opened_on_one_thread_and_closed_on_another(tmp_path):
+    (tmp_path / "handover.py").write_text(HANDOVER)
+    driver = textwrap.dedent("""\
+        import sys
+        from pathlib import Path
+        from attnprof.capture.session import TraceOptions, trace_script
+        r = trace_script(TraceOptions(target="handover.py", is_module=False, args=[], out=Path("run"), warmup=0,
+                                      timed=1, active=1, step_on="call"))
+        sys.exit(r.exit_code)
+    """)
+    done = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    main_tid = int(done.stdout.split()[-1])
+    info = read_runinfo(tmp_path / "run")
+    assert [c.id for c in info.calls] == [2] and info.outcome == "completed"
+    by_thread = _attnprof_ranges_by_thread(tmp_path / "run" / info.trace_files[0])
+    assert list(by_thread.values()) == [1] and main_tid not in by_thread
+
+
+# --- the script's own profiler --------------------------------------------------------------------------------------
+
+USER_PROFILER = """\
+import sys, torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
+mode = sys.argv[1]
+q = torch.randn(1, 2, 16, 8)
+def step():
+    with record_function("user_step"):
+        return F.scaled_dot_product_attention(q.transpose(1, 2).contiguous().transpose(1, 2), q, q)
+if mode == "around-everything":
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
+        for _ in range(4):
+            step()
+    p.export_chrome_trace("user_trace.json")
+elif mode == "start-stop":  # starts after 3 calls
+    for _ in range(3):
+        step()
+    p = profile(activities=[ProfilerActivity.CPU])
+    p.start()
+    for _ in range(4):
+        step()
+    p.stop()
+    p.export_chrome_trace("user_trace.json")
+    for _ in range(3):
+        step()
+elif mode == "autograd-profile":  # the older API, same machinery
+    for _ in range(3):
+        step()
+    with torch.autograd.profiler.profile() as p:
+        for _ in range(4):
+            step()
+    p.export_chrome_trace("user_trace.json")
+elif mode == "tensorboard":
+    p = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=2, repeat=1),
+                on_trace_ready=tensorboard_trace_handler("user_tb", worker_name="worker"))
+    p.start()
+    for _ in range(6):
+        step()
+        p.step()
+    p.stop()
+elif mode == "before-the-window":  # profiles calls 1-2, attnprof's window comes later
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        for _ in range(2):
+            step()
+    p.export_chrome_trace("user_trace.json")
+    for _ in range(6):
+        step()
+print("ok", mode)
+"""
+
+
+def _op_counts(path: Path) -> collections.Counter:
+    events = json.loads(path.read_text())["traceEvents"]
+    return collections.Counter((e.get("cat"), e["name"]) for e in events
+                               if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation"))
+
+
+def _user_trace(tmp_path: Path, mode: str) -> Path:
+    if mode == "tensorboard":
+        (found,) = (tmp_path / "user_tb").iterdir()
+        return found
+    return tmp_path / "user_trace.json"
+
+
+def _under_python(tmp_path: Path, mode: str, monkeypatch, capsys) -> collections.Counter:
+    """The same script's own trace without attnprof (in this process: attnprof is not tracing it)."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "user.py").write_text(USER_PROFILER)
+    monkeypatch.chdir(plain)
+    monkeypatch.setattr(sys, "argv", ["user.py", mode])
+    runpy.run_path(str(plain / "user.py"), run_name="__main__")
+    assert capsys.readouterr().out == f"ok {mode}\n"
+    monkeypatch.chdir(tmp_path)
+    return _op_counts(_user_trace(plain, mode))
+
+
+@pytest.mark.parametrize("mode, timed, active, profiled, yielded", [
+    # the script's profiler runs when attnprof's window is due: attnprof starts none
+    ("around-everything", 1, 2, [], "did not start one under it"),
+    # attnprof's window (calls 2-5) is open when the script starts its own after call 3: attnprof stops first
+    ("start-stop", 1, 4, [2, 3], "stopped its own first, after 2 profiled attention calls"),
+    ("autograd-profile", 1, 4, [2, 3], "stopped its own first, after 2 profiled attention calls"),
+    # with schedule(wait=1, warmup=1): the script's profiler takes the profiler at its first warm-up step, in the
+    # p.step() after call 1; attnprof's window (calls 1-4) had profiled call 1
+    ("tensorboard", 0, 4, [1], "stopped its own first, after 1 profiled attention call;"),
+    # attnprof's window (call 2) is over when the script starts its own after call 3: nothing to yield
+    ("start-stop", 1, 1, [2], None),
+    # the script's own profiler is done before attnprof's window (calls 4-5) opens
+    ("before-the-window", 3, 2, [4, 5], None),
+])
+def test_the_scripts_own_profiler(trace, tmp_path, monkeypatch, capsys, mode, timed, active, profiled, yielded):
+    expected = _under_python(tmp_path, mode, monkeypatch, capsys)
+    r = trace(USER_PROFILER, mode, warmup=0, timed=timed, active=active, step_on="call")
+    out, err = capsys.readouterr()
+    assert (r.exit_code, r.outcome) == (0, "completed") and out == f"ok {mode}\n"
+    assert "Traceback" not in err and "disableProfiler" not in err
+    # the script's trace: written, loadable, the same ops and ranges as under python
+    assert _op_counts(_user_trace(tmp_path, mode)) == expected
+    info = read_runinfo(r.folder)
+    assert [c.id for c in info.calls] == profiled
+    assert bool(r.trace_files) == bool(profiled)
+    if yielded is None:
+        assert info.note is None
+    else:
+        assert yielded in info.note and f"attnprof: {info.note}" in err
+        assert "the script started its own profiler" in (info.steps.stopped_early or "") or not profiled
+
+
+def test_a_profiler_already_running_when_attnprof_starts_keeps_attnprof_out(trace, capsys):
+    """A library user profiles around attnprof: torch's own flag says a profiler runs; attnprof starts none."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as outer:
+        r = trace("""\
+            import torch
+            import torch.nn.functional as F
+            q = torch.randn(1, 2, 8, 4)
+            for _ in range(4):
+                F.scaled_dot_product_attention(q, q, q)
+        """, warmup=0, timed=1, active=2, step_on="call")
+    err = capsys.readouterr().err
+    assert r.exit_code == 0 and r.trace_files == [] and "Traceback" not in err and "disableProfiler" not in err
+    assert sum(e.name == "aten::scaled_dot_product_attention" for e in outer.events()) == 4
+    info = read_runinfo(r.folder)
+    assert info.calls == [] and "did not start one under it" in info.note
+    (site,) = info.sites  # every call still timed: call 1 before the window was due, calls 2-4 after
+    assert (len(site.true_us), len(site.after_us), site.profiled_us) == (1, 3, [])
+
+
+# --- signals while the profiler starts or exports -------------------------------------------------------------------
+
+LOOP = """\
+import time, torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 8, 4)
+for i in range(40):
+    F.scaled_dot_product_attention(q, q, q)
+    time.sleep(0.01)
+print("finished", flush=True)
+"""
+
+#: Holds attnprof at `where` (its profiler starting or its trace exporting) until the test has sent its signal.
+DRIVER = """\
+import sys, time
+from pathlib import Path
+from attnprof.capture import session
+from attnprof.capture.session import TraceOptions, trace_script
+where, timed = sys.argv[1], int(sys.argv[2])
+def held(fn):
+    def at_this_point(*args, **kwargs):
+        print(where, flush=True)
+        deadline = time.monotonic() + 60
+        while not Path("sent").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return fn(*args, **kwargs)
+    return at_this_point
+if where == "starting":
+    session._new_profiler = held(session._new_profiler)
+else:
+    session._export_trace = held(session._export_trace)
+r = trace_script(TraceOptions(target="loop.py", is_module=False, args=[], out=Path("run"), warmup=0, timed=timed,
+                              active=2, step_on="call"))
+sys.exit(r.exit_code)
+"""
+
+
+def _signal_at(tmp_path: Path, where: str, timed: int, sig: int) -> tuple[int, str, str]:
+    (tmp_path / "loop.py").write_text(LOOP)
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, where, str(timed)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.strip() == where:
+                break
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"the driver ended before {where}: {proc.stderr.read()}")
+        proc.send_signal(sig)
+        (tmp_path / "sent").touch()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_the_profiler_starts_before_the_script(tmp_path, sig, code):
+    returncode, out, err = _signal_at(tmp_path, "starting", 0, sig)
+    assert returncode == code, err
+    assert "finished" not in out and "attnprof/" not in err and "ScriptTerminated" not in err
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in err
+    else:
+        assert "Traceback" not in err
+    info = read_runinfo(tmp_path / "run")
+    assert (info.outcome, info.exit_code) == ("interrupted", code)
+    # the profiler had started: its (empty) window is saved
+    (name,) = info.trace_files
+    assert json.load(gzip.open(tmp_path / "run" / name))["traceEvents"]
+
+
+def test_sigterm_while_the_profiler_starts_inside_a_call(tmp_path):
+    """The window opens after call 1: SIGTERM lands during that start, the script ends there (as at call 1)."""
+    returncode, out, err = _signal_at(tmp_path, "starting", 1, signal.SIGTERM)
+    assert returncode == 143, err
+    assert "finished" not in out and "Traceback" not in err
+    info = read_runinfo(tmp_path / "run")
+    assert (info.outcome, info.exit_code) == ("interrupted", 143)
+    assert info.calls == [] and len(info.trace_files) == 1
+    (site,) = info.sites
+    assert len(site.true_us) == 1  # call 1, timed before the window opened
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_the_trace_exports(tmp_path, sig, code):
+    """Window = calls 2-3, exported at the entry of call 4: the signal waits for the export, then ends the script."""
+    returncode, out, err = _signal_at(tmp_path, "exporting", 1, sig)
+    assert returncode == code, err
+    assert "finished" not in out and "attnprof/" not in err
+    info = read_runinfo(tmp_path / "run")
+    assert (info.outcome, info.exit_code) == ("interrupted", code)
+    assert [c.id for c in info.calls] == [2, 3]
+    (name,) = info.trace_files
+    assert _attnprof_ranges_by_thread(tmp_path / "run" / name).total() == 2
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".part"))]
+
+
+# --- a full disk while exporting ------------------------------------------------------------------------------------
+
+def _disk_full_after_half(monkeypatch, cls, method: str) -> None:
+    original = getattr(cls, method)
+
+    def write(self, data, *args):
+        original(self, data[: len(data) // 2], *args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cls, method, write)
+
+
+ENDS_WITH_3 = """\
+import sys, torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 8, 4)
+for _ in range(3):
+    F.scaled_dot_product_attention(q, q, q)
+print("bye")
+sys.exit(3)
+"""
+
+
+def test_disk_full_while_gzipping_the_trace(trace, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _disk_full_after_half(m, gzip.GzipFile, "write")
+        r = trace(ENDS_WITH_3, warmup=0, timed=0, active=2, step_on="call")
+    out, err = capsys.readouterr()
+    assert (r.exit_code, r.outcome) == (3, "exited") and out == "bye\n" and "Traceback" not in err
+    assert sorted(p.name for p in r.folder.iterdir()) == ["runinfo.json"]  # no half trace, no temporary file
+    info = read_runinfo(r.folder)
+    assert info.trace_files == [] and [c.id for c in info.calls] == [1, 2]
+    assert "could not save the trace of steps 0-1" in info.note and "No space left on device" in info.note
+    # the folder is still readable: analyze says what is missing in one line
+    assert cli_main(["analyze", str(r.folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_disk_full_while_torch_writes_the_raw_trace(trace, tmp_path, monkeypatch, capsys):
+    """torch's own export_chrome_trace fails half-way: its raw file is removed too."""
+    import torch
+
+    original = torch.profiler.profile.export_chrome_trace
+
+    def export(self, path):
+        original(self, path)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.profiler.profile, "export_chrome_trace", export)
+        r = trace(ENDS_WITH_3, warmup=0, timed=0, active=2, step_on="call")
+    err = capsys.readouterr().err
+    assert r.exit_code == 3 and "Traceback" not in err and "No space left on device" in err
+    assert sorted(p.name for p in r.folder.iterdir()) == ["runinfo.json"]
+
+
+def test_atomic_write_keeps_the_last_good_file(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"good")
+
+    def half_then_full(f):
+        f.write(b"new but")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_then_full)
+    assert path.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+    atomic_write(path, lambda f: f.write(b"better"))
+    assert path.read_bytes() == b"better" and [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
