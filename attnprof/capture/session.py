@@ -162,6 +162,8 @@ class Session:
         self._profiler_thread = ProfilerThread() if _ALL_THREADS is not None else None
         self._user_watch = UserProfilerWatch(self._user_profiler_takes, self._user_profiler_released)
         self._user_profilers: WeakSet = WeakSet()  # the script's own profilers that hold the profiler now
+        self._saw_user_profiler = False
+        self._tore_down_cupti = False
         self.notes: list[str] = []  # what attnprof did instead of what was asked (runinfo note, said once)
         self._spans = 0
         self._tls = threading.local()
@@ -269,7 +271,14 @@ class Session:
         try:
             # a Ctrl-C or SIGTERM waits for the start to finish, then ends the run with the profiler running
             with signals_held(redeliver=True):
-                self._prof = self._on_profiler_thread(_new_profiler)
+                # Unless CUPTI is torn down when the profiler stops, every later kernel launch keeps paying its
+                # callbacks (pytorch#144455): the steps after the window run slower than the run really does. But
+                # a profiler started after the teardown records no kernels (torch 2.11, CUDA 13, H200): not when
+                # the script has run a profiler of its own already (it may run it again), nor when the user set
+                # TEARDOWN_CUPTI (=0 keeps CUPTI: CUDA graphs before CUDA 12.6 need it).
+                teardown = "TEARDOWN_CUPTI" not in os.environ and not self._saw_user_profiler
+                self._prof = self._on_profiler_thread(lambda: _new_profiler(teardown))
+                self._tore_down_cupti = teardown and torch.cuda.is_available()
         except Exception as e:
             self._prof = None
             self._note_error("could not start the profiler", e)
@@ -296,6 +305,9 @@ class Session:
             except Exception as e:
                 self._note_error("could not stop the profiler", e)
                 return
+            finally:
+                if self._tore_down_cupti:
+                    os.environ.pop("TEARDOWN_CUPTI", None)  # the script's environment as it was
             self._export(prof)
 
     def _on_profiler_thread(self, fn: Callable[[], Any]) -> Any:
@@ -346,7 +358,12 @@ class Session:
         if profiler in self._user_profilers:
             return
         self._user_profilers.add(profiler)
+        self._saw_user_profiler = True
         w = self.window
+        if self._tore_down_cupti and w.state == "done":
+            self._tell("attnprof tore CUPTI down when its window closed: a profiler started after that records no "
+                       "CUDA kernels (torch 2.11, CUDA 13); rerun with TEARDOWN_CUPTI=0 to keep the script's own "
+                       "profiler whole")
         with w.lock:
             if w.state != "open":
                 return
@@ -599,14 +616,12 @@ _ALL_THREADS = _all_threads_config()
 _own = threading.local()
 
 
-def _new_profiler() -> Any:
+def _new_profiler(teardown: bool) -> Any:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-        # Unless CUPTI is torn down when the profiler stops, every later kernel launch keeps paying its
-        # callbacks (pytorch#144455): the steps timed after the window would be slower than the run really is.
-        # A user who needs it kept (CUDA graphs before CUDA 12.6) sets TEARDOWN_CUPTI=0.
-        os.environ.setdefault("TEARDOWN_CUPTI", "1")
+        if teardown:
+            os.environ["TEARDOWN_CUPTI"] = "1"
     extra = {} if _ALL_THREADS is None else {"experimental_config": _all_threads_config()}
     prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True, **extra)
     with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
