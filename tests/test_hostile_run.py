@@ -343,6 +343,61 @@ def test_signal_while_the_trace_exports(tmp_path, sig, code):
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".part"))]
 
 
+#: `attnprof trace` of a script that exits 3, held while attnprof saves runinfo.json at the end or analyses the run.
+CLI_DRIVER = """\
+import sys, time
+from pathlib import Path
+import attnprof.pipeline
+from attnprof.capture import session
+from attnprof.cli import main
+where = sys.argv[1]
+def hold():
+    print(where, flush=True)
+    deadline = time.monotonic() + 60
+    while not Path("sent").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+if where == "saving":
+    write = session.write_runinfo
+    def final_write(info, folder):
+        if info.outcome != "running":
+            hold()
+        return write(info, folder)
+    session.write_runinfo = final_write
+else:
+    analyze = attnprof.pipeline.analyze_run
+    def held_analysis(folder):
+        hold()
+        return analyze(folder)
+    attnprof.pipeline.analyze_run = held_analysis
+sys.exit(main(["trace", "--out", "run", "--warmup", "0", "--timed", "0", "--active", "2", "--step-on", "call",
+               "ends3.py"]))
+"""
+
+
+@pytest.mark.parametrize("where, sig, said", [
+    ("saving", signal.SIGINT, "not analysed (interrupted while saving)"),
+    ("analysing", signal.SIGTERM, "analysis interrupted"),
+])
+def test_signal_after_the_script_keeps_its_exit_code(tmp_path, where, sig, said):
+    """The script has ended (exit 3): a signal while attnprof saves or analyses stops attnprof's own work only."""
+    (tmp_path / "ends3.py").write_text(ENDS_WITH_3)
+    proc = subprocess.Popen([sys.executable, "-c", CLI_DRIVER, where], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stdout.readline() == "bye\n"
+        assert proc.stdout.readline().strip() == where
+        proc.send_signal(sig)
+        (tmp_path / "sent").touch()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    assert f"attnprof: {said}: attnprof analyze run" in err and "Traceback" not in err and out == ""
+    info = read_runinfo(tmp_path / "run")
+    assert (info.outcome, info.exit_code) == ("exited", 3) and [c.id for c in info.calls] == [1, 2]
+    assert (tmp_path / "run" / info.trace_files[0]).is_file() and not (tmp_path / "run" / "attnprof.json").exists()
+
+
 # --- a full disk while exporting ------------------------------------------------------------------------------------
 
 def _disk_full_after_half(monkeypatch, cls, method: str) -> None:

@@ -355,3 +355,38 @@ def signals_held(redeliver: bool) -> Iterator[list[int]]:
         if redeliver:
             for sig in dict.fromkeys(got):
                 signal.raise_signal(sig)
+
+
+class AttnprofInterrupted(BaseException):
+    """SIGINT or SIGTERM while attnprof works for itself after the script (the analysis): stop that work; the exit
+    code stays the script's."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_attnprof_interrupted(signum, frame):
+    raise AttnprofInterrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_stop_attnprof() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM raise AttnprofInterrupted (main thread, default handlers only)."""
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            try:
+                if signal.getsignal(sig) == default:
+                    signal.signal(sig, _raise_attnprof_interrupted)
+                    saved[sig] = default
+            except (ValueError, OSError):
+                continue
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError):
+                pass

@@ -76,6 +76,8 @@ class RunResult:
     outcome: str
     trace_files: list[Path] = field(default_factory=list)
     runinfo: RunInfo | None = None
+    #: SIGINT / SIGTERM that arrived while the run was being saved, after the script: no analysis wanted
+    late_signals: list[int] = field(default_factory=list)
 
 
 #: The session running in this process, if any (one at a time).
@@ -190,6 +192,7 @@ class Session:
             where = self.options.out if self.options.out is not None else self.options.root
             raise AttnprofError(f"can't create the run folder in {where}: {e.strerror or e}") from None
         _active = self
+        late: list[int] = []
         try:
             with sigterm_raises():
                 try:
@@ -197,12 +200,12 @@ class Session:
                     exit_code, outcome = run_target(self.target, list(self.options.args),
                                                     before=self.window.before_script)
                 finally:
-                    with signals_held(redeliver=False):
+                    with signals_held(redeliver=False) as late:
                         self._finish(exit_code, outcome)
         finally:
             _active = None
         return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
-                         trace_files=list(self.trace_files), runinfo=self._final)
+                         trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
 
     def _activate(self) -> None:
         self._enabled = True

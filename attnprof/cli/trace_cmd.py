@@ -75,6 +75,7 @@ def _script_args(ns: argparse.Namespace) -> list[str]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from attnprof.capture.runner import AttnprofInterrupted, signals_stop_attnprof
     from attnprof.capture.session import TraceOptions, trace_script
 
     if ns.module and ns.target:
@@ -101,8 +102,14 @@ def run(ns: argparse.Namespace) -> int:
         source_lines=ns.source_lines,
     )
     result = trace_script(options)
-    if result.trace_files:
-        _analyze_run_folder(result.folder, quiet=ns.quiet)
+    if result.trace_files and result.late_signals:
+        print(f"attnprof: not analysed (interrupted while saving): attnprof analyze {result.folder}", file=sys.stderr)
+    elif result.trace_files:
+        try:
+            with signals_stop_attnprof():
+                _analyze_run_folder(result.folder, quiet=ns.quiet)
+        except AttnprofInterrupted:  # the run is saved; the exit code stays the script's
+            print(f"attnprof: analysis interrupted: attnprof analyze {result.folder}", file=sys.stderr)
     elif result.folder is not None:
         if ns.quiet:
             print(result.folder)
