@@ -12,8 +12,7 @@ import runpy
 import signal
 import subprocess
 import sys
-import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,50 @@ from attnprof.trace.runinfo import read_runinfo
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+class Run:
+    """One attnprof process of this file: its exit code, what it printed, its folder."""
+
+    def __init__(self, folder: Path, argv: list[str], files: dict[str, str], signal_at: tuple[str, int] | None):
+        self.folder, self.argv, self.files, self.signal_at = folder, argv, files, signal_at
+        self.returncode: int | None = None
+        self.out = self.err = ""
+
+    def run(self) -> None:
+        """Start it; if it has a signal to take, wait for the driver to say it stands at that point (where it waits
+        until `sent` exists), send it, then say so."""
+        for name, text in self.files.items():
+            (self.folder / name).write_text(text)
+        proc = subprocess.Popen([sys.executable, *self.argv], cwd=self.folder, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+        seen = []
+        try:
+            if self.signal_at is not None:
+                where, sig = self.signal_at
+                while True:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    if line.strip() == where:
+                        proc.send_signal(sig)
+                        (self.folder / "sent").touch()
+                        break
+                    seen.append(line)
+            out, self.err = proc.communicate(timeout=240)
+            self.out = "".join(seen) + out
+        finally:
+            proc.kill()
+        self.returncode = proc.returncode
+
+
+def _all_at_once(runs: list[Run]) -> None:
+    """Most of each run is starting python and torch: run them side by side."""
+    threads = [threading.Thread(target=r.run) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _attnprof_ranges_by_thread(trace_path: Path) -> collections.Counter:
@@ -53,23 +96,20 @@ print("done")
 """
 
 
-def test_four_threads_calling_sdpa_are_traced_and_split(tmp_path):
-    (tmp_path / "threads.py").write_text(FOUR_THREADS)
-    done = subprocess.run([sys.executable, "-m", "attnprof", "trace", "--out", "run", "--warmup", "0", "--timed", "2",
-                           "--active", "12", "--step-on", "call", "threads.py"], cwd=tmp_path, capture_output=True,
-                          text=True, env=ENV, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("done\n") and "Traceback" not in done.stderr
-    info = read_runinfo(tmp_path / "run")
+def test_four_threads_calling_sdpa_are_traced_and_split(runs):
+    r = runs["four-threads"]
+    assert r.returncode == 0, r.err
+    assert r.out.startswith("done\n") and "Traceback" not in r.err
+    info = read_runinfo(r.folder / "run")
     # 2 + 4 threads x 6 calls = 26 calls; one step = one call; steps 2-13 (calls 3-14) are profiled, whichever
     # thread makes them
     assert sorted(c.id for c in info.calls) == list(range(3, 15))
     counted = sum(len(s.true_us) + len(s.profiled_us) + len(s.after_us) + s.warmup_calls for s in info.sites)
     assert counted == 26
-    by_thread = _attnprof_ranges_by_thread(tmp_path / "run" / info.trace_files[0])
+    by_thread = _attnprof_ranges_by_thread(r.folder / "run" / info.trace_files[0])
     assert len(by_thread) >= 2, by_thread
     # a call still running on another thread when call 15 closes the window may lose the end of its range
-    report = json.loads((tmp_path / "run" / "attnprof.json").read_text())
+    report = json.loads((r.folder / "run" / "attnprof.json").read_text())
     ids = [c["id"] for c in report["calls"]]
     assert len(ids) == sum(by_thread.values()) >= 9 and set(ids) <= set(range(3, 15))
     for call in report["calls"]:
@@ -92,23 +132,23 @@ print("done", threading.get_native_id())
 """
 
 
-def test_window_opened_on_one_thread_and_closed_on_another(tmp_path):
-    (tmp_path / "handover.py").write_text(HANDOVER)
-    driver = textwrap.dedent("""\
-        import sys
-        from pathlib import Path
-        from attnprof.capture.session import TraceOptions, trace_script
-        r = trace_script(TraceOptions(target="handover.py", is_module=False, args=[], out=Path("run"), warmup=0,
-                                      timed=1, active=1, step_on="call"))
-        sys.exit(r.exit_code)
-    """)
-    done = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, env=ENV,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    main_tid = int(done.stdout.split()[-1])
-    info = read_runinfo(tmp_path / "run")
+HANDOVER_DRIVER = """\
+import sys
+from pathlib import Path
+from attnprof.capture.session import TraceOptions, trace_script
+r = trace_script(TraceOptions(target="handover.py", is_module=False, args=[], out=Path("run"), warmup=0, timed=1,
+                              active=1, step_on="call"))
+sys.exit(r.exit_code)
+"""
+
+
+def test_window_opened_on_one_thread_and_closed_on_another(runs):
+    r = runs["handover"]
+    assert r.returncode == 0, r.err
+    main_tid = int(r.out.split()[-1])
+    info = read_runinfo(r.folder / "run")
     assert [c.id for c in info.calls] == [2] and info.outcome == "completed"
-    by_thread = _attnprof_ranges_by_thread(tmp_path / "run" / info.trace_files[0])
+    by_thread = _attnprof_ranges_by_thread(r.folder / "run" / info.trace_files[0])
     assert list(by_thread.values()) == [1] and main_tid not in by_thread
 
 
@@ -281,48 +321,28 @@ sys.exit(r.exit_code)
 """
 
 
-def _signal_at(tmp_path: Path, where: str, timed: int, sig: int) -> tuple[int, str, str]:
-    (tmp_path / "loop.py").write_text(LOOP)
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, where, str(timed)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.strip() == where:
-                break
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"the driver ended before {where}: {proc.stderr.read()}")
-        proc.send_signal(sig)
-        (tmp_path / "sent").touch()
-        out, err = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    return proc.returncode, out, err
-
-
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_while_the_profiler_starts_before_the_script(tmp_path, sig, code):
-    returncode, out, err = _signal_at(tmp_path, "starting", 0, sig)
-    assert returncode == code, err
-    assert "finished" not in out and "attnprof/" not in err and "ScriptTerminated" not in err
+def test_signal_while_the_profiler_starts_before_the_script(runs, sig, code):
+    r = runs[f"starting-0-{sig.name}"]
+    assert r.returncode == code, r.err
+    assert "finished" not in r.out and "attnprof/" not in r.err and "ScriptTerminated" not in r.err
     if sig == signal.SIGINT:
-        assert "KeyboardInterrupt" in err
+        assert "KeyboardInterrupt" in r.err
     else:
-        assert "Traceback" not in err
-    info = read_runinfo(tmp_path / "run")
+        assert "Traceback" not in r.err
+    info = read_runinfo(r.folder / "run")
     assert (info.outcome, info.exit_code) == ("interrupted", code)
     # the profiler had started: its (empty) window is saved
     (name,) = info.trace_files
-    assert json.load(gzip.open(tmp_path / "run" / name))["traceEvents"]
+    assert json.load(gzip.open(r.folder / "run" / name))["traceEvents"]
 
 
-def test_sigterm_while_the_profiler_starts_inside_a_call(tmp_path):
+def test_sigterm_while_the_profiler_starts_inside_a_call(runs):
     """The window opens after call 1: SIGTERM lands during that start, the script ends there (as at call 1)."""
-    returncode, out, err = _signal_at(tmp_path, "starting", 1, signal.SIGTERM)
-    assert returncode == 143, err
-    assert "finished" not in out and "Traceback" not in err
-    info = read_runinfo(tmp_path / "run")
+    r = runs["starting-1-SIGTERM"]
+    assert r.returncode == 143, r.err
+    assert "finished" not in r.out and "Traceback" not in r.err
+    info = read_runinfo(r.folder / "run")
     assert (info.outcome, info.exit_code) == ("interrupted", 143)
     assert info.calls == [] and len(info.trace_files) == 1
     (site,) = info.sites
@@ -330,17 +350,17 @@ def test_sigterm_while_the_profiler_starts_inside_a_call(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_while_the_trace_exports(tmp_path, sig, code):
+def test_signal_while_the_trace_exports(runs, sig, code):
     """Window = calls 2-3, exported at the entry of call 4: the signal waits for the export, then ends the script."""
-    returncode, out, err = _signal_at(tmp_path, "exporting", 1, sig)
-    assert returncode == code, err
-    assert "finished" not in out and "attnprof/" not in err
-    info = read_runinfo(tmp_path / "run")
+    r = runs[f"exporting-1-{sig.name}"]
+    assert r.returncode == code, r.err
+    assert "finished" not in r.out and "attnprof/" not in r.err
+    info = read_runinfo(r.folder / "run")
     assert (info.outcome, info.exit_code) == ("interrupted", code)
     assert [c.id for c in info.calls] == [2, 3]
     (name,) = info.trace_files
-    assert _attnprof_ranges_by_thread(tmp_path / "run" / name).total() == 2
-    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".part"))]
+    assert _attnprof_ranges_by_thread(r.folder / "run" / name).total() == 2
+    assert not [p.name for p in (r.folder / "run").iterdir() if p.name.endswith((".tmp", ".part"))]
 
 
 #: `attnprof trace` of a script that exits 3, held while attnprof saves runinfo.json at the end or analyses the run.
@@ -378,24 +398,45 @@ sys.exit(main(["trace", "--out", "run", "--warmup", "0", "--timed", "0", "--acti
     ("saving", signal.SIGINT, "not analysed (interrupted while saving)"),
     ("analysing", signal.SIGTERM, "analysis interrupted"),
 ])
-def test_signal_after_the_script_keeps_its_exit_code(tmp_path, where, sig, said):
+def test_signal_after_the_script_keeps_its_exit_code(runs, where, sig, said):
     """The script has ended (exit 3): a signal while attnprof saves or analyses stops attnprof's own work only."""
-    (tmp_path / "ends3.py").write_text(ENDS_WITH_3)
-    proc = subprocess.Popen([sys.executable, "-c", CLI_DRIVER, where], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        assert proc.stdout.readline() == "bye\n"
-        assert proc.stdout.readline().strip() == where
-        proc.send_signal(sig)
-        (tmp_path / "sent").touch()
-        out, err = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    assert proc.returncode == 3, err
-    assert f"attnprof: {said}: attnprof analyze run" in err and "Traceback" not in err and out == ""
-    info = read_runinfo(tmp_path / "run")
+    r = runs[f"{where}-{sig.name}"]
+    assert r.returncode == 3, r.err
+    assert f"attnprof: {said}: attnprof analyze run" in r.err and "Traceback" not in r.err and r.out == "bye\n"
+    info = read_runinfo(r.folder / "run")
     assert (info.outcome, info.exit_code) == ("exited", 3) and [c.id for c in info.calls] == [1, 2]
-    assert (tmp_path / "run" / info.trace_files[0]).is_file() and not (tmp_path / "run" / "attnprof.json").exists()
+    assert (r.folder / "run" / info.trace_files[0]).is_file() and not (r.folder / "run" / "attnprof.json").exists()
+
+
+ENDS_WITH_3 = """\
+import sys, torch
+import torch.nn.functional as F
+q = torch.randn(1, 2, 8, 4)
+for _ in range(3):
+    F.scaled_dot_product_attention(q, q, q)
+print("bye")
+sys.exit(3)
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Run]:
+    """Every case of this file that needs a process of its own (a crash, a signal), run side by side."""
+    trace_threads = ["-m", "attnprof", "trace", "--out", "run", "--warmup", "0", "--timed", "2", "--active", "12",
+                     "--step-on", "call", "threads.py"]
+    cases = {
+        "four-threads": (trace_threads, {"threads.py": FOUR_THREADS}, None),
+        "handover": (["-c", HANDOVER_DRIVER], {"handover.py": HANDOVER}, None),
+    }
+    for where, timed, sig in [("starting", 0, signal.SIGTERM), ("starting", 0, signal.SIGINT),
+                              ("starting", 1, signal.SIGTERM), ("exporting", 1, signal.SIGTERM),
+                              ("exporting", 1, signal.SIGINT)]:
+        cases[f"{where}-{timed}-{sig.name}"] = (["-c", DRIVER, where, str(timed)], {"loop.py": LOOP}, (where, sig))
+    for where, sig in [("saving", signal.SIGINT), ("analysing", signal.SIGTERM)]:
+        cases[f"{where}-{sig.name}"] = (["-c", CLI_DRIVER, where], {"ends3.py": ENDS_WITH_3}, (where, sig))
+    runs = {name: Run(tmp_path_factory.mktemp(name), argv, files, sig) for name, (argv, files, sig) in cases.items()}
+    _all_at_once(list(runs.values()))
+    return runs
 
 
 # --- a full disk while exporting ------------------------------------------------------------------------------------
@@ -408,17 +449,6 @@ def _disk_full_after_half(monkeypatch, cls, method: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(cls, method, write)
-
-
-ENDS_WITH_3 = """\
-import sys, torch
-import torch.nn.functional as F
-q = torch.randn(1, 2, 8, 4)
-for _ in range(3):
-    F.scaled_dot_product_attention(q, q, q)
-print("bye")
-sys.exit(3)
-"""
 
 
 def test_disk_full_while_gzipping_the_trace(trace, tmp_path, monkeypatch, capsys):
