@@ -647,9 +647,11 @@ class _Job:
 
 
 class ProfilerThread:
-    """The one thread that starts, stops and exports attnprof's profiler. Kineto ties a profiling session to the
-    thread that enabled it: started on one of the script's threads and stopped on another, it is left running and
-    the process crashes. The script's threads hand each action here and wait for it."""
+    """The one thread that starts, stops and exports attnprof's profiler, whichever of the script's threads opens or
+    closes the window: a session started on one thread and stopped on another is left running (torch's profiler
+    state is per thread unless `profile_all_threads`) and the process crashes (issue 8). The script's threads hand
+    each action here and wait for it. Its first start makes libkineto print, once, a harmless "External init
+    callback must run in same thread as registerClient" (torch's client init is empty)."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
