@@ -167,6 +167,7 @@ class Session:
         self._saw_user_profiler = False
         self._tore_down_cupti = False
         self.notes: list[str] = []  # what attnprof did instead of what was asked (runinfo note, said once)
+        self._profiled_calls = InFlight()
         self._spans = 0
         self._tls = threading.local()
         self._optimizer_hook = None
@@ -302,6 +303,8 @@ class Session:
         prof, self._prof = self._prof, None
         if prof is None:
             return
+        # calls still running on other threads: let them end inside the profiler, or their ranges are lost
+        self._profiled_calls.wait_others(timeout=IN_FLIGHT_WAIT_S)
         with signals_held(redeliver=True):
             try:
                 self._on_profiler_thread(lambda: _stop(prof))
@@ -414,7 +417,7 @@ class Session:
         tls.busy = True
         try:
             if call.phase == PROFILED:
-                with torch.profiler.record_function(RANGE_PREFIX + call.name):
+                with self._profiled_calls, torch.profiler.record_function(RANGE_PREFIX + call.name):
                     result = original(*args, **kwargs)
             else:
                 result = original(*args, **kwargs)
@@ -637,6 +640,37 @@ def _stop(prof: Any) -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     prof.stop()
+
+
+#: How long closing the window waits for profiled calls still running on other threads.
+IN_FLIGHT_WAIT_S = 5.0
+
+
+class InFlight:
+    """The profiled attention calls running now, per thread (a context manager around each)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, int] = {}
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            me = threading.get_ident()
+            self._running[me] = self._running.get(me, 0) + 1
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            me = threading.get_ident()
+            self._running[me] -= 1
+            if not self._running[me]:
+                del self._running[me]
+            self._changed.notify_all()
+
+    def wait_others(self, timeout: float) -> bool:
+        """Until no other thread runs one (the calling thread may be inside one of its own); False on timeout."""
+        me = threading.get_ident()
+        with self._changed:
+            return self._changed.wait_for(lambda: not (self._running.keys() - {me}), timeout=timeout)
 
 
 class _Job:
