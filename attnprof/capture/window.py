@@ -187,6 +187,11 @@ class StepWindow:
                                       f"{self.end - 1}")
             self._close(None, last=last)
 
+    def stop_early(self, reason: str) -> None:
+        """Close an open window now, whatever the step (the script needs the profiler for itself)."""
+        if self.state == OPEN:
+            self._close(reason, last=self.step)
+
     def remove_hooks(self) -> None:
         handles, self._root_handles = self._root_handles, []
         for handle in handles:

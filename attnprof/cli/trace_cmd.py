@@ -91,6 +91,7 @@ def _script_args(ns: argparse.Namespace) -> list[str]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from attnprof.capture.runner import AttnprofInterrupted, signals_stop_attnprof
     from attnprof.capture.session import TraceOptions, trace_script
 
     if ns.module and ns.target:
@@ -129,8 +130,14 @@ def run(ns: argparse.Namespace) -> int:
     result = trace_script(options)
     if job is not None:
         return _finish_rank(job, result, ns)
-    if result.trace_files:
-        _analyze_run_folder(result.folder, quiet=ns.quiet)
+    if result.trace_files and result.late_signals:
+        print(f"attnprof: not analysed (interrupted while saving): attnprof analyze {result.folder}", file=sys.stderr)
+    elif result.trace_files:
+        try:
+            with signals_stop_attnprof():
+                _analyze_run_folder(result.folder, quiet=ns.quiet)
+        except AttnprofInterrupted:  # the run is saved; the exit code stays the script's
+            print(f"attnprof: analysis interrupted: attnprof analyze {result.folder}", file=sys.stderr)
     elif result.folder is not None:
         if ns.quiet:
             say(result.folder, sys.stdout)
