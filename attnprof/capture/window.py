@@ -207,7 +207,9 @@ class StepWindow:
         outer = self._outer_module_call(frame)
         if outer is not None and self.unit in (None, "iteration"):
             self._hook_root(outer)
-        if self.state == WAITING and self.first > 0 and not _in_loop(outer.f_back if outer is not None else user):
+        # --step-on call: every call is a step, so a script without a loop still has as many steps as calls
+        if (self.state == WAITING and self.first > 0 and self.unit != "call"
+                and not _in_loop(outer.f_back if outer is not None else user)):
             self.cold = True
             self.first, self.end = 0, self.active
             self._open()
