@@ -38,6 +38,16 @@ SKIPPED_MODULES = frozenset({
 })
 
 _is_compiling = torch.compiler.is_compiling
+
+
+def _warm_record_function() -> None:
+    """Open and close one record_function range now, with no profiler running: its first use imports modules
+    (torch.profiler._cupti_monitor, ~5 ms on CPU), which must not land inside the first profiled copy's range."""
+    with torch.profiler.record_function("attnprof.warmup"):
+        pass
+
+
+_warm_record_function()
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 UNKNOWN_SITE = "<unknown>"
 
