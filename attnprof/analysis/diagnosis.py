@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.records import COMPUTE as COMPUTE_PART
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.analysis.sites import summarize_sites
+from attnprof.analysis.sites import describe_site, resolve_sites, summarize_sites
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import CallInfo
 
@@ -198,10 +198,10 @@ def select(report: Report, site: str | None = None, phase: str | None = None, ca
             raise AttnprofError(f"{report.source} has no attention call #{call_id}"
                                 + (f" ({phase})" if phase else "") + f"; its calls: {shown or 'none'}")
         return Selection(label or f"{report.source}::#{call_id}", report, summarize_sites(calls, None), calls, info)
-    sites = [s for s in report.sites if (site is None or site_matches(s.site, site))
-             and (phase is None or s.phase == phase)]
+    named = report.sites if site is None else resolve_sites(report.sites, site, report.source)
+    sites = [s for s in named if phase is None or s.phase == phase]
     if not sites:
-        known = sorted({s.site for s in report.sites})
+        known = sorted({describe_site(s) for s in report.sites})
         what = f"site {site}" if site else "attention call"
         raise AttnprofError(f"{report.source} has no {what}{f' ({phase})' if phase else ''}; its sites: "
                             + (", ".join(known) if known else "none"))

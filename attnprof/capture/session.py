@@ -129,7 +129,7 @@ def trace_file_name(worker: str, span: int | None = None) -> str:
 class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
-    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name")
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "place")
 
 
 class Session:
@@ -442,6 +442,7 @@ class Session:
         after = self.window.tried and self.window.state == "done"
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
+        call.place = self.resolver.place(frame, user) if profiled else None  # the label's parts, recorded for profiled calls
         call.name = f"{entry.op} {site} #{call.call_id}"
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
@@ -496,6 +497,8 @@ class Session:
                 fields = describe_call(entry, binder, args, kwargs, result)
             for k, v in fields.items():
                 setattr(info, k, v)
+            if call.place is not None:
+                info.caller, info.module, info.module_class = call.place
         except Exception as e:
             info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
         self.calls.append(info)
