@@ -266,8 +266,8 @@ def _names(s: SiteSummary) -> set[str]:
 
 def describe_site(s: SiteSummary) -> str:
     """`label [location]` (or the site alone when it is its own label): how a candidate is listed."""
-    location = re.sub(r"[^\s:]*/", "", s.site)
-    return s.site if not s.label or s.label == s.site else f"{s.label} [{location}]"
+    location = _location(s.site)
+    return s.site if s.label in ("", s.site, location) else f"{s.label} [{location}]"
 
 
 def resolve_sites(sites: list[SiteSummary], selector: str, source: str = "the run") -> list[SiteSummary]:
