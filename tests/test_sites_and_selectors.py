@@ -128,6 +128,15 @@ def test_sites_outside_a_model_are_named_by_their_functions(trace):
     assert labels == {"script.py:6 via :11": "wrapped → attend", "script.py:6 via :18": "main → attend"}
     assert {(s.function, s.caller, s.module) for s in report.sites} == {("attend", "wrapped", None),
                                                                          ("attend", "main", None)}
+    # through the CLI: two functions as two sides; a name both sites answer to, and two names of one site, fail
+    r = _cli("explain", f"{result.folder}::wrapped", "::main")
+    assert r.returncode == 0, r.stderr
+    assert f"{result.folder}::wrapped" in r.stdout and f"{result.folder}::main" in r.stdout
+    r = _cli("explain", f"{result.folder}::attend")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "'attend' names 2 sites" in r.stderr and "main → attend [script.py:6 via :18]" in r.stderr
+    r = _cli("explain", f"{result.folder}::wrapped", "::script.py:11")
+    assert r.returncode == 2 and "name the same calls" in r.stderr
 
 
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,

@@ -129,7 +129,10 @@ def run(ns: argparse.Namespace) -> int:
     b_path = b_path or a_path
     if Path(a_path).resolve() == Path(b_path).resolve() and a_what == b_what:
         raise AttnprofError("A and B are the same: give two runs, or two sites (--site-a / --site-b)")
-    explanation = explain(_selection(runs, a_path, a_what, ns.phase), _selection(runs, b_path, b_what, ns.phase))
+    a_sel, b_sel = _selection(runs, a_path, a_what, ns.phase), _selection(runs, b_path, b_what, ns.phase)
+    if Path(a_path).resolve() == Path(b_path).resolve() and {c.id for c in a_sel.calls} == {c.id for c in b_sel.calls}:
+        raise AttnprofError(f"{a_what} and {b_what} name the same calls: give two runs, or two sites")
+    explanation = explain(a_sel, b_sel)
     if ns.json:
         sys.stdout.write(explanation_json(explanation) + "\n")
     else:

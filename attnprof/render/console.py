@@ -183,7 +183,9 @@ class ConsoleRenderer(Renderer):
             use_true = s.window_true_us is not None and s.true_us is not None
             window = s.window_true_us if use_true else s.window_us
             launch = s.launch_true_us if use_true else s.launch_us
-            site = Text(site_label(s)).append(f"\n  {s.op} · {short_site(s.site)}", style="dim")
+            site = Text(site_label(s))
+            if not small:  # narrow terminals: the name alone (location and op are in the wide table and the JSON)
+                site.append(f"\n  {s.op} · {short_site(s.site)}", style="dim")
             if small:
                 rows.append([site, s.backend, s.phase, str(s.calls), us_text(s.true_us if s.true_us else window),
                              *(pct_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
@@ -195,7 +197,7 @@ class ConsoleRenderer(Renderer):
                          *(part_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
         star = "*" if corrected else ""
         if small:
-            headers = [("site / op", "text"), ("backend", "word"), ("ph", "word"), ("calls", "num"), ("µs", "num"),
+            headers = [("site", "text"), ("backend", "word"), ("ph", "word"), ("calls", "num"), ("µs", "num"),
                        ("compute", "num"), ("copy", "num"), ("launch", "num"), ("other", "num")]
         else:
             headers = [("site / op", "text"), ("backend", "word"), ("phase", "word"), ("shape", "word"),
