@@ -34,7 +34,8 @@ def _site(site: str, label: str, function=None, caller=None, module=None, module
                        layout=None, true_us=None, profiled_us=None, inflation=None, timed_calls=0, after_us=None,
                        window_us=10.0, compute_us=10.0, copy_us=0.0, launch_us=None, launch_true_us=None,
                        other_us=0.0, interleaved_us=0.0, window_true_us=None,
-                       copies=[CopySummary(site=c, op="aten::contiguous", bytes=1, dur_us=1.0, count=2) for c in copies],
+                       copies=[CopySummary(site=c, op="aten::contiguous", bytes=1, dur_us=1.0, count=2)
+                               for c in copies],
                        label=label, function=function, caller=caller, module=module, module_class=module_class)
 
 

@@ -302,8 +302,8 @@ def resolve_sites(sites: list[SiteSummary], selector: str, source: str = "the ru
         path, line = location["path"], location["line"]
         found = named(lambda s: any(_same_file(p, path) and n == line for p, n in _lines(s.site)))
         if not found:
-            found = named(lambda s: any(c.site and _LOCATION.match(c.site) and _same_file(c.site.rpartition(":")[0], path)
-                                        and c.site.rpartition(":")[2] == line for c in s.copies))
+            found = named(lambda s: any(_LOCATION.match(c.site or "") and c.site.rpartition(":")[2] == line
+                                        and _same_file(c.site.rpartition(":")[0], path) for c in s.copies))
         if found:
             return one(found)
     else:

@@ -442,7 +442,7 @@ class Session:
         after = self.window.tried and self.window.state == "done"
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
-        call.place = self.resolver.place(frame, user) if profiled else None  # the label's parts, recorded for profiled calls
+        call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
         call.name = f"{entry.op} {site} #{call.call_id}"
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:

@@ -177,7 +177,13 @@ class SiteResolver:
     def place(self, frame: FrameType | None, user: FrameType | None) -> Place:
         """The caller of the site's function (`user`, call_site's frame) and the innermost nn.Module running the call
         from `frame` outwards (torch's own modules count: nn.MultiheadAttention inside a TransformerEncoderLayer).
-        Reads frame locals: for profiled calls only."""
+        Reads frame locals: for profiled calls only. Never raises: a name is not worth a lost call."""
+        try:
+            return self._place(frame, user)
+        except Exception:
+            return Place(None, None, None)
+
+    def _place(self, frame: FrameType | None, user: FrameType | None) -> Place:
         caller = None
         if user is not None and user.f_code.co_name != "<module>":
             caller = self._caller(user.f_back)

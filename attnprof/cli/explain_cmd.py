@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  PATH::SITE        one call site: its label or location (run/::seed_case.py:37 via :47), a line of it\n"
             "                    (its call, the call of its function, or a layout copy: run/::seed_case.py:44), a\n"
             "                    function (run/::seed_wrapper), a module path (run/::layers.0.self_attn: the layers\n"
-            "                    of a model are one site), or a unique prefix; every site of a file (run/::seed_case.py)\n"
+            "                    of a model are one site), or a unique prefix; every site of a file\n"
+            "                    (run/::seed_case.py)\n"
             "  PATH::#ID         one call\n"
             "  ::SITE            (as B) a site of A's run\n"
             "examples:\n"
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("a", help="side A: PATH[::SITE | ::#CALL]")
     p.add_argument("b", nargs="?", help="side B: PATH[::SITE | ::#CALL], or ::SITE in A's run (omit: diagnose A)")
-    p.add_argument("--site-a", metavar="SITE", help="narrow A to a call site (label, file.py:line, file.py, function, module, or #ID)")
+    p.add_argument("--site-a", metavar="SITE",
+                   help="narrow A to a call site (label, file.py:line, file.py, function, module, or #ID)")
     p.add_argument("--site-b", metavar="SITE", help="narrow B to a call site; without B, B is this site of A's run")
     p.add_argument("--phase", choices=["fwd", "bwd"], help="only this phase (default: fwd and bwd together)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")

@@ -67,7 +67,8 @@ def print_explanation(console: Console, e: Explanation) -> None:
         console.print(Text(f"  B is slower by {_us(e.gap_us)} {e.unit}{ratio}{noise}", style="bold"))
     else:
         console.print(Text(f"  A and B cannot be told apart: B is slower by {_us(e.gap_us)} {e.unit}, within the "
-                           f"noise of the timed calls (±{_us(e.noise_us)}): time more steps (--timed) on a quieter machine",
+                           f"noise of the timed calls (±{_us(e.noise_us)}): time more steps (--timed) on a quieter "
+                           "machine",
                            style="bold yellow"))
     console.print(Text(f"  numbers: {e.basis_detail}", style="dim"))
     for note in e.notes:
