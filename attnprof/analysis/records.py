@@ -123,6 +123,19 @@ class SiteSummary:
     interleaved_us: float
     window_true_us: float | None  # compute + copy + other + launch_true: the window without the profiler's cost
     copies: list[CopySummary] = field(default_factory=list)
+    #: what a person reads: in a model the module path, layers collapsed, and class (`model.layers.{0..3}.self_attn
+    #: (LlamaAttention)`); outside one `caller → function`; the site (`path:line via :line`) without capture records
+    label: str = ""
+    function: str | None = None  # the function the call is made in
+    caller: str | None = None  # the function that called it
+    module: str | None = None  # module path of the calls, layers collapsed ("" = the model's own forward)
+    module_class: str | None = None
+    true_q1_us: float | None = None  # quartiles of the timed (true) samples: their spread
+    true_q3_us: float | None = None
+    profiled_q1_us: float | None = None
+    profiled_q3_us: float | None = None
+    noise: float | None = None  # (true_q3 - true_q1) / true_us; None below 3 samples
+    warnings: list[str] = field(default_factory=list)  # noisy machine, too few samples, implausible inflation
 
 
 @dataclass

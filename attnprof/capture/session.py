@@ -140,7 +140,7 @@ def trace_file_name(worker: str, span: int | None = None) -> str:
 class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
-    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu")
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu", "place")
 
 
 class Session:
@@ -540,6 +540,7 @@ class Session:
         after = self.window.tried and self.window.state == "done"
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
+        call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
         call.name = ascii_name(f"{entry.op} {site} #{call.call_id}")  # profilers keep ASCII range names only
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
@@ -597,6 +598,8 @@ class Session:
                 fields = describe_call(entry, binder, args, kwargs, result)
             for k, v in fields.items():
                 setattr(info, k, v)
+            if call.place is not None:
+                info.caller, info.module, info.module_class = call.place
         except Exception as e:
             info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
         self.calls.append(info)

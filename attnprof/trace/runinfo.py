@@ -96,6 +96,9 @@ class CallInfo:
     scale: float | None = None
     mask: str | None = None  # "bool[1, 1, 256, 256]" or None
     extra: dict[str, str] = field(default_factory=dict)  # window_size, softcap, ... as text
+    caller: str | None = None  # the function that called `function` (None at module level)
+    module: str | None = None  # dotted path of the nn.Module running the call in its model ("" = the model itself)
+    module_class: str | None = None  # that module's class name
 
 
 @dataclass
