@@ -320,7 +320,11 @@ def test_cpu_seed_vs_native_bare_traces_add_up_within_5_percent(cpu_runs):
 def test_cpu_sites_of_one_run(cpu_runs):
     r = analyze_path(cpu_runs["all"])
     [e] = dg.site_explanations(r)
-    assert e.b.label == "examples/seed_case.py:47" and e.causes[0].kind == dg.LAYOUT_COPY
+    # Which side is slower, and whether the copies outrank the noise, depend on the CPU's load; that the seed
+    # wrapper's copies of q, k, v (its construction) are the layout-copy cause, on whichever side, does not.
+    assert "examples/seed_case.py:47" in (e.a.label, e.b.label)
+    layout = next(c for c in e.causes if c.kind == dg.LAYOUT_COPY)
+    assert _qkv_lines() <= set(layout.sources)
     assert_adds_up(e)
     diagnoses = dg.diagnose_sites(r)
     assert {d.subject.label for d in diagnoses} == {s.site for s in r.sites}
@@ -373,7 +377,8 @@ def test_explain_sites_of_one_run_on_the_console(cpu_runs, capsys):
     out = capsys.readouterr().out
     assert "layout copies" in out and "examples/seed_case.py:44, 45, 46" in out and "unexplained" in out
     assert _cli([run, "--site-a", sdpa_site, "--site-b", "seed_case.py:47", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["causes"][0]["kind"] == "layout_copy"
+    layout = [c for c in json.loads(capsys.readouterr().out)["causes"] if c["kind"] == "layout_copy"]
+    assert len(layout) == 1 and _qkv_lines() <= set(layout[0]["sources"])  # ranked or within noise: load-dependent
 
 
 def test_explain_one_side_diagnoses_every_site(cpu_runs, capsys):
