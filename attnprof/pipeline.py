@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from attnprof.analysis import analyze
+from attnprof.analysis.compare import case_labels_by_trace
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
@@ -34,7 +35,9 @@ class AnalyzedRun:
 
 def analyze_run(path: Path) -> AnalyzedRun:
     run = load_path(Path(path))
-    return AnalyzedRun(analyze(run.traces, run.runinfo, run.source), run.runinfo)
+    compare = read_compare(run.folder) if run.folder else None
+    cases = case_labels_by_trace(compare["rows"]) if compare else None
+    return AnalyzedRun(analyze(run.traces, run.runinfo, run.source, cases), run.runinfo)
 
 
 def analyze_path(path: Path) -> Report:

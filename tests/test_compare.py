@@ -181,3 +181,23 @@ def test_torch_printed_warnings_become_the_reason(capfd):
         os.write(2, line + b"something else\n")
     assert printed == ["For dense input, both fused kernels require query, key and value to have the same num_heads."]
     assert capfd.readouterr().err == "something else\n"  # what is not a torch warning is passed on
+
+
+H100_COMPARE = os.path.join(os.path.dirname(__file__), "..", "traces", "h100", "compare")
+
+
+def test_analyze_of_a_compare_folder_gives_one_row_per_shape():
+    """traces/h100/compare ran 9 backend/variant pairs at two shapes, one profiled call each: 18 rows of one call,
+    each row's traced q shape the shape its site names (shape from the trace, name from compare.json)."""
+    report = analyze_path(H100_COMPARE)
+    assert len(report.sites) == 18
+    assert all(s.calls == 1 for s in report.sites)
+    for s in report.sites:
+        if s.site.startswith(("sdpa-auto/", "sdpa-cudnn/", "sdpa-math/", "sdpa-efficient/", "sdpa-flash/")):
+            assert "×".join(map(str, s.shapes["q"])) in s.site
+    cudnn = {s.site.split(" ")[1]: s.window_us for s in report.sites if s.site.startswith("sdpa-cudnn/native")}
+    # each the window of its own trace analysed alone, not their mean (919 µs)
+    for shape, file in (("12×64×256×64", "12x64x256x64"), ("16×128×784×128", "16x128x784x128")):
+        (alone,) = analyze_path(os.path.join(H100_COMPARE, f"{file}.float16.sdpa-cudnn.native.pt.trace.json.gz")).sites
+        assert cudnn[shape] == pytest.approx(alone.window_us)
+    assert cudnn["12×64×256×64"] < 300 < 1000 < cudnn["16×128×784×128"]
