@@ -120,14 +120,36 @@ def compare_doc() -> dict:
 
 def test_compare_sweep_and_table():
     doc = compare_doc()
-    fig = db.sweep_figure(doc["rows"]).to_plotly_json()
-    lines = traces_by_name(fig)
+    ((dim, fig),) = db.sweep_figures(doc["rows"])  # only L varies
+    assert dim == "L"
+    lines = traces_by_name(fig.to_plotly_json())
     assert set(lines) == {"sdpa-auto native fwd", "aten-flash native fwd"}  # the unsupported row draws nothing
     assert list(lines["sdpa-auto native fwd"]["x"]) == [256, 1024, 4096]
     assert list(lines["aten-flash native fwd"]["y"]) == pytest.approx([70.0, 280.0, 1120.0])
+    assert all(t["mode"] == "lines+markers" for t in lines.values())
     table = db.compare_table_figure(doc["rows"]).to_plotly_json()["data"][0]
     assert table["type"] == "table" and len(table["cells"]["values"][0]) == 7
     assert "flash_attn_interface missing" in table["cells"]["values"][-1]
+
+
+
+def test_compare_of_shapes_that_differ_in_every_dimension_is_no_sweep():
+    """traces/h100/compare: 12x64x256x64 and 16x128x784x128 differ in B, H, L and D, so no chart varies L alone;
+    the per-shape bars hold one bar per shape for each of the 9 backend/variant pairs that ran."""
+    doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
+    assert db.sweep_figures(doc["rows"]) == []
+    fig = db.shapes_figure(doc["rows"]).to_plotly_json()
+    bars = traces_by_name(fig)
+    assert set(bars) == {"12x64x256x64 float16", "16x128x784x128 float16"}
+    assert all(len(b["x"]) == 9 for b in bars.values())
+    cudnn = {name: dict(zip(b["y"], b["x"]))["sdpa-cudnn native fwd"] for name, b in bars.items()}
+    assert cudnn == {"12x64x256x64 float16": 44.256, "16x128x784x128 float16": 1470.128}  # compare.json's medians
+
+
+def test_sweep_of_two_dimensions_draws_one_chart_each():
+    rows = [dict(r, shape=[8, 16, 256, D]) for r, D in zip(compare_doc()["rows"][:3], (32, 64, 128))]
+    rows += compare_doc()["rows"]
+    assert [dim for dim, _ in db.sweep_figures(rows)] == ["L", "D"]
 
 
 # --- the page -----------------------------------------------------------------------------------------------------
@@ -140,7 +162,7 @@ def test_written_page_embeds_every_figure_and_plotly_js(tmp_path):
     assert path == tmp_path / "dashboard.html"
     html = path.read_text()
     data = db.read_dashboard_data(path)
-    assert list(data["figures"]) == ["sites", "waterfall-0", "timeline", "roofline", "sweep", "compare-table"]
+    assert list(data["figures"]) == ["sites", "waterfall-0", "timeline", "roofline", "sweep-L", "compare-table"]
     assert set(data["templates"]) == {"light", "dark"}
     assert data["templates"]["dark"]["layout"]["paper_bgcolor"] != data["templates"]["light"]["layout"][
         "paper_bgcolor"]
@@ -185,7 +207,7 @@ def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):
 def test_dashboard_of_a_compare_folder(tmp_path):
     (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
     figures = db.read_dashboard_data(write_for_path(tmp_path))["figures"]
-    assert list(figures) == ["sweep", "compare-table"]
+    assert list(figures) == ["sweep-L", "compare-table"]
 
 
 def test_run_identity_from_command_or_folder_name(tmp_path):

@@ -8,7 +8,8 @@ Panels (each only when there is data for it):
 - a kernel timeline of representative calls (Gantt bars from CallSplit.kernels), the window behind them, so the
   launch gaps show as empty space;
 - the roofline: achieved TFLOP/s against arithmetic intensity, under the measured ceilings when known;
-- `attnprof compare`'s sweep (time against sequence length per backend) and its table, when compare.json is there.
+- `attnprof compare`'s sweeps (time against each dimension that varies alone, per backend) or, for shapes that
+  differ in several dimensions, each backend's time at each shape; and its table, when compare.json is there.
 
 plotly.js is embedded (what `include_plotlyjs=True` embeds: plotly.offline.get_plotlyjs()), so the file works
 offline. The figures travel as JSON in `<script id="attnprof-data" type="application/json">` without a template;
@@ -299,35 +300,80 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
 # --- compare sweep and table -------------------------------------------------------------------------------------
 
 
-def _seqlen(row: dict) -> int | None:
-    shape = row.get("shape") or []
-    return shape[-2] if len(shape) >= 4 else None  # [B, H, L, D] or [B, Hq, Hkv, L, D]
+#: The dimensions of a compare shape, by its length: [B, H, L, D] or [B, Hq, Hkv, L, D].
+_DIM_NAMES = {4: ("B", "H", "L", "D"), 5: ("B", "Hq", "Hkv", "L", "D")}
+_DIM_TITLES = {"B": "batch B", "H": "heads H", "Hq": "query heads Hq", "Hkv": "kv heads Hkv",
+               "L": "sequence length L (tokens)", "D": "head dim D"}
 
 
-def sweep_figure(rows: list[dict]) -> go.Figure | None:
-    """Median µs against sequence length, one line per backend, variant and phase (the other dims fixed)."""
-    ran = [r for r in rows if not r.get("unsupported") and r.get("median_us") and _seqlen(r)]
-    if len({_seqlen(r) for r in ran}) < 2:
+def _ran(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("unsupported") and r.get("median_us") and len(r.get("shape") or []) in (4, 5)]
+
+
+def _line_name(r: dict) -> str:
+    return f"{r['backend']} {r['variant']} {r['phase']}" + (" causal" if r.get("causal") else "")
+
+
+def _compare_hover(group: list[dict]) -> list[list[str]]:
+    return [[r["backend"], r["variant"], r["phase"], _dims(r["shape"]), r["dtype"],
+             "n/a" if r.get("tflops") is None else f"{r['tflops']:,.1f}",
+             "n/a" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.0f}%"] for r in group]
+
+
+_COMPARE_HOVER = ("<b>%{customdata[0]}</b> %{customdata[1]} %{customdata[2]}<br>%{customdata[3]} %{customdata[4]}"
+                  "<br>%{y:,.1f} µs · %{customdata[5]} TFLOP/s · %{customdata[6]} of peak<extra></extra>")
+
+
+def sweep_figures(rows: list[dict]) -> list[tuple[str, go.Figure]]:
+    """Median µs against each dimension that varies alone (the others and dtype fixed): one chart per such
+    dimension, one line per backend, variant and phase. Shapes that differ in several dimensions at once are not
+    a sweep of any one (shapes_figure shows them)."""
+    ran = _ran(rows)
+    out = []
+    for n_dims, names in _DIM_NAMES.items():
+        for i, dim in enumerate(names):
+            lines: dict[tuple, list[dict]] = {}
+            for r in ran:
+                if len(r["shape"]) != n_dims:
+                    continue
+                fixed = tuple(d for j, d in enumerate(r["shape"]) if j != i)
+                lines.setdefault((_line_name(r), r["dtype"], fixed), []).append(r)
+            lines = {k: g for k, g in lines.items() if len({r["shape"][i] for r in g}) >= 2}
+            if not lines:
+                continue
+            several_fixed = len({(dtype, fixed) for _, dtype, fixed in lines}) > 1
+            fig = _figure(height=460, xaxis=dict(title=_DIM_TITLES[dim], type="log"),
+                          yaxis=dict(title="median µs per call (outside the profiler)", type="log"))
+            for (name, dtype, fixed), group in sorted(lines.items()):
+                group.sort(key=lambda r: r["shape"][i])
+                others = ", ".join(f"{d}={v}" for d, v in zip((d for d in names if d != dim), fixed))
+                fig.add_trace(go.Scatter(
+                    name=name + (f" ({others} {dtype})" if several_fixed else ""),
+                    x=[r["shape"][i] for r in group], y=[r["median_us"] for r in group], mode="lines+markers",
+                    line=dict(dash="solid" if group[0]["phase"] == "fwd" else "dot"),
+                    customdata=_compare_hover(group), hovertemplate=_COMPARE_HOVER))
+            out.append((dim, fig))
+    return out
+
+
+def shapes_figure(rows: list[dict]) -> go.Figure | None:
+    """Median µs per backend, variant and phase, one bar per compare case: for cases that are no sweep."""
+    ran = _ran(rows)
+    cases = sorted({(tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) for r in ran})
+    if len(cases) < 2:
         return None
-    fig = _figure(height=460, xaxis=dict(title="sequence length L (tokens)", type="log"),
-                  yaxis=dict(title="median µs per call (outside the profiler)", type="log"))
-    lines: dict[tuple, list[dict]] = {}
-    for r in ran:
-        others = tuple(d for i, d in enumerate(r["shape"]) if i != len(r["shape"]) - 2)
-        lines.setdefault((r["backend"], r["variant"], r["phase"], r["dtype"], bool(r.get("causal")), others),
-                         []).append(r)
-    for (backend, variant, phase, dtype, causal, _others), group in sorted(lines.items()):
-        group.sort(key=_seqlen)
-        fig.add_trace(go.Scatter(
-            name=f"{backend} {variant} {phase}" + (" causal" if causal else ""),
-            x=[_seqlen(r) for r in group], y=[r["median_us"] for r in group], mode="lines+markers",
-            line=dict(dash="solid" if phase == "fwd" else "dot"),
-            customdata=[[backend, variant, phase, _dims(r["shape"]), dtype,
-                         "n/a" if r.get("tflops") is None else f"{r['tflops']:,.1f}",
-                         "n/a" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.0f}%"] for r in group],
-            hovertemplate=("<b>%{customdata[0]}</b> %{customdata[1]} %{customdata[2]}<br>%{customdata[3]} "
-                           "%{customdata[4]}<br>%{y:,.1f} µs · %{customdata[5]} TFLOP/s · %{customdata[6]} of peak"
-                           "<extra></extra>")))
+    order = list(dict.fromkeys(f"{r['backend']} {r['variant']} {r['phase']}" for r in ran))
+    fig = _figure(barmode="group", height=160 + 34 * len(order),
+                  xaxis=dict(title="median µs per call (outside the profiler; log scale)", type="log"),
+                  yaxis=dict(title="backend · variant · phase", autorange="reversed", automargin=True))
+    for shape, dtype, causal in cases:
+        group = [r for r in ran if (tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) == (shape, dtype, causal)]
+        fig.add_trace(go.Bar(
+            name=f"{_dims(shape)} {dtype}" + (" causal" if causal else ""), orientation="h",
+            x=[r["median_us"] for r in group], y=[f"{r['backend']} {r['variant']} {r['phase']}" for r in group],
+            customdata=_compare_hover(group),
+            hovertemplate=_COMPARE_HOVER.replace("%{y:,.1f}", "%{x:,.1f}")))
+    fig.update_yaxes(categoryorder="array", categoryarray=order)
     return fig
 
 
@@ -398,11 +444,17 @@ def build_panels(report: Report | None, insights: Insights | None = None,
                                 f"the whole call. Dashed: {where}.", fig))
     if compare:
         rows = compare["rows"]
-        fig = sweep_figure(rows)
+        sweeps = sweep_figures(rows)
+        for dim, fig in sweeps:
+            panels.append(Panel(f"sweep-{dim}", f"attnprof compare: time against {_DIM_TITLES[dim]}",
+                                f"Median µs per call outside the profiler as {dim} varies, every other dimension "
+                                "and the dtype fixed; per backend, variant (native inputs or the seed's wrapper) and "
+                                "phase (dotted: backward).", fig))
+        fig = None if sweeps else shapes_figure(rows)
         if fig is not None:
-            panels.append(Panel("sweep", "attnprof compare: time against sequence length",
-                                "Median µs per call outside the profiler, per backend, variant (native inputs or "
-                                "the seed's wrapper) and phase (dotted: backward).", fig))
+            panels.append(Panel("shapes", "attnprof compare: each backend at each shape",
+                                "Median µs per call outside the profiler, one bar per shape: the same backend and "
+                                "variant across the cases compared.", fig))
         fig = compare_table_figure(rows)
         if fig is not None:
             panels.append(Panel("compare-table", "attnprof compare: every row",
