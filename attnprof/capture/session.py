@@ -259,7 +259,8 @@ class Session:
                 prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True)
                 with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
                     warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
-                    prof.start()
+                    with quiet_kineto():
+                        prof.start()
                 self._prof = prof
         except Exception as e:
             self._prof = None
