@@ -25,6 +25,7 @@ import torch
 from attnprof import __version__
 from attnprof.capture import patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
+from attnprof.capture.kineto import quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
