@@ -25,6 +25,7 @@ import torch
 from attnprof import __version__
 from attnprof.capture import patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
+from attnprof.capture.ceilings import device_name
 from attnprof.capture.kineto import quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
@@ -520,7 +521,7 @@ class Session:
 
     def runinfo(self, exit_code: int, outcome: str) -> RunInfo:
         w = self.window
-        device, capability = "cpu", None
+        device, capability = device_name(torch.device("cpu")), None  # "cpu (<model>)": the ceilings' key too
         cuda_device = self._cuda_device
         if cuda_device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
             # no wrapped call ran on CUDA (hand-written or compiled attention only), but the script used the GPU
