@@ -78,6 +78,21 @@ def dashboard_ceilings(report: Report | None, compare: dict | None) -> Ceilings 
     return None
 
 
+def dashboard_html(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
+                   compare: dict | None = None, ceilings: Ceilings | None = None, title: str | None = None,
+                   call_info: dict[int, CallInfo] | None = None) -> str:
+    """The dashboard page of a report and/or the folder's compare.json, as write_dashboard_for writes it."""
+    from attnprof.render.dashboard import DashboardRenderer  # lazy: importing plotly costs time
+
+    if compare is None:
+        compare = read_compare(folder)
+    if ceilings is None:
+        ceilings = dashboard_ceilings(report, compare)
+    renderer = DashboardRenderer(insights(report, call_info, ceilings, explanations), compare,
+                                 title or f"attnprof — {Path(folder).resolve().name}")
+    return renderer.render(report)
+
+
 def write_dashboard_for(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
                         compare: dict | None = None, ceilings: Ceilings | None = None, name: str | None = None,
                         title: str | None = None, call_info: dict[int, CallInfo] | None = None) -> Path:
@@ -88,14 +103,11 @@ def write_dashboard_for(report: Report | None, folder: Path, explanations: list[
     compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
     calls by id (`AnalyzedRun.call_info`), for the fallback reasons in the causes.
     """
-    from attnprof.render.dashboard import DASHBOARD_FILE, write_dashboard  # lazy: importing plotly costs time
+    from attnprof.render.dashboard import DASHBOARD_FILE
 
-    if compare is None:
-        compare = read_compare(folder)
-    if ceilings is None:
-        ceilings = dashboard_ceilings(report, compare)
-    return write_dashboard(report, insights(report, call_info, ceilings, explanations), folder, compare,
-                           name=name or DASHBOARD_FILE, title=title)
+    path = Path(folder) / (name or DASHBOARD_FILE)
+    path.write_text(dashboard_html(report, folder, explanations, compare, ceilings, title, call_info))
+    return path
 
 
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> None:

@@ -16,7 +16,8 @@ offline. The figures travel as JSON in `<script id="attnprof-data" type="applica
 the page applies a light or a dark Plotly template (prefers-color-scheme, then the toggle), so both read well.
 
 Every number comes in computed: the report, its Insights (analysis/insights.py: splits, diagnoses, explanations,
-roofline points, the ceilings used) and compare.json's document. This module only lays them out.
+roofline points, the ceilings used) and compare.json's document. This module only lays them out; pipeline.py's
+dashboard_html / write_dashboard_for find compare.json and the ceilings and compute the insights.
 """
 from __future__ import annotations
 
@@ -739,20 +740,8 @@ def _meta(report: Report | None, compare: dict | None) -> list[str]:
     return meta
 
 
-def write_dashboard(report: Report | None, insights: Insights | None, folder: Path, compare: dict | None = None,
-                    name: str = DASHBOARD_FILE, title: str | None = None) -> Path:
-    """Write `folder/name` (dashboard.html) for a report with its insights and/or a compare.json document; returns
-    its path. Nothing is read here: pipeline.write_dashboard_for finds compare.json and the ceilings and computes
-    the insights."""
-    folder = Path(folder)
-    renderer = DashboardRenderer(insights, compare, title or f"attnprof — {folder.resolve().name}")
-    path = folder / name
-    path.write_text(renderer.render(report))
-    return path
-
-
 class DashboardRenderer(Renderer):
-    """The dashboard as a Report view (render/base.py); write_dashboard is what most callers want."""
+    """The dashboard as a Report view (render/base.py); pipeline.write_dashboard_for is what most callers want."""
 
     output_name = DASHBOARD_FILE
 
