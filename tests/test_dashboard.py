@@ -142,10 +142,10 @@ def test_compare_of_shapes_that_differ_in_every_dimension_is_no_sweep():
     assert db.sweep_figures(doc["rows"]) == []
     fig = db.shapes_figure(doc["rows"]).to_plotly_json()
     bars = traces_by_name(fig)
-    assert set(bars) == {"12x64x256x64 float16", "16x128x784x128 float16"}
+    assert set(bars) == {"12×64×256×64 float16", "16×128×784×128 float16"}
     assert all(len(b["x"]) == 9 for b in bars.values())
     cudnn = {name: dict(zip(b["y"], b["x"]))["sdpa-cudnn native fwd"] for name, b in bars.items()}
-    assert cudnn == {"12x64x256x64 float16": 44.256, "16x128x784x128 float16": 1470.128}  # compare.json's medians
+    assert cudnn == {"12×64×256×64 float16": 44.256, "16×128×784×128 float16": 1470.128}  # compare.json's medians
 
 
 def test_sweep_of_two_dimensions_draws_one_chart_each():
@@ -184,9 +184,9 @@ def test_headline_is_the_gap_and_its_causes():
 def test_compare_headline_per_case():
     doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
     assert db.compare_headlines(doc["rows"]) == [
-        "12x64x256x64 float16 fwd: fastest sdpa-cudnn native 44.3 µs; the seed's wrapper makes sdpa-blhd 155.9 µs "
+        "12×64×256×64 float16 fwd: fastest sdpa-cudnn native 44.3 µs; the seed's wrapper makes sdpa-blhd 155.9 µs "
         "slower (44.8 µs → 200.7 µs); slowest sdpa-math native 1,209 µs",
-        "16x128x784x128 float16 fwd: fastest sdpa-blhd native 1,460 µs; the seed's wrapper makes sdpa-blhd "
+        "16×128×784×128 float16 fwd: fastest sdpa-blhd native 1,460 µs; the seed's wrapper makes sdpa-blhd "
         "2,260 µs slower (1,460 µs → 3,719 µs); slowest sdpa-math native 33,408 µs"]
 
 

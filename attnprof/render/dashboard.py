@@ -89,7 +89,7 @@ def _figure(**layout) -> go.Figure:
     return fig
 
 
-def _signed(v: float) -> str:
+def signed(v: float) -> str:
     """+151.4, -0.8; what rounds to zero reads 0.0, not -0.0."""
     return "0.0" if abs(v) < 0.05 else f"{v:+,.1f}"
 
@@ -188,7 +188,7 @@ def waterfall_figure(e: Explanation, unit: str | None = None) -> go.Figure:
                 f"{_html_text(_wrap(c.detail))}<br><i>fix:</i> {_html_text(_wrap(c.fix))}" for c in causes]
              + [f"<b>unexplained</b> {e.unexplained_us:+,.1f} µs<br>{_html_text(_wrap(e.basis_detail))}",
                 f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {_us(e.b.us)}"])
-    text = [_us(e.a.us)] + [_signed(c.us) for c in causes] + [_signed(e.unexplained_us), _us(e.b.us)]
+    text = [_us(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), _us(e.b.us)]
     fig = _figure(height=440, yaxis_title=unit, xaxis_title="from A through the causes to B",
                   showlegend=False)
     fig.add_trace(go.Waterfall(
@@ -217,11 +217,11 @@ def causes_table_html(causes: list[Cause], total: float, unexplained: float | No
     for i, c in enumerate(causes, 1):
         pct = _pct(c.us, total)
         rows.append(f"<tr><td>{i}</td><td>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</td>"
-                    f"<td class=num>{_signed(c.us)}</td><td class=num>{pct}</td><td>{html.escape(c.detail)}</td>"
+                    f"<td class=num>{signed(c.us)}</td><td class=num>{pct}</td><td>{html.escape(c.detail)}</td>"
                     f"<td>{html.escape(c.fix)}</td></tr>")
     if unexplained is not None:
         pct = _pct(unexplained, total)
-        rows.append(f"<tr class=dim><td></td><td>unexplained</td><td class=num>{_signed(unexplained)}</td>"
+        rows.append(f"<tr class=dim><td></td><td>unexplained</td><td class=num>{signed(unexplained)}</td>"
                     f"<td class=num>{pct}</td><td colspan=2>what the causes do not cover</td></tr>")
     return ("<table class=causes><thead><tr><th>#</th><th>cause</th><th>µs</th><th>" + share + "</th><th>what</th>"
             "<th>fix</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
@@ -256,7 +256,7 @@ def compare_headlines(rows: list[dict]) -> list[str]:
     for (shape, dtype, causal, phase), group in cases.items():
         group.sort(key=lambda r: r["median_us"])
         best, worst = group[0], group[-1]
-        text = (f"{_dims(shape)} {dtype}{' causal' if causal else ''} {phase}: fastest {best['backend']} "
+        text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best['backend']} "
                 f"{best['variant']} {_us(best['median_us'])}")
         wrapped = [r for r in group if r["variant"] == "seed-wrapper"]
         if wrapped:
@@ -479,7 +479,7 @@ def shapes_figure(rows: list[dict]) -> go.Figure | None:
     for shape, dtype, causal in cases:
         group = [r for r in ran if (tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) == (shape, dtype, causal)]
         fig.add_trace(go.Bar(
-            name=f"{_dims(shape)} {dtype}" + (" causal" if causal else ""), orientation="h",
+            name=f"{'×'.join(map(str, shape))} {dtype}" + (" causal" if causal else ""), orientation="h",
             x=[r["median_us"] for r in group], y=[f"{r['backend']} {r['variant']} {r['phase']}" for r in group],
             customdata=_compare_hover(group),
             hovertemplate=_COMPARE_HOVER.replace("%{y:,.1f}", "%{x:,.1f}")))
