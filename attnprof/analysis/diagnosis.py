@@ -444,6 +444,9 @@ def _kernel_fix(slower: str, faster: str, hopper: bool) -> str:
     if hopper and slower in FA2_BACKENDS:
         return ("on Hopper, FlashAttention-2 uses neither wgmma nor TMA: call SDPA (its cuDNN backend) or "
                 "FlashAttention-3 (flash_attn_interface.flash_attn_func)")
+    if slower in UNFUSED_BACKENDS | {"eager"}:  # no kernel to select: the attention is written out in ops
+        return (f"the fused {faster} kernel is faster than the unfused attention: call F.scaled_dot_product_attention "
+                f"(Hugging Face: attn_implementation=\"sdpa\") instead of the {slower} code")
     return (f"the {faster} kernel is faster for this shape: select it (torch.nn.attention.sdpa_kernel, or that "
             f"library's entry point) for the {slower} calls")
 

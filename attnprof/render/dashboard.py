@@ -141,7 +141,7 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
                 customdata=hover, hovertemplate=template))
     # the axis is the user's time: the bars and the true times set it, the profiler's own cost does not
     user_max = max(ends + [s.true_us for s in sites if s.true_us is not None] + [1e-9])
-    top = user_max * 1.4
+    top = user_max * (1.4 if any(x.profiler_us for x in shown) else 1.05)  # room for the annotations
     fig.update_xaxes(range=[0, top])
     for trace in fig.data:  # a profiled time past the axis is the profiler's cost again: the annotation says it
         if trace.type == "scatter":
