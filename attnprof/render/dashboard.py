@@ -167,9 +167,11 @@ def site_bars_description(report: Report) -> str:
     if has_true:
         text += ("Where the site has a true time, the parts add up to it plus the prep copies' busy time; the rest "
                  "of the profiled window is the profiler's own cost, left out of the bar and written beside it. ")
-    text += ("Diamonds: true µs (CUDA events around the attention entry point, outside the profiler); crosses: "
-             "profiled µs (the same inside it). They time the entry point only: copies made before it are in the "
-             "bar, not in the markers.")
+    if has_true:
+        clock = "CUDA events" if on_gpu else "the host clock"
+        text += (f"Diamonds: true µs ({clock} around the attention entry point, outside the profiler); crosses: "
+                 "profiled µs (the same inside it; past the axis when the profiler's cost is larger). They time the "
+                 "entry point only: copies made before it are in the bar, not in the markers.")
     return text
 
 
