@@ -142,13 +142,20 @@ def _us(v: float | None) -> str:
 
 
 def _run_lines(run: GalleryRun) -> list[str]:
+    from attnprof.render.dashboard import compare_headlines  # lazy: importing plotly costs time
+
     lines = []
     r = run.report
+    if run.compare:  # its headline per shape says more than a line per backend, variant and shape
+        command = " ".join((run.compare.get("run") or {}).get("command") or []) or "attnprof compare"
+        lines.append(f"`{command}` on {(run.compare.get('run') or {}).get('device', '?')}")
+        lines += compare_headlines(run.compare["rows"])
     if r is not None:
-        command = " ".join((r.run or {}).get("command") or []) or "a torch.profiler trace"
-        lines.append(f"`{command}` on {r.device}" + (f", torch {r.torch_version}" if r.torch_version else "")
-                     + f": {_count(len(r.calls), 'call')} at {_count(len({s.site for s in r.sites}), 'site')}")
-        for d in dg.diagnose_sites(r, run.call_info):
+        if not run.compare:
+            command = " ".join((r.run or {}).get("command") or []) or "a torch.profiler trace"
+            lines.append(f"`{command}` on {r.device}" + (f", torch {r.torch_version}" if r.torch_version else "")
+                         + f": {_count(len(r.calls), 'call')} at {_count(len({s.site for s in r.sites}), 'site')}")
+        for d in ([] if run.compare else dg.diagnose_sites(r, run.call_info)):
             top = d.causes[0] if d.causes else None
             lines.append(f"`{d.subject.label}` ({' / '.join(d.subject.backends)}): {_us(d.subject.us)} per call"
                          + (f"; biggest cause: {dg.KIND_TITLES[top.kind]}, {_us(top.us)}" if top else ""))
@@ -164,9 +171,11 @@ def _run_lines(run: GalleryRun) -> list[str]:
 
 
 def _explanation_line(e: dg.Explanation) -> str:
-    causes = ", ".join(f"{dg.KIND_TITLES[c.kind]} {c.us:+,.1f} µs" for c in e.causes[:3])
+    from attnprof.render.dashboard import signed
+
+    causes = ", ".join(f"{dg.KIND_TITLES[c.kind]} {signed(c.us)} µs" for c in e.causes[:3])
     return (f"waterfall `{e.a.label}` → `{e.b.label}`: B slower by {_us(e.gap_us)} per call ({causes}; "
-            f"unexplained {e.unexplained_us:+,.1f} µs; {e.basis} times)")
+            f"unexplained {signed(e.unexplained_us)} µs; {e.basis} times)")
 
 
 def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> list[GalleryEntry]:
@@ -222,10 +231,10 @@ def gallery_readme(entries: list[GalleryEntry], traces: Path, out: Path) -> str:
         "# Dashboards",
         "",
         f"Rendered from the reference traces in `{traces}` (recorded on the GPU named in each entry). Each file is "
-        "one self-contained HTML page (plotly.js embedded, works offline): per-site stacked bars of compute / "
-        "copy / launch / other with true and profiled times, waterfalls from the faster to the slower variant "
-        "through the ranked causes, a kernel timeline of a typical call per site, the roofline, and "
-        "`attnprof compare`'s sweep where a run holds compare.json.",
+        "one self-contained HTML page (plotly.js embedded, works offline): the answer in a line on top, per-site "
+        "stacked bars of compute / copy / launch / other with true and profiled times, waterfalls from the faster "
+        "to the slower variant through the ranked causes, a kernel timeline of a typical call per site, the "
+        "roofline, and where a run holds compare.json, `attnprof compare`'s charts (one row per shape) and rows.",
         "",
         "Regenerate them all (from the project root):",
         "",

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from attnprof.analysis import analyze
+from attnprof.analysis.compare import case_labels_by_trace
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
@@ -45,7 +46,9 @@ def analyze_run(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> AnalyzedRun
         runinfo = next(r.runinfo for r in ranks if r.files)
         return AnalyzedRun(job_report(facts, str(path), ranks), runinfo, [f.report for f in facts[1:]])
     run = load_path(Path(path), max_mb)
-    report = analyze(run.traces, run.runinfo, run.source, run.ncu)
+    compare = read_compare(run.folder) if run.folder else None
+    cases = case_labels_by_trace(compare["rows"]) if compare else None
+    report = analyze(run.traces, run.runinfo, run.source, run.ncu, cases)
     report.notes[:0] = run.notes  # what of the folder was left out comes first
     return AnalyzedRun(report, run.runinfo)
 
@@ -88,6 +91,21 @@ def dashboard_ceilings(report: Report | None, compare: dict | None) -> Ceilings 
     return None
 
 
+def dashboard_html(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
+                   compare: dict | None = None, ceilings: Ceilings | None = None, title: str | None = None,
+                   call_info: dict[int, CallInfo] | None = None) -> str:
+    """The dashboard page of a report and/or the folder's compare.json, as write_dashboard_for writes it."""
+    from attnprof.render.dashboard import DashboardRenderer  # lazy: importing plotly costs time
+
+    if compare is None:
+        compare = read_compare(folder)
+    if ceilings is None:
+        ceilings = dashboard_ceilings(report, compare)
+    renderer = DashboardRenderer(insights(report, call_info, ceilings, explanations), compare,
+                                 title or f"attnprof — {Path(folder).resolve().name}")
+    return renderer.render(report)
+
+
 def write_dashboard_for(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
                         compare: dict | None = None, ceilings: Ceilings | None = None, name: str | None = None,
                         title: str | None = None, call_info: dict[int, CallInfo] | None = None) -> Path:
@@ -98,14 +116,10 @@ def write_dashboard_for(report: Report | None, folder: Path, explanations: list[
     compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
     calls by id (`AnalyzedRun.call_info`), for the fallback reasons in the causes.
     """
-    from attnprof.render.dashboard import DASHBOARD_FILE, write_dashboard  # lazy: importing plotly costs time
+    from attnprof.render.dashboard import DASHBOARD_FILE
 
-    if compare is None:
-        compare = read_compare(folder)
-    if ceilings is None:
-        ceilings = dashboard_ceilings(report, compare)
-    return write_dashboard(report, insights(report, call_info, ceilings, explanations), folder, compare,
-                           name=name or DASHBOARD_FILE, title=title)
+    path = Path(folder) / (name or DASHBOARD_FILE)
+    return atomic_write(path, dashboard_html(report, folder, explanations, compare, ceilings, title, call_info))
 
 
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[str]:

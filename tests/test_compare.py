@@ -90,10 +90,14 @@ def test_percent_of_peak_divides_by_the_cached_ceilings(json_run):
         if r["unsupported"] is None:
             achieved, ceiling = ((r["tflops"], TEST_CEILINGS["matmul_tflops"]) if r["bound"] == "compute"
                                  else (r["gbps"], TEST_CEILINGS["copy_gbps"]))
-            # JSON rounds the percentage to 3 decimals (±5e-4 absolute, which at a few percent is more than any
-            # relative bound) and the rate to 6 significant digits (±5e-6 relative): allow exactly those roundings
+            # JSON rounds each float to 3 decimals when >= 1, else to 6 significant digits (render/json_report.py):
+            # allow exactly those roundings, of the percentage and of the rate it is recomputed from, at any speed
+            def rounding(v):
+                return 5e-4 if abs(v) >= 1 else 5e-6 * abs(v)
+
             expected = 100 * achieved / ceiling
-            assert abs(r["pct_of_peak"] - expected) <= 5e-4 + 5e-6 * abs(expected) + 1e-12
+            bound = rounding(r["pct_of_peak"]) + 100 / ceiling * rounding(achieved) + 1e-12
+            assert abs(r["pct_of_peak"] - expected) <= bound
 
 
 def test_unsupported_rows_carry_the_reason(json_run):
@@ -122,7 +126,7 @@ def test_run_folder_holds_compare_json_and_analysable_traces(json_run):
     assert traces == sorted({r["trace"] for r in rows if r["trace"]})
     assert len(traces) == len(CPU_RUNS)
     report = analyze_path(folder)  # what `attnprof analyze <folder>` reads
-    assert {c.site for c in report.calls} == {f"{b}/{v}" for b, v in CPU_RUNS}
+    assert {c.site for c in report.calls} == {f"{b}/{v} 1×2×32×16 float32" for b, v in CPU_RUNS}
     # the roofline reads the same shape back from every analysed call (as the dashboard does)
     assert all(shape_of_call(c) == AttentionShape(1, 2, 2, 32, 32, 16, 16) for c in report.calls)
 
@@ -181,3 +185,52 @@ def test_torch_printed_warnings_become_the_reason(capfd):
         os.write(2, line + b"something else\n")
     assert printed == ["For dense input, both fused kernels require query, key and value to have the same num_heads."]
     assert capfd.readouterr().err == "something else\n"  # what is not a torch warning is passed on
+
+
+H100_COMPARE = os.path.join(os.path.dirname(__file__), "..", "traces", "h100", "compare")
+
+
+def test_analyze_of_a_compare_folder_gives_one_row_per_shape():
+    """traces/h100/compare ran 9 backend/variant pairs at two shapes, one profiled call each: 18 rows of one call,
+    each row's traced q shape the shape its site names (shape from the trace, name from compare.json)."""
+    report = analyze_path(H100_COMPARE)
+    assert len(report.sites) == 18
+    assert all(s.calls == 1 for s in report.sites)
+    for s in report.sites:
+        if s.site.startswith(("sdpa-auto/", "sdpa-cudnn/", "sdpa-math/", "sdpa-efficient/", "sdpa-flash/")):
+            assert "×".join(map(str, s.shapes["q"])) in s.site
+    cudnn = {s.site.split(" ")[1]: s.window_us for s in report.sites if s.site.startswith("sdpa-cudnn/native")}
+    # each the window of its own trace analysed alone, not their mean (919 µs)
+    for shape, file in (("12×64×256×64", "12x64x256x64"), ("16×128×784×128", "16x128x784x128")):
+        (alone,) = analyze_path(os.path.join(H100_COMPARE, f"{file}.float16.sdpa-cudnn.native.pt.trace.json.gz")).sites
+        assert cudnn[shape] == pytest.approx(alone.window_us)
+    assert cudnn["12×64×256×64"] < 300 < 1000 < cudnn["16×128×784×128"]
+
+
+def test_a_piped_compare_prints_the_table_and_nothing_else(tmp_path, cache_home):
+    """In a fresh process (libkineto reads its log level once per process): no `USDT: ... profiler_start` lines
+    from the profiler sessions and no progress lines on a stderr that is no terminal; the table on stdout."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..")
+    p = subprocess.run([sys.executable, "-m", "attnprof", "compare", "--device", "cpu", "--shape", "1,2,32,16",
+                        "--backends", "sdpa-math,sdpa-blhd", "--reps", "2", "--warmup", "1", "--out",
+                        str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert "sdpa-math" in p.stdout and "seed-wrapper" in p.stdout
+
+
+def test_quiet_kineto_leaves_the_environment_as_it_was(monkeypatch):
+    from attnprof.capture.kineto import LOG_LEVEL_VAR, quiet_kineto
+
+    monkeypatch.delenv(LOG_LEVEL_VAR, raising=False)
+    with quiet_kineto():
+        assert os.environ[LOG_LEVEL_VAR] == "6"
+    assert LOG_LEVEL_VAR not in os.environ
+    monkeypatch.setenv(LOG_LEVEL_VAR, "1")  # the user's choice wins
+    with quiet_kineto():
+        assert os.environ[LOG_LEVEL_VAR] == "1"
+    assert os.environ[LOG_LEVEL_VAR] == "1"

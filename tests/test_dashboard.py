@@ -7,12 +7,12 @@ import json
 import pytest
 
 from attnprof.analysis import diagnosis as dg
-from attnprof.analysis.insights import roofline_points, site_splits
+from attnprof.analysis.insights import insights, roofline_points, site_splits
 from attnprof.analysis.records import KernelSlice
 from attnprof.analysis.roofline import attention_flops, attention_min_bytes, shape_of_call
 from attnprof.cli.dashboard_cmd import write_for_path
 from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, run_identity
-from attnprof.pipeline import analyze_path, write_dashboard_for
+from attnprof.pipeline import analyze_path, analyze_run, write_dashboard_for
 from attnprof.render import dashboard as db
 from attnprof.trace.ceilings import Ceilings
 from seed_runs import H100_TRACES, h100_run_folders, seed_runs
@@ -38,14 +38,17 @@ def test_site_bars_split_true_and_profiled():
     r, _, _ = seed_vs_sdpa()
     fig = db.site_bars_figure(r, site_splits(r)).to_plotly_json()
     t = traces_by_name(fig)
-    assert list(t) == ["compute", "copy", "launch (GPU idle)", "other", "profiler's own cost (left out)",
-                       "true µs (end-to-end, median)", "profiled µs (end-to-end, median)"]
+    assert list(t) == ["compute", "copy", "launch (GPU idle)", "other", "true µs (end-to-end, median)",
+                       "profiled µs (end-to-end, median)"]
     assert list(t["compute"]["y"]) == ["model.py:9 · fwd", "seed.py:47 · fwd"]
     assert list(t["compute"]["x"]) == pytest.approx([41.0, 69.0])
     assert list(t["copy"]["x"]) == pytest.approx([0.0, 152.0])
-    # solid parts add up to the true estimate; the hatched rest of the window is the profiler's
+    # the parts add up to the true estimate; the rest of the window is the profiler's, written beside the bar
     assert list(t["launch (GPU idle)"]["x"]) == pytest.approx([60.0 - 42.0, 81.0 + 152.0 - 221.0])
-    assert list(t["profiler's own cost (left out)"]["x"]) == pytest.approx([102.0 - 60.0, 1121.0 - 233.0])
+    notes = [(a["y"], a["text"].strip()) for a in fig["layout"]["annotations"]]
+    assert notes == [(-0.5, "profiler +42.0 µs"), (0.5, "profiler +888.0 µs")]  # 102 - 60, 1121 - 233
+    # the axis is set by the user's time (the longest bar, 233 µs), not by the 1,121 µs profiled window
+    assert fig["layout"]["xaxis"]["range"] == pytest.approx([0.0, 233.0 * 1.4])
     assert list(t["true µs (end-to-end, median)"]["x"]) == pytest.approx([60.0, 81.0])
     assert list(t["profiled µs (end-to-end, median)"]["x"]) == pytest.approx([100.0, 240.0])
     assert "cudnn" in json.dumps(t["compute"]["customdata"]) and "x-thin-open" in json.dumps(fig)
@@ -120,14 +123,71 @@ def compare_doc() -> dict:
 
 def test_compare_sweep_and_table():
     doc = compare_doc()
-    fig = db.sweep_figure(doc["rows"]).to_plotly_json()
-    lines = traces_by_name(fig)
+    ((dim, fig),) = db.sweep_figures(doc["rows"])  # only L varies
+    assert dim == "L"
+    lines = traces_by_name(fig.to_plotly_json())
     assert set(lines) == {"sdpa-auto native fwd", "aten-flash native fwd"}  # the unsupported row draws nothing
     assert list(lines["sdpa-auto native fwd"]["x"]) == [256, 1024, 4096]
     assert list(lines["aten-flash native fwd"]["y"]) == pytest.approx([70.0, 280.0, 1120.0])
-    table = db.compare_table_figure(doc["rows"]).to_plotly_json()["data"][0]
-    assert table["type"] == "table" and len(table["cells"]["values"][0]) == 7
-    assert "flash_attn_interface missing" in table["cells"]["values"][-1]
+    assert all(t["mode"] == "lines+markers" for t in lines.values())
+    table = db.compare_table_html(doc["rows"])
+    assert table.count("<tr>") == 1 + 6  # the heading and the six rows that ran
+    assert "not run here: fa3 native (flash_attn_interface missing)" in table
+
+
+def test_compare_of_shapes_that_differ_in_every_dimension_is_no_sweep():
+    """traces/h100/compare: 12x64x256x64 and 16x128x784x128 differ in B, H, L and D, so no chart varies L alone;
+    the per-shape bars hold one bar per shape for each of the 9 backend/variant pairs that ran."""
+    doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
+    assert db.sweep_figures(doc["rows"]) == []
+    fig = db.shapes_figure(doc["rows"]).to_plotly_json()
+    bars = traces_by_name(fig)
+    assert set(bars) == {"12×64×256×64 float16", "16×128×784×128 float16"}
+    assert all(len(b["x"]) == 9 for b in bars.values())
+    cudnn = {name: dict(zip(b["y"], b["x"]))["sdpa-cudnn native fwd"] for name, b in bars.items()}
+    assert cudnn == {"12×64×256×64 float16": 44.256, "16×128×784×128 float16": 1470.128}  # compare.json's medians
+
+
+def test_sweep_of_two_dimensions_draws_one_chart_each():
+    rows = [dict(r, shape=[8, 16, 256, D]) for r, D in zip(compare_doc()["rows"][:3], (32, 64, 128))]
+    rows += compare_doc()["rows"]
+    assert [dim for dim, _ in db.sweep_figures(rows)] == ["L", "D"]
+
+
+
+def test_fix_of_copies_inside_hf_eager_attention_names_the_op():
+    """hf-llama-eager's copies are aten::copy_ made inside HF's eager attention, not a .contiguous() of the user's."""
+    run = analyze_run(H100_TRACES / "hf-llama-eager")
+    (d,) = dg.diagnose_sites(run.report, run.call_info)
+    (copy,) = [c for c in d.causes if c.kind == dg.LAYOUT_COPY]
+    assert "aten::copy_" in copy.fix and ".contiguous()" not in copy.fix
+    assert 'attn_implementation="sdpa"' in copy.fix
+
+
+def test_forward_only_pages_say_per_call_without_fwd_bwd(tmp_path):
+    """traces/h100/seed-fwd has no backward: no "(fwd + bwd)" and no "µs µs" anywhere on its page."""
+    run = analyze_run(H100_TRACES / "seed-fwd")
+    text = write_dashboard_for(run.report, tmp_path, call_info=run.call_info).read_text()
+    assert "fwd + bwd" not in text and "µs µs" not in text
+    assert "µs per attention call" in text
+
+
+def test_headline_is_the_gap_and_its_causes():
+    """seed-fwd: the seed wrapper's site against SDPA's: B is 178.4 µs slower, layout copies 151.4 µs and kernel
+    choice 28.2 µs (traces/h100/README.md's numbers: CUDA-event true times, four contiguous copies)."""
+    run = analyze_run(H100_TRACES / "seed-fwd")
+    lines = db.headlines(run.report, insights(run.report, run.call_info), None)
+    assert lines[0] == ("examples/seed_case.py:34 via :47 is 178.4 µs slower per attention call than "
+                        "examples/seed_case.py:52 via :86: layout copies 151.4 µs, kernel choice 28.2 µs")
+
+
+def test_compare_headline_per_case():
+    doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
+    assert db.compare_headlines(doc["rows"]) == [
+        "12×64×256×64 float16 fwd: fastest sdpa-cudnn native 44.3 µs; the seed's wrapper makes sdpa-blhd 155.9 µs "
+        "slower (44.8 µs → 200.7 µs); slowest sdpa-math native 1,209 µs",
+        "16×128×784×128 float16 fwd: fastest sdpa-blhd native 1,460 µs; the seed's wrapper makes sdpa-blhd "
+        "2,260 µs slower (1,460 µs → 3,719 µs); slowest sdpa-math native 33,408 µs"]
 
 
 # --- the page -----------------------------------------------------------------------------------------------------
@@ -140,7 +200,8 @@ def test_written_page_embeds_every_figure_and_plotly_js(tmp_path):
     assert path == tmp_path / "dashboard.html"
     html = path.read_text()
     data = db.read_dashboard_data(path)
-    assert list(data["figures"]) == ["sites", "waterfall-0", "timeline", "roofline", "sweep", "compare-table"]
+    assert list(data["figures"]) == ["sites", "waterfall-0", "timeline", "roofline", "sweep-L"]
+    assert "id=compare-rows" in html  # the compare rows are an HTML table, no figure
     assert set(data["templates"]) == {"light", "dark"}
     assert data["templates"]["dark"]["layout"]["paper_bgcolor"] != data["templates"]["light"]["layout"][
         "paper_bgcolor"]
@@ -185,7 +246,7 @@ def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):
 def test_dashboard_of_a_compare_folder(tmp_path):
     (tmp_path / "compare.json").write_text(json.dumps(compare_doc()))
     figures = db.read_dashboard_data(write_for_path(tmp_path))["figures"]
-    assert list(figures) == ["sweep", "compare-table"]
+    assert list(figures) == ["sweep-L"]
 
 
 def test_run_identity_from_command_or_folder_name(tmp_path):
@@ -237,5 +298,6 @@ def test_h100_gallery(tmp_path):
             if run.report.device.startswith("NVIDIA"):
                 names = [t["name"] for t in figures["sites"]["data"]]
                 assert "launch (GPU idle)" in names
-        if run.compare:
-            assert "compare-table" in figures
+        if run.compare:  # two shapes that differ in every dimension: per-shape bars, no sweep; the rows' table
+            assert "shapes" in figures and not any(k.startswith("sweep") for k in figures)
+            assert "id=compare-rows" in (tmp_path / f"{run.name}.html").read_text()

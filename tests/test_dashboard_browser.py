@@ -108,3 +108,67 @@ def test_dark_preference_is_the_first_theme(browser, tmp_path):
     dark_paper = db.read_dashboard_data(path)["templates"]["dark"]["layout"]["paper_bgcolor"]
     assert page.evaluate("document.querySelector('.js-plotly-plot')._fullLayout.paper_bgcolor") == dark_paper
     page.close()
+
+
+_BOXES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
+    const box = el => { if (!el) return null; const r = el.getBoundingClientRect();
+                        return [r.left, r.top, r.right, r.bottom]; };
+    return {id: gd.id, legend: box(gd.querySelector('g.legend')), toolbar: box(gd.querySelector('.modebar')),
+            plot: box(gd.querySelector('.main-svg'))};
+})"""
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.fixture(scope="module")
+def h100_pages(tmp_path_factory):
+    """The dashboards of the reference H100 runs a user opens first: a forward run and a two-shape compare."""
+    from attnprof.pipeline import analyze_run, read_compare
+    from seed_runs import H100_TRACES
+
+    out = tmp_path_factory.mktemp("pages")
+    pages = {}
+    for name in ("seed-fwd", "compare"):
+        run = analyze_run(H100_TRACES / name)
+        pages[name] = (run.report, write_dashboard_for(run.report, out, compare=read_compare(H100_TRACES / name),
+                                                       name=f"{name}.html", call_info=run.call_info))
+    return pages
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_legends_clear_of_the_toolbar_and_nothing_wider_than_the_page(browser, h100_pages, width):
+    for _, path in h100_pages.values():
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(path.as_uri())
+        check_all_drawn(page, path)
+        boxes = page.evaluate(_BOXES)
+        assert boxes
+        for b in boxes:
+            assert b["toolbar"] is not None, b["id"]
+            if b["legend"] is not None:
+                assert not _overlap(b["legend"], b["toolbar"]), f"{path.name} {b['id']} at {width} px: {b}"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, path.name
+        page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_headline_on_top_and_bars_scaled_by_the_users_time(browser, h100_pages, width):
+    report, path = h100_pages["seed-fwd"]
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(path.as_uri())
+    check_all_drawn(page, path)
+    headline = page.inner_text("#headline")
+    # the seed wrapper's site is slower than SDPA's, mostly by its layout copies
+    assert "examples/seed_case.py:34 via :47 is " in headline and "slower" in headline and "layout copies" in headline
+    # the headline comes before the first chart
+    assert page.evaluate("document.querySelector('#headline').getBoundingClientRect().bottom <= "
+                         "document.querySelector('#fig-sites').getBoundingClientRect().top")
+    top = page.evaluate("document.getElementById('fig-sites')._fullLayout.xaxis.range[1]")
+    # the longest bar is the seed site's true time (CUDA events outside the profiler) plus its copies' busy time:
+    # the axis ends a little past it, far below the 3,500 µs profiled windows it used to span
+    user_max = max(s.window_true_us for s in report.sites)
+    profiled_max = max(s.window_us for s in report.sites)
+    assert user_max <= top <= 1.5 * user_max and top < profiled_max / 5
+    page.close()

@@ -24,8 +24,13 @@ from attnprof.pipeline import analyze_run, write_reports
 from attnprof.render.chrome_trace import overlay_path
 from attnprof.render.tensorboard import scalar_series, write_scalars
 from attnprof.tbplugin.plugin import DASHBOARD_FILE, PLUGIN_NAME
+from attnprof.trace.compare import COMPARE_FILE
 
 CHROMIUM = Path("/usr/bin/chromium")
+H100_TRACES = Path(__file__).resolve().parents[1] / "traces" / "h100"
+H200_TRACES = Path(__file__).resolve().parents[1] / "traces" / "h200"
+COMPARE_TRACES = ("12x64x256x64.float16.sdpa-cudnn.native.pt.trace.json.gz",
+                  "16x128x784x128.float16.sdpa-cudnn.native.pt.trace.json.gz")
 WORKER = "testhost_1"
 START_TIMEOUT_S = 30
 LOAD_TIMEOUT_S = 30
@@ -40,7 +45,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     """Two run folders as attnprof leaves them (trace, attnprof.json, dashboard, overlay, scalars); the second's
-    dashboard removed, for the tab's placeholder."""
+    dashboard removed, for the tab to make on demand; and a plain trace and a compare folder attnprof did not write."""
     root = tmp_path_factory.mktemp("logdir")
     runs = {}
     for name, argv in (("seed-backward", ["--variant", "seed", "--steps", "2", "--backward"]),
@@ -50,7 +55,13 @@ def logdir(tmp_path_factory):
         run = analyze_run(folder)
         write_reports(run, folder, console=False)
         runs[name] = run.report
-    (root / "all-variants" / DASHBOARD_FILE).unlink()
+    (root / "all-variants" / DASHBOARD_FILE).unlink()  # the tab makes it when asked
+    # what attnprof did not write: a plain torch.profiler trace and a compare folder (two of its traces)
+    (root / "plain-b2b").mkdir()
+    shutil.copy(H200_TRACES / "plain-back-to-back" / "back_to_back.pt.trace.json.gz", root / "plain-b2b")
+    (root / "compare").mkdir()
+    for name in (COMPARE_FILE, *COMPARE_TRACES):
+        shutil.copy(H100_TRACES / "compare" / name, root / "compare")
     return root, runs
 
 
@@ -169,7 +180,7 @@ def test_pytorch_profiler_tab_loads_both_runs(tensorboard, logdir):
     _, runs = logdir
     answer = _poll(lambda: _json(tensorboard, "/data/plugin/pytorch_profiler/runs"),
                    lambda a: set(a["runs"]) >= set(runs) and not a["loading"], "torch-tb-profiler to load the runs")
-    assert set(answer["runs"]) == set(runs)
+    assert set(answer["runs"]) >= set(runs)
     for run in runs:
         views = _json(tensorboard, f"/data/plugin/pytorch_profiler/views?run={_q(run)}")
         workers = _json(tensorboard, f"/data/plugin/pytorch_profiler/workers?run={_q(run)}&view={_q(views[0])}")
@@ -180,7 +191,8 @@ def test_pytorch_profiler_tab_loads_both_runs(tensorboard, logdir):
 def test_attnprof_tab_serves_runs_tables_and_dashboards(tensorboard, logdir):
     root, runs = logdir
     listed = _json(tensorboard, f"/data/plugin/{PLUGIN_NAME}/runs")
-    assert {r["run"]: r["dashboard"] for r in listed} == {"seed-backward": True, "all-variants": False}
+    # every folder attnprof can analyse, whoever wrote it
+    assert [r["run"] for r in listed] == ["all-variants", "compare", "plain-b2b", "seed-backward"]
     for run, report in runs.items():
         doc = _json(tensorboard, f"/data/plugin/{PLUGIN_NAME}/report?run={_q(run)}")
         on_disk = json.loads((root / run / "attnprof.json").read_text())
@@ -190,10 +202,20 @@ def test_attnprof_tab_serves_runs_tables_and_dashboards(tensorboard, logdir):
         assert all("kernels" not in c for c in doc["calls"])
     with urllib.request.urlopen(f"{tensorboard}/data/plugin/{PLUGIN_NAME}/dashboard?run=seed-backward") as r:
         page = r.read()
-        assert page == (root / "seed-backward" / DASHBOARD_FILE).read_bytes()
+        assert page == (root / "seed-backward" / DASHBOARD_FILE).read_bytes()  # attnprof's own, newer than the trace
         assert "'sha256-" in r.headers["Content-Security-Policy"]  # its inline scripts, allowed by hash
-    placeholder = _get(tensorboard, f"/data/plugin/{PLUGIN_NAME}/dashboard?run=all-variants").decode()
-    assert "No dashboard yet" in placeholder and f"attnprof dashboard {root / 'all-variants'}" in placeholder
+    # no dashboard.html: made on demand, and nothing written into the logdir
+    made = _get(tensorboard, f"/data/plugin/{PLUGIN_NAME}/dashboard?run=all-variants").decode()
+    assert 'id="attnprof-data"' in made and not (root / "all-variants" / DASHBOARD_FILE).exists()
+    # the plain trace: back_to_back.py's two attention calls per step, found by their ops (no attnprof ranges)
+    plain = _json(tensorboard, f"/data/plugin/{PLUGIN_NAME}/report?run=plain-b2b")
+    assert plain["calls"] and all(c["found_by"] != "attnprof" for c in plain["calls"])
+    # the compare folder: one site per shape, and its page with the compare rows
+    cmp = _json(tensorboard, f"/data/plugin/{PLUGIN_NAME}/report?run=compare")
+    assert sorted(s["site"] for s in cmp["sites"]) == ["sdpa-cudnn/native 12×64×256×64 float16",
+                                                      "sdpa-cudnn/native 16×128×784×128 float16"]
+    assert "id=compare-rows" in _get(tensorboard, f"/data/plugin/{PLUGIN_NAME}/dashboard?run=compare").decode()
+    assert sorted(p.name for p in (root / "compare").iterdir()) == sorted((COMPARE_FILE, *COMPARE_TRACES))
     for bad in ("no-such-run", "..", "../..", str(root)):
         assert _status(tensorboard, f"/data/plugin/{PLUGIN_NAME}/report?run={_q(bad)}") == 404
         assert _status(tensorboard, f"/data/plugin/{PLUGIN_NAME}/dashboard?run={_q(bad)}") == 404
@@ -246,10 +268,16 @@ def test_attnprof_tab_renders_in_a_browser(tensorboard, logdir):
             assert rows.count() == len(runs[first].sites)
             assert tab.locator("#attnprof-calls tbody tr").count() == len(runs[first].calls)
             dashboard = tab.frame_locator("#attnprof-dashboard")
-            dashboard.locator("#attnprof-no-dashboard").wait_for(timeout=10_000)
+            dashboard.locator(".figure .main-svg").first.wait_for(timeout=30_000)  # made on demand, drawn
             tab.locator("#attnprof-run").select_option(second)
-            # the dashboard runs inside the tab: plotly drew its figure
-            dashboard.locator(".figure .main-svg").first.wait_for(timeout=20_000)  # the real dashboard drew
+            # the dashboard runs inside the tab: plotly drew the second run's figures
+            page.wait_for_function(
+                "([sel, run]) => { const f = document.querySelector(sel);"
+                " const d = f && f.contentDocument.querySelector('#attnprof-dashboard');"
+                " const doc = d && d.contentDocument;"
+                " return doc && doc.location.href.includes('run=' + run) && doc.readyState === 'complete'"
+                " && doc.querySelector('.figure .main-svg') !== null; }",
+                arg=[f"iframe[src*='plugin_entry.html?name={PLUGIN_NAME}']", second], timeout=20_000)
             page.wait_for_function(
                 "([sel, n]) => { const f = document.querySelector(sel);"
                 " return f && f.contentDocument.querySelectorAll('#attnprof-calls tbody tr').length === n; }",

@@ -1,20 +1,28 @@
 """Analysis: pure functions from the trace model (and runinfo) to a Report."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from attnprof.analysis.calls import find_calls
 from attnprof.analysis.kernel_counters import counters_section
-from attnprof.analysis.records import SCHEMA_VERSION, Report
+from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, Report
 from attnprof.analysis.sites import summarize_sites
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import NcuReport
 from attnprof.trace.runinfo import RunInfo
 
 
-def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuReport | None = None) -> Report:
+def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuReport | None = None,
+            case_by_trace: dict[str, str] | None = None) -> Report:
+    """`case_by_trace`: for a compare folder, trace file name -> its case (analysis.compare.case_labels_by_trace),
+    added to the site of the calls found in that trace so that each shape is a site of its own."""
     calls, unattributed = [], []
     notes = [n for trace in traces for n in trace.notes]  # what the loader skipped or repaired
     for trace in traces:
         found, unowned = find_calls(trace, runinfo)
+        case = (case_by_trace or {}).get(Path(trace.source).name)
+        if case:
+            _add_case(found, case)
         calls.extend(found)
         unattributed.extend(unowned)
     first = runinfo.steps.first_timed_call if runinfo else None
@@ -49,6 +57,15 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuR
         unattributed_copies=unattributed,
         kernel_counters=counters_section(ncu, runinfo) if ncu is not None else None,
     )
+
+
+def _add_case(calls: list[CallSplit], case: str) -> None:
+    for c in calls:
+        site = c.site
+        c.site = f"{site} {case}"
+        for cp in c.copies:
+            if cp.site == site:  # copies the attention op makes inside the call carry the call's site
+                cp.site = c.site
 
 
 def _device_name(traces: list[Trace]) -> str:

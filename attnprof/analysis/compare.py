@@ -33,6 +33,25 @@ class CompareRow:
     unsupported: str | None  # None, or why it could not run
 
 
+def case_label(shape: list[int], dtype: str, causal: bool) -> str:
+    """What tells one compare case from another, as a site suffix: "12×64×256×64 float16", "... causal"."""
+    bits = ["×".join(map(str, shape)), dtype]
+    if causal:
+        bits.append("causal")
+    return " ".join(bits)
+
+
+def case_labels_by_trace(rows: list[dict]) -> dict[str, str]:
+    """Trace file name -> its case's label, from compare.json's rows: a compare folder holds one trace per case,
+    backend and variant, and every case's call of a backend has the same range name, so the analysis adds the
+    case to the site; otherwise different shapes would be averaged into one row."""
+    labels = {}
+    for r in rows:
+        if r.get("trace") and r.get("shape"):
+            labels[r["trace"]] = case_label(r["shape"], r.get("dtype") or "", bool(r.get("causal")))
+    return labels
+
+
 def attention_shape(case: CompareCase) -> AttentionShape:
     return AttentionShape(batch=case.batch, heads_q=case.heads_q, heads_kv=case.heads_kv, seqlen_q=case.seqlen,
                           seqlen_k=case.seqlen, head_dim=case.head_dim, head_dim_v=case.head_dim, causal=case.causal)

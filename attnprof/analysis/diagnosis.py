@@ -451,8 +451,16 @@ def _copy_fix(kind: str, parts: _Parts, sources: list[str]) -> str:
     if parts.backend in BLHD_BACKENDS or "BLHD" in parts.layouts:
         return (f"pass (B, L, H, D) tensors straight to the flash kernel (view the projection as (B, L, H, D), no "
                 f"transpose(1, 2).contiguous()), or keep SDPA's (B, H, L, D) and call SDPA: {where}")
-    return (f"use the layout the kernel wants without copying: SDPA takes (B, H, L, D) strided views (drop the "
-            f".contiguous()), flash kernels take (B, L, H, D): {where}")
+    ops = sorted({op for _source, op in parts.copy_ops.get(kind, {})})
+    if parts.backend in UNFUSED_BACKENDS | {"eager"}:
+        # the copies are the hand-written attention's own (Hugging Face's eager_attention_forward: repeat_kv, matmul
+        # on transposed views, the output's transpose): no .contiguous() of the user's to drop
+        return (f"the {', '.join(ops) or 'copies'} are made inside the unfused attention itself (matmul and softmax "
+                f"on transposed or expanded views): a fused kernel takes those views without copying: "
+                f"F.scaled_dot_product_attention (Hugging Face: attn_implementation=\"sdpa\"): {where}")
+    drop = "the .contiguous()" if not ops or "aten::contiguous" in ops else f"the {', '.join(ops)}"
+    return (f"use the layout the kernel wants without copying: SDPA takes (B, H, L, D) strided views (drop "
+            f"{drop}), flash kernels take (B, L, H, D): {where}")
 
 
 def _launch_fix(backend: str | None) -> str:
@@ -475,6 +483,9 @@ def _kernel_fix(slower: str, faster: str, hopper: bool) -> str:
     if hopper and slower in FA2_BACKENDS:
         return ("on Hopper, FlashAttention-2 uses neither wgmma nor TMA: call SDPA (its cuDNN backend) or "
                 "FlashAttention-3 (flash_attn_interface.flash_attn_func)")
+    if slower in UNFUSED_BACKENDS | {"eager"}:  # no kernel to select: the attention is written out in ops
+        return (f"the fused {faster} kernel is faster than the unfused attention: call F.scaled_dot_product_attention "
+                f"(Hugging Face: attn_implementation=\"sdpa\") instead of the {slower} code")
     return (f"the {faster} kernel is faster for this shape: select it (torch.nn.attention.sdpa_kernel, or that "
             f"library's entry point) for the {slower} calls")
 

@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from attnprof.capture.bench import median_us
 from attnprof.capture.ceilings import device_name
+from attnprof.capture.kineto import quiet_kineto
 from attnprof.errors import AttnprofError
 from attnprof.trace.compare import BWD, FWD, NATIVE, SEED_WRAPPER, CompareCase, CompareRun, Measurement
 from attnprof.trace.runinfo import range_name
@@ -500,8 +501,8 @@ class _Runner:
         self._sync()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Profiler clears events.*")  # that is what we want
-            with profile(activities=activities, record_shapes=True,
-                         schedule=torch.profiler.schedule(wait=0, warmup=1, active=1)) as prof:
+            with quiet_kineto(), profile(activities=activities, record_shapes=True,
+                                         schedule=torch.profiler.schedule(wait=0, warmup=1, active=1)) as prof:
                 repetition(len(inputs.sets) - 1, nullcontext)
                 prof.step()
                 repetition(0, lambda: record_function(name))
@@ -522,7 +523,7 @@ def _versions(backends: list[Backend]) -> dict[str, str]:
     return versions
 
 
-def run_compare(options: CompareOptions, progress: Callable[[str], None] | None = None) -> CompareRun:
+def run_compare(options: CompareOptions, progress: Callable[[str, int, int], None] | None = None) -> CompareRun:
     """Time and profile every backend and variant on every case; traces go to a new run folder."""
     if options.device == "cuda" and not torch.cuda.is_available():
         raise AttnprofError("no CUDA device here: use --device cpu")
@@ -561,14 +562,23 @@ def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.devic
             for variant in variants_of(backend)]
     # every timing first, every profile after: no timing depends on what a profiler session leaves behind in the
     # process (its buffers, CUPTI's state), whatever the torch version
+    # progress(what is running, steps done, steps in all): a backend that is not importable costs no step
+    to_time = sum(1 for _, _, backend, _ in plan if not backend.unavailable)
+    done, total = 0, to_time
     measured = []
     for index, case, backend, variant in plan:
-        if progress:
-            progress(f"timing {_case_label(case)} {backend.name} {variant}")
+        if progress and not backend.unavailable:
+            progress(f"timing {_case_label(case)} {backend.name} {variant}", done, total)
+            done += 1
         measured.append(runner.time(index, case, backend, variant))
+    total += sum(1 for ms in measured if any(m.unsupported is None for m in ms))
     for (index, case, backend, variant), ms in zip(plan, measured):
-        if progress and any(m.unsupported is None for m in ms):
-            progress(f"profiling {_case_label(case)} {backend.name} {variant}")
+        if any(m.unsupported is None for m in ms):
+            if progress:
+                progress(f"profiling {_case_label(case)} {backend.name} {variant}", done, total)
+            done += 1
         runner.profile(case, backend, variant, ms)
         run.measurements.extend(ms)
+    if progress:
+        progress("done", done, total)
     return run

@@ -32,6 +32,8 @@ import torch
 from attnprof import __version__
 from attnprof.capture import distributed, ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
+from attnprof.capture.ceilings import device_name
+from attnprof.capture.kineto import quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
@@ -622,7 +624,7 @@ class Session:
 
     def runinfo(self, exit_code: int, outcome: str) -> RunInfo:
         w = self.window
-        device, capability = "cpu", None
+        device, capability = device_name(torch.device("cpu")), None  # "cpu (<model>)": the ceilings' key too
         cuda_device = self._cuda_device
         if cuda_device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
             # no wrapped call ran on CUDA (hand-written or compiled attention only), but the script used the GPU
@@ -756,7 +758,8 @@ def _new_profiler(teardown: bool) -> Any:
     prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True, **extra)
     with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
         warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
-        prof.start()
+        with quiet_kineto():  # libkineto's USDT profiler_start/stop lines
+            prof.start()
     return prof
 
 

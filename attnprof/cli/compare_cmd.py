@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -62,6 +63,24 @@ def _progress(message: str) -> None:
     print(f"attnprof compare: {message}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def _progress_bar():
+    """A rich progress bar on stderr, gone when done; on a stderr that is no terminal, nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("attnprof compare"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def step(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        yield step
+
+
 def run(ns: argparse.Namespace) -> int:
     from attnprof.files import check_run_folder_target
 
@@ -91,7 +110,8 @@ def run(ns: argparse.Namespace) -> int:
     options = CompareOptions(cases=cases, device=device, warmup=ns.warmup, reps=ns.reps, backends=ns.backends,
                              out=ns.out, root=ns.root, command=["attnprof", *sys.argv[1:]])
 
-    result = run_compare(options, progress=_progress)
+    with _progress_bar() as step:
+        result = run_compare(options, progress=step)
     if ns.remeasure or any(m.unsupported is None for m in result.measurements):
         ceilings = device_ceilings(torch.device(device), remeasure=ns.remeasure, progress=_progress)
     else:  # nothing ran: no percentage to divide, so no minute spent measuring the device

@@ -8,14 +8,16 @@ Panels (each only when there is data for it):
 - a kernel timeline of representative calls (Gantt bars from CallSplit.kernels), the window behind them, so the
   launch gaps show as empty space;
 - the roofline: achieved TFLOP/s against arithmetic intensity, under the measured ceilings when known;
-- `attnprof compare`'s sweep (time against sequence length per backend) and its table, when compare.json is there.
+- `attnprof compare`'s sweeps (time against each dimension that varies alone, per backend) or, for shapes that
+  differ in several dimensions, each backend's time at each shape; and its table, when compare.json is there.
 
 plotly.js is embedded (what `include_plotlyjs=True` embeds: plotly.offline.get_plotlyjs()), so the file works
 offline. The figures travel as JSON in `<script id="attnprof-data" type="application/json">` without a template;
 the page applies a light or a dark Plotly template (prefers-color-scheme, then the toggle), so both read well.
 
 Every number comes in computed: the report, its Insights (analysis/insights.py: splits, diagnoses, explanations,
-roofline points, the ceilings used) and compare.json's document. This module only lays them out.
+roofline points, the ceilings used) and compare.json's document. This module only lays them out; pipeline.py's
+dashboard_html / write_dashboard_for find compare.json and the ceilings and compute the insights.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Panel:
     key: str  # stable id: the figure's key in the embedded JSON and its element id
     title: str
     description: str
-    figure: go.Figure
+    figure: go.Figure | None  # None: a table only
     table_html: str = ""  # e.g. the causes with their fixes, under the chart
 
 
@@ -80,10 +82,25 @@ def _us(v: float | None) -> str:
 
 
 def _figure(**layout) -> go.Figure:
+    """A figure whose legend sits under the chart: at the top it runs under Plotly's toolbar on narrow pages."""
     fig = go.Figure()
-    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.02, yanchor="bottom",
-                                                                        x=0, xanchor="left"), **layout)
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", xref="container", x=0,
+                                  xanchor="left"),
+                      **layout)
     return fig
+
+
+def signed(v: float) -> str:
+    """+151.4, -0.8; what rounds to zero reads 0.0, not -0.0."""
+    return "0.0" if abs(v) < 0.05 else f"{v:+,.1f}"
+
+
+def unit_text(unit: str, report: Report | None) -> str:
+    """diagnosis' unit, without "(fwd + bwd)" where the report has no backward."""
+    if report is not None and not any(s.phase == "bwd" for s in report.sites):
+        return unit.replace(" (fwd + bwd)", "")
+    return unit
 
 
 # --- per-site stacked bars ----------------------------------------------------------------------------------------
@@ -101,35 +118,43 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
     template = ("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<br>%{customdata[3]}<br>"
                 "%{customdata[4]} calls · window %{customdata[5]}<br>true %{customdata[6]} · profiled "
                 "%{customdata[7]} (%{customdata[8]})<br><b>%{fullData.name}: %{x:,.1f} µs</b><extra></extra>")
-    fig = _figure(barmode="stack", height=160 + 46 * len(sites), legend_traceorder="normal",
+    fig = _figure(barmode="stack", height=220 + 46 * len(sites), legend_traceorder="normal",
                   xaxis_title="µs per call (mean of the profiled calls; markers: medians)",
-                  yaxis=dict(title="call site · phase", autorange="reversed", automargin=True))
+                  yaxis=dict(title="call site · phase", autorange="reversed", automargin=True,
+                             categoryorder="array", categoryarray=labels))
     on_gpu = any(s.launch_us is not None for s in sites)
     shown = [splits[(s.site, s.op, s.phase)] for s in sites]
     parts = [("compute", [x.compute for x in shown]), ("copy", [x.copy for x in shown])]
     if on_gpu:
         parts.append(("launch", [x.launch or 0.0 for x in shown]))
     parts.append(("other", [x.other for x in shown]))
-    if any(x.profiler_us for x in shown):
-        parts.append(("inflation", [x.profiler_us for x in shown]))
-    names = {"compute": "compute", "copy": "copy", "launch": "launch (GPU idle)", "other": "other",
-             "inflation": "profiler's own cost (left out)"}
+    names = {"compute": "compute", "copy": "copy", "launch": "launch (GPU idle)", "other": "other"}
     for key, values in parts:
-        marker = dict(color=COLORS[key])
-        if key == "inflation":
-            marker["pattern"] = dict(shape="/", fgcolor=COLORS["inflation"], solidity=0.3)
-            marker["color"] = "rgba(0,0,0,0)"
-            marker["line"] = dict(color=COLORS["inflation"], width=1)
-        fig.add_trace(go.Bar(name=names[key], x=values, y=labels, orientation="h", marker=marker,
-                             customdata=hover, hovertemplate=template))
+        fig.add_trace(go.Bar(name=names[key], x=values, y=labels, orientation="h", marker=dict(color=COLORS[key]),
+                             width=0.55, customdata=hover, hovertemplate=template))
+    ends = [sum(values[i] for _, values in parts) for i in range(len(sites))]
     for key, attr, symbol in (("true", "true_us", "diamond"), ("profiled", "profiled_us", "x-thin-open")):
         # without a true time, profiled_us is only the window's mean (not a measurement): no marker
         xs = [getattr(s, attr) if s.true_us is not None else None for s in sites]
         if any(v is not None for v in xs):
             fig.add_trace(go.Scatter(
-                name=f"{key} µs (end-to-end, median)", x=xs, y=labels, mode="markers",
+                name=f"{key} µs (end-to-end, median)", x=xs, y=labels, mode="markers", cliponaxis=True,
                 marker=dict(symbol=symbol, size=13, color=COLORS[key], line=dict(width=2, color=COLORS[key])),
                 customdata=hover, hovertemplate=template))
+    # the axis is the user's time: the bars and the true times set it, the profiler's own cost does not
+    user_max = max(ends + [s.true_us for s in sites if s.true_us is not None] + [1e-9])
+    top = user_max * (1.4 if any(x.profiler_us for x in shown) else 1.05)  # room for the annotations
+    fig.update_xaxes(range=[0, top])
+    for trace in fig.data:  # a profiled time past the axis is the profiler's cost again: the annotation says it
+        if trace.type == "scatter":
+            trace.x = [x if x is None or x <= top else None for x in trace.x]
+    for row, (end, split) in enumerate(zip(ends, shown, strict=True)):
+        if split.profiler_us:  # in the gap above the bar's end (rows are category indices), clear of the markers
+            fig.add_annotation(x=end, y=row - 0.5, xanchor="left", showarrow=False, font=dict(color=COLORS["inflation"],
+                                                                                               size=11),
+                               text=f"  profiler +{_us(split.profiler_us)}", hovertext=(
+                                   f"the profiler's own cost, {_us(split.profiler_us)} per call: in the profiled "
+                                   "window, left out of the bar"))
     return fig
 
 
@@ -169,18 +194,22 @@ def site_bars_description(report: Report) -> str:
              else "no launch (a CPU run: time between ops is in other) ")
     text += "and other work. "
     if has_true:
-        text += ("Where the site has a true time, the solid parts add up to it plus the prep copies' busy time, and "
-                 "the hatched rest of the profiled window is the profiler's own cost, left out. ")
-    text += ("Diamonds: true µs (CUDA events around the attention entry point, outside the profiler); crosses: "
-             "profiled µs (the same inside it). They time the entry point only: copies made before it are in the "
-             "bar, not in the markers.")
+        text += ("Where the site has a true time, the parts add up to it plus the prep copies' busy time; the rest "
+                 "of the profiled window is the profiler's own cost, left out of the bar and written beside it. ")
+    if has_true:
+        clock = "CUDA events" if on_gpu else "the host clock"
+        text += (f"Diamonds: true µs ({clock} around the attention entry point, outside the profiler); crosses: "
+                 "profiled µs (the same inside it; past the axis when the profiler's cost is larger). They time the "
+                 "entry point only: copies made before it are in the bar, not in the markers.")
     return text
 
 
 # --- waterfall -------------------------------------------------------------------------------------------------
 
 
-def waterfall_figure(e: Explanation) -> go.Figure:
+def waterfall_figure(e: Explanation, unit: str | None = None) -> go.Figure:
+    """`unit`: the y axis title (default e.unit; unit_text drops "(fwd + bwd)" for a forward-only report)."""
+    unit = unit or e.unit
     causes = list(e.causes)
     x = ["A"] + [KIND_TITLES.get(c.kind, c.kind) for c in causes] + ["unexplained", "B"]
     y = [e.a.us] + [c.us for c in causes] + [e.unexplained_us, e.b.us]
@@ -190,8 +219,8 @@ def waterfall_figure(e: Explanation) -> go.Figure:
                 f"{_html_text(_wrap(c.detail))}<br><i>fix:</i> {_html_text(_wrap(c.fix))}" for c in causes]
              + [f"<b>unexplained</b> {e.unexplained_us:+,.1f} µs<br>{_html_text(_wrap(e.basis_detail))}",
                 f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {_us(e.b.us)}"])
-    text = [_us(e.a.us)] + [f"{c.us:+,.1f}" for c in causes] + [f"{e.unexplained_us:+,.1f}", _us(e.b.us)]
-    fig = _figure(height=440, yaxis_title=e.unit, xaxis_title="from A through the causes to B",
+    text = [_us(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), _us(e.b.us)]
+    fig = _figure(height=440, yaxis_title=unit, xaxis_title="from A through the causes to B",
                   showlegend=False)
     fig.add_trace(go.Waterfall(
         name="gap", x=x, y=y, measure=measure, text=text, textposition="outside", hovertext=hover,
@@ -217,20 +246,78 @@ def _wrap(text: str, width: int = 90) -> str:
 def causes_table_html(causes: list[Cause], total: float, unexplained: float | None, share: str) -> str:
     rows = []
     for i, c in enumerate(causes, 1):
-        pct = f"{100 * c.us / total:.0f}%" if total else "—"
+        pct = _pct(c.us, total)
         rows.append(f"<tr><td>{i}</td><td>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</td>"
-                    f"<td class=num>{c.us:+,.1f}</td><td class=num>{pct}</td><td>{html.escape(c.detail)}</td>"
+                    f"<td class=num>{signed(c.us)}</td><td class=num>{pct}</td><td>{html.escape(c.detail)}</td>"
                     f"<td>{html.escape(c.fix)}</td></tr>")
     if unexplained is not None:
-        pct = f"{100 * unexplained / total:.0f}%" if total else "—"
-        rows.append(f"<tr class=dim><td></td><td>unexplained</td><td class=num>{unexplained:+,.1f}</td>"
+        pct = _pct(unexplained, total)
+        rows.append(f"<tr class=dim><td></td><td>unexplained</td><td class=num>{signed(unexplained)}</td>"
                     f"<td class=num>{pct}</td><td colspan=2>what the causes do not cover</td></tr>")
     return ("<table class=causes><thead><tr><th>#</th><th>cause</th><th>µs</th><th>" + share + "</th><th>what</th>"
             "<th>fix</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+def _pct(v: float, total: float) -> str:
+    if not total:
+        return "—"
+    pct = round(100 * v / total)
+    return f"{pct:,}%" if pct else "0%"
+
+
 def _html_text(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
+
+
+def explanation_headline(e: Explanation, unit: str | None = None) -> str:
+    """The answer in one line: "B is 178 µs slower per call: layout copies 151 µs, kernel choice 28 µs"."""
+    per = (unit or e.unit).replace("µs ", "", 1)  # "per attention call ..."
+    big = [c for c in e.causes if c.us > 0 and c.us >= 0.05 * e.gap_us]
+    causes = ", ".join(f"{KIND_TITLES.get(c.kind, c.kind)} {_us(c.us)}" for c in sorted(big, key=lambda c: -c.us))
+    return (f"{_short(e.b.label)} is {_us(e.gap_us)} slower {per} than {_short(e.a.label)}"
+            + (f": {causes}" if causes else ""))
+
+
+def compare_headlines(rows: list[dict]) -> list[str]:
+    """Per compare case: the fastest backend, and what the seed's wrapper and the slowest cost against it."""
+    out = []
+    cases: dict[tuple, list[dict]] = {}
+    for r in _ran(rows):
+        cases.setdefault((tuple(r["shape"]), r["dtype"], bool(r.get("causal")), r["phase"]), []).append(r)
+    for (shape, dtype, causal, phase), group in cases.items():
+        group.sort(key=lambda r: r["median_us"])
+        best, worst = group[0], group[-1]
+        text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best['backend']} "
+                f"{best['variant']} {_us(best['median_us'])}")
+        wrapped = [r for r in group if r["variant"] == "seed-wrapper"]
+        if wrapped:
+            w = wrapped[0]
+            native = next((r for r in group if r["backend"] == w["backend"] and r["variant"] == "native"), None)
+            if native:
+                text += (f"; the seed's wrapper makes {w['backend']} {_us(w['median_us'] - native['median_us'])} "
+                         f"slower ({_us(native['median_us'])} → {_us(w['median_us'])})")
+        if worst is not best:
+            text += f"; slowest {worst['backend']} {worst['variant']} {_us(worst['median_us'])}"
+        out.append(text)
+    return out
+
+
+def site_headline(report: Report, splits: dict[tuple[str, str, str], SiteSplit]) -> str | None:
+    """Where the time goes, for a run with nothing to compare: the costliest site and its biggest part."""
+    if not report.sites:
+        return None
+    s = max(report.sites, key=lambda s: (s.true_us or s.window_us) * s.calls)
+    split = splits.get((s.site, s.op, s.phase))
+    if split is None:
+        return None
+    parts = {"compute": split.compute, "layout copies": split.copy, "launch (GPU idle)": split.launch or 0.0,
+             "other": split.other}
+    total = sum(parts.values())
+    if total <= 0:
+        return None
+    name, us = max(parts.items(), key=lambda kv: kv[1])
+    return (f"{_short(s.site)} ({s.phase}) costs {_us(total)} per call, {100 * us / total:.0f}% of it {name}"
+            + ("" if len(report.sites) == 1 else f" (of {len(report.sites)} sites, the most in total)"))
 
 
 # --- kernel timeline ---------------------------------------------------------------------------------------------
@@ -290,6 +377,29 @@ def timeline_figure(report: Report) -> go.Figure | None:
 # --- roofline ----------------------------------------------------------------------------------------------------
 
 
+def _point_labels(points: list[dict]) -> tuple[list[str], list[str]]:
+    """Each point's name and where it goes. Points at one intensity (sites of one shape) get theirs above, beside
+    and below, highest first, so the names do not print over each other; past three at one intensity, names would
+    pile up: those points are named on hover only."""
+    at: dict[float, list[int]] = {}
+    for i, p in enumerate(points):
+        at.setdefault(round(p["intensity"], 6), []).append(i)
+    texts, positions = [""] * len(points), ["middle right"] * len(points)
+    for group in at.values():
+        if len(group) > 3:
+            continue
+        for k, i in enumerate(sorted(group, key=lambda i: -points[i]["tflops"])):
+            p = points[i]
+            name = p["site"] if len(p["site"]) <= 32 else p["site"][:31] + "…"
+            texts[i] = name + ("" if p["phase"] == "fwd" else f" · {p['phase']}")
+            positions[i] = ("top right", "middle right", "bottom right")[k] if len(group) > 1 else "middle right"
+    return texts, positions
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.Figure | None:
     """`points`: Insights.roofline; `ceilings`: those the points were computed under (dashed lines)."""
     if not points:
@@ -302,7 +412,10 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
             continue
         fig.add_trace(go.Scatter(
             name=f"{what} ({'compute_us' if what == 'kernels' else 'true or window µs'})",
-            x=[p["intensity"] for p in pts], y=[p["tflops"] for p in pts], mode="markers",
+            x=[p["intensity"] for p in pts], y=[p["tflops"] for p in pts],
+            # the kernels' points carry the site's name; the whole call's point sits right under it
+            mode="markers+text" if what == "kernels" else "markers",
+            text=_point_labels(pts)[0], textposition=_point_labels(pts)[1], textfont=dict(size=11),
             marker=dict(symbol=symbol, size=12, color=COLORS["compute" if what == "kernels" else "copy"],
                         line=dict(width=2, color=COLORS["compute" if what == "kernels" else "copy"])),
             customdata=[[p["site"], p["phase"], p["backend"], _shape_label(p["shapes"], p["dtype"], p["layout"]),
@@ -317,7 +430,7 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
         xs = [p["intensity"] for p in points]
         lo, hi = min(xs + [ridge]) / 4, max(xs + [ridge]) * 4
         fig.add_trace(go.Scatter(
-            name=f"ceilings: {ceilings.copy_gbps:,.0f} GB/s copy, {ceilings.matmul_tflops:,.0f} TFLOP/s "
+            name=f"ceilings: {_rate(ceilings.copy_gbps)} GB/s copy, {_rate(ceilings.matmul_tflops)} TFLOP/s "
                  f"{ceilings.dtype} matmul (measured)",
             x=[lo, ridge, hi], y=[lo * ceilings.copy_gbps / 1e3, ceilings.matmul_tflops, ceilings.matmul_tflops],
             mode="lines", line=dict(color=COLORS["true"], width=2, dash="dash"),
@@ -328,61 +441,124 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
 # --- compare sweep and table -------------------------------------------------------------------------------------
 
 
-def _seqlen(row: dict) -> int | None:
-    shape = row.get("shape") or []
-    return shape[-2] if len(shape) >= 4 else None  # [B, H, L, D] or [B, Hq, Hkv, L, D]
+#: The dimensions of a compare shape, by its length: [B, H, L, D] or [B, Hq, Hkv, L, D].
+_DIM_NAMES = {4: ("B", "H", "L", "D"), 5: ("B", "Hq", "Hkv", "L", "D")}
+_DIM_TITLES = {"B": "batch B", "H": "heads H", "Hq": "query heads Hq", "Hkv": "kv heads Hkv",
+               "L": "sequence length L (tokens)", "D": "head dim D"}
 
 
-def sweep_figure(rows: list[dict]) -> go.Figure | None:
-    """Median µs against sequence length, one line per backend, variant and phase (the other dims fixed)."""
-    ran = [r for r in rows if not r.get("unsupported") and r.get("median_us") and _seqlen(r)]
-    if len({_seqlen(r) for r in ran}) < 2:
+def _ran(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("unsupported") and r.get("median_us") and len(r.get("shape") or []) in (4, 5)]
+
+
+def _line_name(r: dict) -> str:
+    return f"{r['backend']} {r['variant']} {r['phase']}" + (" causal" if r.get("causal") else "")
+
+
+def _compare_hover(group: list[dict]) -> list[list[str]]:
+    return [[r["backend"], r["variant"], r["phase"], _dims(r["shape"]), r["dtype"],
+             "n/a" if r.get("tflops") is None else f"{r['tflops']:,.1f}",
+             "n/a" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.0f}%"] for r in group]
+
+
+_COMPARE_HOVER = ("<b>%{customdata[0]}</b> %{customdata[1]} %{customdata[2]}<br>%{customdata[3]} %{customdata[4]}"
+                  "<br>%{y:,.1f} µs · %{customdata[5]} TFLOP/s · %{customdata[6]} of peak<extra></extra>")
+
+
+def sweep_figures(rows: list[dict]) -> list[tuple[str, go.Figure]]:
+    """Median µs against each dimension that varies alone (the others and dtype fixed): one chart per such
+    dimension, one line per backend, variant and phase. Shapes that differ in several dimensions at once are not
+    a sweep of any one (shapes_figure shows them)."""
+    ran = _ran(rows)
+    out = []
+    for n_dims, names in _DIM_NAMES.items():
+        for i, dim in enumerate(names):
+            lines: dict[tuple, list[dict]] = {}
+            for r in ran:
+                if len(r["shape"]) != n_dims:
+                    continue
+                fixed = tuple(d for j, d in enumerate(r["shape"]) if j != i)
+                lines.setdefault((_line_name(r), r["dtype"], fixed), []).append(r)
+            lines = {k: g for k, g in lines.items() if len({r["shape"][i] for r in g}) >= 2}
+            if not lines:
+                continue
+            several_fixed = len({(dtype, fixed) for _, dtype, fixed in lines}) > 1
+            fig = _figure(height=460, xaxis=dict(title=_DIM_TITLES[dim], type="log"),
+                          yaxis=dict(title="median µs per call (outside the profiler)", type="log"))
+            for (name, dtype, fixed), group in sorted(lines.items()):
+                group.sort(key=lambda r: r["shape"][i])
+                others = ", ".join(f"{d}={v}" for d, v in zip((d for d in names if d != dim), fixed))
+                fig.add_trace(go.Scatter(
+                    name=name + (f" ({others} {dtype})" if several_fixed else ""),
+                    x=[r["shape"][i] for r in group], y=[r["median_us"] for r in group], mode="lines+markers",
+                    line=dict(dash="solid" if group[0]["phase"] == "fwd" else "dot"),
+                    customdata=_compare_hover(group), hovertemplate=_COMPARE_HOVER))
+            out.append((dim, fig))
+    return out
+
+
+def shapes_figure(rows: list[dict]) -> go.Figure | None:
+    """Median µs per backend, variant and phase, one bar per compare case: for cases that are no sweep."""
+    ran = _ran(rows)
+    cases = sorted({(tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) for r in ran})
+    if len(cases) < 2:
         return None
-    fig = _figure(height=460, xaxis=dict(title="sequence length L (tokens)", type="log"),
-                  yaxis=dict(title="median µs per call (outside the profiler)", type="log"))
-    lines: dict[tuple, list[dict]] = {}
-    for r in ran:
-        others = tuple(d for i, d in enumerate(r["shape"]) if i != len(r["shape"]) - 2)
-        lines.setdefault((r["backend"], r["variant"], r["phase"], r["dtype"], bool(r.get("causal")), others),
-                         []).append(r)
-    for (backend, variant, phase, dtype, causal, _others), group in sorted(lines.items()):
-        group.sort(key=_seqlen)
-        fig.add_trace(go.Scatter(
-            name=f"{backend} {variant} {phase}" + (" causal" if causal else ""),
-            x=[_seqlen(r) for r in group], y=[r["median_us"] for r in group], mode="lines+markers",
-            line=dict(dash="solid" if phase == "fwd" else "dot"),
-            customdata=[[backend, variant, phase, _dims(r["shape"]), dtype,
-                         "n/a" if r.get("tflops") is None else f"{r['tflops']:,.1f}",
-                         "n/a" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.0f}%"] for r in group],
-            hovertemplate=("<b>%{customdata[0]}</b> %{customdata[1]} %{customdata[2]}<br>%{customdata[3]} "
-                           "%{customdata[4]}<br>%{y:,.1f} µs · %{customdata[5]} TFLOP/s · %{customdata[6]} of peak"
-                           "<extra></extra>")))
+    order = list(dict.fromkeys(f"{r['backend']} {r['variant']} {r['phase']}" for r in ran))
+    fig = _figure(barmode="group", height=160 + 34 * len(order),
+                  xaxis=dict(title="median µs per call (outside the profiler; log scale)", type="log"),
+                  yaxis=dict(title="backend · variant · phase", autorange="reversed", automargin=True))
+    for shape, dtype, causal in cases:
+        group = [r for r in ran if (tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) == (shape, dtype, causal)]
+        fig.add_trace(go.Bar(
+            name=f"{'×'.join(map(str, shape))} {dtype}" + (" causal" if causal else ""), orientation="h",
+            x=[r["median_us"] for r in group], y=[f"{r['backend']} {r['variant']} {r['phase']}" for r in group],
+            customdata=_compare_hover(group),
+            hovertemplate=_COMPARE_HOVER.replace("%{y:,.1f}", "%{x:,.1f}")))
+    fig.update_yaxes(categoryorder="array", categoryarray=order)
     return fig
 
 
-_TABLE_COLUMNS = ("backend", "variant", "shape", "dtype", "phase", "causal", "median_us", "compute_us", "copy_us",
-                  "launch_us", "other_us", "tflops", "gbps", "pct_of_peak", "unsupported")
+#: compare.json's row fields in the table, with their headings
+_TABLE_COLUMNS = (("backend", "backend"), ("variant", "variant"), ("shape", "shape"), ("dtype", "dtype"),
+                  ("phase", "phase"), ("causal", "causal"), ("median_us", "median µs"), ("compute_us", "compute µs"),
+                  ("copy_us", "copy µs"), ("launch_us", "launch µs"), ("other_us", "other µs"),
+                  ("tflops", "TFLOP/s"), ("gbps", "GB/s"), ("pct_of_peak", "% of peak"))
 
 
-def compare_table_figure(rows: list[dict]) -> go.Figure | None:
-    if not rows:
-        return None
+def _cell(r: dict, col: str) -> str:
+    v = r.get(col)
+    if v is None:
+        return "—"
+    if col == "shape":
+        return _dims(v)
+    if col == "causal":
+        return "causal" if v else ""
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
 
-    def cell(r, col):
-        v = r.get(col)
-        if v is None:
-            return "—"
-        if col == "shape":
-            return _dims(v)
-        if isinstance(v, float):
-            return f"{v:,.1f}"
-        return str(v)
 
-    fig = _figure(height=120 + 26 * min(len(rows), 30))
-    fig.add_trace(go.Table(
-        header=dict(values=[c.replace("_us", " µs").replace("_", " ") for c in _TABLE_COLUMNS], align="left"),
-        cells=dict(values=[[cell(r, c) for r in rows] for c in _TABLE_COLUMNS], align="left")))
-    return fig
+def compare_table_html(rows: list[dict]) -> str:
+    """The rows that ran, as a table (scrolls sideways on a narrow page), and one line per backend and reason that
+    could not run."""
+    ran = [r for r in rows if not r.get("unsupported")]
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _TABLE_COLUMNS)
+    body = "".join("<tr>" + "".join(
+        f"<td{' class=num' if col.endswith(('_us', 'tflops', 'gbps', 'peak')) else ''}>{html.escape(_cell(r, col))}</td>"
+        for col, _ in _TABLE_COLUMNS) + "</tr>" for r in ran)
+    out = (f"<div class=scroll><table class=causes id=compare-rows><thead><tr>{head}</tr></thead>"
+           f"<tbody>{body}</tbody></table></div>") if ran else ""
+    skipped: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("unsupported"):
+            skipped.setdefault(r["unsupported"], [])
+            name = f"{r['backend']} {r['variant']}"
+            if name not in skipped[r["unsupported"]]:
+                skipped[r["unsupported"]].append(name)
+    if skipped:
+        out += ("<p class=dim>not run here: " + "; ".join(
+            f"{html.escape(', '.join(names))} ({html.escape(reason)})" for reason, names in skipped.items()) + "</p>")
+    return out
 
 
 # --- assembling the page -------------------------------------------------------------------------------------------
@@ -398,16 +574,18 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     if report is not None and report.sites:
         fig = site_bars_figure(report, insights.splits)
         tables = "".join(
-            f"<h4>{html.escape(d.subject.label)} — {_us(d.subject.us)} {html.escape(d.unit)}</h4>"
+            f"<h4>{html.escape(d.subject.label)} — {_us(d.subject.us)} "
+            f"{html.escape(unit_text(d.unit, report).replace('µs ', '', 1))}</h4>"
             + causes_table_html(d.causes, d.subject.us, None, "share") for d in insights.diagnoses)
         panels.append(Panel("sites", "Where each call site's time goes", site_bars_description(report), fig,
                             f"<details><summary>causes and fixes per site</summary>{tables}</details>"))
     for i, e in enumerate(insights.explanations):
+        unit = unit_text(e.unit, report)
         desc = (f"A = {e.a.label} ({' / '.join(e.a.backends)}), B = {e.b.label} ({' / '.join(e.b.backends)}): "
-                f"B is slower by {_us(e.gap_us)} {e.unit}. Numbers: {e.basis_detail}."
+                f"B is slower by {_us(e.gap_us)} {unit.replace('µs ', '', 1)}. Numbers: {e.basis_detail}."
                 + "".join(f" Note: {n}." for n in e.notes))
         panels.append(Panel(f"waterfall-{i}", f"From {_short(e.a.label)} to {_short(e.b.label)}: the gap, cause by "
-                                              "cause", desc, waterfall_figure(e),
+                                              "cause", desc, waterfall_figure(e, unit),
                             causes_table_html(e.causes, e.gap_us, e.unexplained_us, "of gap")))
     if report is not None:
         fig = timeline_figure(report)
@@ -436,15 +614,22 @@ def build_panels(report: Report | None, insights: Insights | None = None,
         panels.extend(rank_panels(report.ranks))
     if compare:
         rows = compare["rows"]
-        fig = sweep_figure(rows)
+        sweeps = sweep_figures(rows)
+        for dim, fig in sweeps:
+            panels.append(Panel(f"sweep-{dim}", f"attnprof compare: time against {_DIM_TITLES[dim]}",
+                                f"Median µs per call outside the profiler as {dim} varies, every other dimension "
+                                "and the dtype fixed; per backend, variant (native inputs or the seed's wrapper) and "
+                                "phase (dotted: backward).", fig))
+        fig = None if sweeps else shapes_figure(rows)
         if fig is not None:
-            panels.append(Panel("sweep", "attnprof compare: time against sequence length",
-                                "Median µs per call outside the profiler, per backend, variant (native inputs or "
-                                "the seed's wrapper) and phase (dotted: backward).", fig))
-        fig = compare_table_figure(rows)
-        if fig is not None:
+            panels.append(Panel("shapes", "attnprof compare: each backend at each shape",
+                                "Median µs per call outside the profiler, one bar per shape: the same backend and "
+                                "variant across the cases compared.", fig))
+        if rows:
             panels.append(Panel("compare-table", "attnprof compare: every row",
-                                "Each backend, variant and phase as compare.json holds it.", fig))
+                                "Each backend, variant, shape and phase that ran, as compare.json holds it; compute, "
+                                "copy, launch and other split the one profiled repetition.", None,
+                                compare_table_html(rows)))
     return panels
 
 
@@ -479,7 +664,7 @@ def _figure_json(fig: go.Figure) -> dict:
 
 def dashboard_data(panels: list[Panel]) -> dict:
     return {
-        "figures": {p.key: _figure_json(p.figure) for p in panels},
+        "figures": {p.key: _figure_json(p.figure) for p in panels if p.figure is not None},
         "templates": {name: pio.templates[t].to_plotly_json() for name, t in THEMES.items()},
     }
 
@@ -502,6 +687,10 @@ table.causes th, table.causes td { border-bottom: 1px solid var(--line); padding
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 details { margin: 6px 0; } summary { cursor: pointer; color: var(--muted); }
 .notes li { color: #c69026; }
+#headline p { font-size: 15px; font-weight: 600; margin: 6px 0; }
+.scroll { overflow-x: auto; }
+table.causes td { overflow-wrap: anywhere; }  /* long code in a fix must not widen the page */
+.scroll table.causes td { overflow-wrap: normal; white-space: nowrap; }
 """
 
 _JS = """
@@ -537,14 +726,31 @@ def _json_for_script(doc: dict) -> str:
     return text.replace("</", "<\\/")  # never close the script element early
 
 
-def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: list[str] | None = None) -> str:
+def headlines(report: Report | None, insights: Insights | None, compare: dict | None) -> list[str]:
+    """What the page answers, first: each explanation's gap and its causes, else where the time goes; and per
+    compare case, the fastest backend and what the seed's wrapper costs."""
+    insights = insights or Insights()
+    lines = [explanation_headline(e, unit_text(e.unit, report)) for e in insights.explanations]
+    if not lines and report is not None:
+        line = site_headline(report, insights.splits)
+        lines += [line] if line else []
+    if compare:
+        lines += compare_headlines(compare.get("rows") or [])
+    return lines
+
+
+def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: list[str] | None = None,
+                     headline: list[str] | None = None) -> str:
     sections = []
     for p in panels:
         sections.append(
             f'<section id="{p.key}"><h2>{html.escape(p.title)}</h2><p class=desc>{html.escape(p.description)}</p>'
-            f'<div class="figure" id="fig-{p.key}"></div>{p.table_html}</section>')
+            + (f'<div class="figure" id="fig-{p.key}"></div>' if p.figure is not None else "")
+            + f'{p.table_html}</section>')
     if not panels:
         sections.append("<p class=desc>No attention call and no compare.json here: nothing to chart.</p>")
+    headline_html = ('<div id="headline">' + "".join(f"<p>{html.escape(h)}</p>" for h in headline) + "</div>"
+                     if headline else "")
     notes_html = ("<ul class=notes>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>") if notes else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -558,6 +764,7 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 <body>
 <header><h1>{html.escape(title)}</h1><button id="theme" type="button">dark theme</button></header>
 <p class=meta>{" · ".join(html.escape(m) for m in meta)}</p>
+{headline_html}
 {notes_html}
 {"".join(sections)}
 <script id="{DATA_ELEMENT_ID}" type="application/json">{_json_for_script(dashboard_data(panels))}</script>
@@ -592,18 +799,8 @@ def _meta(report: Report | None, compare: dict | None) -> list[str]:
     return meta
 
 
-def write_dashboard(report: Report | None, insights: Insights | None, folder: Path, compare: dict | None = None,
-                    name: str = DASHBOARD_FILE, title: str | None = None) -> Path:
-    """Write `folder/name` (dashboard.html) for a report with its insights and/or a compare.json document; returns
-    its path. Nothing is read here: pipeline.write_dashboard_for finds compare.json and the ceilings and computes
-    the insights."""
-    folder = Path(folder)
-    renderer = DashboardRenderer(insights, compare, title or f"attnprof — {folder.resolve().name}")
-    return atomic_write(folder / name, renderer.render(report))
-
-
 class DashboardRenderer(Renderer):
-    """The dashboard as a Report view (render/base.py); write_dashboard is what most callers want."""
+    """The dashboard as a Report view (render/base.py); pipeline.write_dashboard_for is what most callers want."""
 
     output_name = DASHBOARD_FILE
 
@@ -617,4 +814,5 @@ class DashboardRenderer(Renderer):
         notes = list(report.notes) if report is not None else []
         if self.compare:
             notes += list(self.compare.get("notes") or [])
-        return render_dashboard(panels, self.title, _meta(report, self.compare), notes)
+        return render_dashboard(panels, self.title, _meta(report, self.compare), notes,
+                                headlines(report, self.insights, self.compare))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
-from attnprof.files import read_bytes
+from attnprof.files import atomic_write, read_bytes
 
 #: What `attnprof ncu` writes beside the report: the raw page, every metric of every kernel.
 NCU_CSV_SUFFIX = ".raw.csv"
@@ -139,8 +139,7 @@ def export_csv(ncu: str, report: Path, out: Path) -> Path:
     if proc.returncode != 0 or not proc.stdout.strip():
         tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
         raise AttnprofError(f"ncu --import failed for {report}: {tail or 'no output'}")
-    out.write_text(proc.stdout)
-    return out
+    return atomic_write(out, proc.stdout)
 
 
 def csv_for_report(report: Path) -> Path:

@@ -1,6 +1,6 @@
 // The attnprof tab. TensorBoard loads this module in an iframe whose <base> is /data/plugin/attnprof/ and calls
 // render(): a run selector, the run's dashboard (its own iframe) and the call-site and call tables of its
-// attnprof.json. Plain DOM, no libraries, nothing fetched from outside TensorBoard: it works offline.
+// attnprof.json (analysed on demand by the plugin when the folder has none). Plain DOM, no libraries, nothing fetched from outside TensorBoard: it works offline.
 
 const STYLE = `
   body { margin: 0; font: 13px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #212121; }
@@ -10,7 +10,6 @@ const STYLE = `
   header .meta { color: #616161; }
   select { font: inherit; padding: 2px 4px; }
   #attnprof-dashboard { width: 100%; height: 70vh; border: 1px solid #e0e0e0; border-radius: 4px; }
-  #attnprof-dashboard.missing { height: 90px; }
   .scroll { overflow-x: auto; }
   h2 { font-size: 14px; margin: 18px 0 6px; }
   table { border-collapse: collapse; width: 100%; }
@@ -129,8 +128,8 @@ export async function render() {
     return;
   }
   if (!runs.length) {
-    root.append(el('p', {}, 'No run under the logdir holds an attnprof.json yet: run ',
-                   el('code', {}, 'attnprof trace your_script.py'), ' or ', el('code', {}, 'attnprof analyze'), '.'));
+    root.append(el('p', {}, 'No run under the logdir holds a torch.profiler trace or a compare.json yet: run ',
+                   el('code', {}, 'attnprof trace your_script.py'), ' or ', el('code', {}, 'attnprof compare'), '.'));
     return;
   }
   const select = el('select', {id: 'attnprof-run', 'aria-label': 'run'},
@@ -140,11 +139,9 @@ export async function render() {
   root.append(el('header', {}, el('h1', {}, 'attnprof'), el('label', {}, 'run ', select)), frame, tables);
 
   let shown = 0;  // a slow answer for a run no longer selected must not overwrite the current one
-  const hasDashboard = new Map(runs.map((r) => [r.run, r.dashboard]));
   async function show(run) {
     const ticket = ++shown;
     const query = `run=${encodeURIComponent(run)}`;
-    frame.classList.toggle('missing', !hasDashboard.get(run));  // the "no dashboard yet" page needs little room
     frame.src = `dashboard?${query}`;
     tables.replaceChildren(el('p', {class: 'meta'}, 'loading…'));
     let view;
