@@ -161,7 +161,7 @@ def test_headline_on_top_and_bars_scaled_by_the_users_time(browser, h100_pages, 
     check_all_drawn(page, path)
     headline = page.inner_text("#headline")
     # the seed wrapper's site is slower than SDPA's, mostly by its layout copies
-    assert "examples/seed_case.py:34 via :47 is " in headline and "slower" in headline and "layout copies" in headline
+    assert "flash_attention seed_case.py:34 via :47 is " in headline and "slower" in headline and "layout copies" in headline
     # the headline comes before the first chart
     assert page.evaluate("document.querySelector('#headline').getBoundingClientRect().bottom <= "
                          "document.querySelector('#fig-sites').getBoundingClientRect().top")

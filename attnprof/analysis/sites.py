@@ -267,7 +267,11 @@ def _names(s: SiteSummary) -> set[str]:
 def describe_site(s: SiteSummary) -> str:
     """`label [location]` (or the site alone when it is its own label): how a candidate is listed."""
     location = _location(s.site)
-    return s.site if s.label in ("", s.site, location) else f"{s.label} [{location}]"
+    if s.label in ("", s.site, location):
+        return s.site
+    if s.label.endswith(location):  # the label names the location already (`flash_attention seed_case.py:34 ...`)
+        return s.label
+    return f"{s.label} [{location}]"
 
 
 def resolve_sites(sites: list[SiteSummary], selector: str, source: str = "the run") -> list[SiteSummary]:
