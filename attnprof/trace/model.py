@@ -66,6 +66,51 @@ class StringTable:
         return len(self.values)
 
 
+class RawColumn:
+    """Per-row raw JSON bytes (or None) kept as one buffer and the rows' spans in it: no Python object per row,
+    which is most of the memory a list of bytes takes on a trace of millions of ops."""
+
+    def __init__(self, blob: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.blob = blob
+        self.starts = starts  # int64 per row; an empty span (end == start) is None
+        self.ends = ends
+
+    @classmethod
+    def from_rows(cls, rows: list) -> "RawColumn":
+        """From bytes-like rows (bytes, msgspec.Raw; empty or None for none)."""
+        rows = [r or b"" for r in rows]
+        ends = np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+        return cls(b"".join(rows), ends - np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), ends)
+
+    @classmethod
+    def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":
+        shifts = np.cumsum([0] + [len(p.blob) for p in parts[:-1]], dtype=np.int64)
+        return cls(b"".join(p.blob for p in parts),
+                   np.concatenate([np.empty(0, np.int64)] + [p.starts + s for p, s in zip(parts, shifts)]),
+                   np.concatenate([np.empty(0, np.int64)] + [p.ends + s for p, s in zip(parts, shifts)]))
+
+    def take(self, rows: np.ndarray) -> "RawColumn":
+        return RawColumn(self.blob, self.starts[rows], self.ends[rows])
+
+    def first_bytes(self) -> np.ndarray:
+        """Each row's first byte (0 for none): to check them all at once."""
+        out = np.zeros(len(self), dtype=np.uint8)
+        present = self.ends > self.starts
+        out[present] = np.frombuffer(self.blob, dtype=np.uint8)[self.starts[present]]
+        return out
+
+    def drop(self, rows: np.ndarray) -> None:
+        """Make these rows None."""
+        self.ends[rows] = self.starts[rows]
+
+    def __getitem__(self, i: int) -> bytes | None:
+        a, b = self.starts[i], self.ends[i]
+        return self.blob[a:b] if b > a else None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
 @dataclass
 class HostEvents:
     """CPU-side intervals: ops, annotations, runtime calls, Python frames."""
@@ -81,10 +126,11 @@ class HostEvents:
     correlation: np.ndarray  # int64 runtime calls: correlation id of the device work they launch
     py_id: np.ndarray  # int64 Python frames: own id
     py_parent: np.ndarray  # int64 Python frames: parent frame id
-    input_dims: list  # per row: raw JSON bytes of the op's input shapes, or None (decoded on demand)
-    input_types: list  # per row: raw JSON bytes of the op's input dtypes, or None
-    input_strides: list  # per row: raw JSON bytes of the op's input strides, or None
-    concrete_inputs: list  # per row: raw JSON bytes of the op's scalar arguments as text, or None
+    # per row (a list or a RawColumn): raw JSON bytes, or None; decoded on demand
+    input_dims: list | RawColumn  # the op's input shapes
+    input_types: list | RawColumn  # the op's input dtypes
+    input_strides: list | RawColumn  # the op's input strides
+    concrete_inputs: list | RawColumn  # the op's scalar arguments as text
     op_id: np.ndarray | None = None  # int64 per row: the op's id where the tool numbers ops (nsys + PyTorch NVTX)
     input_ops: list | None = None  # per row: [(producer op id, output index), ...] for each input, or None
 
