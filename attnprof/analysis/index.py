@@ -192,10 +192,18 @@ class TraceIndex:
         return None
 
     @cached_property
-    def _py_row_by_id(self) -> dict[int, int]:
+    def _py_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Python frame ids, sorted; their rows): a lookup without a dict entry per frame (millions of them)."""
         h = self.trace.host
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
-        return dict(zip(h.py_id[rows].tolist(), rows.tolist()))
+        order = np.argsort(h.py_id[rows], kind="stable")
+        return h.py_id[rows][order], rows[order]
+
+    def _py_row(self, py_id: int) -> int:
+        """The row of the Python frame with this id (the last one if repeated), or -1."""
+        ids, rows = self._py_ids
+        i = int(np.searchsorted(ids, py_id, side="right")) - 1
+        return int(rows[i]) if i >= 0 and ids[i] == py_id else -1
 
     def python_chain(self, row: int) -> list[int]:
         """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
@@ -208,13 +216,12 @@ class TraceIndex:
         if i < 0:
             return []
         parent = self.trace.host.py_parent
-        by_id = self._py_row_by_id
         frame = int(rows[i])
         chain = []
         while frame >= 0:
             if self.end[frame] >= t:
                 chain.append(frame)
-            frame = by_id.get(int(parent[frame]), -1)
+            frame = self._py_row(int(parent[frame]))
         return chain
 
     def python_span(self, tid: int) -> tuple[float, float]:
@@ -248,13 +255,12 @@ class TraceIndex:
             return None
         h = self.trace.host
         frame = int(rows[i])
-        by_id = self._py_row_by_id
         while frame >= 0 and self.end[frame] < t:
-            frame = by_id.get(int(h.py_parent[frame]), -1)
+            frame = self._py_row(int(h.py_parent[frame]))
         while frame >= 0:
             parsed = parse_python_frame(self.name(frame))
             if parsed and not _LIBRARY_PATH_RE.search(parsed[0]):
                 file, line, func = parsed
                 return f"{short_path(file)}:{line}", func
-            frame = by_id.get(int(h.py_parent[frame]), -1)
+            frame = self._py_row(int(h.py_parent[frame]))
         return None

@@ -458,7 +458,7 @@ class _Columns:
         }
         for attr, label in _ARG_COLUMNS:
             column = RawColumn.from_rows(list(map(attrgetter(attr), h_args)))
-            bad = np.flatnonzero((column.first_bytes() != ord("[")) & (column.ends > column.starts))
+            bad = np.flatnonzero(column.first_bytes() != ord("["))
             if len(bad):  # analysis reads these as lists, one entry per input
                 repaired[f"{label} not a list (ignored)"] += len(bad)
                 column.drop(bad)
@@ -503,9 +503,10 @@ class _Columns:
         if +unreadable and not self.decoded:
             raise AttnprofError(f"{path} is not a torch.profiler trace (no event reads as one: "
                                 f"{_skip_text(unreadable)})")
-        h = {k: np.concatenate(v) for k, v in self.host.items()}
-        d = {k: np.concatenate(v) for k, v in self.device.items()}
-        raw = {k: RawColumn.concatenate(v) for k, v in self.raw.items()}
+        # one column at a time, its blocks dropped as it is joined: memory holds the columns once, plus one
+        h = {k: np.concatenate(self.host.pop(k)) for k in list(self.host)}
+        d = {k: np.concatenate(self.device.pop(k)) for k in list(self.device)}
+        raw = {k: RawColumn.concatenate(self.raw.pop(k)) for k in list(self.raw)}
         if not len(h["ts"]) and not len(d["ts"]):
             why = f" ({_skip_text(skipped)})" if +skipped else ""
             raise AttnprofError(f"{path} holds no profiler events (no cpu_op, kernel or runtime events){why}")
