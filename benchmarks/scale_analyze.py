@@ -115,17 +115,18 @@ def build(source: Path, out: Path, size_mb: float = 0.0, calls: int = 0, drop: f
     return copies, n_events
 
 
-def _timed_run(cmd: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MB, exit code) of a command in a fresh process."""
+def _timed_run(cmd: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MB of it or any process it waited for, exit code, CPU seconds of it and those) of a
+    command in a fresh process. CPU time says what wall time would be on an idle machine when others share it."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, _, usage = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")
-    rc = proc.returncode if proc.returncode is not None else 0
+    rc = os.waitstatus_to_exitcode(status)
     if err.strip():
         sys.stderr.write(err[-2000:])
-    return wall, usage.ru_maxrss / 1024, rc
+    return wall, usage.ru_maxrss / 1024, rc, usage.ru_utime + usage.ru_stime
 
 
 _HTA_SNIPPET = """
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
               for n in args.dense_calls]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        print(f"{'trace':<28} {'events':>10} {'tool':<10} {'wall s':>8} {'peak RSS MB':>12} {'exit':>5} "
+        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+        print(f"{'trace':<28} {'events':>10} {'tool':<10} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'exit':>5} "
               f"{'HTA/attnprof time':>18} {'RSS':>6}", flush=True)
         for name, spec, gz in cases:
             folder = work / (name + (".gz" if gz else ""))
@@ -172,17 +174,18 @@ def main(argv=None) -> int:
             label = f"{name} ({size:,.0f} MB{' gz' if gz else ''})"
             cmd = [sys.executable, "-m", "attnprof", "analyze", str(trace), "--json", "--max-trace-mb", "100000"]
             ours = _best([_timed_run(cmd) for _ in range(args.repeat)])
-            print(f"{label:<28} {n:>10,} {'attnprof':<10} {ours[0]:>8.2f} {ours[1]:>12.0f} {ours[2]:>5}", flush=True)
+            print(f"{label:<28} {n:>10,} {'attnprof':<10} {ours[0]:>8.2f} {ours[3]:>7.1f} {ours[1]:>12.0f} "
+                  f"{ours[2]:>5}", flush=True)
             if args.hta_python and size <= args.hta_max_mb:
                 cmd = [args.hta_python, "-c", _HTA_SNIPPET, str(folder)]
                 hta = _best([_timed_run(cmd) for _ in range(args.repeat)])
-                print(f"{'':<28} {'':>10} {'HTA load':<10} {hta[0]:>8.2f} {hta[1]:>12.0f} {hta[2]:>5} "
+                print(f"{'':<28} {'':>10} {'HTA load':<10} {hta[0]:>8.2f} {hta[3]:>7.1f} {hta[1]:>12.0f} {hta[2]:>5} "
                       f"{hta[0] / ours[0]:>17.1f}x {hta[1] / ours[1]:>5.1f}x", flush=True)
     return 0
 
 
-def _best(runs: list[tuple[float, float, int]]) -> tuple[float, float, int]:
-    return min(r[0] for r in runs), min(r[1] for r in runs), max(r[2] for r in runs)
+def _best(runs: list[tuple[float, float, int, float]]) -> tuple[float, float, int, float]:
+    return min(r[0] for r in runs), min(r[1] for r in runs), max(r[2] for r in runs), min(r[3] for r in runs)
 
 
 if __name__ == "__main__":
