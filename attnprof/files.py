@@ -14,7 +14,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
 from attnprof.errors import AttnprofError
 
@@ -29,26 +29,41 @@ def read_bytes(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> bytearray:
     """The file's content, gunzipped when it is gzip (told by content, not by name), read once from the start.
 
     Stops with an AttnprofError as soon as the (decompressed) content passes `max_mb`."""
+    data = bytearray()
+    try:
+        for piece in read_pieces(path, max_mb):
+            data += piece
+    except MemoryError:
+        raise _too_big(path, max_mb, " (out of memory while reading)") from None
+    return data
+
+
+def read_pieces(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Iterator[bytes]:
+    """The file's content as read_bytes gives it, a piece (about a MB) at a time, so that a reader that decodes as it
+    goes never holds the whole file; the same checks and one-line errors, raised when the piece that breaks them
+    is reached."""
     limit = int(max_mb * MB)
     try:
         with open(path, "rb", buffering=0) as f:
             first = _read_some(f, 2)
             if first[:2] == _GZIP_MAGIC:
-                return _gunzip(path, f, first, limit, max_mb)
+                yield from _gunzip(path, f, first, limit, max_mb)
+                return
             info = os.fstat(f.fileno())
             if stat.S_ISREG(info.st_mode) and info.st_size > limit:  # a plain file says its size: no need to read
                 raise _too_big(path, max_mb, "")
-            data = bytearray(first)
-            while len(data) <= limit:
+            size = len(first)
+            if first:
+                yield first
+            while size <= limit:
                 chunk = f.read(_CHUNK)
                 if not chunk:
-                    return data
-                data += chunk
+                    return
+                size += len(chunk)
+                yield chunk
             raise _too_big(path, max_mb, "")
     except OSError as e:
         raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
-    except MemoryError:
-        raise _too_big(path, max_mb, " (out of memory while reading)") from None
 
 
 def _read_some(f, n: int) -> bytes:
@@ -62,9 +77,9 @@ def _read_some(f, n: int) -> bytes:
     return data
 
 
-def _gunzip(path: Path, f, first: bytes, limit: int, max_mb: float) -> bytearray:
+def _gunzip(path: Path, f, first: bytes, limit: int, max_mb: float) -> Iterator[bytes]:
     """Inflate while reading, a bounded piece at a time: a bomb is caught at the cap, never inflated whole."""
-    out = bytearray()
+    size = 0
     d = zlib.decompressobj(wbits=31)
     pending = first
     while True:
@@ -73,13 +88,16 @@ def _gunzip(path: Path, f, first: bytes, limit: int, max_mb: float) -> bytearray
             if not pending:
                 if not d.eof:
                     raise AttnprofError(f"{path} is not a readable gzip file (it ends early)")
-                return out
+                return
         try:
-            out += d.decompress(pending, _CHUNK)
+            piece = d.decompress(pending, _CHUNK)
         except zlib.error as e:
             raise AttnprofError(f"{path} is not a readable gzip file ({e})") from None
-        if len(out) > limit:
+        size += len(piece)
+        if size > limit:
             raise _too_big(path, max_mb, " decompressed")
+        if piece:
+            yield piece
         pending = d.unconsumed_tail
         if d.eof:  # a file may hold several gzip members one after the other
             pending = d.unused_data
@@ -87,7 +105,7 @@ def _gunzip(path: Path, f, first: bytes, limit: int, max_mb: float) -> bytearray
             if not pending:
                 pending = f.read(_CHUNK)
                 if not pending:
-                    return out
+                    return
 
 
 def _too_big(path: Path, max_mb: float, how: str) -> AttnprofError:

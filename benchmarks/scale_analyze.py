@@ -5,9 +5,12 @@ External/correlation/Python/sequence/flow ids and attnprof call ids, and is shif
 one), then times `attnprof analyze --json` on it in a fresh process (wall time, peak RSS) and, given a Python that
 has holistictraceanalysis installed, times `TraceAnalysis(trace_dir=...)` on the same file the same way.
 
-    python benchmarks/scale_analyze.py --size-mb 100 [--hta-python /path/to/venv/bin/python]
+    python benchmarks/scale_analyze.py --size-mb 100 300 1000 --gzip --dense-calls 10000 30000 100000 \\
+        [--hta-python /path/to/venv/bin/python] [--workdir /tmp/scale]
 
-The source defaults to the recorded H100 training-step trace under traces/h100/.
+The sized traces replicate the recorded H100 training-step trace (traces/h100/train-seed); the dense ones the
+seed-case forward trace (traces/h100/seed-fwd: 6 attention calls each) without its Python frames, so that
+attention calls are as dense as they get. HTA reads the trace's folder (`TraceAnalysis(trace_dir=...)`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT / "traces" / "h100" / "train-seed"
+DENSE_SOURCE = ROOT / "traces" / "h100" / "seed-fwd"
 _RANGE_ID = re.compile(r" #(\d+)$")
 
 
@@ -73,46 +77,56 @@ def _shifted(e: dict, k: int, dt: float, ids: dict[str, int]) -> dict:
     return e
 
 
-def build(source: Path, out: Path, size_mb: float) -> tuple[int, int]:
+def build(source: Path, out: Path, size_mb: float = 0.0, calls: int = 0, drop: frozenset = frozenset()
+          ) -> tuple[int, int]:
+    """Write `out` (gzipped if it ends in .gz): copies of `source` until it holds `size_mb` MB or `calls` attention
+    calls; events of the categories in `drop` left out. Returns (copies, events)."""
     doc = _load(source)
-    events = doc["traceEvents"]
+    events = [e for e in doc["traceEvents"] if e.get("cat") not in drop]
     meta = [e for e in events if e.get("ph") == "M"]
     timed = [e for e in events if e.get("ph") != "M"]
     ts = [e["ts"] for e in timed if isinstance(e.get("ts"), (int, float))]
     dt = (max(ts) - min(ts)) * 1.05 + 1000.0
     ids = _max_ids(timed)
+    calls_per_copy = len({_RANGE_ID.search(e["name"]).group(1) for e in timed if e.get("cat") == "user_annotation"
+                          and e.get("name", "").startswith("attnprof:") and _RANGE_ID.search(e["name"])})
     header = {k: v for k, v in doc.items() if k != "traceEvents"}
     header.setdefault("distributedInfo", {"backend": "nccl", "rank": 0, "world_size": 1})
     target = int(size_mb * 1e6)
     copies = 0
     n_events = 0
-    with open(out, "w") as f:
+    raw = open(out, "wb")
+    f = gzip.open(raw, "wt", compresslevel=1) if out.name.endswith(".gz") else open(raw.fileno(), "w", closefd=False)
+    with raw, f:
         f.write(json.dumps(header)[:-1] + ',\n  "traceEvents": [\n')
         first = True
         for e in meta:
             f.write(("" if first else ",\n") + "  " + json.dumps(e))
             first = False
             n_events += 1
-        while f.tell() < target:
-            for e in timed:
-                f.write(",\n  " + json.dumps(_shifted(e, copies, dt, ids)))
-                n_events += 1
+        written = 0
+        while (written < target) if not calls else (copies * calls_per_copy < calls):
+            part = ",\n  ".join(json.dumps(_shifted(e, copies, dt, ids)) for e in timed)
+            f.write((",\n  " if n_events else "  ") + part)
+            written += len(part) + 4
+            n_events += len(timed)
             copies += 1
         f.write("\n  ]\n}\n")
     return copies, n_events
 
 
-def _timed_run(cmd: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MB, exit code) of a command in a fresh process."""
+def _timed_run(cmd: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MB of it or any process it waited for, exit code, CPU seconds of it and those) of a
+    command in a fresh process. CPU time says what wall time would be on an idle machine when others share it."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, _, usage = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")
-    rc = proc.returncode if proc.returncode is not None else 0
+    rc = os.waitstatus_to_exitcode(status)
     if err.strip():
         sys.stderr.write(err[-2000:])
-    return wall, usage.ru_maxrss / 1024, rc
+    return wall, usage.ru_maxrss / 1024, rc, usage.ru_utime + usage.ru_stime
 
 
 _HTA_SNIPPET = """
@@ -126,34 +140,52 @@ TraceAnalysis(trace_dir=sys.argv[1])
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="recorded trace (file or run folder)")
-    p.add_argument("--size-mb", type=float, default=100.0)
-    p.add_argument("--repeat", type=int, default=3, help="runs of each tool; the best is reported")
+    p.add_argument("--size-mb", type=float, nargs="*", default=[100.0], help="trace sizes to build (MB)")
+    p.add_argument("--gzip", action="store_true", help="also each size gzipped")
+    p.add_argument("--dense-calls", type=int, nargs="*", default=[],
+                   help="also traces of this many attention calls: --dense-source replicated, Python frames left "
+                        "out (the dense case: time must grow linearly with the calls)")
+    p.add_argument("--dense-source", type=Path, default=DENSE_SOURCE)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the best is reported")
     p.add_argument("--hta-python", help="a Python with holistictraceanalysis installed, to time it side by side")
-    p.add_argument("--keep", type=Path, help="keep the built trace at this path")
+    p.add_argument("--hta-max-mb", type=float, default=float("inf"), help="skip HTA on traces larger than this")
+    p.add_argument("--workdir", type=Path, help="keep (and reuse) the built traces in this folder")
     args = p.parse_args(argv)
 
+    cases = [(f"{mb:g}MB", dict(source=args.source, size_mb=mb), gz) for mb in args.size_mb
+             for gz in ([False, True] if args.gzip else [False])]
+    cases += [(f"{n}calls", dict(source=args.dense_source, calls=n, drop=frozenset({"python_function"})), False)
+              for n in args.dense_calls]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "big"
-        folder.mkdir()
-        trace = args.keep or folder / "rank0.pt.trace.json"
-        copies, n = build(args.source, trace, args.size_mb)
-        if args.keep:
-            os.link(trace, folder / "rank0.pt.trace.json")
-        size = trace.stat().st_size / 1e6
-        print(f"built {trace.name}: {size:.1f} MB, {n:,} events ({copies} copies of {args.source.name})")
-        rows = []
-        cmd = [sys.executable, "-m", "attnprof", "analyze", str(trace), "--json"]
-        runs = [_timed_run(cmd) for _ in range(args.repeat)]
-        rows.append(("attnprof analyze --json", min(r[0] for r in runs), min(r[1] for r in runs), runs[0][2]))
-        if args.hta_python:
-            cmd = [args.hta_python, "-c", _HTA_SNIPPET, str(folder)]
-            runs = [_timed_run(cmd) for _ in range(args.repeat)]
-            rows.append(("HTA TraceAnalysis(trace_dir) load", min(r[0] for r in runs), min(r[1] for r in runs),
-                         runs[0][2]))
-        print(f"{'tool':<36} {'wall s':>8} {'peak RSS MB':>12} {'exit':>5}")
-        for name, wall, rss, rc in rows:
-            print(f"{name:<36} {wall:>8.2f} {rss:>12.0f} {rc:>5}")
+        work = args.workdir or Path(tmp)
+        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+        print(f"{'trace':<28} {'events':>10} {'tool':<10} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'exit':>5} "
+              f"{'HTA/attnprof time':>18} {'RSS':>6}", flush=True)
+        for name, spec, gz in cases:
+            folder = work / (name + (".gz" if gz else ""))
+            folder.mkdir(parents=True, exist_ok=True)
+            trace = folder / ("rank0.pt.trace.json" + (".gz" if gz else ""))
+            marker = folder / "built.json"
+            if not marker.exists():
+                copies, n = build(out=trace, **spec)
+                marker.write_text(json.dumps({"copies": copies, "events": n}))
+            n = json.loads(marker.read_text())["events"]
+            size = trace.stat().st_size / 1e6
+            label = f"{name} ({size:,.0f} MB{' gz' if gz else ''})"
+            cmd = [sys.executable, "-m", "attnprof", "analyze", str(trace), "--json", "--max-trace-mb", "100000"]
+            ours = _best([_timed_run(cmd) for _ in range(args.repeat)])
+            print(f"{label:<28} {n:>10,} {'attnprof':<10} {ours[0]:>8.2f} {ours[3]:>7.1f} {ours[1]:>12.0f} "
+                  f"{ours[2]:>5}", flush=True)
+            if args.hta_python and size <= args.hta_max_mb:
+                cmd = [args.hta_python, "-c", _HTA_SNIPPET, str(folder)]
+                hta = _best([_timed_run(cmd) for _ in range(args.repeat)])
+                print(f"{'':<28} {'':>10} {'HTA load':<10} {hta[0]:>8.2f} {hta[3]:>7.1f} {hta[1]:>12.0f} {hta[2]:>5} "
+                      f"{hta[0] / ours[0]:>17.1f}x {hta[1] / ours[1]:>5.1f}x", flush=True)
     return 0
+
+
+def _best(runs: list[tuple[float, float, int, float]]) -> tuple[float, float, int, float]:
+    return min(r[0] for r in runs), min(r[1] for r in runs), max(r[2] for r in runs), min(r[3] for r in runs)
 
 
 if __name__ == "__main__":

@@ -638,7 +638,7 @@ class CallFinder:
         end = float(max(d.ts[w[0]] + d.dur[w[0]] for w in work))
         device = int(d.device[work[0][0]])
         # The GPU may still be busy with earlier work when the first prep op is issued: that wait is not launch time.
-        busy_until = self.ix.last_device_end_before(first, device, ours)
+        busy_until = self.ix.last_device_end_before(first, device)
         start = min(max(host_start, busy_until), first)
         intervals = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, _, _ in work]
         for r in self.ix.device_rows_between(start, end, device).tolist():

@@ -51,6 +51,8 @@ class TraceIndex:
         self._python = self._per_thread(order[kinds == HostKind.PYTHON])
         self._siblings: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._python_spans: dict[int, tuple[float, float]] = {}
+        #: device rows the device-work queries have looked at: a cost measure (tests check it stays per-call local)
+        self.device_rows_examined = 0
 
     def _per_thread(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """thread -> (rows sorted by start, their starts)."""
@@ -129,33 +131,55 @@ class TraceIndex:
         return -1
 
     @cached_property
-    def device_order(self) -> np.ndarray:
-        return np.argsort(self.trace.device.ts, kind="stable")
+    def _device_timelines(self) -> dict[tuple[int, int | None], tuple[np.ndarray, ...]]:
+        """(device, stream) and (device, None: all its streams) -> (rows sorted by start, their starts, their ends,
+        running max of those ends).
+
+        Built once. The running max is non-decreasing, so a binary search on it finds the first row still running
+        at a time; per stream, work runs one after another, so a query touches only the rows near its window (a
+        long kernel on another stream does not widen it), never all earlier work.
+        """
+        d = self.trace.device
+        order = np.argsort(d.ts, kind="stable")
+        out = {}
+        devices = d.device[order]
+        for device in np.unique(devices).tolist():
+            on_device = order[devices == device]
+            streams = d.stream[on_device]
+            for stream in [None, *np.unique(streams).tolist()]:
+                rows = on_device if stream is None else on_device[streams == stream]
+                starts = d.ts[rows]
+                ends = starts + d.dur[rows]
+                out[device, stream] = (rows, starts, ends, np.maximum.accumulate(ends))
+        return out
 
     def device_rows_between(self, start: float, end: float, device: int | None = None) -> np.ndarray:
-        """Device rows overlapping [start, end] (on one device if given)."""
-        d = self.trace.device
-        order = self.device_order
-        starts = d.ts[order]
-        hi = np.searchsorted(starts, end, side="right")
-        rows = order[:hi]
-        rows = rows[d.ts[rows] + d.dur[rows] > start]
-        if device is not None:
-            rows = rows[d.device[rows] == device]
-        return rows
+        """Device rows overlapping [start, end] (on one device if given), in start order."""
+        found = []
+        for (dev, stream), (rows, starts, ends, ends_so_far) in self._device_timelines.items():
+            if stream is None or (device is not None and dev != device):
+                continue
+            lo = int(np.searchsorted(ends_so_far, start, side="right"))  # every row before lo ended by `start`
+            hi = int(np.searchsorted(starts, end, side="right"))
+            self.device_rows_examined += max(hi - lo, 0)
+            found.append(rows[lo:hi][ends[lo:hi] > start])
+        if not found:
+            return np.empty(0, dtype=np.int64)
+        rows = np.concatenate(found)
+        return rows[np.lexsort((rows, self.trace.device.ts[rows]))]
 
-    def last_device_end_before(self, t: float, device: int, exclude: set[int]) -> float:
-        """End of the latest-ending device work that started before t on `device`, excluding rows in `exclude`."""
-        d = self.trace.device
-        order = self.device_order
-        hi = np.searchsorted(d.ts[order], t, side="left")
-        rows = order[:hi]
-        rows = rows[d.device[rows] == device]
-        if exclude:
-            rows = rows[~np.isin(rows, np.fromiter(exclude, dtype=np.int64))]
-        if len(rows) == 0:
+    def last_device_end_before(self, t: float, device: int) -> float:
+        """End of the latest-ending device work that started before t on `device` (-inf if none).
+
+        A call's own device work starts at or after the t it asks about, so none of it is counted here.
+        """
+        timeline = self._device_timelines.get((device, None))
+        if timeline is None:
             return -np.inf
-        return float((d.ts[rows] + d.dur[rows]).max())
+        _, starts, _, ends_so_far = timeline
+        hi = int(np.searchsorted(starts, t, side="left"))
+        self.device_rows_examined += 1
+        return float(ends_so_far[hi - 1]) if hi else -np.inf
 
     # --- source lines ----------------------------------------------------------------------------------------------
 
@@ -168,10 +192,18 @@ class TraceIndex:
         return None
 
     @cached_property
-    def _py_row_by_id(self) -> dict[int, int]:
+    def _py_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Python frame ids, sorted; their rows): a lookup without a dict entry per frame (millions of them)."""
         h = self.trace.host
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
-        return dict(zip(h.py_id[rows].tolist(), rows.tolist()))
+        order = np.argsort(h.py_id[rows], kind="stable")
+        return h.py_id[rows][order], rows[order]
+
+    def _py_row(self, py_id: int) -> int:
+        """The row of the Python frame with this id (the last one if repeated), or -1."""
+        ids, rows = self._py_ids
+        i = int(np.searchsorted(ids, py_id, side="right")) - 1
+        return int(rows[i]) if i >= 0 and ids[i] == py_id else -1
 
     def python_chain(self, row: int) -> list[int]:
         """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
@@ -184,13 +216,12 @@ class TraceIndex:
         if i < 0:
             return []
         parent = self.trace.host.py_parent
-        by_id = self._py_row_by_id
         frame = int(rows[i])
         chain = []
         while frame >= 0:
             if self.end[frame] >= t:
                 chain.append(frame)
-            frame = by_id.get(int(parent[frame]), -1)
+            frame = self._py_row(int(parent[frame]))
         return chain
 
     def python_span(self, tid: int) -> tuple[float, float]:
@@ -224,13 +255,12 @@ class TraceIndex:
             return None
         h = self.trace.host
         frame = int(rows[i])
-        by_id = self._py_row_by_id
         while frame >= 0 and self.end[frame] < t:
-            frame = by_id.get(int(h.py_parent[frame]), -1)
+            frame = self._py_row(int(h.py_parent[frame]))
         while frame >= 0:
             parsed = parse_python_frame(self.name(frame))
             if parsed and not _LIBRARY_PATH_RE.search(parsed[0]):
                 file, line, func = parsed
                 return f"{short_path(file)}:{line}", func
-            frame = by_id.get(int(h.py_parent[frame]), -1)
+            frame = self._py_row(int(h.py_parent[frame]))
         return None

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 
 NO_ID = -1
+_NESTING_SLICE = 1 << 16
 
 
 class HostKind(IntEnum):
@@ -66,6 +67,62 @@ class StringTable:
         return len(self.values)
 
 
+class RawColumn:
+    """Per-row raw JSON bytes (or None), kept as one buffer and the spans of the rows that have one: no Python
+    object per row, and nothing for the many rows without (Python frames, runtime calls)."""
+
+    def __init__(self, n: int, blob: bytes, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.n = n
+        self.blob = blob
+        self.rows = rows  # int64, ascending: the rows that have bytes
+        self.starts = starts  # int64 per entry of `rows`: their span in blob
+        self.ends = ends
+
+    @classmethod
+    def from_rows(cls, values: list) -> "RawColumn":
+        """From bytes-like values (bytes, msgspec.Raw; empty or None for none), one per row."""
+        lengths = np.fromiter(map(len, [v or b"" for v in values]), dtype=np.int64, count=len(values))
+        rows = np.flatnonzero(lengths)
+        ends = np.cumsum(lengths[rows])
+        return cls(len(values), b"".join(v for v in values if v), rows, ends - lengths[rows], ends)
+
+    @classmethod
+    def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":
+        blob_shift = np.cumsum([0] + [len(p.blob) for p in parts[:-1]], dtype=np.int64)
+        row_shift = np.cumsum([0] + [p.n for p in parts[:-1]], dtype=np.int64)
+        empty = [np.empty(0, np.int64)]
+        return cls(sum(p.n for p in parts), b"".join(p.blob for p in parts),
+                   np.concatenate(empty + [p.rows + s for p, s in zip(parts, row_shift)]),
+                   np.concatenate(empty + [p.starts + s for p, s in zip(parts, blob_shift)]),
+                   np.concatenate(empty + [p.ends + s for p, s in zip(parts, blob_shift)]))
+
+    def take(self, keep: np.ndarray) -> "RawColumn":
+        """The column of rows `keep` (ascending row numbers)."""
+        kept = np.isin(self.rows, keep)
+        return RawColumn(len(keep), self.blob, np.searchsorted(keep, self.rows[kept]), self.starts[kept],
+                         self.ends[kept])
+
+    def first_bytes(self) -> np.ndarray:
+        """The first byte of each stored value (in `rows` order): to check them all at once."""
+        return np.frombuffer(self.blob, dtype=np.uint8)[self.starts] if len(self.blob) else self.starts.astype(
+            np.uint8)
+
+    def drop(self, entries: np.ndarray) -> None:
+        """Make the rows of these entries (positions in `rows`) None."""
+        keep = np.ones(len(self.rows), dtype=bool)
+        keep[entries] = False
+        self.rows, self.starts, self.ends = self.rows[keep], self.starts[keep], self.ends[keep]
+
+    def __getitem__(self, i: int) -> bytes | None:
+        j = int(np.searchsorted(self.rows, i))
+        if j < len(self.rows) and self.rows[j] == i:
+            return self.blob[self.starts[j]:self.ends[j]]
+        return None
+
+    def __len__(self) -> int:
+        return self.n
+
+
 @dataclass
 class HostEvents:
     """CPU-side intervals: ops, annotations, runtime calls, Python frames."""
@@ -81,10 +138,11 @@ class HostEvents:
     correlation: np.ndarray  # int64 runtime calls: correlation id of the device work they launch
     py_id: np.ndarray  # int64 Python frames: own id
     py_parent: np.ndarray  # int64 Python frames: parent frame id
-    input_dims: list  # per row: raw JSON bytes of the op's input shapes, or None (decoded on demand)
-    input_types: list  # per row: raw JSON bytes of the op's input dtypes, or None
-    input_strides: list  # per row: raw JSON bytes of the op's input strides, or None
-    concrete_inputs: list  # per row: raw JSON bytes of the op's scalar arguments as text, or None
+    # per row (a list or a RawColumn): raw JSON bytes, or None; decoded on demand
+    input_dims: list | RawColumn  # the op's input shapes
+    input_types: list | RawColumn  # the op's input dtypes
+    input_strides: list | RawColumn  # the op's input strides
+    concrete_inputs: list | RawColumn  # the op's scalar arguments as text
     op_id: np.ndarray | None = None  # int64 per row: the op's id where the tool numbers ops (nsys + PyTorch NVTX)
     input_ops: list | None = None  # per row: [(producer op id, output index), ...] for each input, or None
 
@@ -181,28 +239,32 @@ class Trace:
         parent = np.full(len(h), -1, dtype=np.int64)
         nested = (h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION)
         order = self.host_order[nested[self.host_order]]
-        tids = h.tid[order].tolist()
-        starts = h.ts[order].tolist()
-        ends = (h.ts[order] + h.dur[order]).tolist()
-        rows = order.tolist()
         stack_rows: list[int] = []
         stack_ends: list[float] = []
         current_tid = None
-        out = [-1] * len(rows)
-        for j in range(len(rows)):
-            if tids[j] != current_tid:
-                current_tid = tids[j]
-                stack_rows.clear()
-                stack_ends.clear()
-            s = starts[j]
-            while stack_ends and stack_ends[-1] <= s:
-                stack_rows.pop()
-                stack_ends.pop()
-            if stack_rows:
-                out[j] = stack_rows[-1]
-            stack_rows.append(rows[j])
-            stack_ends.append(ends[j])
-        parent[order] = np.array(out, dtype=np.int64)
+        out = np.full(len(order), -1, dtype=np.int64)
+        for at in range(0, len(order), _NESTING_SLICE):  # a slice at a time: no Python list of every row at once
+            part = order[at:at + _NESTING_SLICE]
+            tids = h.tid[part].tolist()
+            starts = h.ts[part].tolist()
+            ends = (h.ts[part] + h.dur[part]).tolist()
+            rows = part.tolist()
+            found = [-1] * len(rows)
+            for j in range(len(rows)):
+                if tids[j] != current_tid:
+                    current_tid = tids[j]
+                    stack_rows.clear()
+                    stack_ends.clear()
+                s = starts[j]
+                while stack_ends and stack_ends[-1] <= s:
+                    stack_rows.pop()
+                    stack_ends.pop()
+                if stack_rows:
+                    found[j] = stack_rows[-1]
+                stack_rows.append(rows[j])
+                stack_ends.append(ends[j])
+            out[at:at + len(rows)] = found
+        parent[order] = out
         return parent
 
     @cached_property

@@ -6,9 +6,15 @@ a 100 MB trace within seconds and a few hundred MB (a plain `json.load` builds a
 from __future__ import annotations
 
 import gc
+import itertools
 import math
+import multiprocessing as mp
+import os
 import re
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from operator import attrgetter
 from pathlib import Path
 from typing import Optional, Union
 
@@ -16,8 +22,9 @@ import msgspec
 import numpy as np
 
 from attnprof.errors import AttnprofError
-from attnprof.files import DEFAULT_MAX_INPUT_MB, read_bytes
-from attnprof.trace.model import NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, StringTable, Trace
+from attnprof.files import DEFAULT_MAX_INPUT_MB, read_pieces
+from attnprof.trace.model import (NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, RawColumn, StringTable,
+                                  Trace)
 
 _EMPTY = msgspec.Raw(b"")
 
@@ -81,6 +88,11 @@ _CODE = {**_HOST_CODE, **_DEVICE_CODE}
 _CODE.update({k.capitalize(): v for k, v in _CODE.items()})  # pre-2.0 Kineto wrote "Kernel", "Memcpy", "Runtime"
 
 
+#: Events are decoded and turned into columns this many bytes at a time, so that memory holds the columns and one
+#: block, never the whole file nor a Python object per event.
+BLOCK_BYTES = 16 << 20
+
+
 def load_torch_trace(path: Path, data: bytes | bytearray | None = None,
                      max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
     """Load a torch.profiler (Kineto) Chrome trace, from `data` when the caller already read it (a pipe can be read
@@ -90,7 +102,8 @@ def load_torch_trace(path: Path, data: bytes | bytearray | None = None,
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(path, read_bytes(path, max_mb) if data is None else data)
+        pieces = read_pieces(path, max_mb) if data is None else [data]
+        return _load(path, pieces)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -107,17 +120,16 @@ class _LooseFile(msgspec.Struct):
     distributedInfo: msgspec.Raw = _EMPTY
 
 
-def _decode(path: Path, data) -> tuple[_TraceFile, Counter]:
-    """The document, and (reason -> count) of the events left out because a field had the wrong type."""
-    skipped: Counter = Counter()
+def _decode(path: Path, data, skipped: Counter) -> _TraceFile:
+    """The document; the events left out because a field had the wrong type are counted in `skipped`."""
     head = bytes(data[:4096]).lstrip()
     if not head.startswith((b"{", b"[")):
         raise AttnprofError(f"{path} is not a torch.profiler trace (expected JSON)")
     try:
         try:
             if head.startswith(b"["):
-                return _TraceFile(traceEvents=msgspec.json.decode(data, type=list[_Event])), skipped
-            return msgspec.json.decode(data, type=_TraceFile), skipped
+                return _TraceFile(traceEvents=msgspec.json.decode(data, type=list[_Event]))
+            return msgspec.json.decode(data, type=_TraceFile)
         except msgspec.ValidationError:
             pass  # some field holds something else than Kineto writes: keep the events that are right
         if head.startswith(b"["):
@@ -129,19 +141,7 @@ def _decode(path: Path, data) -> tuple[_TraceFile, Counter]:
     except msgspec.DecodeError as e:
         raise AttnprofError(f"{path} is not valid JSON ({e})") from None
     except RecursionError:
-        raise AttnprofError(f"{path} nests JSON deeper than the decoder's limit (about 1000 levels): not a "
-                            "torch.profiler trace") from None
-    decoder = msgspec.json.Decoder(_Event)
-    events = []
-    for raw in loose.traceEvents:
-        try:
-            events.append(decoder.decode(raw))
-        except msgspec.ValidationError as e:
-            skipped[str(e).replace("Object", "event")] += 1
-        except RecursionError:
-            skipped["nested deeper than the decoder's limit"] += 1
-    if loose.traceEvents and not events:
-        raise AttnprofError(f"{path} is not a torch.profiler trace (no event reads as one: {_skip_text(skipped)})")
+        raise _too_deep(path) from None
 
     def field(raw, type_, default):
         try:
@@ -150,13 +150,180 @@ def _decode(path: Path, data) -> tuple[_TraceFile, Counter]:
             return default
 
     return _TraceFile(
-        traceEvents=events,
+        traceEvents=_each(loose.traceEvents, skipped),
         deviceProperties=field(loose.deviceProperties, list[dict], []),
         with_stack=field(loose.with_stack, Optional[int], None),
         record_shapes=field(loose.record_shapes, Optional[int], None),
         schemaVersion=field(loose.schemaVersion, Optional[int], None),
         distributedInfo=field(loose.distributedInfo, Optional[dict], None),
-    ), skipped
+    )
+
+
+_EVENT_DECODER = msgspec.json.Decoder(_Event)
+
+
+def _each(raws: list[msgspec.Raw], skipped: Counter) -> list[_Event]:
+    """The events that decode one by one; the others counted in `skipped` (key "unreadable: ...")."""
+    events = []
+    for raw in raws:
+        try:
+            events.append(_EVENT_DECODER.decode(raw))
+        except msgspec.ValidationError as e:
+            skipped[_UNREADABLE + str(e).replace("Object", "event")] += 1
+        except RecursionError:
+            skipped[_UNREADABLE + "nested deeper than the decoder's limit"] += 1
+    return events
+
+
+_UNREADABLE = "\0"  # marks the skip reasons of events that did not decode (stripped before they are shown)
+
+
+def _too_deep(path: Path) -> AttnprofError:
+    return AttnprofError(f"{path} nests JSON deeper than the decoder's limit (about 1000 levels): not a "
+                         "torch.profiler trace")
+
+
+_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_BETWEEN_EVENTS = re.compile(rb"\}\s*,\s*\{")
+
+
+def _events_start(path: Path, buf: bytearray) -> int | None:
+    """Where the events of the top-level traceEvents array begin in the document's first bytes, or None if that
+    cannot be told from them (then the document is decoded whole)."""
+    lead = bytes(buf[:4096]).lstrip()
+    if lead.startswith(b"["):
+        return buf.index(b"[") + 1
+    m = _EVENTS_KEY.search(buf)
+    if m is None:
+        return None
+    try:  # the key must belong to the outermost object, not to one nested in it
+        msgspec.json.decode(bytes(buf[:m.start()]) + b'"traceEvents": []}')
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return m.end()
+
+
+def _block_events(path: Path, block, skipped: Counter) -> list[_Event] | None:
+    """The events of `[` + a cut of the traceEvents array + `]`, or None when the cut was not between two events
+    (a `}, {` inside a string or inside an event): then that part is decoded with the rest of the document."""
+    try:
+        try:
+            return msgspec.json.decode(block, type=list[_Event])
+        except msgspec.ValidationError:
+            raws = msgspec.json.decode(block, type=list[msgspec.Raw])
+    except msgspec.DecodeError:
+        return None
+    except RecursionError:
+        raise _too_deep(path) from None
+    return _each(raws, skipped)
+
+
+def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
+    """Decode the document as its pieces arrive: the traceEvents array is cut between two events every
+    BLOCK_BYTES, each block is turned into columns (by worker processes when there is more than one: both cores of
+    a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
+    follows) is decoded at the end. Returns that rest, whose events are in `columns` too."""
+    buf = bytearray()
+    head = b""  # the document up to the array's "[", once cut off
+    streaming = True
+    pending: deque = deque()  # (block's columns or the future of them, the block's bytes and separator, its end)
+    pool = None
+    try:
+        waiting: list = []  # pieces not yet in buf: appended a block at a time (each append may copy buf)
+        waiting_bytes = 0
+        for piece in itertools.chain(pieces, [None]):
+            last = piece is None  # the whole document is in: cut the rest too, down to its last event
+            if not last:
+                waiting.append(piece)
+                waiting_bytes += len(piece)
+                if waiting_bytes < BLOCK_BYTES:
+                    continue
+            buf += b"".join(waiting)
+            waiting, waiting_bytes = [], 0
+            if not streaming or (len(buf) <= BLOCK_BYTES and not last):
+                continue
+            if not head:
+                start = _events_start(path, buf)
+                if start is None:
+                    streaming = False
+                    continue
+                head = bytes(buf[:start])
+                del buf[:start]
+                pool = _worker_pool() if last is False else None
+            while streaming and len(buf) > (0 if last else BLOCK_BYTES):
+                cut = _cut(buf, min(BLOCK_BYTES, len(buf)))
+                if cut is None:
+                    break  # the last event: decoded with what follows the array
+                end, next_start = cut
+                raw = bytes(buf[:next_start])
+                del buf[:next_start]
+                block = b"".join((b"[", memoryview(raw)[:end], b"]"))
+                part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
+                pending.append((part, raw))
+                while streaming and pending and (not pool or len(pending) > pool._max_workers):
+                    streaming = _merge(columns, pending, buf)
+        while pending and streaming:
+            streaming = _merge(columns, pending, buf)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    for _, raw in reversed(pending):  # a cut that was not between two events: decode that part with the rest
+        buf[:0] = raw
+    if head:
+        buf[:0] = head
+    doc = _decode(path, buf, columns.skipped)
+    del buf
+    columns.take(doc.traceEvents)
+    doc.traceEvents = []
+    return doc
+
+
+def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
+    """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
+    part, _ = pending[0]
+    if isinstance(part, Future):
+        try:
+            part = part.result()
+        except BrokenProcessPool:
+            raise AttnprofError("a trace-decoding worker process died (out of memory?)") from None
+    if part is None:
+        return False
+    pending.popleft()
+    columns.add(part)
+    return True
+
+
+def _worker_pool() -> ProcessPoolExecutor | None:
+    """Processes that decode blocks while this one reads: forked (they run only this module's code, never the
+    user's script again), at most 4 of them (each holds a block and its events)."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
+    if workers < 2 or "fork" not in mp.get_all_start_methods():
+        return None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+
+
+def _block_columns(path: Path, block: bytes) -> "_Columns | None":
+    """One block's columns (names and threads numbered within the block), or None if the cut was not between
+    two events."""
+    part = _Columns()
+    events = _block_events(path, block, part.skipped)
+    if events is None:
+        return None
+    part.take(events)
+    return part
+
+
+def _cut(buf: bytearray, limit: int) -> tuple[int, int] | None:
+    """(end of the last event before `limit`, start of the next) where `}, {` is found there, else None."""
+    pos = limit
+    for _ in range(1000):
+        pos = buf.rfind(b"}", 0, pos)
+        if pos < 0:
+            return None
+        m = _BETWEEN_EVENTS.match(buf, pos)
+        if m:
+            return pos + 1, m.end() - 1
+    return None
 
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -208,146 +375,180 @@ def _duplicates(*columns: np.ndarray) -> np.ndarray:
     return dup
 
 
-def _load(path: Path, data) -> Trace:
-    doc, skipped = _decode(path, data)
-    del data
-    repaired: Counter = Counter()
-    events = doc.traceEvents
-    codes, untimed, negative = [], 0, 0
-    code_of, isfinite = _CODE.get, math.isfinite
-    for e in events:  # one pass: this loop runs over every event of a 100 MB trace
-        c = code_of(e.cat, -1) if e.ph == "X" else -1
-        if c >= 0:
+def _load(path: Path, pieces) -> Trace:
+    columns = _Columns()
+    doc = _decode_streaming(path, pieces, columns)
+    return columns.trace(path, doc)
+
+
+class _Columns:
+    """The trace's columns, built a block of decoded events at a time (each block's events dropped after)."""
+
+    def __init__(self) -> None:
+        self.skipped: Counter = Counter()
+        self.repaired: Counter = Counter()
+        self.strings = StringTable()
+        self.thread_index: dict = {}
+        self.decoded = 0
+        self.host: dict[str, list[np.ndarray]] = {k: [] for k in _HOST_KEYS}
+        self.device: dict[str, list[np.ndarray]] = {k: [] for k in _DEVICE_KEYS}
+        self.raw: dict[str, list[RawColumn]] = {attr: [] for attr, _ in _ARG_COLUMNS}
+
+    def take(self, events: list[_Event]) -> None:
+        self.decoded += len(events)
+        skipped, repaired = self.skipped, self.repaired
+        host_ev, host_kind, dev_ev, dev_kind = [], [], [], []
+        untimed = negative = 0
+        code_of, isfinite = _CODE.get, math.isfinite
+        for e in events:  # one pass: this loop runs over every event of the trace
+            if e.ph != "X":
+                continue
+            c = code_of(e.cat, -1)
+            if c < 0:
+                continue
             # a complete event needs a start and a duration: without them it would count as zero (or NaN) time
             if not (isfinite(e.ts) and isfinite(e.dur)):
-                untimed, c = untimed + 1, -1
+                untimed += 1
             elif e.dur < 0:
-                negative, c = negative + 1, -1
-        codes.append(c)
-    skipped["no numeric ts or dur"] += untimed
-    skipped["negative duration"] += negative
-    dev_index = {}
-    for i, (e, c) in enumerate(zip(events, codes)):
-        if c >= 16:
+                negative += 1
+            elif c < 16:
+                host_ev.append(e)
+                host_kind.append(c)
+            else:
+                dev_ev.append(e)
+                dev_kind.append(c - 16)
+        skipped["no numeric ts or dur"] += untimed
+        skipped["negative duration"] += negative
+        kept_ev, kept_kind, device_column = [], [], []
+        for e, c in zip(dev_ev, dev_kind):
             args = e.args
             # Kineto puts the device index in pid and the stream in tid as well as in args
             device = args.device if args is not None and args.device != NO_ID else e.pid
             d = _index(device, _INT16_MAX)
             if d is None:
                 skipped[f"device work whose device is not a device index ({device!r})"] += 1
-                codes[i] = -1
-            else:
-                if d != device:
-                    repaired[f"device read from {device!r}"] += 1
-                dev_index[i] = d
-    host_ev = [e for e, c in zip(events, codes) if 0 <= c < 16]
-    host_kind = [c for c in codes if 0 <= c < 16]
-    dev_rows = [i for i, c in enumerate(codes) if c >= 16]
-    dev_ev = [events[i] for i in dev_rows]
-    dev_kind = [codes[i] - 16 for i in dev_rows]
-    device_column = [dev_index[i] for i in dev_rows]
-    del codes, events
-    if not host_ev and not dev_ev:
-        why = f" ({_skip_text(skipped)})" if +skipped else ""
-        raise AttnprofError(f"{path} holds no profiler events (no cpu_op, kernel or runtime events){why}")
+                continue
+            if d != device:
+                repaired[f"device read from {device!r}"] += 1
+            kept_ev.append(e)
+            kept_kind.append(c)
+            device_column.append(d)
+        dev_ev, dev_kind = kept_ev, kept_kind
+        none = _Args()
+        h_args = [e.args or none for e in host_ev]
+        thread_index = self.thread_index
+        thread_keys = list(map(_THREAD_KEY, host_ev))
+        for k in dict.fromkeys(thread_keys):
+            if k not in thread_index:
+                thread_index[k] = len(thread_index)
+        n = len(host_ev)
+        host = {
+            "ts": np.fromiter(map(_TS, host_ev), dtype=np.float64, count=n),
+            "dur": np.fromiter(map(_DUR, host_ev), dtype=np.float64, count=n),
+            "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
+            "kind": np.array(host_kind, dtype=np.int8),
+            "name": self.strings.intern_many(list(map(_NAME, host_ev))),
+            "ext_id": _ids(list(map(attrgetter("external_id"), h_args)), "External id", repaired),
+            "correlation": _ids(list(map(attrgetter("correlation"), h_args)), "correlation", repaired),
+            "py_id": _ids([NO_ID if a.py_id is None else a.py_id for a in h_args], "Python id", repaired),
+            "seq": _ids(list(map(attrgetter("seq"), h_args)), "Sequence number", repaired),
+            "fwd_tid": _ids(list(map(attrgetter("fwd_tid"), h_args)), "Fwd thread id", repaired),
+            "py_parent": _ids([NO_ID if a.py_parent is None else a.py_parent for a in h_args], "Python parent id",
+                              repaired),
+        }
+        for attr, label in _ARG_COLUMNS:
+            column = RawColumn.from_rows(list(map(attrgetter(attr), h_args)))
+            bad = np.flatnonzero(column.first_bytes() != ord("["))
+            if len(bad):  # analysis reads these as lists, one entry per input
+                repaired[f"{label} not a list (ignored)"] += len(bad)
+                column.drop(bad)
+            self.raw[attr].append(column)
+        d_args = [e.args or none for e in dev_ev]
+        device = {
+            "ts": np.array([e.ts for e in dev_ev], dtype=np.float64),
+            "dur": np.array([e.dur for e in dev_ev], dtype=np.float64),
+            "device": np.array(device_column, dtype=np.int16),
+            "stream": _ids([a.stream if a.stream != NO_ID else (_index(e.tid, _INT64_MAX) or NO_ID)
+                            for e, a in zip(dev_ev, d_args)], "stream", repaired),
+            "kind": np.array(dev_kind, dtype=np.int8),
+            "name": self.strings.intern_many([e.name for e in dev_ev]),
+            "correlation": _ids([a.correlation for a in d_args], "correlation", repaired),
+            "nbytes": _nbytes([a.nbytes for a in d_args], repaired),
+        }
+        for k, v in host.items():
+            self.host[k].append(v)
+        for k, v in device.items():
+            self.device[k].append(v)
 
-    strings = StringTable()
-    none = _Args()
-    h_args = [e.args or none for e in host_ev]
-    thread_keys = [(e.pid, e.tid) for e in host_ev]
-    thread_index = {k: i for i, k in enumerate(dict.fromkeys(thread_keys))}
-    h_tid = np.array([thread_index[k] for k in thread_keys], dtype=np.int32)
-    h_name = strings.intern_many([e.name for e in host_ev])
-    h_ts = np.array([e.ts for e in host_ev], dtype=np.float64)
-    h_dur = np.array([e.dur for e in host_ev], dtype=np.float64)
-    h_kind = np.array(host_kind, dtype=np.int8)
-    h_ext = _ids([a.external_id for a in h_args], "External id", repaired)
-    h_corr = _ids([a.correlation for a in h_args], "correlation", repaired)
-    h_py = _ids([NO_ID if a.py_id is None else a.py_id for a in h_args], "Python id", repaired)
-    h_dup = _duplicates(h_ts, h_dur, h_tid, h_kind, h_name, h_ext, h_corr, h_py)
-    d_args = [e.args or none for e in dev_ev]
-    d_ts = np.array([e.ts for e in dev_ev], dtype=np.float64)
-    d_dur = np.array([e.dur for e in dev_ev], dtype=np.float64)
-    d_device = np.array(device_column, dtype=np.int16)
-    d_stream = _ids([a.stream if a.stream != NO_ID else (_index(e.tid, _INT64_MAX) or NO_ID)
-                     for e, a in zip(dev_ev, d_args)], "stream", repaired)
-    d_kind = np.array(dev_kind, dtype=np.int8)
-    d_name = strings.intern_many([e.name for e in dev_ev])
-    d_corr = _ids([a.correlation for a in d_args], "correlation", repaired)
-    d_dup = _duplicates(d_ts, d_dur, d_device, d_stream, d_kind, d_name, d_corr)
-    if h_dup.any() or d_dup.any():
-        skipped["duplicate of an earlier event (dropped once)"] += int(h_dup.sum() + d_dup.sum())
-        h_keep, d_keep = ~h_dup, ~d_dup
-        h_ts, h_dur, h_tid, h_kind, h_name, h_ext, h_corr, h_py = (
-            a[h_keep] for a in (h_ts, h_dur, h_tid, h_kind, h_name, h_ext, h_corr, h_py))
-        h_args = [a for a, k in zip(h_args, h_keep.tolist()) if k]
-        d_ts, d_dur, d_device, d_stream, d_kind, d_name, d_corr = (
-            a[d_keep] for a in (d_ts, d_dur, d_device, d_stream, d_kind, d_name, d_corr))
-        d_args = [a for a, k in zip(d_args, d_keep.tolist()) if k]
-    del host_ev, dev_ev, thread_keys
-    threads = [f"{pid}/{tid}" for pid, tid in thread_index]
-    base = min(h_ts.min() if len(h_ts) else np.inf, d_ts.min() if len(d_ts) else np.inf)
-    h_ts -= base
-    d_ts -= base
+    def add(self, part: "_Columns") -> None:
+        """Append another block's columns (its names and threads renumbered into this table's)."""
+        self.decoded += part.decoded
+        self.skipped.update(part.skipped)
+        self.repaired.update(part.repaired)
+        names = self.strings.intern_many(part.strings.values)
+        threads = [self.thread_index.setdefault(k, len(self.thread_index)) for k in part.thread_index]
+        for k, columns in part.host.items():
+            for c in columns:
+                self.host[k].append(names[c] if k == "name" else np.array(threads, np.int32)[c] if k == "tid" else c)
+        for k, columns in part.device.items():
+            self.device[k].extend(names[c] if k == "name" else c for c in columns)
+        for k, columns in part.raw.items():
+            self.raw[k].extend(columns)
 
-    raw_columns = {}
-    for attr, label in _ARG_COLUMNS:
-        column = [bytes(getattr(a, attr)) or None for a in h_args]
-        bad = [i for i, raw in enumerate(column) if raw is not None and not raw.startswith(b"[")]
-        if bad:  # analysis reads these as lists, one entry per input
-            repaired[f"{label} not a list (ignored)"] += len(bad)
-            for i in bad:
-                column[i] = None
-        raw_columns[attr] = column
-    host = HostEvents(
-        ts=h_ts,
-        dur=h_dur,
-        tid=h_tid,
-        kind=h_kind,
-        name=h_name,
-        ext_id=h_ext,
-        seq=_ids([a.seq for a in h_args], "Sequence number", repaired),
-        fwd_tid=_ids([a.fwd_tid for a in h_args], "Fwd thread id", repaired),
-        correlation=h_corr,
-        py_id=h_py,
-        py_parent=_ids([NO_ID if a.py_parent is None else a.py_parent for a in h_args], "Python parent id",
-                       repaired),
-        **raw_columns,
-    )
-    del h_args
-    device = DeviceEvents(
-        ts=d_ts,
-        dur=d_dur,
-        device=d_device,
-        stream=d_stream,
-        kind=d_kind,
-        name=d_name,
-        correlation=d_corr,
-        nbytes=_nbytes([a.nbytes for a in d_args], repaired),
-    )
-    metadata = {
-        "with_stack": bool(doc.with_stack),
-        "record_shapes": bool(doc.record_shapes),
-        "schema_version": doc.schemaVersion,
-        "distributed": doc.distributedInfo or {},
-    }
-    notes = []
-    if +skipped:
-        notes.append(f"{Path(path).name}: {sum(skipped.values())} events skipped ({_skip_text(skipped)})")
-    if +repaired:
-        notes.append(f"{Path(path).name}: repaired {_skip_text(repaired)}")
-    return Trace(
-        source=str(path),
-        format="torch.profiler",
-        strings=strings,
-        host=host,
-        device=device,
-        threads=threads,
-        base_us=float(base),
-        device_properties=[p for p in doc.deviceProperties or [] if isinstance(p, dict)],
-        metadata=metadata,
-        notes=notes,
-    )
+    def trace(self, path: Path, doc: _TraceFile) -> Trace:
+        skipped, repaired = self.skipped, self.repaired
+        unreadable = Counter({k[len(_UNREADABLE):]: n for k, n in skipped.items() if k.startswith(_UNREADABLE)})
+        for k in unreadable:
+            skipped[k] += skipped.pop(_UNREADABLE + k)
+        if +unreadable and not self.decoded:
+            raise AttnprofError(f"{path} is not a torch.profiler trace (no event reads as one: "
+                                f"{_skip_text(unreadable)})")
+        # one column at a time, its blocks dropped as it is joined: memory holds the columns once, plus one
+        h = {k: np.concatenate(self.host.pop(k)) for k in list(self.host)}
+        d = {k: np.concatenate(self.device.pop(k)) for k in list(self.device)}
+        raw = {k: RawColumn.concatenate(self.raw.pop(k)) for k in list(self.raw)}
+        if not len(h["ts"]) and not len(d["ts"]):
+            why = f" ({_skip_text(skipped)})" if +skipped else ""
+            raise AttnprofError(f"{path} holds no profiler events (no cpu_op, kernel or runtime events){why}")
+        h_dup = _duplicates(*(h[k] for k in ("ts", "dur", "tid", "kind", "name", "ext_id", "correlation", "py_id")))
+        d_dup = _duplicates(*(d[k] for k in ("ts", "dur", "device", "stream", "kind", "name", "correlation")))
+        if h_dup.any() or d_dup.any():
+            skipped["duplicate of an earlier event (dropped once)"] += int(h_dup.sum() + d_dup.sum())
+            h_keep = np.flatnonzero(~h_dup)
+            h = {k: v[h_keep] for k, v in h.items()}
+            raw = {k: v.take(h_keep) for k, v in raw.items()}
+            d = {k: v[~d_dup] for k, v in d.items()}
+        base = min(h["ts"].min() if len(h["ts"]) else np.inf, d["ts"].min() if len(d["ts"]) else np.inf)
+        h["ts"] -= base
+        d["ts"] -= base
+        metadata = {
+            "with_stack": bool(doc.with_stack),
+            "record_shapes": bool(doc.record_shapes),
+            "schema_version": doc.schemaVersion,
+            "distributed": doc.distributedInfo or {},
+        }
+        notes = []
+        if +skipped:
+            notes.append(f"{Path(path).name}: {sum(skipped.values())} events skipped ({_skip_text(skipped)})")
+        if +repaired:
+            notes.append(f"{Path(path).name}: repaired {_skip_text(repaired)}")
+        return Trace(
+            source=str(path),
+            format="torch.profiler",
+            strings=self.strings,
+            host=HostEvents(**h, **raw),
+            device=DeviceEvents(**d),
+            threads=[f"{pid}/{tid}" for pid, tid in self.thread_index],
+            base_us=float(base),
+            device_properties=[p for p in doc.deviceProperties or [] if isinstance(p, dict)],
+            metadata=metadata,
+            notes=notes,
+        )
+
+
+_TS, _DUR, _NAME, _THREAD_KEY = attrgetter("ts"), attrgetter("dur"), attrgetter("name"), attrgetter("pid", "tid")
+_HOST_KEYS = ("ts", "dur", "tid", "kind", "name", "ext_id", "correlation", "py_id", "seq", "fwd_tid", "py_parent")
+_DEVICE_KEYS = ("ts", "dur", "device", "stream", "kind", "name", "correlation", "nbytes")
 
 
 def _skip_text(counts: Counter) -> str:
