@@ -13,10 +13,13 @@ import dataclasses
 from attnprof.analysis.diagnosis import BLHD_BACKENDS, LAUNCH, LAYOUT_COPY, Diagnosis
 from attnprof.analysis.records import CallSplit, Report
 from attnprof.trace.runinfo import CallInfo
-from attnprof.trace.verify import ReplaySpec, SiteReplay
+from attnprof.trace.verify import ReplaySpec, SiteReplay, VariantTiming
 
 #: Layouts a replay can rebuild (packed, varlen and kv-cache calls are not replayed).
 REPLAYABLE_LAYOUTS = ("BHLD", "BLHD")
+
+#: Longest reason kept whole in the variants' note.
+MAX_REASON = 140
 
 #: Why a measured saving may differ from the µs the split charged, per cause kind.
 _WHY_DIFFERENT = {
@@ -92,6 +95,13 @@ def _note(kind: str, measured: float, noise: float, predicted: float | None, com
             + _WHY_DIFFERENT.get(kind, "the replay runs the call alone, outside the step"))
 
 
+def _variant_text(v: VariantTiming) -> str:
+    if v.median_us is None:
+        reason = v.unsupported or "did not run"
+        return f"{v.name} cannot run ({reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + '…'})"
+    return f"{v.name} {v.median_us:,.1f} ±{(v.spread_us or 0.0) / 2:,.1f}"
+
+
 def verified(d: Diagnosis, replay: SiteReplay) -> Diagnosis:
     """The diagnosis with each cause's measured saving (per forward call: the replay is forward only)."""
     comparable = replay.scale == 1.0 and replay.spec.recorded_device.split(":")[0] == replay.device.split(":")[0]
@@ -109,7 +119,8 @@ def verified(d: Diagnosis, replay: SiteReplay) -> Diagnosis:
         causes.append(dataclasses.replace(
             c, measured_saving_us=saving, measured_by=f.fix if saving else None,
             measured_note=_note(c.kind, f.saving_us, f.noise_us, c.by_phase.get("fwd"), comparable)))
-    notes = list(d.notes) + [f"verify: replayed on {replay.device}: {replay.method}"]
+    notes = list(d.notes) + [f"verify: replayed on {replay.device}: {replay.method}",
+                             "verify: forward µs per call: " + "; ".join(_variant_text(v) for v in replay.variants)]
     notes += [f"verify: {n}" for n in replay.notes]
     if any(p != "fwd" for c in d.causes for p in c.by_phase):
         notes.append("verify: the replay measures the forward call; the causes' µs include the backward")

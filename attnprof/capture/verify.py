@@ -15,8 +15,8 @@ sets larger than the last-level cache, median over repetitions):
   sequence launched eagerly, both timed back to back at the host's pace (a graph saves host time, which compare's
   per-repetition clock hides on purpose).
 
-Fix per cause kind: layout copies = with-layout-copies less the best of as-recorded and SDPA on the original
-layout; kernel choice, fallback, attention kernels, unfused = as-recorded less the fastest backend; launch =
+Fix per cause kind: layout copies = with-layout-copies less as-recorded (the same kernel without the copies: SDPA
+on the original layout is among the backends, whose gain is the kernel cause's, so the savings add up); kernel choice, fallback, attention kernels, unfused = as-recorded less the fastest backend; launch =
 eager less graph. Casts, padding and GQA expansion happen before the call, in code whose inputs the run does not
 record: they are reported as not measured, with that reason.
 """
@@ -50,6 +50,7 @@ SDPA_NAMES = ("sdpa-auto", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-m
 LIBRARY_NAMES = ("aten-flash", "flash-attn2", "fa3", "fa4", "xformers")
 HAND_WRITTEN = "hand-written"
 AS_RECORDED, WITH_COPIES, CUDA_GRAPH, EAGER_PACED = "as-recorded", "with-layout-copies", "cuda-graph", "eager-paced"
+NO_COPIES = "no-copies (the kernel on inputs in its layout)"
 #: The compare backend that is a recorded SDPA backend.
 _SDPA_OF_BACKEND = {"flash": "sdpa-flash", "cpu-flash": "sdpa-flash", "cudnn": "sdpa-cudnn",
                     "efficient": "sdpa-efficient", "math": "sdpa-math"}
@@ -386,8 +387,8 @@ def replay_site(spec: ReplaySpec, device: torch.device, budget_s: float = DEFAUL
     timings = [replayer.time(recorded, share)]
     stand_in = _stand_in(run) if timings[0].unsupported else None
     if stand_in is not None:
-        notes.append(f"the recorded {run.backend} call cannot run on {device} ({timings[0].unsupported}): its "
-                     f"baseline is {stand_in.what}")
+        notes.append(f"the recorded call ({run.op}, backend {run.backend}) cannot be replayed on {device} "
+                     f"({timings[0].unsupported}): its baseline is {stand_in.what}")
         recorded = stand_in
         timings = [replayer.time(recorded, share)]
     if copies:
@@ -400,9 +401,10 @@ def replay_site(spec: ReplaySpec, device: torch.device, budget_s: float = DEFAUL
     fixes = []
     for kind in spec.kinds:
         if kind == LAYOUT_COPY:
-            if copies:
-                fixes.append(_saving(kind, by_name[WITH_COPIES], [by_name[AS_RECORDED], by_name["sdpa-auto"]],
-                                     "neither the kernel on its own layout nor SDPA could run"))
+            if copies:  # the copies alone: the same kernel without them (a change of kernel is the kernel cause's)
+                fix = _saving(kind, by_name[WITH_COPIES], [by_name[AS_RECORDED]], "the kernel could not run")
+                fix.fix = NO_COPIES if fix.fix else None
+                fixes.append(fix)
             else:
                 fixes.append(FixMeasurement(kind, reason="the copies are made by the model's own code, which the "
                                                          "recorded arguments do not describe (the inputs reach the "
