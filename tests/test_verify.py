@@ -2,7 +2,6 @@
 joined to the causes. CPU only: CPU calls replayed at their size, the H100/H200 fixtures at a reduced size."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -18,6 +17,7 @@ from attnprof.capture.verify import replay_site, scaled
 from attnprof.cli import main
 from attnprof.pipeline import analyze_run
 from attnprof.trace.verify import FixMeasurement, ReplaySpec, SiteReplay
+from seed_runs import seed_runs
 
 REPO = Path(__file__).resolve().parents[1]
 H100, H200 = REPO / "traces" / "h100", REPO / "traces" / "h200"
@@ -177,3 +177,20 @@ def test_explain_verify_console_and_errors(capsys, tmp_path):
     assert "--verify measures the fixes of one side" in capsys.readouterr().err
     assert main(["verify", str(H200 / "nanogpt"), "--scale", "2"]) == 2
     assert "--scale must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_cpu_seed_runs_copies_replayed_only_where_charged(capsys, tmp_path_factory):
+    """CPU runs of the seed example: the seed wrapper's copies (charged to its site) are replayed around the
+    kernel and measured; the native run has no copies, so no copy saving is replayed or claimed for it."""
+    runs = seed_runs(tmp_path_factory.getbasetemp())
+    seed = _verify_json(capsys, runs["seed"], "--budget", "0.5")
+    (d,) = seed["diagnoses"]
+    copies = next(c for c in d["causes"] if c["kind"] == "layout_copy")
+    assert copies["measured_saving_us"] is not None
+    assert copies["measured_by"] in (None, "no-copies (the kernel on inputs in its layout)")
+    assert "with-layout-copies " in " ".join(d["notes"])  # timed, not "cannot run"
+    native = _verify_json(capsys, runs["native"], "--budget", "0.5")
+    (d,) = native["diagnoses"]
+    assert all(c["kind"] != "layout_copy" for c in d["causes"])
+    assert "with-layout-copies" not in " ".join(d["notes"])
+    assert all(c["measured_saving_us"] is not None or c["measured_note"] for c in d["causes"])
