@@ -36,7 +36,7 @@ from attnprof.capture.bench import time_reps
 from attnprof.capture.compare import (BHLD, BLHD, _attempt, _last_level_cache_bytes, backends as compare_backends,
                                       input_sets_needed)
 from attnprof.errors import AttnprofError
-from attnprof.trace.verify import DEVICE_CLOCK, PACED_CLOCK, FixMeasurement, ReplaySpec, SiteReplay, VariantTiming
+from attnprof.trace.verify import PACED_CLOCK, FixMeasurement, ReplaySpec, SiteReplay, VariantTiming
 
 #: Seconds of timing per site unless --budget says otherwise.
 DEFAULT_BUDGET_S = 5.0
