@@ -2,6 +2,7 @@
 joined to the causes. CPU only: CPU calls replayed at their size, the H100/H200 fixtures at a reduced size."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -194,3 +195,18 @@ def test_cpu_seed_runs_copies_replayed_only_where_charged(capsys, tmp_path_facto
     assert all(c["kind"] != "layout_copy" for c in d["causes"])
     assert "with-layout-copies" not in " ".join(d["notes"])
     assert all(c["measured_saving_us"] is not None or c["measured_note"] for c in d["causes"])
+
+
+def test_gqa_expansion_against_native_gqa_on_cpu():
+    """A call that got k/v with 2 heads for q's 8 (Llama-style GQA): the expansion's fix is SDPA's native GQA, timed
+    against SDPA after repeat_interleave; a call that already got expanded k/v is not replayed, with the reason."""
+    spec = ReplaySpec(site="llama.py:3", op="sdpa", backend="cpu-flash", layout="BHLD", batch=1, heads_q=8,
+                      heads_kv=2, seqlen_q=64, seqlen_k=64, head_dim=64, dtype="float32", recorded_device="cpu",
+                      causal=True, kinds=["gqa_expand"])
+    replay = replay_site(spec, torch.device("cpu"), budget_s=0.5)
+    (fix,) = replay.fixes
+    assert (fix.baseline, fix.fix) == ("gqa-expanded", "sdpa-auto") and fix.saving_us is not None
+    expanded = next(v for v in replay.variants if v.name == "gqa-expanded")
+    assert expanded.median_us is not None and "4x" in expanded.what
+    (fix,) = replay_site(dataclasses.replace(spec, heads_kv=8), torch.device("cpu"), budget_s=0.3).fixes
+    assert fix.saving_us is None and "not recorded" in fix.reason

@@ -17,8 +17,9 @@ sets larger than the last-level cache, median over repetitions):
 
 Fix per cause kind: layout copies = with-layout-copies less as-recorded (the same kernel without the copies: SDPA
 on the original layout is among the backends, whose gain is the kernel cause's, so the savings add up); kernel choice, fallback, attention kernels, unfused = as-recorded less the fastest backend; launch =
-eager less graph. Casts, padding and GQA expansion happen before the call, in code whose inputs the run does not
-record: they are reported as not measured, with that reason.
+eager less graph; GQA expansion, when the call got k/v with fewer heads than q, = SDPA after repeat_interleave
+less SDPA with native GQA. Casts, padding (and an expansion before the call) happen in code whose inputs the run
+does not record: they are reported as not measured, with that reason.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ LIBRARY_NAMES = ("aten-flash", "flash-attn2", "fa3", "fa4", "xformers")
 HAND_WRITTEN = "hand-written"
 AS_RECORDED, WITH_COPIES, CUDA_GRAPH, EAGER_PACED = "as-recorded", "with-layout-copies", "cuda-graph", "eager-paced"
 NO_COPIES = "no-copies (the kernel on inputs in its layout)"
+GQA_EXPANDED = "gqa-expanded"
 #: The compare backend that is a recorded SDPA backend.
 _SDPA_OF_BACKEND = {"flash": "sdpa-flash", "cpu-flash": "sdpa-flash", "cudnn": "sdpa-cudnn",
                     "efficient": "sdpa-efficient", "math": "sdpa-math"}
@@ -66,7 +68,7 @@ BACKEND_KINDS = frozenset(("kernel", "fallback", "compute", "unfused"))
 NOT_REPLAYABLE = {
     "cast": "the dtype the casts started from is not recorded (only the call's inputs are): not replayed",
     "pad": "the shape before padding is not recorded (only the call's inputs are): not replayed",
-    "gqa_expand": "the k/v head count before the expansion is not recorded (only the call's inputs are): not "
+    "gqa_expand": "the k/v head count before the expansion is not recorded (the call got expanded k/v): not "
                   "replayed",
     "other": "memsets and host time between ops have no fix to replay",
 }
@@ -245,6 +247,16 @@ def _stand_in(spec: ReplaySpec) -> _Variant | None:
                     backend="sdpa-auto")
 
 
+def _gqa_expanded(spec: ReplaySpec) -> _Variant:
+    """SDPA after k and v are expanded to q's head count (repeat_interleave): the copies native GQA avoids."""
+    sdpa, groups = _sdpa_call(replace(spec, heads_kv=spec.heads_q)), spec.heads_q // spec.heads_kv
+
+    def call(q, k, v, mask):
+        return sdpa(q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), mask)
+    return _Variant(GQA_EXPANDED, f"k and v expanded {groups}x to q's heads, then SDPA (auto)", BHLD, call,
+                    backend="sdpa-auto")
+
+
 def _with_copies(recorded: _Variant) -> _Variant:
     """The seed wrapper around a (B, L, H, D) kernel: inputs arrive (B, H, L, D), copied in, the output back."""
     def call(q, k, v, mask):
@@ -383,7 +395,8 @@ def replay_site(spec: ReplaySpec, device: torch.device, budget_s: float = DEFAUL
         backends += [_library_variant(n, run) for n in LIBRARY_NAMES]
     replayer = _Replayer(run, device, budget_s)
     graph = LAUNCH in kinds
-    share = budget_s / (1 + copies + len(backends) + (2 if graph else 0))
+    gqa = "gqa_expand" in kinds and run.heads_kv < run.heads_q  # the call got k/v unexpanded: time both ways
+    share = budget_s / (1 + copies + gqa + len(backends) + (2 if graph else 0))
     timings = [replayer.time(recorded, share)]
     stand_in = _stand_in(run) if timings[0].unsupported else None
     if stand_in is not None:
@@ -394,6 +407,8 @@ def replay_site(spec: ReplaySpec, device: torch.device, budget_s: float = DEFAUL
     if copies:
         timings.append(replayer.time(_with_copies(recorded), share))
     timings += [replayer.time(v, share) for v in backends]
+    if gqa:
+        timings.append(replayer.time(_gqa_expanded(run), share))
     if graph:
         timings += replayer.graph_pair(_with_copies(recorded) if copies else recorded, 2 * share)
     by_name = {t.name: t for t in timings}
@@ -412,6 +427,9 @@ def replay_site(spec: ReplaySpec, device: torch.device, budget_s: float = DEFAUL
         elif kind in BACKEND_KINDS:
             others = [a for a in alternatives if a.name != recorded.backend]
             fixes.append(_saving(kind, by_name[AS_RECORDED], others, "no other backend could run this call"))
+        elif kind == "gqa_expand" and gqa:
+            fixes.append(_saving(kind, by_name[GQA_EXPANDED], [by_name["sdpa-auto"]],
+                                 "SDPA with native GQA (enable_gqa) could not run"))
         elif kind == LAUNCH:
             fixes.append(_saving(kind, by_name.get(EAGER_PACED), [by_name[CUDA_GRAPH]],
                                  by_name[CUDA_GRAPH].unsupported or "the graph could not run")
