@@ -37,10 +37,8 @@ from attnprof.capture.bench import time_reps
 from attnprof.capture.compare import (BHLD, BLHD, _attempt, _last_level_cache_bytes, backends as compare_backends,
                                       input_sets_needed)
 from attnprof.errors import AttnprofError
-from attnprof.trace.verify import PACED_CLOCK, FixMeasurement, ReplaySpec, SiteReplay, VariantTiming
+from attnprof.trace.verify import DEFAULT_BUDGET_S, PACED_CLOCK, FixMeasurement, ReplaySpec, SiteReplay, VariantTiming
 
-#: Seconds of timing per site unless --budget says otherwise.
-DEFAULT_BUDGET_S = 5.0
 MIN_REPS, MAX_REPS = 5, 200
 #: Input sets rotated at most (the cache multiple of compare, capped: a replay must stay small in memory).
 MAX_INPUT_SETS = 16

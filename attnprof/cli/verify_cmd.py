@@ -21,7 +21,7 @@ def _positive(text: str) -> float:
 
 
 def add_verify_options(p: argparse.ArgumentParser) -> None:
-    from attnprof.capture.verify import DEFAULT_BUDGET_S
+    from attnprof.trace.verify import DEFAULT_BUDGET_S
 
     p.add_argument("--budget", type=_positive, default=DEFAULT_BUDGET_S, metavar="S",
                    help=f"with --verify: seconds of timing per call site (default {DEFAULT_BUDGET_S:g})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Seconds of timing per site unless --budget says otherwise.
+DEFAULT_BUDGET_S = 5.0
 #: Clocks of a variant's timing: compare's (device time of each repetition, the host given a head start, see
 #: capture/bench.py), or back-to-back repetitions at the host's pace (what a CUDA graph saves is host time).
 DEVICE_CLOCK, PACED_CLOCK = "per-repetition", "host-paced"
