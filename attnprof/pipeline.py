@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -28,6 +28,7 @@ class AnalyzedRun:
 
     report: Report
     runinfo: RunInfo | None
+    other_ranks: list[Report] = field(default_factory=list)  # a job: the other ranks' own reports (their overlays)
 
     @property
     def call_info(self) -> dict[int, CallInfo]:
@@ -36,6 +37,13 @@ class AnalyzedRun:
 
 def analyze_run(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> AnalyzedRun:
     """Load and analyse a run folder or trace; `max_mb` caps each input file (decompressed)."""
+    from attnprof.multirank import analyze_ranks, job_report, rank_inputs
+
+    ranks = rank_inputs(Path(path))
+    if ranks:  # a job of several ranks (torchrun): one report across them
+        facts = analyze_ranks(ranks, str(path))
+        runinfo = next(r.runinfo for r in ranks if r.files)
+        return AnalyzedRun(job_report(facts, str(path), ranks), runinfo, [f.report for f in facts[1:]])
     run = load_path(Path(path), max_mb)
     report = analyze(run.traces, run.runinfo, run.source, run.ncu)
     report.notes[:0] = run.notes  # what of the folder was left out comes first
@@ -107,7 +115,7 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
     Each file is written atomically and on its own: one that cannot be written (a full disk, a read-only folder)
     leaves its previous version or none, and the others are still written. Returns one line per file missing."""
     from attnprof.render.dashboard import DASHBOARD_FILE
-    from attnprof.render.trace_views import write_trace_views  # lazy: importing tensorboard costs ~0.2 s
+    from attnprof.render.trace_views import write_overlays, write_trace_views  # lazy: tensorboard ~0.2 s
 
     report = run.report
     renderer = JsonRenderer()
@@ -118,6 +126,9 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
         (folder / DASHBOARD_FILE, lambda: write_dashboard_for(report, folder, call_info=run.call_info)),
         (folder / "trace views (Perfetto overlay, TensorBoard scalars)", lambda: write_trace_views(report, folder)),
     ]
+    for rank_report in run.other_ranks:  # a job: every rank's Perfetto overlay
+        overlay_of = Path(rank_report.trace_files[0]).name if rank_report.trace_files else "a rank"
+        pieces.append((folder / f"Perfetto overlay of {overlay_of}", lambda r=rank_report: write_overlays(r, folder)))
     missing = []
     for path, write in pieces:
         try:

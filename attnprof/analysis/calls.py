@@ -589,7 +589,8 @@ class CallFinder:
                info: CallInfo | None) -> CallSplit:
         call = CallSplit(**{**base.__dict__, "phase": phase_name, "kernels": [], "copies": []})
         ix = self.ix
-        host_rows = phase.anchor_rows + [p.top for p in phase.preps]
+        # a copy starts at its own op, not at the attnprof.src range around it (attnprof's cost of opening it)
+        host_rows = phase.anchor_rows + [p.row for p in phase.preps]
         host_start = float(min(ix.ts[r] for r in host_rows))
         host_end = float(max(ix.end[r] for r in host_rows))
         op_names = [ix.name(r) for a in phase.anchor_rows for r in ix.subtree(a).tolist()]
@@ -709,7 +710,7 @@ class CallFinder:
                 elif inner != r and n in _FILL_OPS:
                     intervals.append((ix.ts[inner], ix.end[inner], OTHER))
         for p in phase.preps:
-            intervals.append((ix.ts[p.top], ix.end[p.top], COPY))
+            intervals.append((ix.ts[p.row], ix.end[p.row], COPY))  # the op's own time, not its attnprof.src range
             copy_rows.append((p.row, p.position))
         ours = set(phase.anchor_rows) | {p.top for p in phase.preps} | set(phase.views)
         for anchor in phase.anchor_rows:

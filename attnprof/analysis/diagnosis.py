@@ -33,7 +33,7 @@ from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.records import COMPUTE as COMPUTE_PART
 from attnprof.analysis.kernel_counters import kernel_choice_evidence
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.analysis.sites import summarize_sites
+from attnprof.analysis.sites import describe_site, resolve_sites, summarize_sites
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import CallInfo
 
@@ -113,6 +113,7 @@ class Cause:
     fix: str
     sources: list[str] = field(default_factory=list)  # source lines ("model.py:42") or call sites, biggest first
     by_phase: dict[str, float] = field(default_factory=dict)
+    within_noise: bool = False  # no bigger than the timing noise: listed after the ranked causes, not ranked
     # filled by `explain --verify` (analysis/verification.py): what the fix saved on the replayed forward call
     measured_saving_us: float | None = None  # 0: nothing measurable; None: not measured
     measured_by: str | None = None  # the backend or variant that achieved it
@@ -136,6 +137,9 @@ class Side:
     profiler_us: float = 0.0  # taken out of the profiled windows as the profiler's own cost (true basis)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     dtype: str | None = None
+    #: how far true_us could move on another run: half-width of the ~95% interval of each site's median,
+    #: 1.57 IQR / sqrt(n) (McGill's notched box plot), weighted like true_us; None without 3 or more true samples
+    noise_us: float | None = None
 
 
 @dataclass
@@ -150,6 +154,10 @@ class Explanation:
     unit: str = UNIT
     swapped: bool = False  # the sides were given the other way round
     notes: list[str] = field(default_factory=list)
+    noise_us: float | None = None  # the gap's noise: a.noise_us + b.noise_us (the two notches overlap within it)
+    #: the gap is bigger than its noise (or no noise is known): False means A and B cannot be told apart, and no
+    #: share of the gap means anything
+    distinguishable: bool = True
 
     @property
     def explained(self) -> bool:
@@ -203,10 +211,10 @@ def select(report: Report, site: str | None = None, phase: str | None = None, ca
             raise AttnprofError(f"{report.source} has no attention call #{call_id}"
                                 + (f" ({phase})" if phase else "") + f"; its calls: {shown or 'none'}")
         return Selection(label or f"{report.source}::#{call_id}", report, summarize_sites(calls, None), calls, info)
-    sites = [s for s in report.sites if (site is None or site_matches(s.site, site))
-             and (phase is None or s.phase == phase)]
+    named = report.sites if site is None else resolve_sites(report.sites, site, report.source)
+    sites = [s for s in named if phase is None or s.phase == phase]
     if not sites:
-        known = sorted({s.site for s in report.sites})
+        known = sorted({describe_site(s) for s in report.sites})
         what = f"site {site}" if site else "attention call"
         raise AttnprofError(f"{report.source} has no {what}{f' ({phase})' if phase else ''}; its sites: "
                             + (", ".join(known) if known else "none"))
@@ -216,8 +224,9 @@ def select(report: Report, site: str | None = None, phase: str | None = None, ca
 
 
 def site_selection(report: Report, site: str, call_info: dict[int, CallInfo] | None = None) -> Selection:
-    """Exactly one call site (all its ops and phases), labelled by the site."""
-    return Selection(site, report, [s for s in report.sites if s.site == site],
+    """Exactly one call site (all its ops and phases), named by its label and location."""
+    sites = [s for s in report.sites if s.site == site]
+    return Selection(describe_site(sites[0]) if sites else site, report, sites,
                      [c for c in report.calls if c.site == site], call_info or {})
 
 
@@ -365,7 +374,36 @@ def _side(sel: Selection, parts: dict[str, _Parts]) -> Side:
         profiler_us=sum(p.profiler for p in parts.values()),
         shapes=dict(first.shapes),
         dtype=first.dtype,
+        noise_us=_noise_us(sel.sites),
     )
+
+
+#: McGill, Tukey & Larsen (1978): median ± 1.57 IQR / sqrt(n) is a ~95% interval of the median; two medians whose
+#: intervals do not overlap differ
+NOTCH = 1.57
+
+
+def _noise_us(sites: list[SiteSummary]) -> float | None:
+    """Each site's notch half-width (NOTCH IQR / sqrt(timed samples)), weighted per call like Side.true_us."""
+    if not sites or any(s.true_q1_us is None or s.true_q3_us is None or not s.timed_calls for s in sites):
+        return None
+    n = _forward_calls(sites)
+    return sum(NOTCH * (s.true_q3_us - s.true_q1_us) / math.sqrt(s.timed_calls) * s.calls / n for s in sites)
+
+
+def _mark_noise(causes: list[Cause], noise_us: float | None) -> list[Cause]:
+    """Causes no bigger than the noise are marked and go after the others: they are not ranked."""
+    if noise_us is None:
+        return causes
+    for c in causes:
+        c.within_noise = abs(c.us) <= noise_us
+    return [c for c in causes if not c.within_noise] + [c for c in causes if c.within_noise]
+
+
+def _timing_notes(sels: list[Selection]) -> list[str]:
+    """The sites' timing warnings (noisy machine, implausible inflation, too few samples), once each."""
+    return list(dict.fromkeys(f"{describe_site(s)} ({s.phase}): {w}" for sel in sels for s in sel.sites
+                              for w in s.warnings))
 
 
 def _profiler_note(side: Side) -> list[str]:
@@ -766,9 +804,9 @@ def diagnose(sel: Selection) -> Diagnosis:
     basis, basis_detail, true_phases = _basis([sel])
     parts = _phase_parts(sel, true_phases)
     side = _side(sel, parts)
-    causes = _single_causes(parts, sel)
+    causes = _mark_noise(_single_causes(parts, sel), side.noise_us)
     return Diagnosis(subject=side, causes=causes, unexplained_us=side.us - sum(c.us for c in causes),
-                     basis=basis, basis_detail=basis_detail, notes=_profiler_note(side))
+                     basis=basis, basis_detail=basis_detail, notes=_profiler_note(side) + _timing_notes([sel]))
 
 
 def diagnose_sites(report: Report, call_info: dict[int, CallInfo] | None = None) -> list[Diagnosis]:
@@ -792,12 +830,15 @@ def explain(a: Selection, b: Selection) -> Explanation:
     if qa and qb and (sorted(qa) != sorted(qb) or side_a.dtype != side_b.dtype):
         notes.append(f"the sides do different work (A {qa} {side_a.dtype}, B {qb} {side_b.dtype}): the gap includes it")
     notes += _profiler_note(side_a) + _profiler_note(side_b)
-    causes = _pair_causes(pa, pb, a, b)
     gap = side_b.us - side_a.us
+    noise = None if side_a.noise_us is None or side_b.noise_us is None else side_a.noise_us + side_b.noise_us
+    causes = _mark_noise(_pair_causes(pa, pb, a, b), noise)
     unexplained = gap - sum(c.us for c in causes)
+    notes += _timing_notes([a, b])
     return Explanation(a=side_a, b=side_b, gap_us=gap, causes=causes, unexplained_us=unexplained,
                        basis=basis, basis_detail=basis_detail,
-                       swapped=swapped, notes=notes)
+                       swapped=swapped, notes=notes, noise_us=noise,
+                       distinguishable=noise is None or abs(gap) > noise)
 
 
 # --- comparable sites in one report (the dashboard's waterfalls) ------------------------------------------------

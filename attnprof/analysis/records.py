@@ -5,6 +5,10 @@ These records are attnprof.json (README, "attnprof.json schema"): render/json_re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attnprof.analysis.ranks import RanksSummary
 
 from attnprof.analysis.kernel_counters import KernelCountersSection
 
@@ -119,6 +123,19 @@ class SiteSummary:
     interleaved_us: float
     window_true_us: float | None  # compute + copy + other + launch_true: the window without the profiler's cost
     copies: list[CopySummary] = field(default_factory=list)
+    #: what a person reads: in a model the module path, layers collapsed, and class (`model.layers.{0..3}.self_attn
+    #: (LlamaAttention)`); outside one `caller → function`; the site (`path:line via :line`) without capture records
+    label: str = ""
+    function: str | None = None  # the function the call is made in
+    caller: str | None = None  # the function that called it
+    module: str | None = None  # module path of the calls, layers collapsed ("" = the model's own forward)
+    module_class: str | None = None
+    true_q1_us: float | None = None  # quartiles of the timed (true) samples: their spread
+    true_q3_us: float | None = None
+    profiled_q1_us: float | None = None
+    profiled_q3_us: float | None = None
+    noise: float | None = None  # (true_q3 - true_q1) / true_us; None below 3 samples
+    warnings: list[str] = field(default_factory=list)  # noisy machine, too few samples, implausible inflation
 
 
 @dataclass
@@ -139,3 +156,6 @@ class Report:
     unattributed_copies: list[UnattributedCopy] = field(default_factory=list)
     #: Nsight Compute's counters per attention kernel, when the run folder holds an ncu report (`attnprof ncu`)
     kernel_counters: KernelCountersSection | None = None
+    #: a job of several ranks (torchrun): every rank across call sites (analysis/ranks.py); calls and sites above
+    #: are then those of the lowest rank
+    ranks: RanksSummary | None = None

@@ -20,7 +20,7 @@ import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from attnprof.errors import AttnprofError
 
@@ -192,9 +192,13 @@ def _execute(target: Target) -> None:
             sys.modules.pop("__main__", None)
 
 
-def run_target(target: Target, args: list[str]) -> tuple[int, str]:
-    """Run the script; (exit code, outcome) where outcome is completed | exited | raised | interrupted."""
+def run_target(target: Target, args: list[str], before: Callable[[], None] | None = None) -> tuple[int, str]:
+    """Run the script; (exit code, outcome) where outcome is completed | exited | raised | interrupted. `before`
+    runs first (the profiler starting): a Ctrl-C or SIGTERM that lands there ends the run as one in the script's
+    first line would."""
     try:
+        if before is not None:
+            before()
         with script_environment(target, args):
             _execute(target)
     except SystemExit as e:
@@ -351,3 +355,38 @@ def signals_held(redeliver: bool) -> Iterator[list[int]]:
         if redeliver:
             for sig in dict.fromkeys(got):
                 signal.raise_signal(sig)
+
+
+class AttnprofInterrupted(BaseException):
+    """SIGINT or SIGTERM while attnprof works for itself after the script (the analysis): stop that work; the exit
+    code stays the script's."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_attnprof_interrupted(signum, frame):
+    raise AttnprofInterrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_stop_attnprof() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM raise AttnprofInterrupted (main thread, default handlers only)."""
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            try:
+                if signal.getsignal(sig) == default:
+                    signal.signal(sig, _raise_attnprof_interrupted)
+                    saved[sig] = default
+            except (ValueError, OSError):
+                continue
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError):
+                pass

@@ -3,6 +3,11 @@
 Every wrapped call gets an NVTX range `<op> <site> #<id>` (domain "attnprof"), a host or CUDA-event timing, and,
 inside the profiled window only, a `torch.profiler.record_function` range of the same name plus a `CallInfo`.
 The run folder holds `<host>_<pid>.pt.trace.json.gz` (written when the window closes) and `runinfo.json`.
+
+Any thread of the script may make attention calls and so open or close the window: the profiler itself is started,
+stopped and exported on one thread of attnprof's own (`ProfilerThread`), recording every thread. When the script
+runs a profiler of its own, attnprof yields: it never starts one under it, and stops its own before the script's
+starts (`UserProfilerWatch`).
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import codecs
 import functools
 import gzip
 import os
+import queue
 import re
 import socket
 import sys
@@ -18,12 +24,13 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from weakref import WeakSet
 
 import torch
 
 from attnprof import __version__
-from attnprof.capture import ncu_select, patching
+from attnprof.capture import distributed, ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
@@ -32,7 +39,7 @@ from attnprof.capture.sources import SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError
-from attnprof.files import say
+from attnprof.files import atomic_write, say
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
 )
@@ -69,6 +76,8 @@ class RunResult:
     outcome: str
     trace_files: list[Path] = field(default_factory=list)
     runinfo: RunInfo | None = None
+    #: SIGINT / SIGTERM that arrived while the run was being saved, after the script: no analysis wanted
+    late_signals: list[int] = field(default_factory=list)
 
 
 #: The session running in this process, if any (one at a time).
@@ -81,7 +90,8 @@ def trace_script(options: TraceOptions) -> RunResult:
         raise AttnprofError("attnprof is already tracing a script in this process")
     _check_options(options)
     target = resolve_target(options.target, options.is_module, list(options.args))
-    if options.out is not None and Path(options.out).exists():
+    job = distributed.current_job()
+    if options.out is not None and Path(options.out).exists() and (job is None or (job.rank == 0 and job.run_id)):
         raise AttnprofError(f"{options.out} already exists: choose another --out or remove it")
     session = Session(options, target)
     if target.syntax_error is not None:
@@ -130,7 +140,7 @@ def trace_file_name(worker: str, span: int | None = None) -> str:
 class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
-    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu")
+    __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu", "place")
 
 
 class Session:
@@ -139,7 +149,8 @@ class Session:
         self.target = target
         self.cwd = os.getcwd()
         self.started_at = _now()
-        self.worker = worker_name()
+        self.job = distributed.current_job()  # a rank of a torchrun job, or None
+        self.worker = distributed.worker_name(self.job) if self.job else worker_name()
         self.folder: Path | None = None
         self.resolver = SiteResolver(self.cwd)
         self.timer = Timer()
@@ -152,6 +163,13 @@ class Session:
         self.errors: list[str] = []
         self._binders: dict[int, Binder] = {}
         self._prof: Any = None
+        self._profiler_thread = ProfilerThread() if _ALL_THREADS is not None else None
+        self._user_watch = UserProfilerWatch(self._user_profiler_takes, self._user_profiler_released)
+        self._user_profilers: WeakSet = WeakSet()  # the script's own profilers that hold the profiler now
+        self._saw_user_profiler = False
+        self._tore_down_cupti = False
+        self.notes: list[str] = []  # what attnprof did instead of what was asked (runinfo note, said once)
+        self._profiled_calls = InFlight()
         self._spans = 0
         self._tls = threading.local()
         self._optimizer_hook = None
@@ -167,30 +185,38 @@ class Session:
         global _active
         exit_code, outcome = 1, "raised"
         try:
-            if self.options.out is not None:
-                self.folder = Path(self.options.out)
-                self.folder.mkdir(parents=True, exist_ok=False)
+            if self.job is not None:
+                self.folder = self.job.agree_folder(self._new_folder, Path(self.options.root), self.target.stem,
+                                                    self.options.out)
             else:
-                self.folder = new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
+                self.folder = self._new_folder()
         except FileExistsError:
             raise AttnprofError(f"{self.options.out} already exists: choose another --out or remove it") from None
         except OSError as e:
             where = self.options.out if self.options.out is not None else self.options.root
             raise AttnprofError(f"can't create the run folder in {where}: {e.strerror or e}") from None
         _active = self
+        late: list[int] = []
         try:
             with sigterm_raises():
                 try:
                     self._activate()
-                    self.window.before_script()
-                    exit_code, outcome = run_target(self.target, list(self.options.args))
+                    exit_code, outcome = run_target(self.target, list(self.options.args),
+                                                    before=self.window.before_script)
                 finally:
-                    with signals_held(redeliver=False):
+                    with signals_held(redeliver=False) as late:
                         self._finish(exit_code, outcome)
         finally:
             _active = None
         return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
-                         trace_files=list(self.trace_files), runinfo=self._final)
+                         trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
+
+    def _new_folder(self) -> Path:
+        if self.options.out is not None:
+            folder = Path(self.options.out)
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        return new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
 
     def _activate(self) -> None:
         self._enabled = True
@@ -199,6 +225,10 @@ class Session:
         except Exception as e:
             self._note_error("could not wrap the attention functions", e)
         patching.set_dispatch(self.dispatch)
+        try:
+            self._user_watch.install()
+        except Exception as e:
+            self._note_error("could not watch the script's own profilers", e)
         try:
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -215,6 +245,7 @@ class Session:
             self._optimizer_hook = None
         self._unwatch_unwrapped()
         self.window.remove_hooks()
+        self._user_watch.uninstall()
         self.patcher.uninstall()
         if self.sources is not None:
             self.sources.cleanup()
@@ -224,6 +255,8 @@ class Session:
         """Stop what runs, restore what was patched, resolve timings, write runinfo.json: each step on its own, so
         that one failing still leaves the others done (and never a traceback)."""
         self._save_step("the profiled window", self.window.script_ended)
+        if self._profiler_thread is not None:
+            self._save_step("the profiler thread", self._profiler_thread.close)
         self._save_step("the run state (unpatching)", self._deactivate)
         self._save_step("the timings", self.timer.finish)
 
@@ -246,23 +279,24 @@ class Session:
 
     def _start_profiler(self) -> bool:
         w = self.window
+        if self._user_profiler_running():
+            self._tell(f"the script's own profiler was running when attnprof's window was due (step {w.first}): "
+                       f"attnprof did not start one under it; NVTX ranges and CUDA-event timings only")
+            return False
         steps = f"step {w.first}" if w.active == 1 else f"steps {w.first}-{w.end - 1}"
         cold = ", cold: no loop around the first step" if w.cold else ""
         self._say(f"profiling {steps} of {self.target.display} (one step = {w.boundary}{cold})")
         try:
+            # a Ctrl-C or SIGTERM waits for the start to finish, then ends the run with the profiler running
             with signals_held(redeliver=True):
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if torch.cuda.is_available():
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                    # Unless CUPTI is torn down when the profiler stops, every later kernel launch keeps paying its
-                    # callbacks (pytorch#144455): the steps timed after the window would be slower than the run
-                    # really is. A user who needs it kept (CUDA graphs before CUDA 12.6) sets TEARDOWN_CUPTI=0.
-                    os.environ.setdefault("TEARDOWN_CUPTI", "1")
-                prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True)
-                with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
-                    warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
-                    prof.start()
-                self._prof = prof
+                # Unless CUPTI is torn down when the profiler stops, every later kernel launch keeps paying its
+                # callbacks (pytorch#144455): the steps after the window run slower than the run really does. But
+                # a profiler started after the teardown records no kernels (torch 2.11, CUDA 13, H200): not when
+                # the script has run a profiler of its own already (it may run it again), nor when the user set
+                # TEARDOWN_CUPTI (=0 keeps CUPTI: CUDA graphs before CUDA 12.6 need it).
+                teardown = "TEARDOWN_CUPTI" not in os.environ and not self._saw_user_profiler
+                self._prof = self._on_profiler_thread(lambda: _new_profiler(teardown))
+                self._tore_down_cupti = teardown and torch.cuda.is_available()
         except Exception as e:
             self._prof = None
             self._note_error("could not start the profiler", e)
@@ -283,30 +317,84 @@ class Session:
         prof, self._prof = self._prof, None
         if prof is None:
             return
+        # calls still running on other threads: let them end inside the profiler, or their ranges are lost
+        self._profiled_calls.wait_others(timeout=IN_FLIGHT_WAIT_S)
         with signals_held(redeliver=True):
             try:
-                if torch.cuda.is_available() and torch.cuda.is_initialized():
-                    torch.cuda.synchronize()
-                prof.stop()
+                self._on_profiler_thread(lambda: _stop(prof))
             except Exception as e:
-                print(f"attnprof: could not stop the profiler: {_reason(e)}", file=sys.stderr)
+                self._note_error("could not stop the profiler", e)
                 return
+            finally:
+                if self._tore_down_cupti:
+                    os.environ.pop("TEARDOWN_CUPTI", None)  # the script's environment as it was
             self._export(prof)
+
+    def _on_profiler_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run one profiler action where every action of this session runs (its own thread, or inline where torch
+        cannot record other threads than the profiler's), marked as attnprof's own."""
+        def own() -> Any:
+            _own.active = True
+            try:
+                return fn()
+            finally:
+                _own.active = False
+
+        return own() if self._profiler_thread is None else self._profiler_thread.call(own)
 
     def _export(self, prof: Any) -> None:
         self._spans += 1
         name = trace_file_name(self.worker) if self._spans == 1 else trace_file_name(self.worker, self._spans)
         path = self.folder / name
         try:
-            _export_trace(prof, path)
+            self._on_profiler_thread(lambda: _export_trace(prof, path))
             self.trace_files.append(path)
         except Exception as e:
-            print(f"attnprof: could not save the trace {path}: {_reason(e)}", file=sys.stderr)
+            steps = self.window.profiled
+            which = f"step {steps[0]}" if len(steps) == 2 and steps[0] == steps[1] else (
+                f"steps {steps[0]}-{steps[1]}" if len(steps) == 2 else "the profiled window")
+            self._note_error(f"could not save the trace of {which} ({name})", e)
             return
         try:  # in case the process dies before the end (killed): the calls are known already
             write_runinfo(self.runinfo(exit_code=0, outcome="running"), self.folder)
         except Exception:
             pass
+
+    # --- the script's own profilers ---------------------------------------------------------------------------------
+
+    def _user_profiler_running(self) -> bool:
+        if len(self._user_profilers):
+            return True
+        try:  # one started before attnprof watched (or from C++): torch's own flags
+            return bool(torch.autograd.profiler._is_profiler_enabled) or torch._C._autograd._profiler_enabled()
+        except Exception:
+            return False
+
+    def _user_profiler_takes(self, profiler: Any, kind: str) -> None:
+        """The script's own profiler is about to take the profiler (on the script's thread): attnprof's stops first,
+        its trace saved; it will not start again under the script's."""
+        if not self._enabled or getattr(_own, "active", False) or not getattr(profiler, "enabled", True):
+            return
+        if profiler in self._user_profilers:
+            return
+        self._user_profilers.add(profiler)
+        self._saw_user_profiler = True
+        w = self.window
+        if self._tore_down_cupti and w.state == "done":
+            self._tell("attnprof tore CUPTI down when its window closed: a profiler started after that records no "
+                       "CUDA kernels (torch 2.11, CUDA 13); rerun with TEARDOWN_CUPTI=0 to keep the script's own "
+                       "profiler whole")
+        with w.lock:
+            if w.state != "open":
+                return
+            self._tell(f"the script started its own profiler ({kind}) while attnprof's window (from step "
+                       f"{w.first}) was open: attnprof stopped its own first, after {w.profiled_calls} profiled "
+                       f"attention call{'' if w.profiled_calls == 1 else 's'}; later calls get NVTX ranges and "
+                       f"CUDA-event timings only")
+            w.stop_early(f"the script started its own profiler ({kind}) after {w.profiled_calls} profiled calls")
+
+    def _user_profiler_released(self, profiler: Any) -> None:
+        self._user_profilers.discard(profiler)
 
     # --- hooks ------------------------------------------------------------------------------------------------------
 
@@ -424,7 +512,7 @@ class Session:
         tls.busy = True
         try:
             if call.phase == PROFILED:
-                with torch.profiler.record_function(RANGE_PREFIX + call.name):
+                with self._profiled_calls, torch.profiler.record_function(RANGE_PREFIX + call.name):
                     result = original(*args, **kwargs)
             else:
                 result = original(*args, **kwargs)
@@ -452,6 +540,7 @@ class Session:
         after = self.window.tried and self.window.state == "done"
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
+        call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
         call.name = ascii_name(f"{entry.op} {site} #{call.call_id}")  # profilers keep ASCII range names only
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
@@ -509,6 +598,8 @@ class Session:
                 fields = describe_call(entry, binder, args, kwargs, result)
             for k, v in fields.items():
                 setattr(info, k, v)
+            if call.place is not None:
+                info.caller, info.module, info.module_class = call.place
         except Exception as e:
             info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
         self.calls.append(info)
@@ -554,6 +645,7 @@ class Session:
             trace_files=[p.name for p in self.trace_files], steps=steps, calls=list(self.calls),
             sites=self.timer.timings(), exit_code=exit_code, outcome=outcome, note=self._note(outcome),
             copy_writes=self.sources.mode.written.copy() if self.sources is not None else {},
+            rank=self.job.rank if self.job else None, world_size=self.job.world_size if self.job else None,
         )
 
     def _note(self, outcome: str) -> str | None:
@@ -590,6 +682,7 @@ class Session:
             notes.append(f"{n} call{'' if n == 1 else 's'} of torch.compile'd code or of TransformerEncoderLayer's "
                          f"fused inference op: the attention inside runs unwrapped (found in the trace by its aten "
                          f"ops; no CUDA-event times)")
+        notes.extend(self.notes)
         notes.extend(self.errors)
         return "; ".join(notes) if notes else None
 
@@ -598,6 +691,14 @@ class Session:
     def _say(self, message: str) -> None:
         if not self.options.quiet:
             say(f"attnprof: {message}")  # the script may have closed stderr
+
+    def _tell(self, message: str) -> None:
+        """What attnprof did instead of what was asked: said once on stderr (even with --quiet), kept in runinfo's
+        note."""
+        if message in self.notes:
+            return
+        self.notes.append(message)
+        print(f"attnprof: {message}", file=sys.stderr)
 
     def _note_error(self, what: str, e: BaseException) -> None:
         """An attnprof failure during the run: said once on stderr, kept in runinfo's note; the run goes on."""
@@ -612,17 +713,202 @@ class Session:
 def _export_trace(prof: Any, path: Path) -> None:
     """prof.export_chrome_trace, gzipped here: torch writes names from its Python tracer as it has them, and a code
     object freed inside the window (a module imported there, say) leaves bytes that are not UTF-8 (pytorch#113564):
-    they become U+FFFD instead of making the whole file unreadable."""
-    raw = path.with_name(path.name.removesuffix(".gz") + ".part")
-    try:
-        prof.export_chrome_trace(str(raw))
+    they become U+FFFD instead of making the whole file unreadable. Written atomically: a full disk or a kill leaves
+    no half trace that would make the folder unreadable."""
+    raw = path.with_name(f".{path.name.removesuffix('.gz')}.{os.getpid()}.part")
+
+    def gzip_into(dst_file) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:
+        with open(raw, "rb") as src, gzip.GzipFile(filename=path.name.removesuffix(".gz"), mode="wb",
+                                                    fileobj=dst_file, compresslevel=6) as dst:
             for chunk in iter(lambda: src.read(1 << 22), b""):
                 dst.write(decoder.decode(chunk).encode("utf-8"))
             dst.write(decoder.decode(b"", final=True).encode("utf-8"))
+
+    try:
+        prof.export_chrome_trace(str(raw))
+        atomic_write(path, gzip_into)
     finally:
         raw.unlink(missing_ok=True)
+
+
+def _all_threads_config() -> Any:
+    """A profiler config that records the ops of every thread, not only the one that starts it (torch >= 2.7);
+    None where torch has no such option."""
+    try:
+        return torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    except (AttributeError, TypeError):
+        return None
+
+
+_ALL_THREADS = _all_threads_config()
+#: Set on a thread while it runs one of attnprof's own profiler actions (so the watch lets it through).
+_own = threading.local()
+
+
+def _new_profiler(teardown: bool) -> Any:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        if teardown:
+            os.environ["TEARDOWN_CUPTI"] = "1"
+    extra = {} if _ALL_THREADS is None else {"experimental_config": _all_threads_config()}
+    prof = torch.profiler.profile(activities=activities, record_shapes=True, with_stack=True, **extra)
+    with warnings.catch_warnings():  # torch >= 2.11 warns that one start/stop cycle keeps one cycle
+        warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+        prof.start()
+    return prof
+
+
+def _stop(prof: Any) -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    prof.stop()
+
+
+#: How long closing the window waits for profiled calls still running on other threads.
+IN_FLIGHT_WAIT_S = 5.0
+
+
+class InFlight:
+    """The profiled attention calls running now, per thread (a context manager around each)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, int] = {}
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            me = threading.get_ident()
+            self._running[me] = self._running.get(me, 0) + 1
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            me = threading.get_ident()
+            self._running[me] -= 1
+            if not self._running[me]:
+                del self._running[me]
+            self._changed.notify_all()
+
+    def wait_others(self, timeout: float) -> bool:
+        """Until no other thread runs one (the calling thread may be inside one of its own); False on timeout."""
+        me = threading.get_ident()
+        with self._changed:
+            return self._changed.wait_for(lambda: not (self._running.keys() - {me}), timeout=timeout)
+
+
+class _Job:
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn, self.done, self.result, self.error = fn, threading.Event(), None, None
+
+
+class ProfilerThread:
+    """The one thread that starts, stops and exports attnprof's profiler, whichever of the script's threads opens or
+    closes the window: a session started on one thread and stopped on another is left running (torch's profiler
+    state is per thread unless `profile_all_threads`) and the process crashes (issue 8). The script's threads hand
+    each action here and wait for it. Its first start makes libkineto print, once, a harmless "External init
+    callback must run in same thread as registerClient" (torch's client init is empty)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is self._thread:
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="attnprof-profiler", daemon=True)
+                self._thread.start()
+        job = _Job(fn)
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.result = job.fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the thread that asked
+                job.error = e
+            finally:
+                job.done.set()
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout=30)
+
+
+class UserProfilerWatch:
+    """Sees the script's own profilers take and release the profiler: torch.profiler.profile and
+    torch.autograd.profiler.profile (both go through the latter's `_prepare_trace` / `_start_trace` / `__exit__`),
+    emit_nvtx and emit_itt. record_function needs no profiler of its own and is left alone."""
+
+    def __init__(self, takes: Callable[[Any, str], None], releases: Callable[[Any], None] | None = None):
+        self._takes, self._releases = takes, releases
+        self._saved: list[tuple[type, str, Any]] = []
+
+    def install(self) -> None:
+        import torch.autograd.profiler as autograd_profiler
+
+        if self._saved:
+            return
+        kinds = {autograd_profiler.profile: ("torch.profiler", ("_prepare_trace", "_start_trace"))}
+        for name in ("emit_nvtx", "emit_itt"):
+            cls = getattr(autograd_profiler, name, None)
+            if cls is not None:
+                kinds[cls] = (name, ("__enter__",))
+        for cls, (kind, takers) in kinds.items():
+            for attr in takers:
+                self._patch(cls, attr, self._taking(cls.__dict__[attr], kind))
+            self._patch(cls, "__exit__", self._releasing(cls.__dict__["__exit__"]))
+
+    def uninstall(self) -> None:
+        for cls, attr, original in reversed(self._saved):
+            setattr(cls, attr, original)
+        self._saved.clear()
+
+    def _patch(self, cls: type, attr: str, wrapper: Any) -> None:
+        self._saved.append((cls, attr, cls.__dict__[attr]))
+        setattr(cls, attr, wrapper)
+
+    def _taking(self, original: Any, kind: str) -> Any:
+        takes = self._takes
+
+        def taking(profiler, *args, **kwargs):
+            try:
+                takes(profiler, kind)
+            except Exception:
+                pass  # never keep the script's profiler from starting
+            return original(profiler, *args, **kwargs)
+
+        return functools.wraps(original)(taking)
+
+    def _releasing(self, original: Any) -> Any:
+        watch = self
+
+        def releasing(profiler, *args, **kwargs):
+            try:
+                return original(profiler, *args, **kwargs)
+            finally:
+                if watch._releases is not None:
+                    try:
+                        watch._releases(profiler)
+                    except Exception:
+                        pass
+
+        return functools.wraps(original)(releasing)
 
 
 def _reason(e: BaseException) -> str:

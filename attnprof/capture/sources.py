@@ -10,8 +10,9 @@ import itertools
 import os
 import sys
 import threading
+import weakref
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -38,6 +39,16 @@ SKIPPED_MODULES = frozenset({
 })
 
 _is_compiling = torch.compiler.is_compiling
+
+
+def _warm_record_function() -> None:
+    """Open and close one record_function range now, with no profiler running: its first use imports modules
+    (torch.profiler._cupti_monitor, ~5 ms on CPU), which must not land inside the first profiled copy's range."""
+    with torch.profiler.record_function("attnprof.warmup"):
+        pass
+
+
+_warm_record_function()
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 UNKNOWN_SITE = "<unknown>"
 
@@ -78,6 +89,14 @@ def _classify(frame: FrameType) -> int:
     return USER
 
 
+class Place(NamedTuple):
+    """What a call site is in the user's program, beyond its line: for the label a person reads."""
+
+    caller: str | None  # the function that called the site's function (None at module level)
+    module: str | None  # dotted path of the innermost nn.Module running the call, in its model ("" = the model)
+    module_class: str | None  # that module's class
+
+
 class SiteResolver:
     """Finds the user frame behind a call and names it `path:line` (cached)."""
 
@@ -87,6 +106,8 @@ class SiteResolver:
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
         self._call_sites: dict[tuple, tuple[str, str]] = {}
         self._paths: dict[str, str] = {}
+        #: module -> (its model, its dotted path there): named_modules() is walked once per model
+        self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def user_frame(self, frame: FrameType | None, through_attention: bool = True) -> FrameType | None:
         """The first user frame from `frame` outwards; None if there is none (or, unless `through_attention`,
@@ -151,6 +172,39 @@ class SiteResolver:
                 site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
             found = self._call_sites[key] = (site, function)
         return found[0], found[1], user
+
+
+    def place(self, frame: FrameType | None, user: FrameType | None) -> Place:
+        """The caller of the site's function (`user`, call_site's frame) and the innermost nn.Module running the call
+        from `frame` outwards (torch's own modules count: nn.MultiheadAttention inside a TransformerEncoderLayer).
+        Reads frame locals: for profiled calls only. Never raises: a name is not worth a lost call."""
+        try:
+            return self._place(frame, user)
+        except Exception:
+            return Place(None, None, None)
+
+    def _place(self, frame: FrameType | None, user: FrameType | None) -> Place:
+        caller = None
+        if user is not None and user.f_code.co_name != "<module>":
+            caller = self._caller(user.f_back)
+        caller_name = getattr(caller.f_code, "co_qualname", caller.f_code.co_name) if caller else None
+        modules: list[torch.nn.Module] = []
+        while frame is not None:
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                obj = frame.f_locals.get("self")
+                if isinstance(obj, torch.nn.Module) and (not modules or modules[-1] is not obj):
+                    modules.append(obj)
+            frame = frame.f_back
+        if not modules:
+            return Place(caller_name, None, None)
+        inner, root = modules[0], modules[-1]
+        known = self._module_paths.get(inner)
+        if known is None or known[0]() is not root:
+            path = next((name for name, m in root.named_modules() if m is inner), None)
+            known = (weakref.ref(root), path)
+            self._module_paths[inner] = known
+        return Place(caller_name, known[1], type(inner).__name__)
 
 
 def _copy_functions() -> frozenset:

@@ -4,6 +4,7 @@ On CUDA: a pair of pooled `torch.cuda.Event`s recorded on the current stream bef
 backward), resolved lazily with `.query()` and once with a synchronize at the end, never a sync per call. On CPU:
 the host clock. A call's phase decides its list: warm-up calls are only counted, calls in timed steps and after the
 profiled window go to `true_us`, calls inside it to `profiled_us`.
+Calls come from any thread of the script: the shared state (sites, pending pairs, pools) changes under one lock.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class Timer:
         self.sites: dict[tuple[str, str, str], SiteClock] = {}
         self._pools: dict[int, list[Any]] = {}
         self._pending: deque = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._calls = 0
         self.devices: set[int] = set()
 
@@ -58,12 +59,17 @@ class Timer:
         key = (site, op, phase)
         c = self.sites.get(key)
         if c is None:
-            c = self.sites[key] = SiteClock(SiteTiming(site=site, op=op, phase=phase, clock="host"))
+            with self._lock:
+                c = self.sites.get(key)
+                if c is None:
+                    c = self.sites[key] = SiteClock(SiteTiming(site=site, op=op, phase=phase, clock="host"))
         return c
 
     def timings(self) -> list[SiteTiming]:
         """Sites and phases with something measured or counted (a backward that never ran leaves nothing)."""
-        return [c.timing for c in self.sites.values()
+        with self._lock:
+            clocks = list(self.sites.values())
+        return [c.timing for c in clocks
                 if c.timing.true_us or c.timing.profiled_us or c.timing.after_us or c.timing.warmup_calls]
 
     # --- one measurement --------------------------------------------------------------------------------------------
@@ -92,10 +98,11 @@ class Timer:
             return
         end = self._event(device)
         end.record(stream)
-        clock.timing.clock = "cuda_event"
-        clock.pending[phase] += 1
-        self._pending.append((device, start, end, clock, phase))
-        self.devices.add(device)
+        with self._lock:
+            clock.timing.clock = "cuda_event"
+            clock.pending[phase] += 1
+            self._pending.append((device, start, end, clock, phase))
+            self.devices.add(device)
 
     def cancel(self, token: tuple) -> None:
         device, start, _ = token
@@ -107,28 +114,33 @@ class Timer:
             self._pools.setdefault(device, []).extend(events)
 
     def tick(self) -> None:
-        self._calls += 1
-        if self._calls % POLL_EVERY == 0 and self._pending:
+        with self._lock:
+            self._calls += 1
+            due = self._calls % POLL_EVERY == 0 and self._pending
+        if due:
             self.poll()
 
     def poll(self, wait: bool = False) -> None:
         """Move finished pairs into their lists (oldest first; stops at the first unfinished one)."""
-        pending = self._pending
-        while pending:
-            device, start, end, clock, phase = pending[0]
-            if not wait and not end.query():
-                break
-            pending.popleft()
-            if wait:
-                end.synchronize()
-            clock.pending[phase] -= 1
-            clock.values(phase).append(start.elapsed_time(end) * 1000.0)
-            self._release(device, start, end)
+        with self._lock:
+            pending = self._pending
+            while pending:
+                device, start, end, clock, phase = pending[0]
+                if not wait and not end.query():
+                    break
+                pending.popleft()
+                if wait:
+                    end.synchronize()
+                clock.pending[phase] -= 1
+                clock.values(phase).append(start.elapsed_time(end) * 1000.0)
+                self._release(device, start, end)
 
     def finish(self) -> None:
         """Synchronize once and resolve everything still pending."""
         if self._pending:
-            for device in sorted(self.devices):
+            with self._lock:
+                devices = sorted(self.devices)
+            for device in devices:
                 torch.cuda.synchronize(device)
             self.poll(wait=True)
 

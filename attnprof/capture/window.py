@@ -187,6 +187,11 @@ class StepWindow:
                                       f"{self.end - 1}")
             self._close(None, last=last)
 
+    def stop_early(self, reason: str) -> None:
+        """Close an open window now, whatever the step (the script needs the profiler for itself)."""
+        if self.state == OPEN:
+            self._close(reason, last=self.step)
+
     def remove_hooks(self) -> None:
         handles, self._root_handles = self._root_handles, []
         for handle in handles:
@@ -202,7 +207,9 @@ class StepWindow:
         outer = self._outer_module_call(frame)
         if outer is not None and self.unit in (None, "iteration"):
             self._hook_root(outer)
-        if self.state == WAITING and self.first > 0 and not _in_loop(outer.f_back if outer is not None else user):
+        # --step-on call: every call is a step, so a script without a loop still has as many steps as calls
+        if (self.state == WAITING and self.first > 0 and self.unit != "call"
+                and not _in_loop(outer.f_back if outer is not None else user)):
             self.cold = True
             self.first, self.end = 0, self.active
             self._open()

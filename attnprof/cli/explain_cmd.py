@@ -1,7 +1,8 @@
 """`attnprof explain A [B]`: why B's attention is slower than A's, or (one side) where a run's attention time goes.
 
 A side is PATH[::WHAT]: a run folder or any torch.profiler trace, optionally narrowed to one call site
-(`::seed_case.py:44`, or a whole file `::seed_case.py`) or one call (`::#12`). `::WHAT` alone as B means "in A's
+(analysis/sites.py resolve_sites: `::seed_case.py:44`, `::seed_wrapper`, `::layers.0.self_attn`, or a whole file
+`::seed_case.py`) or one call (`::#12`). `::WHAT` alone as B means "in A's
 run". `--site-a` / `--site-b` say the same as options.
 """
 from __future__ import annotations
@@ -33,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "sides:\n"
             "  PATH              a run folder, or any torch.profiler trace file\n"
-            "  PATH::SITE        one call site (run/::seed_case.py:44), or every site of a file (run/::seed_case.py)\n"
+            "  PATH::SITE        one call site: its label or location (run/::seed_case.py:37 via :47), a line of it\n"
+            "                    (its call, the call of its function, or a layout copy: run/::seed_case.py:44), a\n"
+            "                    function (run/::seed_wrapper), a module path (run/::layers.0.self_attn: the layers\n"
+            "                    of a model are one site), or a unique prefix; every site of a file\n"
+            "                    (run/::seed_case.py)\n"
             "  PATH::#ID         one call\n"
             "  ::SITE            (as B) a site of A's run\n"
             "examples:\n"
@@ -45,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("a", help="side A: PATH[::SITE | ::#CALL]")
     p.add_argument("b", nargs="?", help="side B: PATH[::SITE | ::#CALL], or ::SITE in A's run (omit: diagnose A)")
-    p.add_argument("--site-a", metavar="SITE", help="narrow A to a call site (file.py:line, file.py, or #ID)")
+    p.add_argument("--site-a", metavar="SITE",
+                   help="narrow A to a call site (label, file.py:line, file.py, function, module, or #ID)")
     p.add_argument("--site-b", metavar="SITE", help="narrow B to a call site; without B, B is this site of A's run")
     p.add_argument("--phase", choices=["fwd", "bwd"], help="only this phase (default: fwd and bwd together)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
@@ -137,7 +143,10 @@ def run(ns: argparse.Namespace) -> int:
     b_path = b_path or a_path
     if Path(a_path).resolve() == Path(b_path).resolve() and a_what == b_what:
         raise AttnprofError("A and B are the same: give two runs, or two sites (--site-a / --site-b)")
-    explanation = explain(_selection(runs, a_path, a_what, ns.phase), _selection(runs, b_path, b_what, ns.phase))
+    a_sel, b_sel = _selection(runs, a_path, a_what, ns.phase), _selection(runs, b_path, b_what, ns.phase)
+    if Path(a_path).resolve() == Path(b_path).resolve() and {c.id for c in a_sel.calls} == {c.id for c in b_sel.calls}:
+        raise AttnprofError(f"{a_what} and {b_what} name the same calls: give two runs, or two sites")
+    explanation = explain(a_sel, b_sel)
     if ns.json:
         sys.stdout.write(explanation_json(explanation) + "\n")
     else:

@@ -8,7 +8,10 @@ from pathlib import Path
 from attnprof.errors import AttnprofError
 from attnprof.files import check_run_folder_target, say, stream_open
 
-_TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls"}
+from attnprof.capture.distributed import TORCHRUN_OPTIONS
+
+_TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls"} | {
+    k for k, v in TORCHRUN_OPTIONS.items() if v}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-source-lines", dest="source_lines", action="store_false",
                    help="do not mark layout-prep torch calls with their source line while profiling")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
+    ranks = p.add_argument_group(
+        "many ranks", "with --nproc-per-node, attnprof starts torchrun, which runs attnprof in every rank; "
+        + ", ".join(o for o in TORCHRUN_OPTIONS if o != "--nproc-per-node") + " are torchrun's own, passed "
+        "through (or run `torchrun ... -m attnprof trace script.py` yourself)")
+    for option, takes_value in TORCHRUN_OPTIONS.items():
+        if takes_value:
+            ranks.add_argument(option, dest="torchrun_" + option[2:].replace("-", "_"), metavar="X",
+                               help=argparse.SUPPRESS if option != "--nproc-per-node" else
+                               "processes per node: start the script under torchrun with attnprof in every rank")
+        else:
+            ranks.add_argument(option, dest="torchrun_" + option[2:].replace("-", "_"), action="store_true",
+                               help=argparse.SUPPRESS)
     p.add_argument("target", nargs="?", help="script to run (omit with -m)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     p.set_defaults(run=run)
@@ -76,6 +91,7 @@ def _script_args(ns: argparse.Namespace) -> list[str]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from attnprof.capture.runner import AttnprofInterrupted, signals_stop_attnprof
     from attnprof.capture.session import TraceOptions, trace_script
 
     if ns.module and ns.target:
@@ -87,7 +103,16 @@ def run(ns: argparse.Namespace) -> int:
     for name in ("warmup", "timed", "active", "max_calls"):
         if getattr(ns, name) < 0:
             raise AttnprofError(f"--{name.replace('_', '-')} must be >= 0")
-    check_run_folder_target(ns.out, ns.root)
+    from attnprof.capture.distributed import current_job
+
+    job = current_job()
+    if job is None or job.rank == 0:  # other ranks join the folder rank 0 makes
+        check_run_folder_target(ns.out, ns.root)
+    torchrun_args = _torchrun_args(ns)
+    if torchrun_args:
+        return _launch_torchrun(ns, torchrun_args)
+    if job is not None and job.rank != 0:
+        ns.quiet = True  # rank 0 speaks for the job
     options = TraceOptions(
         quiet=ns.quiet,
         target=ns.module or ns.target,
@@ -103,13 +128,77 @@ def run(ns: argparse.Namespace) -> int:
         source_lines=ns.source_lines,
     )
     result = trace_script(options)
-    if result.trace_files:
-        _analyze_run_folder(result.folder, quiet=ns.quiet)
+    if job is not None:
+        return _finish_rank(job, result, ns)
+    if result.trace_files and result.late_signals:
+        print(f"attnprof: not analysed (interrupted while saving): attnprof analyze {result.folder}", file=sys.stderr)
+    elif result.trace_files:
+        try:
+            with signals_stop_attnprof():
+                _analyze_run_folder(result.folder, quiet=ns.quiet)
+        except AttnprofInterrupted:  # the run is saved; the exit code stays the script's
+            print(f"attnprof: analysis interrupted: attnprof analyze {result.folder}", file=sys.stderr)
     elif result.folder is not None:
         if ns.quiet:
             say(result.folder, sys.stdout)
         elif result.runinfo is not None and result.runinfo.note:
             say(f"attnprof: {result.runinfo.note}")
+    return result.exit_code
+
+
+def _torchrun_args(ns: argparse.Namespace) -> list[str]:
+    out = []
+    for option, takes_value in TORCHRUN_OPTIONS.items():
+        value = getattr(ns, "torchrun_" + option[2:].replace("-", "_"))
+        if takes_value and value is not None:
+            out += [option, value]
+        elif not takes_value and value:
+            out.append(option)
+    if out and ns.torchrun_nproc_per_node is None:
+        raise AttnprofError(f"{out[0]} is a torchrun option: give --nproc-per-node too (or run torchrun yourself)")
+    return out
+
+
+def _launch_torchrun(ns: argparse.Namespace, torchrun_args: list[str]) -> int:
+    """`attnprof trace --nproc-per-node N script.py`: torchrun with `-m attnprof trace` in every rank; its exit code."""
+    import subprocess
+
+    from attnprof.capture.distributed import current_job, torchrun_command
+
+    if current_job() is not None:
+        raise AttnprofError("--nproc-per-node inside a torchrun job: run `attnprof trace script.py` in each rank")
+    own = ["--root", str(ns.root), "--warmup", str(ns.warmup), "--timed", str(ns.timed), "--active", str(ns.active),
+           "--step-on", ns.step_on, "--max-calls", str(ns.max_calls)]
+    if ns.out is not None:
+        own += ["--out", str(ns.out)]
+    if not ns.source_lines:
+        own.append("--no-source-lines")
+    if ns.quiet:
+        own.append("--quiet")
+    target = ["-m", ns.module] if ns.module else [ns.target]
+    command = torchrun_command(torchrun_args, own + target + _script_args(ns))
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _finish_rank(job, result, ns: argparse.Namespace) -> int:
+    """A rank of a torchrun job: say it is done; rank 0 waits for the others and analyses the job's folder."""
+    try:
+        job.finished()
+    except Exception as e:  # noqa: BLE001 - the run's own exit code matters more
+        print(f"attnprof: rank {job.rank}: could not tell rank 0 it is done ({type(e).__name__})", file=sys.stderr)
+    if job.rank != 0 or result.folder is None:
+        return result.exit_code
+    missing = job.wait_for_ranks()
+    if missing:
+        print(f"attnprof: rank(s) {', '.join(map(str, missing))} did not finish: analysing the others",
+              file=sys.stderr)
+    if any(result.folder.glob("*.pt.trace.json*")):
+        _analyze_run_folder(result.folder, quiet=ns.quiet)
+    elif result.runinfo is not None and result.runinfo.note:
+        print(f"attnprof: {result.runinfo.note}", file=sys.stderr)
     return result.exit_code
 
 

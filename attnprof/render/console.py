@@ -51,6 +51,19 @@ def short_site(site: str) -> str:
     return re.sub(r"[^\s:]*/", "", site)
 
 
+def site_label(s: SiteSummary) -> str:
+    """The name a person reads (module path or functions); the site itself where analysis had no label."""
+    return s.label or short_site(s.site)
+
+
+def _true_text(s: SiteSummary) -> Text:
+    """The true µs, and below it the middle half of its samples (q1-q3): how much to trust it."""
+    text = Text(us_text(s.true_us))
+    if s.true_q1_us is not None:
+        text.append(f"\n{s.true_q1_us:,.0f}–{s.true_q3_us:,.0f}", style="dim")
+    return text
+
+
 def pct_text(v: float | None, window: float) -> str:
     if v is None:
         return "—"
@@ -155,15 +168,23 @@ class ConsoleRenderer(Renderer):
         for s in copy_sites:
             rows = [[c.site or "?", c.op, _mb(c.bytes), us_text(c.dur_us)]
                     for c in sorted(s.copies, key=lambda c: -c.dur_us)]
-            console.print(Text(f"  {s.site} ({s.phase}):"))
+            console.print(Text(f"  {site_label(s)} ({s.phase}):"))
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
         if report.kernel_counters is not None:
             print_counters(console, report.kernel_counters)
+        if report.ranks is not None:
+            from attnprof.render.ranks import console_renderables  # a job of several ranks
+
+            for item in console_renderables(report.ranks, small=compact(console)):
+                console.print(item)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:
             notes.print(Text(f"note: {note}", style="yellow"))
+        for s in report.sites:
+            for warning in s.warnings:
+                notes.print(Text(f"warning: {site_label(s)} ({s.phase}): {warning}", style="yellow"))
 
     def _sites_table(self, report: Report, console: Console, corrected: bool) -> Table:
         rows = []
@@ -172,7 +193,9 @@ class ConsoleRenderer(Renderer):
             use_true = s.window_true_us is not None and s.true_us is not None
             window = s.window_true_us if use_true else s.window_us
             launch = s.launch_true_us if use_true else s.launch_us
-            site = Text(short_site(s.site) if small else s.site).append(f"\n  {s.op}", style="dim")
+            site = Text(site_label(s))
+            if not small:  # narrow terminals: the name alone (location and op are in the wide table and the JSON)
+                site.append(f"\n  {s.op} · {short_site(s.site)}", style="dim")
             if small:
                 rows.append([site, s.backend, s.phase, str(s.calls), us_text(s.true_us if s.true_us else window),
                              *(pct_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
@@ -180,11 +203,11 @@ class ConsoleRenderer(Renderer):
             prof = us_text(s.profiled_us)
             if s.inflation:
                 prof += f" ×{s.inflation:.2f}"
-            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), us_text(s.true_us), prof, us_text(window),
+            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), _true_text(s), prof, us_text(window),
                          *(part_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
         star = "*" if corrected else ""
         if small:
-            headers = [("site / op", "text"), ("backend", "word"), ("ph", "word"), ("calls", "num"), ("µs", "num"),
+            headers = [("site", "text"), ("backend", "word"), ("ph", "word"), ("calls", "num"), ("µs", "num"),
                        ("compute", "num"), ("copy", "num"), ("launch", "num"), ("other", "num")]
         else:
             headers = [("site / op", "text"), ("backend", "word"), ("phase", "word"), ("shape", "word"),

@@ -432,6 +432,8 @@ def build_panels(report: Report | None, insights: Insights | None = None,
                                 "SM and DRAM throughput of each attention kernel in % of the device's peak, median "
                                 "over the site's profiled calls (attnprof ncu). Hover: the tensor-core path (wgmma "
                                 "vs mma.sync) and the bound from the counters.", fig))
+    if report is not None and report.ranks is not None:
+        panels.extend(rank_panels(report.ranks))
     if compare:
         rows = compare["rows"]
         fig = sweep_figure(rows)
@@ -444,6 +446,25 @@ def build_panels(report: Report | None, insights: Insights | None = None,
             panels.append(Panel("compare-table", "attnprof compare: every row",
                                 "Each backend, variant and phase as compare.json holds it.", fig))
     return panels
+
+
+def rank_panels(summary) -> list[Panel]:
+    """A job of several ranks: the rank x site heatmap and the per-rank split (render/ranks.py)."""
+    from attnprof.render.ranks import heatmap_figure, rank_split_figure
+
+    cp = summary.critical_path
+    slowest = (f" The others wait for rank {cp.slowest_rank} (the most time outside collectives); its step "
+               f"{_us(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
+               if cp is not None else "")
+    stragglers = "; ".join(f"{_short(s.site)} {s.phase}: rank {s.straggler_rank} {s.straggler_extra_us:+,.0f} µs"
+                           for s in summary.sites if s.straggler_rank is not None)
+    return [
+        Panel("ranks-heatmap", f"Attention across {summary.world_size} ranks",
+              "Traced window µs per call of each site on each rank. Straggler per site (its µs less the median of "
+              f"the other ranks): {stragglers or 'none'}.", heatmap_figure(summary)),
+        Panel("ranks-split", "Each rank's step", "Per profiled step and rank: attention's compute / copy / launch / "
+              f"other and the rest of the step.{slowest}", rank_split_figure(summary)),
+    ]
 
 
 def _short(label: str, width: int = 48) -> str:

@@ -46,7 +46,9 @@ def measured_text(c: Cause) -> str:
     return f"{_us(c.measured_saving_us)} ({c.measured_by})"
 
 
-def _causes_table(causes: list[Cause], total: float, share_label: str, signed: bool) -> Table:
+def _causes_table(causes: list[Cause], total: float, share_label: str, signed: bool, shares: bool = True) -> Table:
+    """Ranked causes, then those within the noise (unranked, no share: they may be nothing at all). `shares`
+    False: the total is itself noise, so no share of it is shown."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("cause", no_wrap=True)
@@ -57,10 +59,16 @@ def _causes_table(causes: list[Cause], total: float, share_label: str, signed: b
         table.add_column("saved, measured", justify="right", ratio=1, overflow="fold")
     table.add_column("what", ratio=3, overflow="fold")  # long paths fold rather than end in "…"
     table.add_column("fix", ratio=3, overflow="fold")
-    for i, c in enumerate(causes, 1):
-        share = f"{100 * c.us / total:.0f}%" if total else "—"
+    ranked = [c for c in causes if not c.within_noise]
+    for i, c in enumerate(ranked, 1):
+        share = f"{100 * c.us / total:.0f}%" if total and shares else "—"
         measured = [measured_text(c)] if verified else []
         table.add_row(str(i), KIND_TITLES.get(c.kind, c.kind), _us(c.us, signed), share, *measured, c.detail, c.fix)
+    for c in causes:
+        if c.within_noise:
+            measured = [measured_text(c)] if verified else []
+            table.add_row("", Text(KIND_TITLES.get(c.kind, c.kind), style="dim"), _us(c.us, signed),
+                          Text("within noise", style="dim"), *measured, c.detail, c.fix)
     return table
 
 
@@ -75,12 +83,21 @@ def print_explanation(console: Console, e: Explanation) -> None:
     console.print(_side_line("A", e.a))
     console.print(_side_line("B", e.b))
     ratio = f" ({e.b.us / e.a.us:.2f}x)" if e.a.us > 0 else ""
-    console.print(Text(f"  B is slower by {_us(e.gap_us)} {e.unit}{ratio}", style="bold"))
+    noise = f", noise ±{_us(e.noise_us)}" if e.noise_us is not None else ""
+    if e.distinguishable:
+        console.print(Text(f"  B is slower by {_us(e.gap_us)} {e.unit}{ratio}{noise}", style="bold"))
+    else:
+        console.print(Text(f"  A and B cannot be told apart: B is slower by {_us(e.gap_us)} {e.unit}, within the "
+                           f"noise of the timed calls (±{_us(e.noise_us)}): time more steps (--timed) on a quieter "
+                           "machine",
+                           style="bold yellow"))
     console.print(Text(f"  numbers: {e.basis_detail}", style="dim"))
     for note in e.notes:
         console.print(Text(f"  note: {note}", style="yellow"))
-    table = _causes_table(e.causes, e.gap_us, "of gap", signed=True)
-    pct = f"{100 * e.unexplained_us / e.gap_us:.0f}%" if e.gap_us else "—"
+    table = _causes_table(e.causes, e.gap_us, "of gap", signed=True, shares=e.distinguishable)
+    noisy_rest = e.noise_us is not None and abs(e.unexplained_us) <= e.noise_us
+    pct = (f"{100 * e.unexplained_us / e.gap_us:.0f}%" if e.gap_us and e.distinguishable and not noisy_rest
+           else "within noise" if noisy_rest else "—")
     what = ("what the causes do not cover: kernel time beyond the true time, negligible causes"
             if e.explained else f"more than {EXPLAINED_TOLERANCE:.0%} of the gap is not covered by the causes: the "
                                 "traced kernels took longer than the true time allows (the profiler stretched host "

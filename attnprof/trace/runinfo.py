@@ -96,6 +96,9 @@ class CallInfo:
     scale: float | None = None
     mask: str | None = None  # "bool[1, 1, 256, 256]" or None
     extra: dict[str, str] = field(default_factory=dict)  # window_size, softcap, ... as text
+    caller: str | None = None  # the function that called `function` (None at module level)
+    module: str | None = None  # dotted path of the nn.Module running the call in its model ("" = the model itself)
+    module_class: str | None = None  # that module's class name
 
 
 @dataclass
@@ -147,11 +150,18 @@ class RunInfo:
     note: str | None = None
     #: copy number (the `#<n>` of an `attnprof.src:` range) -> address of the storage that copy wrote
     copy_writes: dict[int, int] = field(default_factory=dict)
+    rank: int | None = None  # under torchrun: this process's rank (RANK) and the job's WORLD_SIZE
+    world_size: int | None = None
+
+
+def runinfo_name(rank: int | None) -> str:
+    """`runinfo.json`, or `runinfo.rank<N>.json` for one rank of a job: every rank writes its own, in one folder."""
+    return RUNINFO_FILE if rank is None else f"runinfo.rank{rank}.json"
 
 
 def write_runinfo(info: RunInfo, folder: Path) -> Path:
-    """Atomically: a crash or a full disk leaves the previous runinfo.json (or none), never half of one."""
-    return atomic_write(Path(folder) / RUNINFO_FILE, msgspec.json.format(msgspec.json.encode(info), indent=1))
+    """Atomically: a crash or a full disk leaves the previous runinfo file (or none), never half of one."""
+    return atomic_write(Path(folder) / runinfo_name(info.rank), msgspec.json.format(msgspec.json.encode(info), indent=1))
 
 
 def read_runinfo(folder: Path) -> RunInfo | None:
@@ -159,3 +169,16 @@ def read_runinfo(folder: Path) -> RunInfo | None:
     if not path.is_file():
         return None
     return msgspec.json.decode(path.read_bytes(), type=RunInfo)
+
+
+_RANK_RUNINFO = re.compile(r"^runinfo\.rank(\d+)\.json$")
+
+
+def read_rank_runinfos(folder: Path) -> dict[int, RunInfo]:
+    """rank -> RunInfo of every `runinfo.rank<N>.json` in a job's run folder (empty for a one-process run)."""
+    out = {}
+    for path in sorted(Path(folder).iterdir()):
+        m = _RANK_RUNINFO.match(path.name)
+        if m and path.is_file():
+            out[int(m.group(1))] = msgspec.json.decode(path.read_bytes(), type=RunInfo)
+    return out
