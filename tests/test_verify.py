@@ -158,7 +158,7 @@ def test_fixture_shapes_replay_on_cpu_at_a_reduced_size(capsys, folder):
             if c["measured_saving_us"]:
                 assert c["measured_by"]
                 assert "predicted" not in (c["measured_note"] or "")  # not comparable at another size/device
-    causes = {(d["subject"]["label"], c["kind"]): c for d in doc["diagnoses"] for c in d["causes"]}
+    causes = {(site, c["kind"]): c for d in doc["diagnoses"] for site in d["subject"]["sites"] for c in d["causes"]}
     if folder.name in ("seed-fwd", "back-to-back"):
         seed = causes[("examples/seed_case.py:34 via :47", "layout_copy")]
         assert seed["measured_saving_us"] is not None  # the seed wrapper's copies are replayed
