@@ -114,6 +114,10 @@ class Cause:
     sources: list[str] = field(default_factory=list)  # source lines ("model.py:42") or call sites, biggest first
     by_phase: dict[str, float] = field(default_factory=dict)
     within_noise: bool = False  # no bigger than the timing noise: listed after the ranked causes, not ranked
+    # filled by `explain --verify` (analysis/verification.py): what the fix saved on the replayed forward call
+    measured_saving_us: float | None = None  # 0: nothing measurable; None: not measured
+    measured_by: str | None = None  # the backend or variant that achieved it
+    measured_note: str | None = None  # not measured and why, or how it differs from the µs above
 
 
 @dataclass

@@ -17,7 +17,7 @@ from attnprof.files import DEFAULT_MAX_INPUT_MB, say
 
 PROG = "attnprof"
 #: Command modules under attnprof/cli/, in the order `attnprof --help` lists them.
-COMMANDS = ("trace", "analyze", "compare", "explain", "dashboard", "nsys", "ncu", "correlate")
+COMMANDS = ("trace", "analyze", "compare", "explain", "verify", "dashboard", "nsys", "ncu", "correlate")
 
 
 def add_max_trace_mb(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from attnprof.cli import add_max_trace_mb
+from attnprof.cli.verify_cmd import add_verify_options, verify_diagnoses
 from attnprof.errors import AttnprofError
 
 SEPARATOR = "::"
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
         help="why B's attention is slower than A's (runs, traces or call sites), as ranked causes with fixes",
-        usage="attnprof explain A [B] [--site-a SITE] [--site-b SITE] [--phase fwd|bwd] [--json]",
+        usage="attnprof explain A [B] [--site-a SITE] [--site-b SITE] [--phase fwd|bwd] [--json] [--verify]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Two sides: splits the gap between them (µs per attention call, fwd + bwd) into ranked causes\n"
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site-b", metavar="SITE", help="narrow B to a call site; without B, B is this site of A's run")
     p.add_argument("--phase", choices=["fwd", "bwd"], help="only this phase (default: fwd and bwd together)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.add_argument("--verify", action="store_true", help="one side: replay each call site on its recorded shapes "
+                                                         "and measure what each cause's fix saves")
+    add_verify_options(p)
     add_max_trace_mb(p)
     p.set_defaults(run=run)
 
@@ -125,11 +129,16 @@ def run(ns: argparse.Namespace) -> int:
             if not report.sites:
                 raise AttnprofError(f"{a_path}: no attention call found" + (f" ({ns.phase})" if ns.phase else ""))
             diagnoses = diagnose_sites(report, info)
+        if ns.verify:
+            report, info = runs.get(a_path)
+            diagnoses = verify_diagnoses(ns, diagnoses, report, info)
         if ns.json:
             sys.stdout.write(diagnoses_json(diagnoses) + "\n")
         else:
             print_diagnoses(console, diagnoses)
         return 0
+    if ns.verify:
+        raise AttnprofError("--verify measures the fixes of one side: give one run (attnprof explain RUN --verify)")
     b_path, b_what = _merge(parse_side(ns.b) if ns.b else (None, None), ns.site_b, "B")
     b_path = b_path or a_path
     if Path(a_path).resolve() == Path(b_path).resolve() and a_what == b_what:

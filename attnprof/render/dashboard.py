@@ -816,3 +816,42 @@ class DashboardRenderer(Renderer):
             notes += list(self.compare.get("notes") or [])
         return render_dashboard(panels, self.title, _meta(report, self.compare), notes,
                                 headlines(report, self.insights, self.compare))
+
+
+# --- explain --verify: after the fixes, measured ----------------------------------------------------------------
+
+
+def measured_fixes_figure(d) -> go.Figure | None:
+    """A site's waterfall from its µs per call through each measured saving to the "after the fixes, measured"
+    bar (explain --verify); None when no fix was measured."""
+    from attnprof.analysis.verification import measured_after_fixes_us
+
+    after = measured_after_fixes_us(d)
+    if after is None:
+        return None
+    measured = [c for c in d.causes if c.measured_saving_us is not None]
+    x = ["now"] + [KIND_TITLES.get(c.kind, c.kind) for c in measured] + ["after the fixes, measured"]
+    y = [d.subject.us] + [-c.measured_saving_us for c in measured] + [after]
+    hover = ([f"<b>now</b> {_us(d.subject.us)}"]
+             + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> predicted {c.us:,.1f} µs, measured "
+                f"{-c.measured_saving_us:+,.1f} µs" + (f" ({html.escape(c.measured_by)})" if c.measured_by else "")
+                + (f"<br>{_html_text(_wrap(c.measured_note))}" if c.measured_note else "") for c in measured]
+             + [f"<b>after the fixes, measured</b> {_us(after)}"])
+    fig = _figure(height=400, yaxis_title=d.unit, showlegend=False)
+    fig.add_trace(go.Waterfall(
+        name="measured", x=x, y=y, measure=["absolute"] + ["relative"] * len(measured) + ["total"],
+        text=[_us(v) if i in (0, len(y) - 1) else f"{v:+,.1f}" for i, v in enumerate(y)], textposition="outside",
+        hovertext=hover, hoverinfo="text", decreasing=dict(marker=dict(color=COLORS["other"])),
+        totals=dict(marker=dict(color=COLORS["compute"]))))
+    return fig
+
+
+def write_verify_dashboard(diagnoses: list, path: Path) -> Path:
+    """One panel per verified site: its measured-fixes waterfall and its causes."""
+    panels = []
+    for i, d in enumerate(diagnoses):
+        fig = measured_fixes_figure(d)
+        if fig is not None:
+            panels.append(Panel(f"verify-{i}", f"{_short(d.subject.label)}: after the fixes, measured",
+                                " ".join(d.notes), fig, causes_table_html(d.causes, d.subject.us, None, "share")))
+    return atomic_write(Path(path), render_dashboard(panels, "attnprof verify", [d.subject.label for d in diagnoses]))

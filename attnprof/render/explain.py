@@ -36,6 +36,16 @@ def _side_line(tag: str, s: Side) -> Text:
     return t
 
 
+def measured_text(c: Cause) -> str:
+    """A cause's measured saving as the table shows it: µs and what achieved it, nothing measurable, or not
+    measured."""
+    if c.measured_saving_us is None:
+        return "not measured" if c.measured_note else ""
+    if c.measured_saving_us == 0:
+        return "nothing measurable"
+    return f"{_us(c.measured_saving_us)} ({c.measured_by})"
+
+
 def _causes_table(causes: list[Cause], total: float, share_label: str, signed: bool, shares: bool = True) -> Table:
     """Ranked causes, then those within the noise (unranked, no share: they may be nothing at all). `shares`
     False: the total is itself noise, so no share of it is shown."""
@@ -44,17 +54,28 @@ def _causes_table(causes: list[Cause], total: float, share_label: str, signed: b
     table.add_column("cause", no_wrap=True)
     table.add_column("µs", justify="right", no_wrap=True)
     table.add_column(share_label, justify="right", no_wrap=True)
+    verified = any(c.measured_note or c.measured_saving_us is not None for c in causes)
+    if verified:  # explain --verify
+        table.add_column("saved, measured", justify="right", ratio=1, overflow="fold")
     table.add_column("what", ratio=3, overflow="fold")  # long paths fold rather than end in "…"
     table.add_column("fix", ratio=3, overflow="fold")
     ranked = [c for c in causes if not c.within_noise]
     for i, c in enumerate(ranked, 1):
         share = f"{100 * c.us / total:.0f}%" if total and shares else "—"
-        table.add_row(str(i), KIND_TITLES.get(c.kind, c.kind), _us(c.us, signed), share, c.detail, c.fix)
+        measured = [measured_text(c)] if verified else []
+        table.add_row(str(i), KIND_TITLES.get(c.kind, c.kind), _us(c.us, signed), share, *measured, c.detail, c.fix)
     for c in causes:
         if c.within_noise:
+            measured = [measured_text(c)] if verified else []
             table.add_row("", Text(KIND_TITLES.get(c.kind, c.kind), style="dim"), _us(c.us, signed),
-                          Text("within noise", style="dim"), c.detail, c.fix)
+                          Text("within noise", style="dim"), *measured, c.detail, c.fix)
     return table
+
+
+def _measured_notes(console: Console, causes: list[Cause]) -> None:
+    for c in causes:
+        if c.measured_note:
+            console.print(Text(f"  measured, {KIND_TITLES.get(c.kind, c.kind)}: {c.measured_note}", style="cyan"))
 
 
 def print_explanation(console: Console, e: Explanation) -> None:
@@ -96,10 +117,12 @@ def print_diagnoses(console: Console, diagnoses: list[Diagnosis]) -> None:
         console.print(Text(f"  numbers: {d.basis_detail}", style="dim"))
         table = _causes_table(d.causes, s.us, "share", signed=False)
         if abs(d.unexplained_us) > EXPLAINED_TOLERANCE * max(s.us, 1e-9):
+            verified = [""] * (len(table.columns) - 6)
             table.add_row("", Text("unexplained", style="bold red"), _us(d.unexplained_us, True),
-                          f"{100 * d.unexplained_us / s.us:.0f}%" if s.us else "—",
+                          f"{100 * d.unexplained_us / s.us:.0f}%" if s.us else "—", *verified,
                           "the traced kernels took longer than the true time allows", "")
         console.print(table)
+        _measured_notes(console, d.causes)
         for note in d.notes:
             console.print(Text(f"  note: {note}", style="yellow"))
         console.print()
