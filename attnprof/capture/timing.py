@@ -3,11 +3,13 @@
 On CUDA: a pair of pooled `torch.cuda.Event`s recorded on the current stream before and after the call (after the
 backward), resolved lazily with `.query()` and once with a synchronize at the end, never a sync per call. On CPU:
 the host clock. A call's phase decides its list: warm-up calls are only counted, calls in timed steps and after the
-profiled window go to `true_us`, calls inside it to `profiled_us`.
+profiled window go to `true_us`, calls inside it to `profiled_us`. Each list keeps at most MAX_VALUES values: past
+that, a uniform sample of all the phase's measurements (a reservoir), so a long run is timed to its end.
 Calls come from any thread of the script: the shared state (sites, pending pairs, pools) changes under one lock.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -17,7 +19,8 @@ import torch
 
 from attnprof.trace.runinfo import SiteTiming
 
-#: At most this many values per site, op, phase and list: enough for a median, bounded memory and overhead.
+#: At most this many values per site, op, phase and list (a uniform sample of them all beyond): enough for a
+#: median, bounded memory.
 MAX_VALUES = 10_000
 #: Resolve finished event pairs every this many calls.
 POLL_EVERY = 256
@@ -28,20 +31,32 @@ WARMUP, TRUE, PROFILED, AFTER = "warmup", "true", "profiled", "after"
 
 
 class SiteClock:
-    """The SiteTiming of one (site, op, phase) and its pending measurements."""
+    """The SiteTiming of one (site, op, phase), its CUDA-event measurements still in flight, and how many values
+    each of its lists was offered."""
 
-    __slots__ = ("timing", "pending")
+    __slots__ = ("timing", "pending", "measured", "_sample")
 
     def __init__(self, timing: SiteTiming):
         self.timing = timing
         self.pending = {TRUE: 0, PROFILED: 0, AFTER: 0}
+        self.measured = {TRUE: 0, PROFILED: 0, AFTER: 0}
+        self._sample = random.Random(0)  # reproducible: the same run keeps the same values
 
     def values(self, phase: str) -> list[float]:
         t = self.timing
         return t.profiled_us if phase == PROFILED else t.after_us if phase == AFTER else t.true_us
 
-    def has_room(self, phase: str) -> bool:
-        return len(self.values(phase)) + self.pending[phase] < MAX_VALUES
+    def store(self, phase: str, us: float) -> None:
+        """Keep one measurement: all of the first MAX_VALUES, then each with probability MAX_VALUES / n in place
+        of a random kept one (reservoir sampling, algorithm R): the kept values stay a uniform sample."""
+        values = self.values(phase)
+        n = self.measured[phase] = self.measured[phase] + 1
+        if len(values) < MAX_VALUES:
+            values.append(us)
+            return
+        j = self._sample.randrange(n)
+        if j < MAX_VALUES:
+            values[j] = us
 
 
 class Timer:
@@ -94,7 +109,9 @@ class Timer:
     def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
         device, start, stream = token
         if device is None:
-            clock.values(phase).append((time.perf_counter_ns() - start) / 1000.0)
+            us = (time.perf_counter_ns() - start) / 1000.0
+            with self._lock:
+                clock.store(phase, us)
             return
         end = self._event(device)
         end.record(stream)
@@ -132,7 +149,7 @@ class Timer:
                 if wait:
                     end.synchronize()
                 clock.pending[phase] -= 1
-                clock.values(phase).append(start.elapsed_time(end) * 1000.0)
+                clock.store(phase, start.elapsed_time(end) * 1000.0)
                 self._release(device, start, end)
 
     def finish(self) -> None:
@@ -210,10 +227,8 @@ class _Backward:
         try:
             if self.token is not None:
                 self.timer.cancel(self.token)
-            self.token = None
-            if self.clock.has_room(self.phase):
-                self.left = self.parts
-                self.token = self.timer.start(self.device)
+            self.left = self.parts
+            self.token = self.timer.start(self.device)
         except Exception:
             self.token = None
         return None
