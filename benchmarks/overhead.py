@@ -11,9 +11,11 @@ Each mode is one traced run (in this process, `trace_script`) whose measured cal
     after=nvtx    ... --after nvtx (an NVTX range per call)
     after=time    ... --after time (NVTX range and a timing per call, as in the timed steps)
 
-CPU: every call is timed by the script itself (perf_counter_ns around the call); a mode's figure is the median
-per-call time of its run minus bare's median in the same round; rounds alternate the modes, and the table gives the
-median over rounds with the lowest and highest round.
+CPU: every iteration of the script times a bare call (torch._C._nn.scaled_dot_product_attention, the function
+itself) and then F.scaled_dot_product_attention (attnprof's wrapper, or the original again with --after none); a
+mode's figure is the difference of the two medians in its run (the same load on both: the machine is shared),
+the `bare` row is that difference without attnprof (0 up to noise). Rounds alternate the order of the modes; the
+table gives the median over rounds with the lowest and highest round.
 GPU: the script times whole `generate()` calls (synchronised); added per call = (median generate time - bare's) /
 attention calls per generate.
 
@@ -45,15 +47,18 @@ out, n = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)  # a tiny op gains nothing from threads, and a loaded machine makes them stall
 torch.manual_seed(0)
 q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+bare = torch._C._nn.scaled_dot_product_attention  # what F.scaled_dot_product_attention is without attnprof
 clock = time.perf_counter_ns
-times = []
+pairs = []
 with torch.no_grad():
     for _ in range(n):
         t0 = clock()
-        F.scaled_dot_product_attention(q, k, v)
-        times.append(clock() - t0)
+        bare(q, k, v)
+        t1 = clock()
+        F.scaled_dot_product_attention(q, k, v)  # looked up each time: --after none puts the original back
+        pairs.append((t1 - t0, clock() - t1))
 with open(out, "w") as f:
-    json.dump(times, f)
+    json.dump(pairs, f)
 '''
 
 GPU_SCRIPT = '''\
@@ -65,7 +70,8 @@ out, n = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
 config = GPT2Config(n_layer=8, n_embd=512, n_head=8, vocab_size=32000, n_positions=1024)
 config._attn_implementation = "sdpa"
-model = GPT2LMHeadModel(config).to("cuda", torch.bfloat16).eval()
+with torch.device("cuda"):  # initialised on the GPU: seconds less per run than on the CPU
+    model = GPT2LMHeadModel(config).to(torch.bfloat16).eval()
 prompt = torch.randint(0, 32000, (4, 32), device="cuda")
 times = []
 with torch.no_grad():
@@ -136,7 +142,9 @@ def table(rows: dict[str, list[float]], unit: str) -> str:
 
 
 def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
-    added: dict[str, list[float]] = {m: [] for m in modes if m != "bare"}
+    """Each iteration of the script calls the bare op, then the (wrapped) F.scaled_dot_product_attention: the
+    difference of their medians in one run is what attnprof added, under the same load (this machine is shared)."""
+    added: dict[str, list[float]] = {m: [] for m in modes}
     bare_us: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -144,19 +152,18 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
         script.write_text(CPU_SCRIPT)
         for r in range(rounds):
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
-            medians = {}
             for mode in order:
-                times = run_mode(mode, script, calls, root)[calls // 5:]  # the first fifth: window, settling
-                medians[mode] = statistics.median(times) / 1000.0
-            bare_us.append(medians["bare"])
-            for mode in added:
-                added[mode].append(medians[mode] - medians["bare"])
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {medians[m]:.1f}" for m in modes) + " µs/call",
+                pairs = run_mode(mode, script, calls, root)[calls // 5:]  # the first fifth: window, settling
+                bare = statistics.median(p[0] for p in pairs) / 1000.0
+                added[mode].append(statistics.median(p[1] for p in pairs) / 1000.0 - bare)
+                bare_us.append(bare)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} +{added[m][-1]:.1f}" for m in modes) + " µs/call",
                   file=sys.stderr)
     import torch
 
     head = (f"CPU ({os.cpu_count()} cores, torch {torch.__version__}): SDPA on (1, 2, 8, 16) float32, {calls} calls "
-            f"per run, {rounds} rounds; bare call {statistics.median(bare_us):.1f} µs (median of rounds)")
+            f"per run, each beside a bare call, {rounds} rounds; bare call {statistics.median(bare_us):.1f} µs "
+            f"(median)")
     return head + "\n\n" + table(added, "µs")
 
 
@@ -175,7 +182,9 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...]) -> str:
         for r in range(rounds):
             medians = {}
             for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
-                times = run_mode(mode, script, generates, root)[1:]  # the first generate: window, warm-up
+                # the first generate: the window, warm-up; profiling every call of more than one takes long to save
+                n = 2 if mode == "profiled" else generates
+                times = run_mode(mode, script, n, root)[1:]
                 medians[mode] = statistics.median(times)
             bare_s.append(medians["bare"])
             for mode in added:
@@ -193,7 +202,7 @@ def main(argv=None) -> None:
     p.add_argument("--gpu", action="store_true", help="the GPU decode loop (default: the CPU loop)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
-    p.add_argument("--generates", type=int, default=4, help="GPU: generate() calls per run")
+    p.add_argument("--generates", type=int, default=3, help="GPU: generate() calls per run (the first not counted)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     a = p.parse_args(argv)
     modes = tuple(m for m in a.modes.split(",") if m)

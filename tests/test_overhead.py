@@ -135,3 +135,50 @@ def test_timing_keeps_a_uniform_sample_past_max_values(monkeypatch):
     kept = clock.timing.true_us
     assert len(kept) == 10 and clock.measured["true"] == 1000
     assert kept.count(1.0) <= 2  # expected 0.1 of them; a list that stopped at 10 keeps all ten
+
+
+class _Event:
+    """torch.cuda.Event stand-in that logs what happens to it."""
+
+    log: list = []
+
+    def __init__(self, enable_timing=False):
+        _Event.log.append("new")
+        self.t = None
+
+    def record(self, stream=None):
+        _Event.log.append("record")
+        self.t = 0.0
+
+    def query(self):
+        return True
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return 0.001
+
+
+def test_the_end_event_is_recorded_first_thing_after_the_call(monkeypatch):
+    """Both events of a pair come from the pool at the start: between the call and its end event, no pool lookup,
+    no lock, no event made."""
+    _Event.log = []
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    timer = Timer()
+    clock = timer.clock("a.py:1", "sdpa", "fwd")
+    token = timer.start(0)
+    assert _Event.log == ["new", "new", "record"]
+
+    class LoggedLock:
+        def __enter__(self):
+            _Event.log.append("lock")
+
+        def __exit__(self, *exc):
+            return None
+
+    timer._lock = LoggedLock()
+    timer.stop(token, clock, "true")
+    assert _Event.log == ["new", "new", "record", "record", "lock"]
+    assert clock.pending["true"] == 1

@@ -89,31 +89,31 @@ class Timer:
 
     # --- one measurement --------------------------------------------------------------------------------------------
 
-    def _event(self, device: int) -> Any:
+    def _events(self, device: int) -> tuple[Any, Any]:
+        """A start and an end event from `device`'s pool (new ones when it is empty)."""
         with self._lock:
             pool = self._pools.get(device)
-            if pool:
-                return pool.pop()
-        return torch.cuda.Event(enable_timing=True)
+            if pool and len(pool) >= 2:
+                return pool.pop(), pool.pop()
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def start(self, device: int | None) -> tuple:
         """A token for `stop`: the start event recorded now on `device`'s current stream (the end goes on the same
-        stream), or the host clock."""
+        stream, taken from the pool here too, so that `stop` records it first thing), or the host clock."""
         if device is None:
-            return (None, time.perf_counter_ns(), None)
+            return (None, time.perf_counter_ns(), None, None)
         stream = torch.cuda.current_stream(device)
-        ev = self._event(device)
-        ev.record(stream)
-        return (device, ev, stream)
+        start, end = self._events(device)
+        start.record(stream)
+        return (device, start, stream, end)
 
     def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
-        device, start, stream = token
+        device, start, stream, end = token
         if device is None:
             us = (time.perf_counter_ns() - start) / 1000.0
             with self._lock:
                 clock.store(phase, us)
             return
-        end = self._event(device)
         end.record(stream)
         with self._lock:
             clock.timing.clock = "cuda_event"
@@ -122,9 +122,9 @@ class Timer:
             self.devices.add(device)
 
     def cancel(self, token: tuple) -> None:
-        device, start, _ = token
+        device, start, _, end = token
         if device is not None:
-            self._release(device, start)
+            self._release(device, start, end)
 
     def _release(self, device: int, *events: Any) -> None:
         with self._lock:
