@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-calls", type=int, default=512, metavar="N",
                    help="stop profiling after this many attention calls, to bound the trace (default: 512)")
     p.add_argument("--after", choices=["none", "nvtx", "time"], default="nvtx",
-                   help="after the profiled window: none (the original functions back: no cost), nvtx (an NVTX "
-                        "range per call, ~1-2 us; default), time (NVTX and a timing per call, as in the timed steps)")
+                   help="after the profiled window: nvtx (an NVTX range per call and the step count; default), none "
+                        "(the original functions put back: nothing added), time (NVTX and a timing per call, as in "
+                        "the timed steps)")
     p.add_argument("--no-source-lines", dest="source_lines", action="store_false",
                    help="do not mark layout-prep torch calls with their source line while profiling")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
