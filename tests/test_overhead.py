@@ -41,7 +41,7 @@ def test_after_none_puts_the_original_function_back_when_the_window_closes(trace
 def test_after_nvtx_keeps_the_wrapper_and_the_step_counter_and_times_nothing(trace, tmp_path, monkeypatch):
     names = []
     monkeypatch.setattr(session_mod, "_nvtx_push", names.append)
-    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call")  # --after nvtx: the default
+    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call", after="nvtx")
     assert _seen(tmp_path) == [False] * 7
     # one range per call, numbered on after the window: call 5 entered the full path (it closed the window)
     assert names == [f"sdpa script.py:8 #{i}" for i in range(1, 8)]
@@ -52,7 +52,7 @@ def test_after_nvtx_keeps_the_wrapper_and_the_step_counter_and_times_nothing(tra
 
 
 def test_after_time_times_the_calls_after_the_window(trace):
-    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call", after="time")
+    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call")  # --after time: the default
     (fwd,) = r.runinfo.sites
     assert (fwd.warmup_calls, len(fwd.true_us), len(fwd.profiled_us), len(fwd.after_us)) == (2, 1, 2, 2)
 

@@ -69,7 +69,7 @@ class TraceOptions:
     step_on: str = "auto"  # auto | optimizer | iteration | call
     max_calls: int = 512
     source_lines: bool = True
-    after: str = "nvtx"  # one of AFTER_MODES
+    after: str = "time"  # one of AFTER_MODES
     quiet: bool = False  # no "attnprof:" progress lines (errors are still printed)
 
 
