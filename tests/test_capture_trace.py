@@ -114,7 +114,7 @@ def test_backward_is_timed_when_the_script_calls_backward(trace):
         for i in range(6):
             q, k, v = proj(x).view(2, 8, 3, 2, 8).permute(2, 0, 3, 1, 4)
             F.scaled_dot_product_attention(q, k, v).sum().backward()
-        """, warmup=1, timed=1, active=2, step_on="call")
+        """, warmup=1, timed=1, active=2, step_on="call", after="time")
     bwd = next(t for t in r.runinfo.sites if t.phase == "bwd")
     # 6 calls: 1 warm-up, 1 timed, 2 profiled, 1 settling after the profiler (untimed), 1 timed after it
     assert (bwd.site, bwd.op, bwd.warmup_calls, len(bwd.true_us), len(bwd.profiled_us), len(bwd.after_us)) == (

@@ -122,7 +122,7 @@ def test_call_steps(trace):
 
 
 def test_timing_phases_follow_the_window(trace):
-    r = trace(CALLS.replace("N", "10"), warmup=2, timed=3, active=2, step_on="call")
+    r = trace(CALLS.replace("N", "10"), warmup=2, timed=3, active=2, step_on="call", after="time")
     timings = {t.phase: t for t in r.runinfo.sites}
     for phase in ("fwd", "bwd"):
         t = timings[phase]

@@ -96,10 +96,8 @@ def implementation_wrapper(key: Any, fn: Any) -> Any:
 
 def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
     def wrapper(*args, **kwargs):
-        if _is_compiling():
-            return original(*args, **kwargs)
         dispatch = _dispatch
-        if dispatch is None:
+        if dispatch is None or _is_compiling():  # the cheap test first: is_compiling is a Python call
             return original(*args, **kwargs)
         return dispatch(entry, original, args, kwargs)
 

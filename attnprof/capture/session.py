@@ -53,6 +53,9 @@ except ImportError:  # pragma: no cover - nvtx is a dependency; torch's NVTX (CU
 
 NVTX_DOMAIN = "attnprof"
 STEP_UNITS = ("auto", "optimizer", "iteration", "call")
+#: What wraps attention calls after the profiled window: nothing (the original functions are put back), an NVTX
+#: range with the step counter, or that and a timing per call (as in the timed steps).
+AFTER_MODES = ("none", "nvtx", "time")
 
 
 @dataclass
@@ -68,6 +71,7 @@ class TraceOptions:
     step_on: str = "auto"  # auto | optimizer | iteration | call
     max_calls: int = 512
     source_lines: bool = True
+    after: str = "time"  # one of AFTER_MODES
     quiet: bool = False  # no "attnprof:" progress lines (errors are still printed)
 
 
@@ -109,6 +113,8 @@ def _check_options(o: TraceOptions) -> None:
             raise AttnprofError(f"--{name.replace('_', '-')} must be >= 0")
     if o.step_on not in STEP_UNITS:
         raise AttnprofError(f"--step-on must be one of {', '.join(STEP_UNITS)}")
+    if o.after not in AFTER_MODES:
+        raise AttnprofError(f"--after must be one of {', '.join(AFTER_MODES)}")
 
 
 def _now() -> datetime:
@@ -157,7 +163,7 @@ class Session:
         self.resolver = SiteResolver(self.cwd)
         self.timer = Timer()
         self.window = StepWindow(options.step_on, options.warmup, options.timed, options.active, options.max_calls,
-                                 start=self._start_profiler, stop=self._stop_profiler)
+                                 start=self._start_profiler, stop=self._stop_profiler, done=self._window_done)
         self.patcher = patching.Patcher()
         self.sources = SourceLines(self.resolver) if options.source_lines else None
         self.calls: list[CallInfo] = []
@@ -180,6 +186,7 @@ class Session:
         self._cuda_device: int | None = None
         self._warned: set[str] = set()
         self._final: RunInfo | None = None
+        self._range_prefixes: dict[tuple[str, str], str] = {}  # (op, site) -> ASCII `<op> <site> #`
 
     # --- the run ----------------------------------------------------------------------------------------------------
 
@@ -529,6 +536,61 @@ class Session:
             self._note_error("could not follow an attention call", e)
         return result
 
+    def _window_done(self) -> None:
+        """The profiled window is over: from now on calls get what `--after` asks for (see AFTER_MODES). Calls
+        already inside `dispatch` finish there."""
+        after = self.options.after
+        if after == "time" or not self._enabled:
+            return
+        if after == "nvtx":
+            patching.set_dispatch(self._dispatch_nvtx)
+            return
+        patching.set_dispatch(None)  # wrappers the script still holds (an attribute set before) call straight through
+        try:
+            self.patcher.uninstall()
+        except Exception as e:
+            self._note_error("could not unwrap the attention functions after the window", e)
+
+    def _dispatch_nvtx(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
+        """`--after nvtx`: the NVTX range `<op> <site> #<id>` and the step counter, nothing else (no timing, no
+        description, no profiler range)."""
+        tls = self._tls
+        if not self._enabled or getattr(tls, "busy", False):
+            return original(*args, **kwargs)
+        if self.sources is not None and self.sources.pending:
+            self.sources.retry()
+        if entry.record_if is not None:
+            try:
+                if not entry.record_if(args, kwargs):
+                    return original(*args, **kwargs)
+            except Exception:
+                return original(*args, **kwargs)
+        try:
+            frame = sys._getframe(1)  # the wrapper, as `_enter` sees it
+            site, _, user = self.resolver.call_site(frame)
+            with self.window.lock:
+                call_id = self.window.enter_call(site, frame, user)[0]
+            name = self._range_prefix(entry.op, site) + str(call_id)
+            ncu = ncu_select.enter(True, self.resolver)
+        except Exception as e:
+            self._note_error("could not follow an attention call", e)
+            return original(*args, **kwargs)
+        _nvtx_push(name)
+        tls.busy = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            tls.busy = False
+            _nvtx_pop()
+            ncu_select.exit(ncu)
+
+    def _range_prefix(self, op: str, site: str) -> str:
+        """`<op> <site> #`, ASCII (profilers keep ASCII range names only): made once per op and site."""
+        prefix = self._range_prefixes.get((op, site))
+        if prefix is None:
+            prefix = self._range_prefixes[(op, site)] = ascii_name(f"{op} {site} #")
+        return prefix
+
     def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict) -> _Call:
         call = _Call()
         frame = sys._getframe(2)  # the wrapper's caller: inside the module calls, where the step's root is found
@@ -543,7 +605,7 @@ class Session:
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
-        call.name = ascii_name(f"{entry.op} {site} #{call.call_id}")  # profilers keep ASCII range names only
+        call.name = self._range_prefix(entry.op, site) + str(call.call_id)
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
             self._cuda_device = call.device
@@ -553,7 +615,7 @@ class Session:
             clock.timing.warmup_calls += 1
         _nvtx_push(call.name)
         call.ncu = ncu_select.enter(call.step >= self.window.warmup, self.resolver)
-        if call.phase != WARMUP and clock.has_room(call.phase):
+        if call.phase != WARMUP:
             try:
                 call.token = self.timer.start(call.device)
             except Exception as e:

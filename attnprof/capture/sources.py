@@ -102,9 +102,11 @@ class SiteResolver:
 
     def __init__(self, cwd: str | None = None):
         self.cwd = cwd or os.getcwd()
-        self._kinds: dict[CodeType, int] = {}
+        # Per-call caches are keyed by id(code), each entry holding the code to check it is still the same one:
+        # hashing a code object hashes its bytecode and constants on every lookup (several us per frame).
+        self._kinds: dict[int, tuple[CodeType, int]] = {}
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
-        self._call_sites: dict[tuple, tuple[str, str]] = {}
+        self._call_sites: dict[tuple, tuple[CodeType, CodeType | None, str, str]] = {}
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -114,9 +116,11 @@ class SiteResolver:
         if an attention library's frame comes first)."""
         kinds = self._kinds
         while frame is not None:
-            kind = kinds.get(frame.f_code)
-            if kind is None:
-                kind = kinds[frame.f_code] = _classify(frame)
+            code = frame.f_code
+            found = kinds.get(id(code))
+            if found is None or found[0] is not code:
+                found = kinds[id(code)] = (code, _classify(frame))
+            kind = found[1]
             if kind == USER:
                 return frame
             if kind == ATTENTION and not through_attention:
@@ -132,10 +136,10 @@ class SiteResolver:
             code = frame.f_code
             if code.co_filename.startswith(_ATTNPROF_DIR):
                 return None
-            kind = kinds.get(code)
-            if kind is None:
-                kind = kinds[code] = _classify(frame)
-            if kind == USER:
+            found = kinds.get(id(code))
+            if found is None or found[0] is not code:
+                found = kinds[id(code)] = (code, _classify(frame))
+            if found[1] == USER:
                 return frame
             frame = frame.f_back
         return None
@@ -161,17 +165,20 @@ class SiteResolver:
         if user is None:
             return UNKNOWN_SITE, "?", None
         caller = None if user.f_code.co_name == "<module>" else self._caller(user.f_back)
-        key = (user.f_code, user.f_lineno, caller.f_code if caller else None, caller.f_lineno if caller else None)
+        # keyed by instruction offsets, not lines: f_lineno scans the code's line table on every read (~5 us in a
+        # large forward); an offset maps to one line, read only on a miss
+        caller_code = caller.f_code if caller is not None else None
+        key = (id(user.f_code), user.f_lasti, id(caller_code), caller.f_lasti if caller is not None else -1)
         found = self._call_sites.get(key)
-        if found is None:
+        if found is None or found[0] is not user.f_code or found[1] is not caller_code:
             site, function = self.site(user)
             if caller is not None:
                 caller_site = self.site(caller)[0]
                 path = site.rpartition(":")[0]
                 caller_path, _, caller_line = caller_site.rpartition(":")
                 site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
-            found = self._call_sites[key] = (site, function)
-        return found[0], found[1], user
+            found = self._call_sites[key] = (user.f_code, caller_code, site, function)
+        return found[2], found[3], user
 
 
     def place(self, frame: FrameType | None, user: FrameType | None) -> Place:

@@ -3,11 +3,13 @@
 On CUDA: a pair of pooled `torch.cuda.Event`s recorded on the current stream before and after the call (after the
 backward), resolved lazily with `.query()` and once with a synchronize at the end, never a sync per call. On CPU:
 the host clock. A call's phase decides its list: warm-up calls are only counted, calls in timed steps and after the
-profiled window go to `true_us`, calls inside it to `profiled_us`.
+profiled window go to `true_us`, calls inside it to `profiled_us`. Each list keeps at most MAX_VALUES values: past
+that, a uniform sample of all the phase's measurements (a reservoir), so a long run is timed to its end.
 Calls come from any thread of the script: the shared state (sites, pending pairs, pools) changes under one lock.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -17,7 +19,8 @@ import torch
 
 from attnprof.trace.runinfo import SiteTiming
 
-#: At most this many values per site, op, phase and list: enough for a median, bounded memory and overhead.
+#: At most this many values per site, op, phase and list (a uniform sample of them all beyond): enough for a
+#: median, bounded memory.
 MAX_VALUES = 10_000
 #: Resolve finished event pairs every this many calls.
 POLL_EVERY = 256
@@ -28,20 +31,32 @@ WARMUP, TRUE, PROFILED, AFTER = "warmup", "true", "profiled", "after"
 
 
 class SiteClock:
-    """The SiteTiming of one (site, op, phase) and its pending measurements."""
+    """The SiteTiming of one (site, op, phase), its CUDA-event measurements still in flight, and how many values
+    each of its lists was offered."""
 
-    __slots__ = ("timing", "pending")
+    __slots__ = ("timing", "pending", "measured", "_sample")
 
     def __init__(self, timing: SiteTiming):
         self.timing = timing
         self.pending = {TRUE: 0, PROFILED: 0, AFTER: 0}
+        self.measured = {TRUE: 0, PROFILED: 0, AFTER: 0}
+        self._sample = random.Random(0)  # reproducible: the same run keeps the same values
 
     def values(self, phase: str) -> list[float]:
         t = self.timing
         return t.profiled_us if phase == PROFILED else t.after_us if phase == AFTER else t.true_us
 
-    def has_room(self, phase: str) -> bool:
-        return len(self.values(phase)) + self.pending[phase] < MAX_VALUES
+    def store(self, phase: str, us: float) -> None:
+        """Keep one measurement: all of the first MAX_VALUES, then each with probability MAX_VALUES / n in place
+        of a random kept one (reservoir sampling, algorithm R): the kept values stay a uniform sample."""
+        values = self.values(phase)
+        n = self.measured[phase] = self.measured[phase] + 1
+        if len(values) < MAX_VALUES:
+            values.append(us)
+            return
+        j = self._sample.randrange(n)
+        if j < MAX_VALUES:
+            values[j] = us
 
 
 class Timer:
@@ -74,29 +89,31 @@ class Timer:
 
     # --- one measurement --------------------------------------------------------------------------------------------
 
-    def _event(self, device: int) -> Any:
+    def _events(self, device: int) -> tuple[Any, Any]:
+        """A start and an end event from `device`'s pool (new ones when it is empty)."""
         with self._lock:
             pool = self._pools.get(device)
-            if pool:
-                return pool.pop()
-        return torch.cuda.Event(enable_timing=True)
+            if pool and len(pool) >= 2:
+                return pool.pop(), pool.pop()
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def start(self, device: int | None) -> tuple:
         """A token for `stop`: the start event recorded now on `device`'s current stream (the end goes on the same
-        stream), or the host clock."""
+        stream, taken from the pool here too, so that `stop` records it first thing), or the host clock."""
         if device is None:
-            return (None, time.perf_counter_ns(), None)
+            return (None, time.perf_counter_ns(), None, None)
         stream = torch.cuda.current_stream(device)
-        ev = self._event(device)
-        ev.record(stream)
-        return (device, ev, stream)
+        start, end = self._events(device)
+        start.record(stream)
+        return (device, start, stream, end)
 
     def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
-        device, start, stream = token
+        device, start, stream, end = token
         if device is None:
-            clock.values(phase).append((time.perf_counter_ns() - start) / 1000.0)
+            us = (time.perf_counter_ns() - start) / 1000.0
+            with self._lock:
+                clock.store(phase, us)
             return
-        end = self._event(device)
         end.record(stream)
         with self._lock:
             clock.timing.clock = "cuda_event"
@@ -105,19 +122,18 @@ class Timer:
             self.devices.add(device)
 
     def cancel(self, token: tuple) -> None:
-        device, start, _ = token
+        device, start, _, end = token
         if device is not None:
-            self._release(device, start)
+            self._release(device, start, end)
 
     def _release(self, device: int, *events: Any) -> None:
         with self._lock:
             self._pools.setdefault(device, []).extend(events)
 
     def tick(self) -> None:
-        with self._lock:
-            self._calls += 1
-            due = self._calls % POLL_EVERY == 0 and self._pending
-        if due:
+        # no lock: a count lost to a race only moves the next poll (the pending queue itself is locked)
+        self._calls += 1
+        if self._calls % POLL_EVERY == 0 and self._pending:
             self.poll()
 
     def poll(self, wait: bool = False) -> None:
@@ -132,7 +148,7 @@ class Timer:
                 if wait:
                     end.synchronize()
                 clock.pending[phase] -= 1
-                clock.values(phase).append(start.elapsed_time(end) * 1000.0)
+                clock.store(phase, start.elapsed_time(end) * 1000.0)
                 self._release(device, start, end)
 
     def finish(self) -> None:
@@ -210,10 +226,8 @@ class _Backward:
         try:
             if self.token is not None:
                 self.timer.cancel(self.token)
-            self.token = None
-            if self.clock.has_room(self.phase):
-                self.left = self.parts
-                self.token = self.timer.start(self.device)
+            self.left = self.parts
+            self.token = self.timer.start(self.device)
         except Exception:
             self.token = None
         return None

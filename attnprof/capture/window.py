@@ -50,7 +50,7 @@ def _module_call_codes() -> frozenset:
 
 class StepWindow:
     def __init__(self, unit: str, warmup: int, timed: int, active: int, max_calls: int,
-                 start: Callable[[], bool], stop: Callable[[], None]):
+                 start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None):
         self.auto = unit == "auto"
         self.unit: str | None = None if unit == "auto" else unit
         self.warmup, self.timed, self.active = warmup, timed, active
@@ -58,6 +58,7 @@ class StepWindow:
         self.end = self.first + active  # first step after the window
         self.max_calls = max_calls
         self._start, self._stop = start, stop
+        self._done = done  # called once when the window is over (closed, or its profiler could not start)
         self.state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
         self.tried = False  # the window was due to open (whether or not the profiler started)
         self.cold = False  # the window opened at step 0 because the run showed no loop (see the module docstring)
@@ -241,6 +242,7 @@ class StepWindow:
         if not self._start():
             self.state = DONE
             self.profiled = []
+            self._window_over()
 
     def _close(self, reason: str | None, last: int | None) -> None:
         self.state = DONE
@@ -249,6 +251,12 @@ class StepWindow:
         first = self.profiled[0] if self.profiled else self.first
         self.profiled = [first, max(first, last if last is not None else first)]
         self._stop()
+        self._window_over()
+
+    def _window_over(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
 
     def _outer_module_call(self, frame: FrameType | None) -> FrameType | None:
         """The frame of the outermost nn.Module call on the stack from `frame` outwards, None if there is none. A

@@ -10,7 +10,7 @@ from attnprof.files import check_run_folder_target, say, stream_open
 
 from attnprof.capture.distributed import TORCHRUN_OPTIONS
 
-_TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls"} | {
+_TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls", "--after"} | {
     k for k, v in TORCHRUN_OPTIONS.items() if v}
 
 
@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(one forward), or every attention call; auto picks optimizer if the script steps one")
     p.add_argument("--max-calls", type=int, default=512, metavar="N",
                    help="stop profiling after this many attention calls, to bound the trace (default: 512)")
+    p.add_argument("--after", choices=["none", "nvtx", "time"], default="time",
+                   help="after the profiled window: time (NVTX and a timing per call, as in the timed steps; "
+                        "default), nvtx (an NVTX range per call and the step count), none (the original functions "
+                        "put back: nothing added)")
     p.add_argument("--no-source-lines", dest="source_lines", action="store_false",
                    help="do not mark layout-prep torch calls with their source line while profiling")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
@@ -126,6 +130,7 @@ def run(ns: argparse.Namespace) -> int:
         step_on=ns.step_on,
         max_calls=ns.max_calls,
         source_lines=ns.source_lines,
+        after=ns.after,
     )
     result = trace_script(options)
     if job is not None:
@@ -168,7 +173,7 @@ def _launch_torchrun(ns: argparse.Namespace, torchrun_args: list[str]) -> int:
     if current_job() is not None:
         raise AttnprofError("--nproc-per-node inside a torchrun job: run `attnprof trace script.py` in each rank")
     own = ["--root", str(ns.root), "--warmup", str(ns.warmup), "--timed", str(ns.timed), "--active", str(ns.active),
-           "--step-on", ns.step_on, "--max-calls", str(ns.max_calls)]
+           "--step-on", ns.step_on, "--max-calls", str(ns.max_calls), "--after", ns.after]
     if ns.out is not None:
         own += ["--out", str(ns.out)]
     if not ns.source_lines:

@@ -1,0 +1,224 @@
+"""What attnprof adds to every attention call, per mode: a loop of tiny SDPA calls on CPU, a decode loop on GPU.
+
+Each mode is one traced run (in this process, `trace_script`) whose measured calls all fall in one phase:
+
+    bare          the script under plain python (no attnprof)
+    inert         attnprof's wrappers installed, no session dispatching (what a wrapper costs by itself)
+    warmup        --warmup covering every call: counted, not timed
+    timed         --warmup 0 --timed covering every call: host clock (CPU) or a CUDA-event pair (GPU) per call
+    profiled      --active covering every call (--max-calls raised): torch.profiler records everything
+    after=none    --active 1, then the rest of the run with --after none (the wrappers are gone)
+    after=nvtx    ... --after nvtx (an NVTX range per call)
+    after=time    ... --after time (NVTX range and a timing per call, as in the timed steps)
+
+CPU: every iteration of the script times a bare call (torch._C._nn.scaled_dot_product_attention, the function
+itself) and then F.scaled_dot_product_attention (attnprof's wrapper, or the original again with --after none); a
+mode's figure is the difference of the two medians in its run (the same load on both: the machine is shared),
+the `bare` row is that difference without attnprof (0 up to noise). Rounds alternate the order of the modes; the
+table gives the median over rounds with the lowest and highest round.
+GPU: the script times whole `generate()` calls (synchronised); added per call = (median generate time - bare's) /
+attention calls per generate.
+
+    python benchmarks/overhead.py --cpu                 # this machine (a few minutes on 2 loaded cores)
+    python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, < 90 s
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODES = ("bare", "inert", "warmup", "timed", "profiled", "after=none", "after=nvtx", "after=time")
+BIG = 10**9
+
+CPU_SCRIPT = '''\
+import json, sys, time
+import torch
+import torch.nn.functional as F
+
+out, n = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)  # a tiny op gains nothing from threads, and a loaded machine makes them stall
+torch.manual_seed(0)
+q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+bare = torch._C._nn.scaled_dot_product_attention  # what F.scaled_dot_product_attention is without attnprof
+clock = time.perf_counter_ns
+pairs = []
+with torch.no_grad():
+    for _ in range(n):
+        t0 = clock()
+        bare(q, k, v)
+        t1 = clock()
+        F.scaled_dot_product_attention(q, k, v)  # looked up each time: --after none puts the original back
+        pairs.append((t1 - t0, clock() - t1))
+with open(out, "w") as f:
+    json.dump(pairs, f)
+'''
+
+GPU_SCRIPT = '''\
+import json, sys, time
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+out, n = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+config = GPT2Config(n_layer=8, n_embd=512, n_head=8, vocab_size=32000, n_positions=1024, bos_token_id=0,
+                    eos_token_id=0)
+config._attn_implementation = "sdpa"
+with torch.device("cuda"):  # initialised on the GPU: seconds less per run than on the CPU
+    model = GPT2LMHeadModel(config).to(torch.bfloat16).eval()
+prompt = torch.randint(0, 32000, (4, 32), device="cuda")
+mask = torch.ones_like(prompt)
+times = []
+with torch.no_grad():
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(prompt, attention_mask=mask, max_new_tokens=64, min_new_tokens=64, do_sample=False,
+                       pad_token_id=0)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+with open(out, "w") as f:
+    json.dump(times, f)
+'''
+
+
+def _options(mode: str, script: Path, args: list[str], root: Path):
+    from attnprof.capture.session import TraceOptions
+
+    o = TraceOptions(target=str(script), is_module=False, args=args, out=None, root=root, quiet=True,
+                     step_on="call", source_lines=True)
+    if mode == "warmup":
+        o.warmup, o.timed, o.active = BIG, 0, 1
+    elif mode == "timed":
+        o.warmup, o.timed, o.active = 0, BIG, 1
+    elif mode == "profiled":
+        o.warmup, o.timed, o.active, o.max_calls = 0, 0, BIG, BIG
+    else:  # after=...: the first call profiled, every later one after the window
+        o.warmup, o.timed, o.active = 0, 0, 1
+        o.after = mode.partition("=")[2]
+    return o
+
+
+def run_mode(mode: str, script: Path, n: int, root: Path) -> list[float]:
+    """The script's own measurements (per call, or per generate) for one run in `mode`."""
+    import runpy
+
+    from attnprof.capture import patching
+    from attnprof.capture.session import trace_script
+
+    out = root / f"{mode}.json"
+    args = [str(out), str(n)]
+    if mode in ("bare", "inert"):
+        patcher = patching.Patcher() if mode == "inert" else None
+        saved = sys.argv
+        sys.argv = [str(script), *args]
+        try:
+            if patcher is not None:
+                patcher.install()
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = saved
+            if patcher is not None:
+                patcher.uninstall()
+    else:
+        result = trace_script(_options(mode, script, args, root))
+        if result.exit_code != 0:
+            raise SystemExit(f"{mode}: the script failed ({result.outcome})")
+    values = json.loads(out.read_text())
+    out.unlink()
+    return values
+
+
+def table(rows: dict[str, list[float]], unit: str) -> str:
+    lines = [f"| mode | added per call ({unit}), median of rounds | lowest round | highest round |",
+             "|---|---|---|---|"]
+    for mode, values in rows.items():
+        lines.append(f"| {mode} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} |")
+    return "\n".join(lines)
+
+
+def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
+    """Each iteration of the script calls the bare op, then the (wrapped) F.scaled_dot_product_attention: the
+    difference of their medians in one run is what attnprof added, under the same load (this machine is shared)."""
+    added: dict[str, list[float]] = {m: [] for m in modes}
+    bare_us: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        script = root / "tiny_sdpa.py"
+        script.write_text(CPU_SCRIPT)
+        for r in range(rounds):
+            order = list(modes) if r % 2 == 0 else list(reversed(modes))
+            for mode in order:
+                pairs = run_mode(mode, script, calls, root)[calls // 5:]  # the first fifth: window, settling
+                bare = statistics.median(p[0] for p in pairs) / 1000.0
+                added[mode].append(statistics.median(p[1] for p in pairs) / 1000.0 - bare)
+                bare_us.append(bare)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} +{added[m][-1]:.1f}" for m in modes) + " µs/call",
+                  file=sys.stderr)
+    import torch
+
+    head = (f"CPU ({os.cpu_count()} cores, torch {torch.__version__}): SDPA on (1, 2, 8, 16) float32, {calls} calls "
+            f"per run, each beside a bare call, {rounds} rounds; bare call {statistics.median(bare_us):.1f} µs "
+            f"(median)")
+    return head + "\n\n" + table(added, "µs")
+
+
+def gpu(rounds: int, generates: int, modes: tuple[str, ...]) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs CUDA")
+    calls_per_generate = 8 * 64  # layers x new tokens (the prompt's forward is the first token's)
+    added: dict[str, list[float]] = {m: [] for m in modes if m != "bare"}
+    bare_s: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        script = root / "decode.py"
+        script.write_text(GPU_SCRIPT)
+        for r in range(rounds):
+            medians = {}
+            for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
+                # the first generate: the window, warm-up; profiling every call of more than one takes long to save
+                n = 2 if mode == "profiled" else generates
+                times = run_mode(mode, script, n, root)[1:]
+                medians[mode] = statistics.median(times)
+            bare_s.append(medians["bare"])
+            for mode in added:
+                added[mode].append((medians[mode] - medians["bare"]) * 1e6 / calls_per_generate)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {medians[m] * 1e3:.1f}" for m in modes)
+                  + " ms/generate", file=sys.stderr)
+    head = (f"GPU ({torch.cuda.get_device_name()}, torch {torch.__version__}): GPT-2 from a config (8 layers, "
+            f"d=512, bf16, sdpa), generate() of 64 new tokens at batch 4 = {calls_per_generate} attention calls; "
+            f"bare generate {statistics.median(bare_s) * 1e3:.1f} ms (median of rounds)")
+    return head + "\n\n" + table(added, "µs")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="the GPU decode loop (default: the CPU loop)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
+    p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
+    p.add_argument("--generates", type=int, default=3, help="GPU: generate() calls per run (the first not counted)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    a = p.parse_args(argv)
+    modes = tuple(m for m in a.modes.split(",") if m)
+    if "bare" not in modes:
+        modes = ("bare", *modes)
+    started = time.perf_counter()
+    if a.gpu:
+        text = gpu(a.rounds or 2, a.generates, modes)
+    else:
+        text = cpu(a.rounds or 5, a.calls, modes)
+    print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
