@@ -9,48 +9,12 @@ import re
 import pytest
 
 from attnprof.analysis import diagnosis as dg
-from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, CopyRecord, KernelSlice, Report
-from attnprof.analysis.sites import summarize_sites
 from attnprof.cli import explain_cmd
 from attnprof.errors import AttnprofError
 from attnprof.pipeline import analyze_path
-from attnprof.trace.runinfo import CallInfo, RunInfo, SiteTiming, StepInfo, TensorInfo
+from attnprof.trace.runinfo import CallInfo, TensorInfo
+from hand_records import call, report, seed_vs_sdpa
 from seed_runs import REPO, h100_run_folders, seed_runs
-
-H100 = "NVIDIA H100 80GB HBM3"
-
-
-# --- hand-built records ---------------------------------------------------------------------------------------
-
-
-def call(site, backend, *, id=1, phase="fwd", compute=40.0, copies=(), launch=0.0, other=0.0, op="sdpa",
-         shapes=None, dtype="float16", layout="BHLD", device="cuda:0", gqa=None) -> CallSplit:
-    """A call whose window is exactly its parts; copies are (op, µs, position, line)."""
-    records = [CopyRecord(site=line, op=cop, bytes=1 << 20, dur_us=us, position=pos) for cop, us, pos, line in copies]
-    copy = sum(r.dur_us for r in records)
-    shapes = shapes or {"q": [2, 16, 256, 64], "k": [2, 16, 256, 64], "v": [2, 16, 256, 64]}
-    return CallSplit(id=id, op=op, backend=backend, phase=phase, site=site, found_by="attnprof", device=device,
-                     shapes=shapes, dtype=dtype, layout=layout, gqa_ratio=gqa,
-                     window_us=compute + copy + (launch or 0.0) + other, compute_us=compute, copy_us=copy,
-                     launch_us=launch, other_us=other, copies=records,
-                     entry_busy_us=compute + other + sum(r.dur_us for r in records if r.position == "inside"),
-                     kernels=[KernelSlice("attention_kernel", "compute", 0.0, compute)])
-
-
-def report(calls: list[CallSplit], timings: dict | None = None, device: str = H100) -> Report:
-    """`timings`: {(site, phase): (true_us, profiled_us)} as capture measures them around the entry point."""
-    info = None
-    if timings:
-        info = RunInfo(version=1, attnprof_version="test", torch_version="2.11", cuda_version="13.0", device=device,
-                       device_capability="9.0" if "H100" in device else None, hostname="h", pid=1,
-                       command=["m.py"], started_at="2026-11-25T13:00:00", trace_files=[],
-                       steps=StepInfo(unit="iteration", warmup=2, timed=3, active=2, seen=7),
-                       sites=[SiteTiming(site=s, op=next(c.op for c in calls if c.site == s), phase=p,
-                                         clock="cuda_event", true_us=[t] * 3, profiled_us=[pr] * 2)
-                              for (s, p), (t, pr) in timings.items()])
-    run = {"device_capability": "9.0"} if "H100" in device else None
-    return Report(schema_version=SCHEMA_VERSION, source="hand-built", trace_files=[], device=device,
-                  torch_version="2.11", calls=calls, sites=summarize_sites(calls, info), run=run)
 
 
 def kinds(causes):
@@ -60,22 +24,6 @@ def kinds(causes):
 def assert_adds_up(e: dg.Explanation):
     assert sum(c.us for c in e.causes) + e.unexplained_us == pytest.approx(e.gap_us, abs=1e-6)
     assert e.gap_us == pytest.approx(e.b.us - e.a.us)
-
-
-# --- the seed case, hand-built as an H100 measured it ----------------------------------------------------------
-
-SEED_COPIES = [("aten::contiguous", 38.0, "before", f"seed.py:{n}") for n in (44, 45, 46)] + [
-    ("aten::contiguous", 38.0, "after", "seed.py:48")]
-
-
-def seed_vs_sdpa():
-    sdpa = [call("model.py:9", "cudnn", id=i, compute=41.0, launch=60.0, other=1.0) for i in (1, 2)]
-    seed = [call("seed.py:47", "flash", id=i, compute=69.0, copies=SEED_COPIES, launch=900.0, op="flash_attn_func",
-                 layout="BLHD", shapes={"q": [2, 256, 16, 64], "k": [2, 256, 16, 64], "v": [2, 256, 16, 64]})
-            for i in (3, 4)]
-    timings = {("model.py:9", "fwd"): (60.0, 100.0), ("seed.py:47", "fwd"): (81.0, 240.0)}
-    r = report(sdpa + seed, timings)
-    return r, dg.select(r, site="model.py:9"), dg.select(r, site="seed.py:47")
 
 
 def test_true_basis_counts_the_entry_point_plus_prep_copies_not_the_profilers_idle():
