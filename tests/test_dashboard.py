@@ -14,7 +14,7 @@ from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, ru
 from attnprof.pipeline import analyze_path, analyze_run, write_dashboard_for
 from attnprof.render import dashboard as db
 from hand_records import CEILINGS, call, compare_doc, report, seed_vs_sdpa
-from seed_runs import H100_TRACES, h100_run_folders, seed_runs
+from seed_runs import H100_TRACES, bare_trace, h100_run_folders, seed_runs
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_dashboard_of_a_cpu_run_folder(cpu_runs):
 
 
 def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):
-    trace = next(cpu_runs["seed"].glob("*.pt.trace.json"))
+    trace = bare_trace(cpu_runs["seed"])
     path = write_for_path(trace)
     assert path.parent == trace.parent and path.name.endswith(".attnprof.dashboard.html")
     assert "sites" in db.read_dashboard_data(path)["figures"]
