@@ -9,17 +9,12 @@ import pytest
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis.insights import insights, roofline_points, site_splits
 from attnprof.analysis.records import KernelSlice
-from attnprof.analysis.roofline import attention_flops, attention_min_bytes, shape_of_call
 from attnprof.cli.dashboard_cmd import write_for_path
 from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, run_identity
 from attnprof.pipeline import analyze_path, analyze_run, write_dashboard_for
 from attnprof.render import dashboard as db
-from attnprof.trace.ceilings import Ceilings
-from seed_runs import H100_TRACES, h100_run_folders, seed_runs
-from test_diagnosis import call, report, seed_vs_sdpa
-
-CEILINGS = Ceilings(device="NVIDIA H100 80GB HBM3", copy_gbps=3000.0, matmul_tflops=790.0, dtype="bfloat16",
-                    measured_at="2026-11-25T13:00:00", method="test")
+from hand_records import CEILINGS, call, compare_doc, report, seed_vs_sdpa
+from seed_runs import H100_TRACES, bare_trace, h100_run_folders, seed_runs
 
 
 @pytest.fixture(scope="module")
@@ -94,31 +89,15 @@ def test_roofline_points_and_ceilings():
     r, _, _ = seed_vs_sdpa()
     points = roofline_points(r, CEILINGS)
     kernels = next(p for p in points if p["site"] == "model.py:9" and p["what"] == "kernels")
-    shape = shape_of_call(r.calls[0])
-    flops, nbytes = attention_flops(shape), attention_min_bytes(shape, 2)
-    assert kernels["intensity"] == pytest.approx(flops / nbytes)
-    assert kernels["tflops"] == pytest.approx(flops / 41.0 / 1e6)
+    # q, k, v (B, H, L, D) = (2, 16, 256, 64) in float16, not causal, the kernel 41 µs: by hand
+    flops = 4 * 2 * 16 * 256 * 256 * 64  # QK^T and PV: 2 matmuls of 2·B·H·Lq·Lk·D
+    nbytes = 4 * (2 * 16 * 256 * 64) * 2  # q, k, v read and out written once, 2 bytes each
+    assert flops / nbytes == 128.0 and kernels["intensity"] == pytest.approx(128.0)
+    assert kernels["tflops"] == pytest.approx(flops / 41.0 / 1e6)  # 13.09 TFLOP/s
     fig = db.roofline_figure(points, CEILINGS).to_plotly_json()
     ceiling = next(t for t in fig["data"] if t["name"].startswith("ceilings"))
     assert max(ceiling["y"]) == pytest.approx(790.0)
     assert fig["layout"]["xaxis"]["type"] == "log" and "FLOP / byte" in fig["layout"]["xaxis"]["title"]["text"]
-
-
-def compare_doc() -> dict:
-    rows = []
-    for backend, base in (("sdpa-auto", 40.0), ("aten-flash", 70.0)):
-        for L in (256, 1024, 4096):
-            rows.append({"backend": backend, "variant": "native", "shape": [8, 16, L, 64], "dtype": "float16",
-                         "causal": False, "phase": "fwd", "median_us": base * L / 256, "compute_us": None,
-                         "copy_us": None, "launch_us": None, "other_us": None, "tflops": 100.0, "gbps": 900.0,
-                         "pct_of_peak": 12.5, "unsupported": None})
-    rows.append({"backend": "fa3", "variant": "native", "shape": [8, 16, 256, 64], "dtype": "float16",
-                 "causal": False, "phase": "fwd", "median_us": None, "unsupported": "flash_attn_interface missing"})
-    return {"schema_version": 1, "run": {"device": "NVIDIA H100 80GB HBM3", "command": ["compare"]},
-            "ceilings": {"device": CEILINGS.device, "copy_gbps": CEILINGS.copy_gbps,
-                         "matmul_tflops": CEILINGS.matmul_tflops, "dtype": "bfloat16",
-                         "measured_at": CEILINGS.measured_at, "method": "test", "torch_version": "2.11"},
-            "rows": rows, "notes": []}
 
 
 def test_compare_sweep_and_table():
@@ -238,7 +217,7 @@ def test_dashboard_of_a_cpu_run_folder(cpu_runs):
 
 
 def test_dashboard_of_a_trace_file_goes_next_to_it(cpu_runs):
-    trace = next(cpu_runs["seed"].glob("*.pt.trace.json"))
+    trace = bare_trace(cpu_runs["seed"])
     path = write_for_path(trace)
     assert path.parent == trace.parent and path.name.endswith(".attnprof.dashboard.html")
     assert "sites" in db.read_dashboard_data(path)["figures"]

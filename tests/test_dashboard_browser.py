@@ -10,8 +10,7 @@ import pytest
 from attnprof.pipeline import analyze_path, write_dashboard_for
 from attnprof.render import dashboard as db
 from seed_runs import seed_runs
-from test_dashboard import compare_doc
-from test_diagnosis import seed_vs_sdpa
+from hand_records import compare_doc, seed_vs_sdpa
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -67,7 +67,7 @@ from attnprof.analysis import diagnosis as dg  # noqa: E402
 from attnprof.analysis.records import SCHEMA_VERSION, Report  # noqa: E402
 from attnprof.analysis.sites import NOISY_SPREAD, spread, summarize_sites, timing_warnings  # noqa: E402
 from attnprof.trace.runinfo import RunInfo, SiteTiming, StepInfo  # noqa: E402
-from test_diagnosis import call  # noqa: E402
+from hand_records import call  # noqa: E402
 
 #: the issue's busy CPU: raw values swinging 250-8,000 µs
 NOISY = [250.0, 900.0, 3000.0, 8000.0, 400.0, 5000.0, 700.0]

@@ -20,7 +20,7 @@ import numpy as np
 
 from attnprof.analysis import compiled
 from attnprof.analysis import taxonomy as tx
-from attnprof.analysis.decomposition import FOREIGN, IDLE, split_window
+from attnprof.analysis.decomposition import FOREIGN, IDLE, check_call, split_window
 from attnprof.analysis.index import TraceIndex
 from attnprof.analysis.records import (
     COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment, UnattributedCopy,
@@ -757,4 +757,6 @@ def find_calls(trace: Trace, runinfo: RunInfo | None) -> tuple[list[CallSplit], 
     """(every call's split, the layout copies no call could be shown to own)."""
     finder = CallFinder(trace, runinfo)
     calls = finder.build()
+    for call in calls:
+        check_call(call)
     return calls, finder.unattributed

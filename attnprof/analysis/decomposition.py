@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit
+from attnprof.errors import AttnprofError
+
 FOREIGN = "foreign"  # other code's work inside the span: not the call's, left out of its window
 
 
@@ -67,3 +70,41 @@ def split_window(start: float, end: float, intervals: list[tuple[float, float, s
         idle_us=max(span - busy, 0.0),
         segments=segments,
     )
+
+
+class SplitInvariantError(AttnprofError):
+    """A call whose parts do not add up to its window: a bug in attnprof's analysis, not in the user's input.
+
+    Raised rather than noted: every figure of that call (and of its site) would be wrong, and a report that looks
+    right but is not is worse than none. It still reaches the user as one line, naming the call."""
+
+
+def check_call(call: CallSplit) -> None:
+    """compute + copy + other + launch = window, and the segments tile the span (window + interleaved) in order,
+    each part's segments summing to that part. Tolerance: float rounding over the call's span."""
+    launch = call.launch_us or 0.0
+    span = call.window_us + call.interleaved_us
+    tol = 1e-6 * max(abs(span), 1.0) + 1e-12 * abs(call.start_us)
+    parts = call.compute_us + call.copy_us + call.other_us + launch
+    where = f"call {call.id} ({call.op} {call.phase} at {call.site})"
+    if abs(parts - call.window_us) > tol:
+        raise SplitInvariantError(f"internal error: {where}: parts {parts:.3f} µs != window {call.window_us:.3f} µs")
+    if not call.segments:
+        return
+    t = call.start_us
+    by_part: dict[str, float] = {}
+    for seg in call.segments:
+        if abs(seg.start_us - t) > tol or seg.dur_us < 0:
+            raise SplitInvariantError(f"internal error: {where}: segments do not tile the window at {t:.3f} µs")
+        t = seg.start_us + seg.dur_us
+        by_part[seg.part] = by_part.get(seg.part, 0.0) + seg.dur_us
+    if abs(t - (call.start_us + span)) > tol:
+        raise SplitInvariantError(f"internal error: {where}: segments end at {t:.3f} µs, the span at "
+                                  f"{call.start_us + span:.3f} µs")
+    expected = {COMPUTE: call.compute_us, COPY: call.copy_us, "interleaved": call.interleaved_us,
+                OTHER: call.other_us, "launch": launch}
+    for part in [*expected, *(p for p in by_part if p not in expected)]:  # a fixed order: one message per fault
+        total = by_part.get(part, 0.0)
+        if part not in expected or abs(total - expected[part]) > tol:
+            raise SplitInvariantError(f"internal error: {where}: {part} segments sum to {total:.3f} µs, the call "
+                                      f"says {expected.get(part, 0.0):.3f} µs")
