@@ -187,9 +187,10 @@ def test_cpu_seed_runs_copies_replayed_only_where_charged(capsys, tmp_path_facto
     seed = _verify_json(capsys, runs["seed"], "--budget", "0.5")
     (d,) = seed["diagnoses"]
     copies = next(c for c in d["causes"] if c["kind"] == "layout_copy")
-    assert copies["measured_saving_us"] is not None
-    assert copies["measured_by"] in (None, "no-copies (the kernel on inputs in its layout)")
-    assert "with-layout-copies " in " ".join(d["notes"])  # timed, not "cannot run"
+    # On CPU, seed_case.py's "flash" path is SDPA on (B, H, L, D) views of the copies: the recorded call shows no
+    # (B, L, H, D) kernel to replay the copies around, so the copies are reported unmeasured with that reason, never
+    # as a saving (the GPU recording replays them: traces/h200/verify/, and the H100 fixture test below does too)
+    assert copies["measured_saving_us"] is None and "not replayed" in copies["measured_note"]
     native = _verify_json(capsys, runs["native"], "--budget", "0.5")
     (d,) = native["diagnoses"]
     assert all(c["kind"] != "layout_copy" for c in d["causes"])
