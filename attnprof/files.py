@@ -8,7 +8,9 @@ leaves the last good file or none, never a truncated one. Output paths are check
 from __future__ import annotations
 
 import errno
+import glob
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -238,3 +240,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+# --- external tools -----------------------------------------------------------------------------------------------
+
+
+def find_executable(tool: str, search: Iterable[str], where: str, explicit: str | None = None) -> str:
+    """`explicit` (checked), else `tool` on PATH, else the newest match of the `search` globs (version folders sort
+    last); AttnprofError naming `where` it looked and the `--<tool>` option otherwise."""
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise AttnprofError(f"--{tool} {explicit}: not an executable file")
+        return explicit
+    found = shutil.which(tool)
+    if found:
+        return found
+    for pattern in search:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[-1]
+    raise AttnprofError(f"{tool} not found on PATH or in the usual {where} folders: pass --{tool} PATH")

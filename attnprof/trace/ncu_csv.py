@@ -10,17 +10,14 @@ Python module, so `attnprof analyze` works on any machine.
 from __future__ import annotations
 
 import csv
-import glob
 import io
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
-from attnprof.files import atomic_write, read_bytes
+from attnprof.files import atomic_write, find_executable, read_bytes
 
 #: What `attnprof ncu` writes beside the report: the raw page, every metric of every kernel.
 NCU_CSV_SUFFIX = ".raw.csv"
@@ -119,18 +116,7 @@ def ncu_csv_in(folder: Path) -> Path | None:
 
 
 def find_ncu(explicit: str | None = None) -> str:
-    if explicit:
-        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-            raise AttnprofError(f"--ncu {explicit}: not an executable file")
-        return explicit
-    found = shutil.which("ncu")
-    if found:
-        return found
-    for pattern in _SEARCH:
-        hits = sorted(glob.glob(pattern))
-        if hits:
-            return hits[-1]  # the newest version folder sorts last
-    raise AttnprofError("ncu not found on PATH or in the usual Nsight Compute / CUDA folders: pass --ncu PATH")
+    return find_executable("ncu", _SEARCH, "Nsight Compute / CUDA", explicit)
 
 
 def export_csv(ncu: str, report: Path, out: Path) -> Path:

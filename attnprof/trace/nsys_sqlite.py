@@ -13,10 +13,7 @@ as for torch.profiler traces.
 """
 from __future__ import annotations
 
-import glob
-import os
 import re
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -24,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from attnprof.errors import AttnprofError
+from attnprof.files import find_executable
 from attnprof.trace.model import NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, StringTable, Trace
 from attnprof.trace.runinfo import RANGE_PREFIX
 
@@ -176,18 +174,7 @@ _SEARCH = (
 
 
 def find_nsys(explicit: str | None = None) -> str:
-    if explicit:
-        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-            raise AttnprofError(f"--nsys {explicit}: not an executable file")
-        return explicit
-    found = shutil.which("nsys")
-    if found:
-        return found
-    for pattern in _SEARCH:
-        hits = sorted(glob.glob(pattern))
-        if hits:
-            return hits[-1]  # the newest version folder sorts last
-    raise AttnprofError("nsys not found on PATH or in the usual Nsight Systems / CUDA folders: pass --nsys PATH")
+    return find_executable("nsys", _SEARCH, "Nsight Systems / CUDA", explicit)
 
 
 def export_sqlite(nsys: str, report: Path, out: Path) -> Path:
