@@ -501,18 +501,24 @@ class Session:
 
     # --- every attention call ---------------------------------------------------------------------------------------
 
-    def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
-        tls = self._tls
-        if not self._enabled or getattr(tls, "busy", False):
-            return original(*args, **kwargs)
+    def _passes_through(self, entry: EntryPoint, args: tuple, kwargs: dict) -> bool:
+        """Whether a call goes straight to the original: no session, a call nested in one being followed, or one its
+        entry point leaves to a nested entry point (`record_if`)."""
+        if not self._enabled or getattr(self._tls, "busy", False):
+            return True
         if self.sources is not None and self.sources.pending:
             self.sources.retry()
-        if entry.record_if is not None:
-            try:
-                if not entry.record_if(args, kwargs):
-                    return original(*args, **kwargs)
-            except Exception:
-                return original(*args, **kwargs)
+        if entry.record_if is None:
+            return False
+        try:
+            return not entry.record_if(args, kwargs)
+        except Exception:
+            return True
+
+    def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
+        tls = self._tls
+        if self._passes_through(entry, args, kwargs):
+            return original(*args, **kwargs)
         try:
             call = self._enter(entry, args, kwargs)
         except Exception as e:
@@ -555,16 +561,8 @@ class Session:
         """`--after nvtx`: the NVTX range `<op> <site> #<id>` and the step counter, nothing else (no timing, no
         description, no profiler range)."""
         tls = self._tls
-        if not self._enabled or getattr(tls, "busy", False):
+        if self._passes_through(entry, args, kwargs):
             return original(*args, **kwargs)
-        if self.sources is not None and self.sources.pending:
-            self.sources.retry()
-        if entry.record_if is not None:
-            try:
-                if not entry.record_if(args, kwargs):
-                    return original(*args, **kwargs)
-            except Exception:
-                return original(*args, **kwargs)
         try:
             frame = sys._getframe(1)  # the wrapper, as `_enter` sees it
             site, _, user = self.resolver.call_site(frame)
