@@ -23,6 +23,7 @@ from attnprof.analysis import taxonomy as tx  # noqa: E402
 from attnprof.pipeline import analyze_run  # noqa: E402
 from attnprof.trace.runinfo import range_name  # noqa: E402
 from attnprof.trace.torch_json import load_torch_trace  # noqa: E402
+from attnprof.units import us_text  # noqa: E402
 
 B, T, C, NH = 2, 16, 32, 4
 HD = C // NH
@@ -284,7 +285,7 @@ def test_unfused_attention_is_diagnosed_with_sdpa_measured_on_the_same_shape(tmp
     assert cause is not None and "F.scaled_dot_product_attention(q, k, v, attn_mask=" in cause.fix
     # SDPA's fwd + bwd on the same shape, measured in this run, is what the fix quotes
     sdpa_us = sum(s.window_us for s in sdpa_sites)
-    assert f"SDPA took {dg._us(sdpa_us)} per call in this run (measured" in cause.fix
+    assert f"SDPA took {us_text(sdpa_us)} per call in this run (measured" in cause.fix
     assert "estimate" not in cause.fix
     manual_compute = sum(s.compute_us for s in report.sites if s.op == "manual")
     assert cause.us == pytest.approx(manual_compute)  # one layer per side: the hand-written kernels' time
@@ -308,7 +309,7 @@ def test_without_sdpa_on_the_same_shape_the_figure_is_flagged_as_an_estimate(tmp
     gemms = [k for k in fwd.kernels if k.name == "aten::matmul"] + \
         [k for k in bwd.kernels if k.name.endswith("BmmBackward0")]
     assert len(gemms) == 4
-    assert f"SDPA would take about {dg._us(sum(k.dur_us for k in gemms))} per call" in cause.fix
+    assert f"SDPA would take about {us_text(sum(k.dur_us for k in gemms))} per call" in cause.fix
 
 
 def test_hugging_face_eager_attention_in_a_bare_trace_is_found_by_its_pattern(tmp_path):

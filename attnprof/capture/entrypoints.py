@@ -112,10 +112,6 @@ def _tensors(**named: Any) -> dict[str, TensorInfo]:
     return {k: tensor_info(v) for k, v in named.items() if isinstance(v, torch.Tensor)}
 
 
-def _is_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
-
-
 def _int(x: Any) -> int | None:
     if isinstance(x, bool) or x is None:
         return None

@@ -60,7 +60,7 @@ _LIBRARY_OF_OP = {"aten._flash_attention_forward": "aten-flash", "flash_attn_fun
                   "xformers.memory_efficient_attention": "xformers"}
 UNFUSED_BACKENDS = frozenset(("manual", "manual-fused", "eager"))
 
-# cause kinds (analysis/diagnosis.py names them; capture only needs to tell them apart)
+# cause kinds (analysis/diagnosis/records.py names them; capture only needs to tell them apart)
 LAYOUT_COPY, LAUNCH = "layout_copy", "launch"
 BACKEND_KINDS = frozenset(("kernel", "fallback", "compute", "unfused"))
 NOT_REPLAYABLE = {

@@ -111,7 +111,7 @@ def _selection(runs: _Runs, path: str, what: str | None, phase: str | None):
 def run(ns: argparse.Namespace) -> int:
     from attnprof.analysis.diagnosis import diagnose, diagnose_sites, explain
     from attnprof.render.console import table_console
-    from attnprof.render.explain import diagnoses_json, explanation_json, print_diagnoses, print_explanation
+    from attnprof.render.explain import DiagnosesRenderer, ExplanationRenderer
 
     a_path, a_what = _merge(parse_side(ns.a), ns.site_a, "A")
     if a_path is None:
@@ -132,10 +132,7 @@ def run(ns: argparse.Namespace) -> int:
         if ns.verify:
             report, info = runs.get(a_path)
             diagnoses = verify_diagnoses(ns, diagnoses, report, info)
-        if ns.json:
-            sys.stdout.write(diagnoses_json(diagnoses) + "\n")
-        else:
-            print_diagnoses(console, diagnoses)
+        _show(DiagnosesRenderer(as_json=ns.json), diagnoses, console)
         return 0
     if ns.verify:
         raise AttnprofError("--verify measures the fixes of one side: give one run (attnprof explain RUN --verify)")
@@ -146,9 +143,13 @@ def run(ns: argparse.Namespace) -> int:
     a_sel, b_sel = _selection(runs, a_path, a_what, ns.phase), _selection(runs, b_path, b_what, ns.phase)
     if Path(a_path).resolve() == Path(b_path).resolve() and {c.id for c in a_sel.calls} == {c.id for c in b_sel.calls}:
         raise AttnprofError(f"{a_what} and {b_what} name the same calls: give two runs, or two sites")
-    explanation = explain(a_sel, b_sel)
-    if ns.json:
-        sys.stdout.write(explanation_json(explanation) + "\n")
-    else:
-        print_explanation(console, explanation)
+    _show(ExplanationRenderer(as_json=ns.json), explain(a_sel, b_sel), console)
     return 0
+
+
+def _show(renderer, subject, console) -> None:
+    """JSON on stdout as it is; the tables through the console, at the terminal's width."""
+    if renderer.as_json:
+        sys.stdout.write(renderer.render(subject) + "\n")
+    else:
+        renderer.print_to(console, subject)

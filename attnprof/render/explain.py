@@ -1,6 +1,10 @@
 """`attnprof explain` output: an Explanation (B against A) or Diagnoses (where a call's time goes), as a rich
-table with the fix next to every cause, or as JSON (the records as they are, floats rounded)."""
+table with the fix next to every cause, or as JSON (the records as they are, floats rounded).
+
+What counts as explained, or within the noise, the analysis decided (analysis/diagnosis): this module prints it."""
 from __future__ import annotations
+
+import io
 
 import msgspec
 from rich import box
@@ -9,14 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from attnprof.analysis.diagnosis import EXPLAINED_TOLERANCE, KIND_TITLES, Cause, Diagnosis, Explanation, Side
+from attnprof.render.base import Renderer
+from attnprof.render.console import PIPE_WIDTH
 from attnprof.render.json_report import round_floats
+from attnprof.units import us_text
 
 
 def _us(v: float | None, signed: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    text = f"{v:+,.1f}" if signed else f"{v:,.1f}"
-    return text if abs(v) < 1000 else (f"{v:+,.0f}" if signed else f"{v:,.0f}")
+    """A table cell: µs without the unit (the column says it)."""
+    return us_text(v, unit=False, signed=signed)
 
 
 def explanation_json(e: Explanation) -> str:
@@ -95,7 +100,7 @@ def print_explanation(console: Console, e: Explanation) -> None:
     for note in e.notes:
         console.print(Text(f"  note: {note}", style="yellow"))
     table = _causes_table(e.causes, e.gap_us, "of gap", signed=True, shares=e.distinguishable)
-    noisy_rest = e.noise_us is not None and abs(e.unexplained_us) <= e.noise_us
+    noisy_rest = e.unexplained_within_noise
     pct = (f"{100 * e.unexplained_us / e.gap_us:.0f}%" if e.gap_us and e.distinguishable and not noisy_rest
            else "within noise" if noisy_rest else "—")
     what = ("what the causes do not cover: kernel time beyond the true time, negligible causes"
@@ -116,7 +121,7 @@ def print_diagnoses(console: Console, diagnoses: list[Diagnosis]) -> None:
         console.print(head)
         console.print(Text(f"  numbers: {d.basis_detail}", style="dim"))
         table = _causes_table(d.causes, s.us, "share", signed=False)
-        if abs(d.unexplained_us) > EXPLAINED_TOLERANCE * max(s.us, 1e-9):
+        if not d.explained:
             verified = [""] * (len(table.columns) - 6)
             table.add_row("", Text("unexplained", style="bold red"), _us(d.unexplained_us, True),
                           f"{100 * d.unexplained_us / s.us:.0f}%" if s.us else "—", *verified,
@@ -126,3 +131,39 @@ def print_diagnoses(console: Console, diagnoses: list[Diagnosis]) -> None:
         for note in d.notes:
             console.print(Text(f"  note: {note}", style="yellow"))
         console.print()
+
+
+
+def _table_text(print_to, subject, width: int | None) -> str:
+    buf = io.StringIO()
+    print_to(Console(file=buf, width=width or PIPE_WIDTH, highlight=False), subject)
+    return buf.getvalue()
+
+
+class ExplanationRenderer(Renderer[Explanation]):
+    """Why B is slower than A: the sides, the gap, the ranked causes with their fixes; JSON with `as_json`.
+    `render` gives the text (`width` columns); `print_to` prints the tables on a console (the CLI's terminal)."""
+
+    def __init__(self, as_json: bool = False, width: int | None = None):
+        self.as_json = as_json
+        self.width = width
+
+    def render(self, subject: Explanation) -> str:
+        return explanation_json(subject) if self.as_json else _table_text(self.print_to, subject, self.width)
+
+    def print_to(self, console: Console, subject: Explanation) -> None:
+        print_explanation(console, subject)
+
+
+class DiagnosesRenderer(Renderer[list[Diagnosis]]):
+    """Where each call site's time goes: per site, the ranked causes with their fixes; JSON with `as_json`."""
+
+    def __init__(self, as_json: bool = False, width: int | None = None):
+        self.as_json = as_json
+        self.width = width
+
+    def render(self, subject: list[Diagnosis]) -> str:
+        return diagnoses_json(subject) if self.as_json else _table_text(self.print_to, subject, self.width)
+
+    def print_to(self, console: Console, subject: list[Diagnosis]) -> None:
+        print_diagnoses(console, subject)
