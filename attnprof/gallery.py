@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnprof.analysis import diagnosis as dg
+from attnprof.analysis.compare import CompareDocument
 from attnprof.analysis.records import Report
 from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, check_new_folder_place
@@ -38,7 +39,7 @@ class GalleryRun:
     variant: str | None
     setting: str  # the rest of the command (shape, --backward, ...): runs pair up when script and setting agree
     report: Report | None
-    compare: dict | None
+    compare: CompareDocument | None
     call_info: dict = field(default_factory=dict)
 
 
@@ -97,7 +98,7 @@ def load_gallery_runs(root: Path) -> list[GalleryRun]:
             if loaded.runinfo:
                 command = loaded.runinfo.command
         elif compare:
-            command = (compare.get("run") or {}).get("command")
+            command = compare.run.get("command")
         script, variant, setting = run_identity(folder, command)
         name = "_".join(folder.relative_to(root).parts) or folder.name
         runs.append(GalleryRun(name, folder, script, variant, setting, report, compare, info))
@@ -147,9 +148,9 @@ def _run_lines(run: GalleryRun) -> list[str]:
     lines = []
     r = run.report
     if run.compare:  # its headline per shape says more than a line per backend, variant and shape
-        command = " ".join((run.compare.get("run") or {}).get("command") or []) or "attnprof compare"
-        lines.append(f"`{command}` on {(run.compare.get('run') or {}).get('device', '?')}")
-        lines += compare_headlines(run.compare["rows"])
+        command = " ".join(run.compare.run.get("command") or []) or "attnprof compare"
+        lines.append(f"`{command}` on {run.compare.run.get('device', '?')}")
+        lines += compare_headlines(run.compare.rows)
     if r is not None:
         if not run.compare:
             command = " ".join((r.run or {}).get("command") or []) or "a torch.profiler trace"
@@ -164,8 +165,8 @@ def _run_lines(run: GalleryRun) -> list[str]:
         if not r.sites:
             lines.append("; ".join(r.notes) or "no attention call found")
     if run.compare:
-        rows = run.compare["rows"]
-        backends = sorted({row["backend"] for row in rows})
+        rows = run.compare.rows
+        backends = sorted({row.backend for row in rows})
         lines.append(f"compare: {len(rows)} rows over {', '.join(backends)}")
     return lines
 
@@ -208,7 +209,7 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
         e = dg.explain(a, b)
         merged = merged_report([(base.name, base.report), (other.name, other.report)])
         name = f"{other.name}-vs-{base.variant}"
-        path = write_dashboard_for(merged, out, explanations=[e], compare={}, ceilings=ceilings,
+        path = write_dashboard_for(merged, out, explanations=[e], compare=CompareDocument(rows=[]), ceilings=ceilings,
                                    name=f"{name}.html", title=f"attnprof — {other.name} vs {base.name}")
         entries.append(GalleryEntry(path, name, [_explanation_line(e)] + [
             f"{dg.KIND_TITLES[c.kind]}: {c.detail}" for c in e.causes[:3]]))

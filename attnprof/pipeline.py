@@ -1,15 +1,19 @@
-"""The stages end to end, for the CLI and for library users: load -> analyze -> render."""
+"""The stages end to end, for the CLI and for library users: load -> analyze -> render; for `attnprof compare`,
+capture -> load -> analyze -> render."""
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from attnprof.analysis import analyze
-from attnprof.analysis.compare import case_labels_by_trace
+from attnprof.analysis.compare import CompareDocument, CompareRow, Comparison, case_labels_by_trace, comparison
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
@@ -19,8 +23,14 @@ from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
 from attnprof.trace.compare import COMPARE_FILE
-from attnprof.trace.load import load_path
+from attnprof.trace.load import load_path, load_trace
 from attnprof.trace.runinfo import CallInfo, RunInfo
+
+if TYPE_CHECKING:
+    from attnprof.capture.compare import CompareOptions
+
+#: `attnprof compare`'s progress: (what runs now, done, total)
+CompareProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -47,7 +57,7 @@ def analyze_run(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> AnalyzedRun
         return AnalyzedRun(job_report(facts, str(path), ranks), runinfo, [f.report for f in facts[1:]])
     run = load_path(Path(path), max_mb)
     compare = read_compare(run.folder) if run.folder else None
-    cases = case_labels_by_trace(compare["rows"]) if compare else None
+    cases = case_labels_by_trace(compare.rows) if compare else None
     report = analyze(run.traces, run.runinfo, run.source, run.ncu, cases)
     report.notes[:0] = run.notes  # what of the folder was left out comes first
     return AnalyzedRun(report, run.runinfo)
@@ -67,8 +77,9 @@ def render_console(report: Report, show_calls: bool = False, file=None) -> None:
     ConsoleRenderer(show_calls=show_calls).print_to(console, report, notes_to=table_console(sys.stderr))
 
 
-def read_compare(folder: Path) -> dict | None:
-    """The folder's compare.json document (`attnprof compare`'s rows), None when absent or unreadable."""
+def read_compare(folder: Path) -> CompareDocument | None:
+    """The folder's compare.json (`attnprof compare`'s rows), None when absent or unreadable. Ceilings that do
+    not read (an older or damaged record) are left out: the dashboard then uses the device's cached ones."""
     path = Path(folder) / COMPARE_FILE
     if not path.is_file():
         return None
@@ -76,23 +87,31 @@ def read_compare(folder: Path) -> dict | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("rows"), list) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        return None
+    try:
+        ceilings = msgspec.convert(doc["ceilings"], Ceilings) if doc.get("ceilings") else None
+    except msgspec.ValidationError:
+        ceilings = None
+    try:
+        return CompareDocument(rows=msgspec.convert(doc["rows"], list[CompareRow]),
+                               run=doc["run"] if isinstance(doc.get("run"), dict) else {}, ceilings=ceilings,
+                               notes=[str(n) for n in doc.get("notes") or []])
+    except msgspec.ValidationError:
+        return None
 
 
-def dashboard_ceilings(report: Report | None, compare: dict | None) -> Ceilings | None:
+def dashboard_ceilings(report: Report | None, compare: CompareDocument | None) -> Ceilings | None:
     """The ceilings compare.json recorded, else this machine's cache for the report's device."""
-    if compare and compare.get("ceilings"):
-        try:
-            return msgspec.convert(compare["ceilings"], Ceilings)
-        except msgspec.ValidationError:
-            pass  # an older or damaged record: fall back to the cache
+    if compare is not None and compare.ceilings is not None:
+        return compare.ceilings
     if report is not None and report.device:
         return load_ceilings(report.device)
     return None
 
 
 def dashboard_html(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
-                   compare: dict | None = None, ceilings: Ceilings | None = None, title: str | None = None,
+                   compare: CompareDocument | None = None, ceilings: Ceilings | None = None, title: str | None = None,
                    call_info: dict[int, CallInfo] | None = None) -> str:
     """The dashboard page of a report and/or the folder's compare.json, as write_dashboard_for writes it."""
     from attnprof.render.dashboard import DashboardRenderer  # lazy: importing plotly costs time
@@ -107,8 +126,9 @@ def dashboard_html(report: Report | None, folder: Path, explanations: list[Expla
 
 
 def write_dashboard_for(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
-                        compare: dict | None = None, ceilings: Ceilings | None = None, name: str | None = None,
-                        title: str | None = None, call_info: dict[int, CallInfo] | None = None) -> Path:
+                        compare: CompareDocument | None = None, ceilings: Ceilings | None = None,
+                        name: str | None = None, title: str | None = None,
+                        call_info: dict[int, CallInfo] | None = None) -> Path:
     """Write `folder/name` (default dashboard.html) for a report and/or the folder's compare.json; returns its path.
 
     `explanations`: waterfalls to show (None: explain comparable call sites of the report). `compare`: the
@@ -129,7 +149,10 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
     Each file is written atomically and on its own: one that cannot be written (a full disk, a read-only folder)
     leaves its previous version or none, and the others are still written. Returns one line per file missing."""
     from attnprof.render.dashboard import DASHBOARD_FILE
-    from attnprof.render.trace_views import write_overlays, write_trace_views  # lazy: tensorboard ~0.2 s
+    from attnprof.render.trace_views import (  # lazy: tensorboard ~0.2 s
+        write_overlays,
+        write_trace_views,
+    )
 
     report = run.report
     renderer = JsonRenderer()
@@ -155,3 +178,34 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
         sys.stdout.flush()
         render_console(report)
     return missing
+
+
+def run_comparison(options: CompareOptions, remeasure: bool = False,
+                   progress_bar: Callable[[], AbstractContextManager[CompareProgress | None]] | None = None,
+                   note: Callable[[str], None] | None = None) -> Comparison:
+    """`attnprof compare`: time and profile every backend and variant on every case (capture, inside
+    `progress_bar`), the device's ceilings (measured once, then cached; `note` says when it measures), each
+    profiled trace analysed, joined into rows; compare.json written into the run folder. Returns the comparison."""
+    import torch  # lazy: the rest of the pipeline never needs it
+
+    from attnprof.capture.ceilings import device_ceilings, device_name
+    from attnprof.capture.compare import run_compare
+    from attnprof.render.compare_table import CompareDocumentRenderer
+
+    with (progress_bar() if progress_bar else nullcontext()) as step:
+        run = run_compare(options, progress=step)
+    device = torch.device(options.device)
+    ceilings: Ceilings | None
+    if remeasure or any(m.unsupported is None for m in run.measurements):
+        ceilings = device_ceilings(device, remeasure=remeasure, progress=note)
+    else:  # nothing ran: no percentage to divide, so no minute spent measuring the device
+        ceilings = load_ceilings(device_name(device))
+    folder = Path(run.folder)
+    calls_by_trace = {file: analyze([load_trace(folder / file)], None, file).calls
+                      for file in sorted({m.trace for m in run.measurements if m.trace})}
+    compared = comparison(run, calls_by_trace, ceilings)
+    try:
+        CompareDocumentRenderer().write(compared, folder)
+    except OSError as e:
+        raise AttnprofError(f"{write_failure(folder / COMPARE_FILE, e)} (traces kept in {folder})") from None
+    return compared

@@ -2,7 +2,10 @@
 parts, reports around them, the seed case as an H100 measured it, and a compare document."""
 from __future__ import annotations
 
+import msgspec
+
 from attnprof.analysis import diagnosis as dg
+from attnprof.analysis.compare import CompareRow
 from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, CopyRecord, KernelSlice, Report
 from attnprof.analysis.sites import summarize_sites
 from attnprof.trace.ceilings import Ceilings
@@ -74,3 +77,8 @@ def compare_doc() -> dict:
                          "matmul_tflops": CEILINGS.matmul_tflops, "dtype": "bfloat16",
                          "measured_at": CEILINGS.measured_at, "method": "test", "torch_version": "2.11"},
             "rows": rows, "notes": []}
+
+
+def compare_rows() -> list[CompareRow]:
+    """compare_doc()'s rows as the dashboard gets them (pipeline.read_compare types them)."""
+    return msgspec.convert(compare_doc()["rows"], list[CompareRow])

@@ -2,6 +2,7 @@
 `attnprof dashboard` for run folders, trace files and compare folders, and the gallery."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,9 +12,9 @@ from attnprof.analysis.insights import insights, roofline_points, site_splits
 from attnprof.analysis.records import KernelSlice
 from attnprof.cli.dashboard_cmd import write_for_path
 from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, run_identity
-from attnprof.pipeline import analyze_path, analyze_run, write_dashboard_for
+from attnprof.pipeline import analyze_path, analyze_run, read_compare, write_dashboard_for
 from attnprof.render import dashboard as db
-from hand_records import CEILINGS, call, compare_doc, report, seed_vs_sdpa
+from hand_records import CEILINGS, call, compare_doc, compare_rows, report, seed_vs_sdpa
 from seed_runs import H100_TRACES, bare_trace, h100_run_folders, seed_runs
 
 
@@ -101,15 +102,15 @@ def test_roofline_points_and_ceilings():
 
 
 def test_compare_sweep_and_table():
-    doc = compare_doc()
-    ((dim, fig),) = db.sweep_figures(doc["rows"])  # only L varies
+    rows = compare_rows()
+    ((dim, fig),) = db.sweep_figures(rows)  # only L varies
     assert dim == "L"
     lines = traces_by_name(fig.to_plotly_json())
     assert set(lines) == {"sdpa-auto native fwd", "aten-flash native fwd"}  # the unsupported row draws nothing
     assert list(lines["sdpa-auto native fwd"]["x"]) == [256, 1024, 4096]
     assert list(lines["aten-flash native fwd"]["y"]) == pytest.approx([70.0, 280.0, 1120.0])
     assert all(t["mode"] == "lines+markers" for t in lines.values())
-    table = db.compare_table_html(doc["rows"])
+    table = db.compare_table_html(rows)
     assert table.count("<tr>") == 1 + 6  # the heading and the six rows that ran
     assert "not run here: fa3 native (flash_attn_interface missing)" in table
 
@@ -117,9 +118,9 @@ def test_compare_sweep_and_table():
 def test_compare_of_shapes_that_differ_in_every_dimension_is_no_sweep():
     """traces/h100/compare: 12x64x256x64 and 16x128x784x128 differ in B, H, L and D, so no chart varies L alone;
     the per-shape bars hold one bar per shape for each of the 9 backend/variant pairs that ran."""
-    doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
-    assert db.sweep_figures(doc["rows"]) == []
-    fig = db.shapes_figure(doc["rows"]).to_plotly_json()
+    rows = read_compare(H100_TRACES / "compare").rows
+    assert db.sweep_figures(rows) == []
+    fig = db.shapes_figure(rows).to_plotly_json()
     bars = traces_by_name(fig)
     assert set(bars) == {"12×64×256×64 float16", "16×128×784×128 float16"}
     assert all(len(b["x"]) == 9 for b in bars.values())
@@ -128,8 +129,8 @@ def test_compare_of_shapes_that_differ_in_every_dimension_is_no_sweep():
 
 
 def test_sweep_of_two_dimensions_draws_one_chart_each():
-    rows = [dict(r, shape=[8, 16, 256, D]) for r, D in zip(compare_doc()["rows"][:3], (32, 64, 128))]
-    rows += compare_doc()["rows"]
+    rows = [dataclasses.replace(r, shape=[8, 16, 256, D]) for r, D in zip(compare_rows()[:3], (32, 64, 128))]
+    rows += compare_rows()
     assert [dim for dim, _ in db.sweep_figures(rows)] == ["L", "D"]
 
 
@@ -162,8 +163,7 @@ def test_headline_is_the_gap_and_its_causes():
 
 
 def test_compare_headline_per_case():
-    doc = json.loads((H100_TRACES / "compare" / "compare.json").read_text())
-    assert db.compare_headlines(doc["rows"]) == [
+    assert db.compare_headlines(read_compare(H100_TRACES / "compare").rows) == [
         "12×64×256×64 float16 fwd: fastest sdpa-cudnn native 44.3 µs; the seed's wrapper makes sdpa-blhd 155.9 µs "
         "slower (44.8 µs → 200.7 µs); slowest sdpa-math native 1,209 µs",
         "16×128×784×128 float16 fwd: fastest sdpa-blhd native 1,460 µs; the seed's wrapper makes sdpa-blhd "

@@ -1,7 +1,7 @@
 """The rows of `attnprof compare`: each measured time joined with its profiled call's split and its roofline."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.records import CallSplit
@@ -18,19 +18,42 @@ class CompareRow:
     dtype: str
     causal: bool
     phase: str  # fwd | bwd
-    median_us: float | None  # median over repetitions outside the profiler (GPU time on CUDA, host time on CPU)
-    window_us: float | None  # the profiled call's window, which compute + copy + launch + other add up to
-    compute_us: float | None
-    copy_us: float | None
-    launch_us: float | None  # None on CPU (nothing to wait for) and when unsupported
-    other_us: float | None
-    tflops: float | None  # achieved, from median_us and the FLOP model
-    gbps: float | None  # achieved, from median_us and the minimum bytes
-    pct_of_peak: float | None  # of the measured ceiling of `bound`
-    bound: str | None  # compute | memory (None without ceilings)
-    kernels: str | None  # the backend the analysis saw run (sdpa-auto -> cudnn on an H100)
-    trace: str | None  # trace file of the profiled repetition, in the run folder
-    unsupported: str | None  # None, or why it could not run
+    # None where it did not run, was not profiled, or (read back from an older compare.json) was not recorded
+    median_us: float | None = None  # median over repetitions outside the profiler (GPU time on CUDA, host on CPU)
+    window_us: float | None = None  # the profiled call's window, which compute + copy + launch + other add up to
+    compute_us: float | None = None
+    copy_us: float | None = None
+    launch_us: float | None = None  # None on CPU (nothing to wait for) and when unsupported
+    other_us: float | None = None
+    tflops: float | None = None  # achieved, from median_us and the FLOP model
+    gbps: float | None = None  # achieved, from median_us and the minimum bytes
+    pct_of_peak: float | None = None  # of the measured ceiling of `bound`
+    bound: str | None = None  # compute | memory (None without ceilings)
+    kernels: str | None = None  # the backend the analysis saw run (sdpa-auto -> cudnn on an H100)
+    trace: str | None = None  # trace file of the profiled repetition, in the run folder
+    unsupported: str | None = None  # None, or why it could not run
+
+
+@dataclass
+class CompareDocument:
+    """compare.json as read back (pipeline.read_compare) for the dashboard and the gallery: its rows, the ceilings
+    the percentages were divided by, its notes, and the environment as it was recorded (device, command, ...)."""
+
+    rows: list[CompareRow]
+    run: dict = field(default_factory=dict)
+    ceilings: Ceilings | None = None  # None when absent, or unreadable (then the device's cached ones are used)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """`attnprof compare`'s answer: what ran, each measurement joined with its split and roofline (one row each),
+    the ceilings the percentages divide by, and notes."""
+
+    run: CompareRun
+    rows: list[CompareRow]
+    ceilings: Ceilings | None
+    notes: list[str]
 
 
 def case_label(shape: list[int], dtype: str, causal: bool) -> str:
@@ -41,15 +64,11 @@ def case_label(shape: list[int], dtype: str, causal: bool) -> str:
     return " ".join(bits)
 
 
-def case_labels_by_trace(rows: list[dict]) -> dict[str, str]:
+def case_labels_by_trace(rows: list[CompareRow]) -> dict[str, str]:
     """Trace file name -> its case's label, from compare.json's rows: a compare folder holds one trace per case,
     backend and variant, and every case's call of a backend has the same range name, so the analysis adds the
     case to the site; otherwise different shapes would be averaged into one row."""
-    labels = {}
-    for r in rows:
-        if r.get("trace") and r.get("shape"):
-            labels[r["trace"]] = case_label(r["shape"], r.get("dtype") or "", bool(r.get("causal")))
-    return labels
+    return {r.trace: case_label(r.shape, r.dtype or "", bool(r.causal)) for r in rows if r.trace and r.shape}
 
 
 def attention_shape(case: CompareCase) -> AttentionShape:
@@ -59,6 +78,12 @@ def attention_shape(case: CompareCase) -> AttentionShape:
 
 def _find_call(calls: list[CallSplit], m: Measurement) -> CallSplit | None:
     return next((c for c in calls if c.found_by == "attnprof" and c.id == m.call_id and c.phase == m.phase), None)
+
+
+def comparison(run: CompareRun, calls_by_trace: dict[str, list[CallSplit]], ceilings: Ceilings | None) -> Comparison:
+    """The run's measurements joined with the analysed calls of each trace file named in `calls_by_trace`."""
+    rows, notes = compare_rows(run, calls_by_trace, ceilings)
+    return Comparison(run, rows, ceilings, notes)
 
 
 def compare_rows(run: CompareRun, calls_by_trace: dict[str, list[CallSplit]],

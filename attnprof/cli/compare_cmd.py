@@ -86,20 +86,13 @@ def run(ns: argparse.Namespace) -> int:
 
     check_run_folder_target(ns.out, ns.root, empty_ok=True)  # before importing torch and measuring anything
 
-    import msgspec
     import torch
 
-    from attnprof.analysis import analyze
-    from attnprof.analysis.compare import compare_rows
-    from attnprof.capture.ceilings import device_ceilings, device_name
-    from attnprof.capture.compare import CompareOptions, run_compare
-    from attnprof.errors import AttnprofError
-    from attnprof.files import atomic_write, write_failure
-    from attnprof.render.compare_table import compare_document, print_compare, rows_json
+    from attnprof.capture.compare import CompareOptions
+    from attnprof.pipeline import run_comparison
+    from attnprof.render.compare_table import CompareTableRenderer
     from attnprof.render.console import table_console
-    from attnprof.trace.ceilings import load_ceilings
-    from attnprof.trace.compare import COMPARE_FILE, CompareCase
-    from attnprof.trace.load import load_trace
+    from attnprof.trace.compare import CompareCase
 
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = ns.shape or [_shape("12,64,256,64" if device == "cuda" else "2,4,128,32")]
@@ -109,28 +102,10 @@ def run(ns: argparse.Namespace) -> int:
              for (b, hq, hkv, seqlen, d) in shapes for dtype in dtypes]
     options = CompareOptions(cases=cases, device=device, warmup=ns.warmup, reps=ns.reps, backends=ns.backends,
                              out=ns.out, root=ns.root, command=["attnprof", *sys.argv[1:]])
-
-    with _progress_bar() as step:
-        result = run_compare(options, progress=step)
-    if ns.remeasure or any(m.unsupported is None for m in result.measurements):
-        ceilings = device_ceilings(torch.device(device), remeasure=ns.remeasure, progress=_progress)
-    else:  # nothing ran: no percentage to divide, so no minute spent measuring the device
-        ceilings = load_ceilings(device_name(torch.device(device)))
-
-    folder = Path(result.folder)
-    calls_by_trace = {}
-    for file in sorted({m.trace for m in result.measurements if m.trace}):
-        calls_by_trace[file] = analyze([load_trace(folder / file)], None, file).calls
-    rows, notes = compare_rows(result, calls_by_trace, ceilings)
-
-    document = compare_document(result, rows, ceilings, notes)
-    try:
-        atomic_write(folder / COMPARE_FILE, msgspec.json.format(msgspec.json.encode(document), indent=1) + b"\n")
-    except OSError as e:
-        raise AttnprofError(f"{write_failure(folder / COMPARE_FILE, e)} (traces kept in {folder})") from None
+    compared = run_comparison(options, ns.remeasure, progress_bar=_progress_bar, note=_progress)
+    renderer = CompareTableRenderer(as_json=ns.json)
     if ns.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(rows_json(rows)), indent=1).decode() + "\n")
+        sys.stdout.write(renderer.render(compared))
     else:
-        console = table_console()
-        print_compare(console, result, rows, ceilings, notes)
+        renderer.print_to(table_console(), compared)
     return 0

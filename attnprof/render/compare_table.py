@@ -1,6 +1,7 @@
 """`attnprof compare` output: the console tables, the `--json` rows and the run folder's compare.json."""
 from __future__ import annotations
 
+import io
 from itertools import groupby
 
 import msgspec
@@ -8,15 +9,20 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
-from attnprof.analysis.compare import CompareRow
+from attnprof.analysis.compare import CompareRow, Comparison
+from attnprof.render.base import Renderer
+from attnprof.render.console import DTYPE_SHORT, PIPE_WIDTH, compact, grid, part_text, pct_text, us_text
 from attnprof.render.json_report import round_floats
-from attnprof.render.console import DTYPE_SHORT, compact, grid, part_text, pct_text, us_text
 from attnprof.trace.ceilings import Ceilings
-from attnprof.trace.compare import COMPARE_SCHEMA_VERSION, CompareRun
+from attnprof.trace.compare import COMPARE_FILE, COMPARE_SCHEMA_VERSION, CompareRun
 
 
 def rows_json(rows: list[CompareRow]) -> list[dict]:
     return round_floats(msgspec.to_builtins(rows))
+
+
+def _json_text(doc) -> str:
+    return msgspec.json.format(msgspec.json.encode(doc), indent=1).decode() + "\n"
 
 
 def compare_document(run: CompareRun, rows: list[CompareRow], ceilings: Ceilings | None, notes: list[str]) -> dict:
@@ -94,3 +100,32 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
     console.print(Text(f"traces: {run.folder}", style="dim"))
     for note in notes:
         console.print(Text(f"note: {note}", style="yellow"))
+
+
+class CompareTableRenderer(Renderer[Comparison]):
+    """`attnprof compare` on the console: a table per case, the rows that could not run, what the columns mean;
+    with `as_json`, the rows as a JSON list. `render` gives the text (`width` columns); `print_to` prints the tables
+    on a console (the CLI's terminal)."""
+
+    def __init__(self, as_json: bool = False, width: int | None = None):
+        self.as_json = as_json
+        self.width = width
+
+    def render(self, subject: Comparison) -> str:
+        if self.as_json:
+            return _json_text(rows_json(subject.rows))
+        buf = io.StringIO()
+        self.print_to(Console(file=buf, width=self.width or PIPE_WIDTH, highlight=False), subject)
+        return buf.getvalue()
+
+    def print_to(self, console: Console, subject: Comparison) -> None:
+        print_compare(console, subject.run, subject.rows, subject.ceilings, subject.notes)
+
+
+class CompareDocumentRenderer(Renderer[Comparison]):
+    """The run folder's compare.json (compare_document)."""
+
+    output_name = COMPARE_FILE
+
+    def render(self, subject: Comparison) -> str:
+        return _json_text(compare_document(subject.run, subject.rows, subject.ceilings, subject.notes))

@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from attnprof.analysis.compare import CompareDocument, CompareRow
 from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
@@ -278,26 +279,26 @@ def explanation_headline(e: Explanation, unit: str | None = None) -> str:
             + (f": {causes}" if causes else ""))
 
 
-def compare_headlines(rows: list[dict]) -> list[str]:
+def compare_headlines(rows: list[CompareRow]) -> list[str]:
     """Per compare case: the fastest backend, and what the seed's wrapper and the slowest cost against it."""
     out = []
-    cases: dict[tuple, list[dict]] = {}
+    cases: dict[tuple, list[CompareRow]] = {}
     for r in _ran(rows):
-        cases.setdefault((tuple(r["shape"]), r["dtype"], bool(r.get("causal")), r["phase"]), []).append(r)
+        cases.setdefault((tuple(r.shape), r.dtype, bool(r.causal), r.phase), []).append(r)
     for (shape, dtype, causal, phase), group in cases.items():
-        group.sort(key=lambda r: r["median_us"])
+        group.sort(key=lambda r: r.median_us)
         best, worst = group[0], group[-1]
-        text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best['backend']} "
-                f"{best['variant']} {_us(best['median_us'])}")
-        wrapped = [r for r in group if r["variant"] == "seed-wrapper"]
+        text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best.backend} "
+                f"{best.variant} {_us(best.median_us)}")
+        wrapped = [r for r in group if r.variant == "seed-wrapper"]
         if wrapped:
             w = wrapped[0]
-            native = next((r for r in group if r["backend"] == w["backend"] and r["variant"] == "native"), None)
+            native = next((r for r in group if r.backend == w.backend and r.variant == "native"), None)
             if native:
-                text += (f"; the seed's wrapper makes {w['backend']} {_us(w['median_us'] - native['median_us'])} "
-                         f"slower ({_us(native['median_us'])} → {_us(w['median_us'])})")
+                text += (f"; the seed's wrapper makes {w.backend} {_us(w.median_us - native.median_us)} "
+                         f"slower ({_us(native.median_us)} → {_us(w.median_us)})")
         if worst is not best:
-            text += f"; slowest {worst['backend']} {worst['variant']} {_us(worst['median_us'])}"
+            text += f"; slowest {worst.backend} {worst.variant} {_us(worst.median_us)}"
         out.append(text)
     return out
 
@@ -447,25 +448,25 @@ _DIM_TITLES = {"B": "batch B", "H": "heads H", "Hq": "query heads Hq", "Hkv": "k
                "L": "sequence length L (tokens)", "D": "head dim D"}
 
 
-def _ran(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if not r.get("unsupported") and r.get("median_us") and len(r.get("shape") or []) in (4, 5)]
+def _ran(rows: list[CompareRow]) -> list[CompareRow]:
+    return [r for r in rows if not r.unsupported and r.median_us and len(r.shape or []) in (4, 5)]
 
 
-def _line_name(r: dict) -> str:
-    return f"{r['backend']} {r['variant']} {r['phase']}" + (" causal" if r.get("causal") else "")
+def _line_name(r: CompareRow) -> str:
+    return f"{r.backend} {r.variant} {r.phase}" + (" causal" if r.causal else "")
 
 
-def _compare_hover(group: list[dict]) -> list[list[str]]:
-    return [[r["backend"], r["variant"], r["phase"], _dims(r["shape"]), r["dtype"],
-             "n/a" if r.get("tflops") is None else f"{r['tflops']:,.1f}",
-             "n/a" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.0f}%"] for r in group]
+def _compare_hover(group: list[CompareRow]) -> list[list[str]]:
+    return [[r.backend, r.variant, r.phase, _dims(r.shape), r.dtype,
+             "n/a" if r.tflops is None else f"{r.tflops:,.1f}",
+             "n/a" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}%"] for r in group]
 
 
 _COMPARE_HOVER = ("<b>%{customdata[0]}</b> %{customdata[1]} %{customdata[2]}<br>%{customdata[3]} %{customdata[4]}"
                   "<br>%{y:,.1f} µs · %{customdata[5]} TFLOP/s · %{customdata[6]} of peak<extra></extra>")
 
 
-def sweep_figures(rows: list[dict]) -> list[tuple[str, go.Figure]]:
+def sweep_figures(rows: list[CompareRow]) -> list[tuple[str, go.Figure]]:
     """Median µs against each dimension that varies alone (the others and dtype fixed): one chart per such
     dimension, one line per backend, variant and phase. Shapes that differ in several dimensions at once are not
     a sweep of any one (shapes_figure shows them)."""
@@ -473,45 +474,45 @@ def sweep_figures(rows: list[dict]) -> list[tuple[str, go.Figure]]:
     out = []
     for n_dims, names in _DIM_NAMES.items():
         for i, dim in enumerate(names):
-            lines: dict[tuple, list[dict]] = {}
+            lines: dict[tuple, list[CompareRow]] = {}
             for r in ran:
-                if len(r["shape"]) != n_dims:
+                if len(r.shape) != n_dims:
                     continue
-                fixed = tuple(d for j, d in enumerate(r["shape"]) if j != i)
-                lines.setdefault((_line_name(r), r["dtype"], fixed), []).append(r)
-            lines = {k: g for k, g in lines.items() if len({r["shape"][i] for r in g}) >= 2}
+                fixed = tuple(d for j, d in enumerate(r.shape) if j != i)
+                lines.setdefault((_line_name(r), r.dtype, fixed), []).append(r)
+            lines = {k: g for k, g in lines.items() if len({r.shape[i] for r in g}) >= 2}
             if not lines:
                 continue
             several_fixed = len({(dtype, fixed) for _, dtype, fixed in lines}) > 1
             fig = _figure(height=460, xaxis=dict(title=_DIM_TITLES[dim], type="log"),
                           yaxis=dict(title="median µs per call (outside the profiler)", type="log"))
             for (name, dtype, fixed), group in sorted(lines.items()):
-                group.sort(key=lambda r: r["shape"][i])
+                group.sort(key=lambda r: r.shape[i])
                 others = ", ".join(f"{d}={v}" for d, v in zip((d for d in names if d != dim), fixed))
                 fig.add_trace(go.Scatter(
                     name=name + (f" ({others} {dtype})" if several_fixed else ""),
-                    x=[r["shape"][i] for r in group], y=[r["median_us"] for r in group], mode="lines+markers",
-                    line=dict(dash="solid" if group[0]["phase"] == "fwd" else "dot"),
+                    x=[r.shape[i] for r in group], y=[r.median_us for r in group], mode="lines+markers",
+                    line=dict(dash="solid" if group[0].phase == "fwd" else "dot"),
                     customdata=_compare_hover(group), hovertemplate=_COMPARE_HOVER))
             out.append((dim, fig))
     return out
 
 
-def shapes_figure(rows: list[dict]) -> go.Figure | None:
+def shapes_figure(rows: list[CompareRow]) -> go.Figure | None:
     """Median µs per backend, variant and phase, one bar per compare case: for cases that are no sweep."""
     ran = _ran(rows)
-    cases = sorted({(tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) for r in ran})
+    cases = sorted({(tuple(r.shape), r.dtype, bool(r.causal)) for r in ran})
     if len(cases) < 2:
         return None
-    order = list(dict.fromkeys(f"{r['backend']} {r['variant']} {r['phase']}" for r in ran))
+    order = list(dict.fromkeys(f"{r.backend} {r.variant} {r.phase}" for r in ran))
     fig = _figure(barmode="group", height=160 + 34 * len(order),
                   xaxis=dict(title="median µs per call (outside the profiler; log scale)", type="log"),
                   yaxis=dict(title="backend · variant · phase", autorange="reversed", automargin=True))
     for shape, dtype, causal in cases:
-        group = [r for r in ran if (tuple(r["shape"]), r["dtype"], bool(r.get("causal"))) == (shape, dtype, causal)]
+        group = [r for r in ran if (tuple(r.shape), r.dtype, bool(r.causal)) == (shape, dtype, causal)]
         fig.add_trace(go.Bar(
             name=f"{'×'.join(map(str, shape))} {dtype}" + (" causal" if causal else ""), orientation="h",
-            x=[r["median_us"] for r in group], y=[f"{r['backend']} {r['variant']} {r['phase']}" for r in group],
+            x=[r.median_us for r in group], y=[f"{r.backend} {r.variant} {r.phase}" for r in group],
             customdata=_compare_hover(group),
             hovertemplate=_COMPARE_HOVER.replace("%{y:,.1f}", "%{x:,.1f}")))
     fig.update_yaxes(categoryorder="array", categoryarray=order)
@@ -525,8 +526,8 @@ _TABLE_COLUMNS = (("backend", "backend"), ("variant", "variant"), ("shape", "sha
                   ("tflops", "TFLOP/s"), ("gbps", "GB/s"), ("pct_of_peak", "% of peak"))
 
 
-def _cell(r: dict, col: str) -> str:
-    v = r.get(col)
+def _cell(r: CompareRow, col: str) -> str:
+    v = getattr(r, col)
     if v is None:
         return "—"
     if col == "shape":
@@ -538,10 +539,10 @@ def _cell(r: dict, col: str) -> str:
     return str(v)
 
 
-def compare_table_html(rows: list[dict]) -> str:
+def compare_table_html(rows: list[CompareRow]) -> str:
     """The rows that ran, as a table (scrolls sideways on a narrow page), and one line per backend and reason that
     could not run."""
-    ran = [r for r in rows if not r.get("unsupported")]
+    ran = [r for r in rows if not r.unsupported]
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _TABLE_COLUMNS)
     body = "".join("<tr>" + "".join(
         f"<td{' class=num' if col.endswith(('_us', 'tflops', 'gbps', 'peak')) else ''}>{html.escape(_cell(r, col))}</td>"
@@ -550,11 +551,11 @@ def compare_table_html(rows: list[dict]) -> str:
            f"<tbody>{body}</tbody></table></div>") if ran else ""
     skipped: dict[str, list[str]] = {}
     for r in rows:
-        if r.get("unsupported"):
-            skipped.setdefault(r["unsupported"], [])
-            name = f"{r['backend']} {r['variant']}"
-            if name not in skipped[r["unsupported"]]:
-                skipped[r["unsupported"]].append(name)
+        if r.unsupported:
+            skipped.setdefault(r.unsupported, [])
+            name = f"{r.backend} {r.variant}"
+            if name not in skipped[r.unsupported]:
+                skipped[r.unsupported].append(name)
     if skipped:
         out += ("<p class=dim>not run here: " + "; ".join(
             f"{html.escape(', '.join(names))} ({html.escape(reason)})" for reason, names in skipped.items()) + "</p>")
@@ -565,7 +566,7 @@ def compare_table_html(rows: list[dict]) -> str:
 
 
 def build_panels(report: Report | None, insights: Insights | None = None,
-                 compare: dict | None = None) -> list[Panel]:
+                 compare: CompareDocument | None = None) -> list[Panel]:
     """Every panel there is data for: the report's with its `insights` (analysis.insights.insights(report, ...)),
     compare.json's with `compare` (its document)."""
     insights = insights or Insights()
@@ -613,7 +614,7 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     if report is not None and report.ranks is not None:
         panels.extend(rank_panels(report.ranks))
     if compare:
-        rows = compare["rows"]
+        rows = compare.rows
         sweeps = sweep_figures(rows)
         for dim, fig in sweeps:
             panels.append(Panel(f"sweep-{dim}", f"attnprof compare: time against {_DIM_TITLES[dim]}",
@@ -726,7 +727,7 @@ def _json_for_script(doc: dict) -> str:
     return text.replace("</", "<\\/")  # never close the script element early
 
 
-def headlines(report: Report | None, insights: Insights | None, compare: dict | None) -> list[str]:
+def headlines(report: Report | None, insights: Insights | None, compare: CompareDocument | None) -> list[str]:
     """What the page answers, first: each explanation's gap and its causes, else where the time goes; and per
     compare case, the fastest backend and what the seed's wrapper costs."""
     insights = insights or Insights()
@@ -735,7 +736,7 @@ def headlines(report: Report | None, insights: Insights | None, compare: dict | 
         line = site_headline(report, insights.splits)
         lines += [line] if line else []
     if compare:
-        lines += compare_headlines(compare.get("rows") or [])
+        lines += compare_headlines(compare.rows)
     return lines
 
 
@@ -783,7 +784,7 @@ def read_dashboard_data(path: Path) -> dict:
     return json.loads(text[start:end].replace("<\\/", "</"))
 
 
-def _meta(report: Report | None, compare: dict | None) -> list[str]:
+def _meta(report: Report | None, compare: CompareDocument | None) -> list[str]:
     meta = []
     if report is not None:
         meta.append(report.source)
@@ -794,8 +795,7 @@ def _meta(report: Report | None, compare: dict | None) -> list[str]:
                         f"{steps.get('profiled_calls', '?')} calls profiled)")
         meta.append(f"{len(report.calls)} calls, {len({s.site for s in report.sites})} sites")
     if compare:
-        run = compare.get("run") or {}
-        meta.append(f"compare: {run.get('device', '?')}, {len(compare['rows'])} rows")
+        meta.append(f"compare: {compare.run.get('device', '?')}, {len(compare.rows)} rows")
     return meta
 
 
@@ -804,16 +804,17 @@ class DashboardRenderer(Renderer):
 
     output_name = DASHBOARD_FILE
 
-    def __init__(self, insights: Insights | None = None, compare: dict | None = None, title: str = "attnprof"):
+    def __init__(self, insights: Insights | None = None, compare: CompareDocument | None = None,
+                 title: str = "attnprof"):
         self.insights = insights
-        self.compare = compare
+        self.compare = compare if compare is not None and compare.rows else None  # no rows: nothing to show
         self.title = title
 
     def render(self, report: Report | None) -> str:
         panels = build_panels(report, self.insights, self.compare)
         notes = list(report.notes) if report is not None else []
         if self.compare:
-            notes += list(self.compare.get("notes") or [])
+            notes += list(self.compare.notes)
         return render_dashboard(panels, self.title, _meta(report, self.compare), notes,
                                 headlines(report, self.insights, self.compare))
 
