@@ -19,6 +19,7 @@ from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, check_new_folder_place
 from attnprof.pipeline import analyze_run, read_compare, write_dashboard_for
 from attnprof.trace.load import DERIVED_MARK, TRACE_SUFFIXES
+from attnprof.units import us_text
 
 DEFAULT_TRACES = Path("traces/h100")
 DEFAULT_OUT = Path("dashboards")
@@ -137,10 +138,6 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' * (n != 1)}"
 
 
-def _us(v: float | None) -> str:
-    return "n/a" if v is None else (f"{v:,.1f} µs" if abs(v) < 1000 else f"{v:,.0f} µs")
-
-
 def _run_lines(run: GalleryRun) -> list[str]:
     from attnprof.render.dashboard import compare_headlines  # lazy: importing plotly costs time
 
@@ -157,8 +154,8 @@ def _run_lines(run: GalleryRun) -> list[str]:
                          + f": {_count(len(r.calls), 'call')} at {_count(len({s.site for s in r.sites}), 'site')}")
         for d in ([] if run.compare else dg.diagnose_sites(r, run.call_info)):
             top = d.causes[0] if d.causes else None
-            lines.append(f"`{d.subject.label}` ({' / '.join(d.subject.backends)}): {_us(d.subject.us)} per call"
-                         + (f"; biggest cause: {dg.KIND_TITLES[top.kind]}, {_us(top.us)}" if top else ""))
+            lines.append(f"`{d.subject.label}` ({' / '.join(d.subject.backends)}): {us_text(d.subject.us)} per call"
+                         + (f"; biggest cause: {dg.KIND_TITLES[top.kind]}, {us_text(top.us)}" if top else ""))
         for e in dg.site_explanations(r, run.call_info):
             lines.append(_explanation_line(e))
         if not r.sites:
@@ -174,7 +171,7 @@ def _explanation_line(e: dg.Explanation) -> str:
     from attnprof.render.dashboard import signed
 
     causes = ", ".join(f"{dg.KIND_TITLES[c.kind]} {signed(c.us)} µs" for c in e.causes[:3])
-    return (f"waterfall `{e.a.label}` → `{e.b.label}`: B slower by {_us(e.gap_us)} per call ({causes}; "
+    return (f"waterfall `{e.a.label}` → `{e.b.label}`: B slower by {us_text(e.gap_us)} per call ({causes}; "
             f"unexplained {signed(e.unexplained_us)} µs; {e.basis} times)")
 
 

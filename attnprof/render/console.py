@@ -14,6 +14,7 @@ from rich.text import Text
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.render.base import Renderer
 from attnprof.render.kernel_counters import print_counters
+from attnprof.units import us_text
 
 #: From this many columns on, the full table; below it, one line per site (name, backend, calls, µs, the split in %).
 FULL_TABLE_WIDTH = 140
@@ -58,7 +59,7 @@ def site_label(s: SiteSummary) -> str:
 
 def _true_text(s: SiteSummary) -> Text:
     """The true µs, and below it the middle half of its samples (q1-q3): how much to trust it."""
-    text = Text(us_text(s.true_us))
+    text = Text(us_cell(s.true_us))
     if s.true_q1_us is not None:
         text.append(f"\n{s.true_q1_us:,.0f}–{s.true_q3_us:,.0f}", style="dim")
     return text
@@ -73,17 +74,16 @@ def pct_text(v: float | None, window: float) -> str:
 DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 
-def us_text(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+def us_cell(v: float | None) -> str:
+    """A table cell's µs: the number alone (the header says µs), — where there is none."""
+    return us_text(v, unit=False, missing="—")
 
 
 def part_text(v: float | None, window: float) -> Text:
     if v is None:
         return Text("n/a", style="dim")
     pct = 100 * v / window if window > 0 else 0.0
-    t = Text(us_text(v))
+    t = Text(us_cell(v))
     t.append(f" {pct:3.0f}%", style="bold" if pct >= 40 else "dim")
     return t
 
@@ -166,7 +166,7 @@ class ConsoleRenderer(Renderer):
         if copy_sites:
             console.print(Text("\nlayout copies attributed to the calls (per call)", style="bold"))
         for s in copy_sites:
-            rows = [[c.site or "?", c.op, _mb(c.bytes), us_text(c.dur_us)]
+            rows = [[c.site or "?", c.op, _mb(c.bytes), us_cell(c.dur_us)]
                     for c in sorted(s.copies, key=lambda c: -c.dur_us)]
             console.print(Text(f"  {site_label(s)} ({s.phase}):"))
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
@@ -197,13 +197,13 @@ class ConsoleRenderer(Renderer):
             if not small:  # narrow terminals: the name alone (location and op are in the wide table and the JSON)
                 site.append(f"\n  {s.op} · {short_site(s.site)}", style="dim")
             if small:
-                rows.append([site, s.backend, s.phase, str(s.calls), us_text(s.true_us if s.true_us else window),
+                rows.append([site, s.backend, s.phase, str(s.calls), us_cell(s.true_us if s.true_us else window),
                              *(pct_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
                 continue
-            prof = us_text(s.profiled_us)
+            prof = us_cell(s.profiled_us)
             if s.inflation:
                 prof += f" ×{s.inflation:.2f}"
-            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), _true_text(s), prof, us_text(window),
+            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), _true_text(s), prof, us_cell(window),
                          *(part_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
         star = "*" if corrected else ""
         if small:
@@ -220,11 +220,11 @@ class ConsoleRenderer(Renderer):
         rows = []
         for c in report.calls:
             if small:
-                rows.append([str(c.id), c.phase, short_site(c.site), us_text(c.window_us),
+                rows.append([str(c.id), c.phase, short_site(c.site), us_cell(c.window_us),
                              *(pct_text(v, c.window_us) for v in (c.compute_us, c.copy_us, c.launch_us, c.other_us))])
             else:
-                rows.append([str(c.id), c.phase, c.site, c.backend, us_text(c.window_us), us_text(c.compute_us),
-                             us_text(c.copy_us), us_text(c.launch_us), us_text(c.other_us), str(len(c.kernels))])
+                rows.append([str(c.id), c.phase, c.site, c.backend, us_cell(c.window_us), us_cell(c.compute_us),
+                             us_cell(c.copy_us), us_cell(c.launch_us), us_cell(c.other_us), str(len(c.kernels))])
         if small:
             headers = [("id", "num"), ("ph", "word"), ("site", "text"), ("window µs", "num"), ("compute", "num"),
                        ("copy", "num"), ("launch", "num"), ("other", "num")]

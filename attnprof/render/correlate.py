@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from attnprof.analysis.records import Report, SiteSummary
-from attnprof.render.console import compact, grid, short_site, table_console, us_text
+from attnprof.render.console import compact, grid, short_site, table_console, us_cell
 
 PARTS = ("compute", "copy", "launch", "other")
 
@@ -33,7 +33,7 @@ def pair_sites(profiler: Report, nsys: Report) -> list[SitePair]:
 
 
 def _parts(s: SiteSummary) -> list[str]:
-    return [us_text(s.window_us)] + [us_text(getattr(s, f"{p}_us")) for p in PARTS]
+    return [us_cell(s.window_us)] + [us_cell(getattr(s, f"{p}_us")) for p in PARTS]
 
 
 def print_correlation(profiler: Report, nsys: Report, file=None, console=None) -> None:

@@ -37,6 +37,7 @@ from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
+from attnprof.units import us_text
 
 DASHBOARD_FILE = "dashboard.html"
 DATA_ELEMENT_ID = "attnprof-data"
@@ -77,10 +78,6 @@ def _row_label(s: SiteSummary) -> str:
     return f"{s.site} · {s.phase}"
 
 
-def _us(v: float | None) -> str:
-    return "n/a" if v is None else (f"{v:,.1f} µs" if abs(v) < 1000 else f"{v:,.0f} µs")
-
-
 def _figure(**layout) -> go.Figure:
     """A figure whose legend sits under the chart: at the top it runs under Plotly's toolbar on narrow pages."""
     fig = go.Figure()
@@ -113,8 +110,9 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
         return None
     sites.sort(key=lambda s: (s.site, s.phase != "fwd"))
     labels = [_row_label(s) for s in sites]
-    hover = [[s.site, s.phase, f"{s.op} → {s.backend}", _site_shape(s), s.calls, _us(s.window_us), _us(s.true_us),
-              _us(s.profiled_us), f"x{s.inflation:.2f}" if s.inflation else "n/a"] for s in sites]
+    hover = [[s.site, s.phase, f"{s.op} → {s.backend}", _site_shape(s), s.calls, us_text(s.window_us),
+              us_text(s.true_us), us_text(s.profiled_us), f"x{s.inflation:.2f}" if s.inflation else "n/a"]
+             for s in sites]
     template = ("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<br>%{customdata[3]}<br>"
                 "%{customdata[4]} calls · window %{customdata[5]}<br>true %{customdata[6]} · profiled "
                 "%{customdata[7]} (%{customdata[8]})<br><b>%{fullData.name}: %{x:,.1f} µs</b><extra></extra>")
@@ -152,8 +150,8 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
         if split.profiler_us:  # in the gap above the bar's end (rows are category indices), clear of the markers
             fig.add_annotation(x=end, y=row - 0.5, xanchor="left", showarrow=False, font=dict(color=COLORS["inflation"],
                                                                                                size=11),
-                               text=f"  profiler +{_us(split.profiler_us)}", hovertext=(
-                                   f"the profiler's own cost, {_us(split.profiler_us)} per call: in the profiled "
+                               text=f"  profiler +{us_text(split.profiler_us)}", hovertext=(
+                                   f"the profiler's own cost, {us_text(split.profiler_us)} per call: in the profiled "
                                    "window, left out of the bar"))
     return fig
 
@@ -169,8 +167,8 @@ def speed_of_light_figure(section: KernelCountersSection | None) -> go.Figure | 
     if not rows:
         return None
     labels = [f"{s.site} · {_short_kernel(kernel_label(s))}" for s in rows]
-    hover = [[html.escape(s.site), html.escape(kernel_label(s)), _us(s.duration_us), s.bound or "?", _html_text(_wrap(s.bound_evidence, 70)),
-              html.escape(tensor_path(s))] for s in rows]
+    hover = [[html.escape(s.site), html.escape(kernel_label(s)), us_text(s.duration_us), s.bound or "?",
+              _html_text(_wrap(s.bound_evidence, 70)), html.escape(tensor_path(s))] for s in rows]
     template = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]} under ncu · %{customdata[5]}<br>"
                 "%{customdata[3]}-bound: %{customdata[4]}<br><b>%{fullData.name}: %{x:.1f}% of peak</b><extra></extra>")
     fig = _figure(barmode="group", height=160 + 56 * len(rows), xaxis=dict(title="% of peak", range=[0, 100]),
@@ -214,12 +212,12 @@ def waterfall_figure(e: Explanation, unit: str | None = None) -> go.Figure:
     x = ["A"] + [KIND_TITLES.get(c.kind, c.kind) for c in causes] + ["unexplained", "B"]
     y = [e.a.us] + [c.us for c in causes] + [e.unexplained_us, e.b.us]
     measure = ["absolute"] + ["relative"] * (len(causes) + 1) + ["total"]
-    hover = ([f"<b>A</b>: {html.escape(e.a.label)}<br>{' / '.join(e.a.backends)} · {_us(e.a.us)}"]
+    hover = ([f"<b>A</b>: {html.escape(e.a.label)}<br>{' / '.join(e.a.backends)} · {us_text(e.a.us)}"]
              + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> {c.us:+,.1f} µs<br>"
                 f"{_html_text(_wrap(c.detail))}<br><i>fix:</i> {_html_text(_wrap(c.fix))}" for c in causes]
              + [f"<b>unexplained</b> {e.unexplained_us:+,.1f} µs<br>{_html_text(_wrap(e.basis_detail))}",
-                f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {_us(e.b.us)}"])
-    text = [_us(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), _us(e.b.us)]
+                f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {us_text(e.b.us)}"])
+    text = [us_text(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), us_text(e.b.us)]
     fig = _figure(height=440, yaxis_title=unit, xaxis_title="from A through the causes to B",
                   showlegend=False)
     fig.add_trace(go.Waterfall(
@@ -273,8 +271,8 @@ def explanation_headline(e: Explanation, unit: str | None = None) -> str:
     """The answer in one line: "B is 178 µs slower per call: layout copies 151 µs, kernel choice 28 µs"."""
     per = (unit or e.unit).replace("µs ", "", 1)  # "per attention call ..."
     big = [c for c in e.causes if c.us > 0 and c.us >= 0.05 * e.gap_us]
-    causes = ", ".join(f"{KIND_TITLES.get(c.kind, c.kind)} {_us(c.us)}" for c in sorted(big, key=lambda c: -c.us))
-    return (f"{_short(e.b.label)} is {_us(e.gap_us)} slower {per} than {_short(e.a.label)}"
+    causes = ", ".join(f"{KIND_TITLES.get(c.kind, c.kind)} {us_text(c.us)}" for c in sorted(big, key=lambda c: -c.us))
+    return (f"{_short(e.b.label)} is {us_text(e.gap_us)} slower {per} than {_short(e.a.label)}"
             + (f": {causes}" if causes else ""))
 
 
@@ -288,16 +286,16 @@ def compare_headlines(rows: list[dict]) -> list[str]:
         group.sort(key=lambda r: r["median_us"])
         best, worst = group[0], group[-1]
         text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best['backend']} "
-                f"{best['variant']} {_us(best['median_us'])}")
+                f"{best['variant']} {us_text(best['median_us'])}")
         wrapped = [r for r in group if r["variant"] == "seed-wrapper"]
         if wrapped:
             w = wrapped[0]
             native = next((r for r in group if r["backend"] == w["backend"] and r["variant"] == "native"), None)
             if native:
-                text += (f"; the seed's wrapper makes {w['backend']} {_us(w['median_us'] - native['median_us'])} "
-                         f"slower ({_us(native['median_us'])} → {_us(w['median_us'])})")
+                text += (f"; the seed's wrapper makes {w['backend']} {us_text(w['median_us'] - native['median_us'])} "
+                         f"slower ({us_text(native['median_us'])} → {us_text(w['median_us'])})")
         if worst is not best:
-            text += f"; slowest {worst['backend']} {worst['variant']} {_us(worst['median_us'])}"
+            text += f"; slowest {worst['backend']} {worst['variant']} {us_text(worst['median_us'])}"
         out.append(text)
     return out
 
@@ -316,7 +314,7 @@ def site_headline(report: Report, splits: dict[tuple[str, str, str], SiteSplit])
     if total <= 0:
         return None
     name, us = max(parts.items(), key=lambda kv: kv[1])
-    return (f"{_short(s.site)} ({s.phase}) costs {_us(total)} per call, {100 * us / total:.0f}% of it {name}"
+    return (f"{_short(s.site)} ({s.phase}) costs {us_text(total)} per call, {100 * us / total:.0f}% of it {name}"
             + ("" if len(report.sites) == 1 else f" (of {len(report.sites)} sites, the most in total)"))
 
 
@@ -351,8 +349,8 @@ def timeline_figure(report: Report) -> go.Figure | None:
         name="window (empty: host time between ops)" if on_cpu else "window (empty: GPU idle, launch)",
         x=spans, y=labels, base=[0.0] * len(calls), orientation="h", width=0.8,
         marker=dict(color=COLORS["window"], line=dict(width=0)),
-        customdata=[[c.backend, _site_shape(c), _us(c.window_us), _us(c.compute_us), _us(c.copy_us),
-                     _us(c.launch_us), _us(c.other_us)] for c in calls],
+        customdata=[[c.backend, _site_shape(c), us_text(c.window_us), us_text(c.compute_us), us_text(c.copy_us),
+                     us_text(c.launch_us), us_text(c.other_us)] for c in calls],
         hovertemplate=("<b>%{y}</b><br>%{customdata[0]} · %{customdata[1]}<br>window %{customdata[2]}: compute "
                        "%{customdata[3]}, copy %{customdata[4]}, launch %{customdata[5]}, other %{customdata[6]}"
                        "<extra></extra>")))
@@ -419,7 +417,7 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
             marker=dict(symbol=symbol, size=12, color=COLORS["compute" if what == "kernels" else "copy"],
                         line=dict(width=2, color=COLORS["compute" if what == "kernels" else "copy"])),
             customdata=[[p["site"], p["phase"], p["backend"], _shape_label(p["shapes"], p["dtype"], p["layout"]),
-                         _us(p["us"]), p["gbps"],
+                         us_text(p["us"]), p["gbps"],
                          "n/a" if p["pct_of_peak"] is None else f"{p['pct_of_peak']:.0f}% ({p['bound']}-bound)"]
                         for p in pts],
             hovertemplate=("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} · %{customdata[3]}<br>"
@@ -574,7 +572,7 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     if report is not None and report.sites:
         fig = site_bars_figure(report, insights.splits)
         tables = "".join(
-            f"<h4>{html.escape(d.subject.label)} — {_us(d.subject.us)} "
+            f"<h4>{html.escape(d.subject.label)} — {us_text(d.subject.us)} "
             f"{html.escape(unit_text(d.unit, report).replace('µs ', '', 1))}</h4>"
             + causes_table_html(d.causes, d.subject.us, None, "share") for d in insights.diagnoses)
         panels.append(Panel("sites", "Where each call site's time goes", site_bars_description(report), fig,
@@ -582,7 +580,7 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     for i, e in enumerate(insights.explanations):
         unit = unit_text(e.unit, report)
         desc = (f"A = {e.a.label} ({' / '.join(e.a.backends)}), B = {e.b.label} ({' / '.join(e.b.backends)}): "
-                f"B is slower by {_us(e.gap_us)} {unit.replace('µs ', '', 1)}. Numbers: {e.basis_detail}."
+                f"B is slower by {us_text(e.gap_us)} {unit.replace('µs ', '', 1)}. Numbers: {e.basis_detail}."
                 + "".join(f" Note: {n}." for n in e.notes))
         panels.append(Panel(f"waterfall-{i}", f"From {_short(e.a.label)} to {_short(e.b.label)}: the gap, cause by "
                                               "cause", desc, waterfall_figure(e, unit),
@@ -639,7 +637,7 @@ def rank_panels(summary) -> list[Panel]:
 
     cp = summary.critical_path
     slowest = (f" The others wait for rank {cp.slowest_rank} (the most time outside collectives); its step "
-               f"{_us(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
+               f"{us_text(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
                if cp is not None else "")
     stragglers = "; ".join(f"{_short(s.site)} {s.phase}: rank {s.straggler_rank} {s.straggler_extra_us:+,.0f} µs"
                            for s in summary.sites if s.straggler_rank is not None)
@@ -832,15 +830,15 @@ def measured_fixes_figure(d) -> go.Figure | None:
     measured = [c for c in d.causes if c.measured_saving_us is not None]
     x = ["now"] + [KIND_TITLES.get(c.kind, c.kind) for c in measured] + ["after the fixes, measured"]
     y = [d.subject.us] + [-c.measured_saving_us for c in measured] + [after]
-    hover = ([f"<b>now</b> {_us(d.subject.us)}"]
+    hover = ([f"<b>now</b> {us_text(d.subject.us)}"]
              + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> predicted {c.us:,.1f} µs, measured "
                 f"{-c.measured_saving_us:+,.1f} µs" + (f" ({html.escape(c.measured_by)})" if c.measured_by else "")
                 + (f"<br>{_html_text(_wrap(c.measured_note))}" if c.measured_note else "") for c in measured]
-             + [f"<b>after the fixes, measured</b> {_us(after)}"])
+             + [f"<b>after the fixes, measured</b> {us_text(after)}"])
     fig = _figure(height=400, yaxis_title=d.unit, showlegend=False)
     fig.add_trace(go.Waterfall(
         name="measured", x=x, y=y, measure=["absolute"] + ["relative"] * len(measured) + ["total"],
-        text=[_us(v) if i in (0, len(y) - 1) else f"{v:+,.1f}" for i, v in enumerate(y)], textposition="outside",
+        text=[us_text(v) if i in (0, len(y) - 1) else f"{v:+,.1f}" for i, v in enumerate(y)], textposition="outside",
         hovertext=hover, hoverinfo="text", decreasing=dict(marker=dict(color=COLORS["other"])),
         totals=dict(marker=dict(color=COLORS["compute"]))))
     return fig
