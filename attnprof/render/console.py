@@ -1,7 +1,6 @@
 """The console table: one row per call site and phase, then the layout copies with their source lines."""
 from __future__ import annotations
 
-import io
 import os
 import re
 
@@ -12,14 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.render.base import Renderer
-from attnprof.render.kernel_counters import print_counters
+from attnprof.render.base import PIPE_WIDTH, ConsoleView
+from attnprof.render.kernel_counters import CountersRenderer
 from attnprof.units import us_text
 
 #: From this many columns on, the full table; below it, one line per site (name, backend, calls, µs, the split in %).
 FULL_TABLE_WIDTH = 140
-#: Piped or redirected output with no COLUMNS: wide enough that no table is squeezed (tables never pad to it).
-PIPE_WIDTH = 240
 
 
 def table_console(file=None) -> Console:
@@ -122,18 +119,13 @@ def grid(rows: list[list], headers: list[tuple[str, str]], title: str | None = N
     return table
 
 
-class ConsoleRenderer(Renderer):
-    def __init__(self, show_calls: bool = False, width: int | None = None, color: bool | None = None):
-        self.show_calls = show_calls
-        self.width = width
-        self.color = color
+class ConsoleRenderer(ConsoleView[Report]):
+    """The report's tables: sites, their layout copies, Nsight Compute's counters, the ranks of a job, the calls
+    (`show_calls`), then the notes and warnings."""
 
-    def render(self, report: Report) -> str:
-        buf = io.StringIO()
-        console = Console(file=buf, width=self.width or PIPE_WIDTH, force_terminal=self.color,
-                          no_color=self.color is False, highlight=False)
-        self.print_to(console, report)
-        return buf.getvalue()
+    def __init__(self, show_calls: bool = False, width: int | None = None, color: bool | None = None):
+        super().__init__(width, color)
+        self.show_calls = show_calls
 
     def print_to(self, console: Console, report: Report, notes_to: Console | None = None) -> None:
         """The tables on `console`; the notes on `notes_to` (stderr for the CLI), else after the tables."""
@@ -142,7 +134,7 @@ class ConsoleRenderer(Renderer):
         notes = notes_to or console
         if not report.sites:
             if report.kernel_counters is not None:
-                print_counters(console, report.kernel_counters)
+                CountersRenderer().print_to(console, report.kernel_counters)
             for note in report.notes:
                 notes.print(Text(f"  {note}"))
             return
@@ -172,12 +164,11 @@ class ConsoleRenderer(Renderer):
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
         if report.kernel_counters is not None:
-            print_counters(console, report.kernel_counters)
+            CountersRenderer().print_to(console, report.kernel_counters)
         if report.ranks is not None:
-            from attnprof.render.ranks import console_renderables  # a job of several ranks
+            from attnprof.render.ranks import RanksRenderer  # a job of several ranks
 
-            for item in console_renderables(report.ranks, small=compact(console)):
-                console.print(item)
+            RanksRenderer().print_to(console, report.ranks)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:

@@ -2,10 +2,12 @@
 site heatmap of attention µs and a per-rank split)."""
 from __future__ import annotations
 
+from rich.console import Console
 from rich.text import Text
 
 from attnprof.analysis.ranks import RanksSummary
-from attnprof.render.console import grid, short_site, us_cell
+from attnprof.render.base import ConsoleView
+from attnprof.render.console import compact, grid, short_site, us_cell
 
 #: Up to this many ranks the table has a column per rank; beyond, min / median / max only.
 RANK_COLUMNS = 8
@@ -15,8 +17,15 @@ def _site_label(site: str, op: str, small: bool) -> str:
     return f"{short_site(site) if small else site}\n  {op}"
 
 
-def console_renderables(summary: RanksSummary, small: bool = False) -> list:
-    """What the console prints for a job: sites across ranks, then each rank's step, the critical path, overlaps."""
+class RanksRenderer(ConsoleView[RanksSummary]):
+    """A job on the console: sites across ranks, then each rank's step, the critical path, the overlaps."""
+
+    def print_to(self, console: Console, summary: RanksSummary) -> None:
+        for item in _renderables(summary, small=compact(console)):
+            console.print(item)
+
+
+def _renderables(summary: RanksSummary, small: bool) -> list:
     out: list = []
     ranks = [r.rank for r in summary.ranks]
     per_rank = len(ranks) <= RANK_COLUMNS
