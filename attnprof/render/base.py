@@ -30,9 +30,8 @@ class Renderer(Generic[Subject]):
     def render(self, subject: Subject) -> str:
         raise NotImplementedError
 
-    def write(self, subject: Subject, folder: Path) -> Path | None:
-        """Write the rendering into `folder` under `output_name`, atomically; returns the path (None: a renderer
-        that had nothing to write, e.g. TensorBoard scalars of a run without calls)."""
+    def write(self, subject: Subject, folder: Path) -> Path:
+        """Write the rendering into `folder` under `output_name`, atomically; returns the path."""
         if self.output_name is None:
             raise TypeError(f"{type(self).__name__} writes no file")
         return atomic_write(Path(folder) / self.output_name, self.render(subject))

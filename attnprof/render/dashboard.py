@@ -30,11 +30,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
+from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Diagnosis, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
 from attnprof.units import us_text
@@ -738,7 +737,7 @@ def headlines(report: Report | None, insights: Insights | None, compare: dict | 
 
 
 def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: list[str] | None = None,
-                     headline: list[str] | None = None) -> str:
+                     headline: list[str] | None = None, plotly_src: str | None = None) -> str:
     sections = []
     for p in panels:
         sections.append(
@@ -757,7 +756,7 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>{_CSS}</style>
-<script>{get_plotlyjs()}</script>
+{_plotly_script(plotly_src)}
 </head>
 <body>
 <header><h1>{html.escape(title)}</h1><button id="theme" type="button">dark theme</button></header>
@@ -770,6 +769,13 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 </body>
 </html>
 """
+
+
+def _plotly_script(src: str | None) -> str:
+    """plotly.js inlined (the page opens offline on its own), or loaded from `src` beside the page."""
+    if src is None:
+        return f"<script>{get_plotlyjs()}</script>"
+    return f'<script src="{html.escape(src)}"></script>'
 
 
 def read_dashboard_data(path: Path) -> dict:
@@ -797,15 +803,18 @@ def _meta(report: Report | None, compare: dict | None) -> list[str]:
     return meta
 
 
-class DashboardRenderer(Renderer):
-    """The dashboard as a Report view (render/base.py); pipeline.write_dashboard_for is what most callers want."""
+class DashboardRenderer(Renderer[Report | None]):
+    """The dashboard of a report and/or compare.json's document (`compare`); pipeline.dashboard_renderer makes one
+    with the insights computed. `plotly_src`: plotly.js from that file beside the page instead of inlined (the
+    gallery's pages share one copy)."""
 
-    output_name = DASHBOARD_FILE
-
-    def __init__(self, insights: Insights | None = None, compare: dict | None = None, title: str = "attnprof"):
+    def __init__(self, insights: Insights | None = None, compare: dict | None = None, title: str = "attnprof",
+                 output_name: str = DASHBOARD_FILE, plotly_src: str | None = None):
         self.insights = insights
         self.compare = compare
         self.title = title
+        self.output_name = output_name
+        self.plotly_src = plotly_src
 
     def render(self, report: Report | None) -> str:
         panels = build_panels(report, self.insights, self.compare)
@@ -813,7 +822,7 @@ class DashboardRenderer(Renderer):
         if self.compare:
             notes += list(self.compare.get("notes") or [])
         return render_dashboard(panels, self.title, _meta(report, self.compare), notes,
-                                headlines(report, self.insights, self.compare))
+                                headlines(report, self.insights, self.compare), self.plotly_src)
 
 
 # --- explain --verify: after the fixes, measured ----------------------------------------------------------------
@@ -844,12 +853,18 @@ def measured_fixes_figure(d) -> go.Figure | None:
     return fig
 
 
-def write_verify_dashboard(diagnoses: list, path: Path) -> Path:
-    """One panel per verified site: its measured-fixes waterfall and its causes."""
-    panels = []
-    for i, d in enumerate(diagnoses):
-        fig = measured_fixes_figure(d)
-        if fig is not None:
-            panels.append(Panel(f"verify-{i}", f"{_short(d.subject.label)}: after the fixes, measured",
-                                " ".join(d.notes), fig, causes_table_html(d.causes, d.subject.us, None, "share")))
-    return atomic_write(Path(path), render_dashboard(panels, "attnprof verify", [d.subject.label for d in diagnoses]))
+class VerifyDashboardRenderer(Renderer[list[Diagnosis]]):
+    """`explain --verify`'s page of the verified site diagnoses: per site, its measured-fixes waterfall and its
+    causes."""
+
+    def __init__(self, output_name: str):
+        self.output_name = output_name
+
+    def render(self, diagnoses: list[Diagnosis]) -> str:
+        panels = []
+        for i, d in enumerate(diagnoses):
+            fig = measured_fixes_figure(d)
+            if fig is not None:
+                panels.append(Panel(f"verify-{i}", f"{_short(d.subject.label)}: after the fixes, measured",
+                                    " ".join(d.notes), fig, causes_table_html(d.causes, d.subject.us, None, "share")))
+        return render_dashboard(panels, "attnprof verify", [d.subject.label for d in diagnoses])
