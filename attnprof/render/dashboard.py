@@ -12,8 +12,10 @@ Panels (each only when there is data for it):
   differ in several dimensions, each backend's time at each shape; and its table, when compare.json is there.
 
 plotly.js is embedded (what `include_plotlyjs=True` embeds: plotly.offline.get_plotlyjs()), so the file works
-offline. The figures travel as JSON in `<script id="attnprof-data" type="application/json">` without a template;
-the page applies a light or a dark Plotly template (prefers-color-scheme, then the toggle), so both read well.
+offline (the gallery's pages load one shared plotly.min.js beside them instead). The page's CSS and script are
+package files (assets/dashboard.css, assets/dashboard.js), inlined too. The figures travel as JSON in
+`<script id="attnprof-data" type="application/json">` without a template; the script applies a light or a dark
+Plotly template (prefers-color-scheme, then the toggle), so both read well.
 
 Every number comes in computed: the report, its Insights (analysis/insights.py: splits, diagnoses, explanations,
 roofline points, the ceilings used) and compare.json's document. This module only lays them out; pipeline.py's
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from attnprof.trace.ceilings import Ceilings
 from attnprof.units import us_text
 
 DASHBOARD_FILE = "dashboard.html"
-DATA_ELEMENT_ID = "attnprof-data"
+DATA_ELEMENT_ID = "attnprof-data"  # assets/dashboard.js reads the figures from the element with this id
 THEMES = {"light": "plotly_white", "dark": "plotly_dark"}
 
 #: Mid-tone colours that read on white and on near-black alike.
@@ -666,56 +669,9 @@ def dashboard_data(panels: list[Panel]) -> dict:
     }
 
 
-_CSS = """
-:root { color-scheme: light; --bg: #ffffff; --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --panel: #f6f8fa; }
-:root[data-theme="dark"] { color-scheme: dark; --bg: #111111; --fg: #e6edf3; --muted: #9198a1; --line: #3d444d;
-  --panel: #1a1a1a; }
-body { background: var(--bg); color: var(--fg); font: 14px/1.45 system-ui, sans-serif; margin: 0 auto;
-  max-width: 1280px; padding: 16px 24px; }
-header { display: flex; justify-content: space-between; align-items: baseline; gap: 16px;
-  border-bottom: 1px solid var(--line); }
-h1 { font-size: 20px; margin: 8px 0; } h2 { font-size: 16px; margin: 28px 0 4px; } h4 { margin: 14px 0 4px; }
-.meta, .desc, .dim { color: var(--muted); } .meta { margin: 4px 0 10px; }
-button#theme { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 6px;
-  padding: 4px 10px; cursor: pointer; }
-table.causes { border-collapse: collapse; width: 100%; margin: 6px 0; font-size: 13px; }
-table.causes th, table.causes td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left;
-  vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-details { margin: 6px 0; } summary { cursor: pointer; color: var(--muted); }
-.notes li { color: #c69026; }
-#headline p { font-size: 15px; font-weight: 600; margin: 6px 0; }
-.scroll { overflow-x: auto; }
-table.causes td { overflow-wrap: anywhere; }  /* long code in a fix must not widen the page */
-.scroll table.causes td { overflow-wrap: normal; white-space: nowrap; }
-"""
-
-_JS = """
-(function () {
-  const data = JSON.parse(document.getElementById("%(data_id)s").textContent);
-  const root = document.documentElement;
-  const stored = window.localStorage ? localStorage.getItem("attnprof-theme") : null;
-  let theme = stored || (window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light");
-  const config = {responsive: true, displaylogo: false};
-  function layoutFor(fig) { return Object.assign({}, fig.layout || {}, {template: data.templates[theme]}); }
-  function apply() {
-    root.dataset.theme = theme;
-    document.getElementById("theme").textContent = theme === "dark" ? "light theme" : "dark theme";
-  }
-  apply();
-  for (const [key, fig] of Object.entries(data.figures)) {
-    Plotly.newPlot(document.getElementById("fig-" + key), fig.data, layoutFor(fig), config);
-  }
-  document.getElementById("theme").addEventListener("click", function () {
-    theme = theme === "dark" ? "light" : "dark";
-    if (window.localStorage) localStorage.setItem("attnprof-theme", theme);
-    apply();
-    for (const key of Object.keys(data.figures)) {
-      Plotly.relayout(document.getElementById("fig-" + key), {template: data.templates[theme]});
-    }
-  });
-})();
-"""
+def asset_text(name: str) -> str:
+    """A file of attnprof/render/assets/ (the page's CSS and script), read from the installed package."""
+    return resources.files("attnprof.render").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _json_for_script(doc: dict) -> str:
@@ -755,7 +711,8 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{_CSS}</style>
+<style>
+{asset_text("dashboard.css")}</style>
 {_plotly_script(plotly_src)}
 </head>
 <body>
@@ -765,7 +722,8 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 {notes_html}
 {"".join(sections)}
 <script id="{DATA_ELEMENT_ID}" type="application/json">{_json_for_script(dashboard_data(panels))}</script>
-<script>{_JS % {"data_id": DATA_ELEMENT_ID}}</script>
+<script>
+{asset_text("dashboard.js")}</script>
 </body>
 </html>
 """
