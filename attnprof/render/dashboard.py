@@ -37,11 +37,14 @@ from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Diagnosis, Explanati
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
 from attnprof.units import us_text
 
 DASHBOARD_FILE = "dashboard.html"
+#: plotly.js beside pages that share one copy (the gallery), instead of inlining 4.6 MB into each
+SHARED_PLOTLY_FILE = "plotly.min.js"
 DATA_ELEMENT_ID = "attnprof-data"  # assets/dashboard.js reads the figures from the element with this id
 THEMES = {"light": "plotly_white", "dark": "plotly_dark"}
 
@@ -727,6 +730,11 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 </body>
 </html>
 """
+
+
+def write_shared_plotly(folder: Path) -> Path:
+    """plotly.js as `folder/plotly.min.js`, for pages rendered with plotly_src=SHARED_PLOTLY_FILE beside it."""
+    return atomic_write(Path(folder) / SHARED_PLOTLY_FILE, get_plotlyjs())
 
 
 def _plotly_script(src: str | None) -> str:
