@@ -20,6 +20,7 @@ from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, check_new_folder_place
 from attnprof.pipeline import analyze_run, read_compare, write_dashboard_for
 from attnprof.trace.load import DERIVED_MARK, TRACE_SUFFIXES
+from attnprof.units import us_text
 
 DEFAULT_TRACES = Path("traces/h100")
 DEFAULT_OUT = Path("dashboards")
@@ -138,10 +139,6 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' * (n != 1)}"
 
 
-def _us(v: float | None) -> str:
-    return "n/a" if v is None else (f"{v:,.1f} µs" if abs(v) < 1000 else f"{v:,.0f} µs")
-
-
 def _run_lines(run: GalleryRun) -> list[str]:
     from attnprof.render.dashboard import compare_headlines  # lazy: importing plotly costs time
 
@@ -158,8 +155,8 @@ def _run_lines(run: GalleryRun) -> list[str]:
                          + f": {_count(len(r.calls), 'call')} at {_count(len({s.site for s in r.sites}), 'site')}")
         for d in ([] if run.compare else dg.diagnose_sites(r, run.call_info)):
             top = d.causes[0] if d.causes else None
-            lines.append(f"`{d.subject.label}` ({' / '.join(d.subject.backends)}): {_us(d.subject.us)} per call"
-                         + (f"; biggest cause: {dg.KIND_TITLES[top.kind]}, {_us(top.us)}" if top else ""))
+            lines.append(f"`{d.subject.label}` ({' / '.join(d.subject.backends)}): {us_text(d.subject.us)} per call"
+                         + (f"; biggest cause: {dg.KIND_TITLES[top.kind]}, {us_text(top.us)}" if top else ""))
         for e in dg.site_explanations(r, run.call_info):
             lines.append(_explanation_line(e))
         if not r.sites:
@@ -175,7 +172,7 @@ def _explanation_line(e: dg.Explanation) -> str:
     from attnprof.render.dashboard import signed
 
     causes = ", ".join(f"{dg.KIND_TITLES[c.kind]} {signed(c.us)} µs" for c in e.causes[:3])
-    return (f"waterfall `{e.a.label}` → `{e.b.label}`: B slower by {_us(e.gap_us)} per call ({causes}; "
+    return (f"waterfall `{e.a.label}` → `{e.b.label}`: B slower by {us_text(e.gap_us)} per call ({causes}; "
             f"unexplained {signed(e.unexplained_us)} µs; {e.basis} times)")
 
 
@@ -192,16 +189,20 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
     runs = load_gallery_runs(traces)
     if not runs:
         raise AttnprofError(f"{traces} holds no run folder (a folder with a *.pt.trace.json[.gz] or compare.json)")
+    from attnprof.render.dashboard import SHARED_PLOTLY_FILE, write_shared_plotly  # lazy: importing plotly costs time
+
     out.mkdir(parents=True, exist_ok=True)
+    write_shared_plotly(out)  # one copy for all the pages, not 4.6 MB in each
     ceilings = _gallery_ceilings(traces, runs)
     entries = []
     pairs = gallery_pairs(runs)
     paired = {r.name for pair in pairs for r in pair}
     for run in runs:
         if run.name in paired:
-            continue  # its sites are on the pair's page, beside the other variant's (each page embeds 4.6 MB)
-        path = write_dashboard_for(run.report, out, compare=run.compare, ceilings=ceilings,
-                                   name=f"{run.name}.html", title=f"attnprof — {run.name}", call_info=run.call_info)
+            continue  # its sites are on the pair's page, beside the other variant's
+        path = write_dashboard_for(run.report, out, compare=run.compare, ceilings=ceilings, name=f"{run.name}.html",
+                                   title=f"attnprof — {run.name}", call_info=run.call_info,
+                                   plotly_src=SHARED_PLOTLY_FILE)
         entries.append(GalleryEntry(path, run.name, _run_lines(run)))
     for base, other in pairs:
         a = dg.select(base.report, call_info=base.call_info, label=base.name)
@@ -210,7 +211,8 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
         merged = merged_report([(base.name, base.report), (other.name, other.report)])
         name = f"{other.name}-vs-{base.variant}"
         path = write_dashboard_for(merged, out, explanations=[e], compare=CompareDocument(rows=[]), ceilings=ceilings,
-                                   name=f"{name}.html", title=f"attnprof — {other.name} vs {base.name}")
+                                   name=f"{name}.html", title=f"attnprof — {other.name} vs {base.name}",
+                                   plotly_src=SHARED_PLOTLY_FILE)
         entries.append(GalleryEntry(path, name, [_explanation_line(e)] + [
             f"{dg.KIND_TITLES[c.kind]}: {c.detail}" for c in e.causes[:3]]))
     atomic_write(out / "README.md", gallery_readme(entries, traces, out))
@@ -232,7 +234,8 @@ def gallery_readme(entries: list[GalleryEntry], traces: Path, out: Path) -> str:
         "# Dashboards",
         "",
         f"Rendered from the reference traces in `{traces}` (recorded on the GPU named in each entry). Each file is "
-        "one self-contained HTML page (plotly.js embedded, works offline): the answer in a line on top, per-site "
+        "one HTML page that works offline with the `plotly.min.js` beside it (one copy shared by all the pages; "
+        "`attnprof dashboard RUN` writes a page with plotly.js inside instead): the answer in a line on top, per-site "
         "stacked bars of compute / copy / launch / other with true and profiled times, waterfalls from the faster "
         "to the slower variant through the ranked causes, a kernel timeline of a typical call per site, the "
         "roofline, and where a run holds compare.json, `attnprof compare`'s charts (one row per shape) and rows.",

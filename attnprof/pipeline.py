@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
 from attnprof.errors import AttnprofError
-from attnprof.files import DEFAULT_MAX_INPUT_MB, atomic_write, write_failure
+from attnprof.files import DEFAULT_MAX_INPUT_MB, write_failure
 from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
@@ -28,6 +29,7 @@ from attnprof.trace.runinfo import CallInfo, RunInfo
 
 if TYPE_CHECKING:
     from attnprof.capture.compare import CompareOptions
+    from attnprof.render.dashboard import DashboardRenderer
 
 #: `attnprof compare`'s progress: (what runs now, done, total)
 CompareProgress = Callable[[str, int, int], None]
@@ -110,36 +112,44 @@ def dashboard_ceilings(report: Report | None, compare: CompareDocument | None) -
     return None
 
 
-def dashboard_html(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
-                   compare: CompareDocument | None = None, ceilings: Ceilings | None = None, title: str | None = None,
-                   call_info: dict[int, CallInfo] | None = None) -> str:
-    """The dashboard page of a report and/or the folder's compare.json, as write_dashboard_for writes it."""
-    from attnprof.render.dashboard import DashboardRenderer  # lazy: importing plotly costs time
+def dashboard_renderer(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
+                       compare: CompareDocument | None = None, ceilings: Ceilings | None = None, title: str | None = None,
+                       call_info: dict[int, CallInfo] | None = None, output_name: str | None = None,
+                       plotly_src: str | None = None) -> DashboardRenderer:
+    """The dashboard of a report and/or the folder's compare.json, its insights computed.
+
+    `explanations`: waterfalls to show (None: explain comparable call sites of the report). `compare`: the
+    compare.json document (None: read it from the folder if there). `ceilings`: for the roofline (None: those
+    compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
+    calls by id (`AnalyzedRun.call_info`), for the fallback reasons in the causes. `output_name`: the page's file
+    name (default dashboard.html). `plotly_src`: plotly.js from that file beside the page, not inlined.
+    """
+    from attnprof.render.dashboard import DASHBOARD_FILE, DashboardRenderer  # lazy: importing plotly costs time
 
     if compare is None:
         compare = read_compare(folder)
     if ceilings is None:
         ceilings = dashboard_ceilings(report, compare)
-    renderer = DashboardRenderer(insights(report, call_info, ceilings, explanations), compare,
-                                 title or f"attnprof — {Path(folder).resolve().name}")
-    return renderer.render(report)
+    return DashboardRenderer(insights(report, call_info, ceilings, explanations), compare,
+                             title or f"attnprof — {Path(folder).resolve().name}", output_name or DASHBOARD_FILE,
+                             plotly_src)
+
+
+def dashboard_html(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
+                   compare: CompareDocument | None = None, ceilings: Ceilings | None = None, title: str | None = None,
+                   call_info: dict[int, CallInfo] | None = None) -> str:
+    """The dashboard page of a report and/or the folder's compare.json, as write_dashboard_for writes it."""
+    return dashboard_renderer(report, folder, explanations, compare, ceilings, title, call_info).render(report)
 
 
 def write_dashboard_for(report: Report | None, folder: Path, explanations: list[Explanation] | None = None,
-                        compare: CompareDocument | None = None, ceilings: Ceilings | None = None,
-                        name: str | None = None, title: str | None = None,
-                        call_info: dict[int, CallInfo] | None = None) -> Path:
-    """Write `folder/name` (default dashboard.html) for a report and/or the folder's compare.json; returns its path.
-
-    `explanations`: waterfalls to show (None: explain comparable call sites of the report). `compare`: the
-    compare.json document (None: read it from the folder if there). `ceilings`: for the roofline (None: those
-    compare.json recorded, else this machine's cache for the report's device). `call_info`: runinfo.json's
-    calls by id (`AnalyzedRun.call_info`), for the fallback reasons in the causes.
-    """
-    from attnprof.render.dashboard import DASHBOARD_FILE
-
-    path = Path(folder) / (name or DASHBOARD_FILE)
-    return atomic_write(path, dashboard_html(report, folder, explanations, compare, ceilings, title, call_info))
+                        compare: CompareDocument | None = None, ceilings: Ceilings | None = None, name: str | None = None,
+                        title: str | None = None, call_info: dict[int, CallInfo] | None = None,
+                        plotly_src: str | None = None) -> Path:
+    """Write `folder/name` (default dashboard.html) for a report and/or the folder's compare.json (see
+    dashboard_renderer); returns its path."""
+    renderer = dashboard_renderer(report, folder, explanations, compare, ceilings, title, call_info, name, plotly_src)
+    return renderer.write(report, folder)
 
 
 def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[str]:
@@ -149,23 +159,17 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
     Each file is written atomically and on its own: one that cannot be written (a full disk, a read-only folder)
     leaves its previous version or none, and the others are still written. Returns one line per file missing."""
     from attnprof.render.dashboard import DASHBOARD_FILE
-    from attnprof.render.trace_views import (  # lazy: tensorboard ~0.2 s
-        write_overlays,
-        write_trace_views,
-    )
+    from attnprof.render.trace_views import overlay_renderers, trace_view_renderers  # lazy: tensorboard ~0.2 s
 
     report = run.report
-    renderer = JsonRenderer()
     folder = Path(folder)
-    pieces = [
-        (folder / renderer.output_name, lambda: atomic_write(folder / renderer.output_name,
-                                                             renderer.render(report) + "\n")),
-        (folder / DASHBOARD_FILE, lambda: write_dashboard_for(report, folder, call_info=run.call_info)),
-        (folder / "trace views (Perfetto overlay, TensorBoard scalars)", lambda: write_trace_views(report, folder)),
-    ]
-    for rank_report in run.other_ranks:  # a job: every rank's Perfetto overlay
-        overlay_of = Path(rank_report.trace_files[0]).name if rank_report.trace_files else "a rank"
-        pieces.append((folder / f"Perfetto overlay of {overlay_of}", lambda r=rank_report: write_overlays(r, folder)))
+    json_view = JsonRenderer()
+    pieces = [(folder / json_view.output_name, partial(json_view.write, report, folder)),
+              (folder / DASHBOARD_FILE, partial(write_dashboard_for, report, folder, call_info=run.call_info))]
+    pieces += [(folder / (view.output_name or "TensorBoard scalars"), partial(view.write, report, folder))
+               for view in trace_view_renderers(report)]
+    pieces += [(folder / view.output_name, partial(view.write, rank_report, folder))  # a job: each rank's overlay
+               for rank_report in run.other_ranks for view in overlay_renderers(rank_report)]
     missing = []
     for path, write in pieces:
         try:

@@ -14,7 +14,8 @@ from seed_traces import H100_TRACES, h100_trace_files, profile_seed_case
 
 from attnprof.analysis.records import Report
 from attnprof.pipeline import analyze_path
-from attnprof.render.chrome_trace import CATEGORY, INTERLEAVED, LAUNCH, PROCESS_NAME, overlay_path, write_overlay
+from attnprof.render.chrome_trace import (CATEGORY, INTERLEAVED, LAUNCH, PROCESS_NAME, TraceOverlayRenderer,
+                                          overlay_path)
 from attnprof.trace.load import load_path
 
 PARTS = ("compute", "copy", LAUNCH, "other")
@@ -108,7 +109,7 @@ def _read(path: Path) -> dict:
 def _overlay(run: Path) -> tuple[Report, Path, dict]:
     report = analyze_path(run)
     trace = Path(report.trace_files[0])
-    out = write_overlay(trace, report)
+    out = TraceOverlayRenderer(trace).write(report, trace.parent)
     return report, trace, _read(out)
 
 
@@ -153,7 +154,7 @@ def test_original_is_untouched_and_copied_whole(cpu_run, tmp_path):
     report = analyze_path(cpu_run)
     trace = Path(report.trace_files[0])
     before = hashlib.sha256(trace.read_bytes()).hexdigest()
-    out = write_overlay(trace, report)
+    out = TraceOverlayRenderer(trace).write(report, trace.parent)
     assert out == overlay_path(trace) and out.name.endswith(".attnprof.pt.trace.json.gz") and out.parent == cpu_run
     assert hashlib.sha256(trace.read_bytes()).hexdigest() == before
     original, copy = _read(trace), _read(out)
@@ -291,7 +292,7 @@ def test_device_timeline_shows_launch_and_interleaved_work(tmp_path):
 def test_h100_overlay(trace, tmp_path):
     report = analyze_path(trace.parent)
     before = hashlib.sha256(trace.read_bytes()).hexdigest()
-    out = write_overlay(trace, report, tmp_path / overlay_path(trace).name)  # never into the tracked folder
+    out = TraceOverlayRenderer(trace).write(report, tmp_path)  # never into the tracked folder
     assert hashlib.sha256(trace.read_bytes()).hexdigest() == before
     doc = _read(out)
     assert check_trace_events(doc["traceEvents"]) == []

@@ -22,7 +22,7 @@ from attnprof.analysis.compare import CompareRow
 from attnprof.pipeline import analyze_path
 from attnprof.render.compare_table import print_compare
 from attnprof.render.console import ConsoleRenderer
-from attnprof.render.correlate import print_correlation
+from attnprof.render.correlate import Correlation, CorrelationRenderer
 from attnprof.trace.ceilings import Ceilings
 from attnprof.trace.compare import CompareRun
 
@@ -98,7 +98,7 @@ def test_compare_table_fits_80_and_keeps_its_numbers():
 
 def test_correlate_fits_80():
     profiler, nsys = analyze_path(H100 / "seed-fwd"), analyze_path(H100 / "nsys-seed")
-    lines = render(80, lambda c: print_correlation(profiler, nsys, console=c))
+    lines = render(80, lambda c: CorrelationRenderer().print_to(c, Correlation(profiler, nsys)))
     assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
     assert {"69.6", "68.9", "-1.1%"} <= tokens(lines)  # compute per tool and their difference, whole
 

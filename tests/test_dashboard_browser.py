@@ -171,3 +171,32 @@ def test_headline_on_top_and_bars_scaled_by_the_users_time(browser, h100_pages, 
     profiled_max = max(s.window_us for s in report.sites)
     assert user_max <= top <= 1.5 * user_max and top < profiled_max / 5
     page.close()
+
+
+def test_gallery_pages_draw_from_the_one_shared_plotly(browser, tmp_path):
+    """The gallery's pages load plotly.js from the one plotly.min.js beside them (offline, no copy inside a page):
+    each draws all its charts; a page copied away from that file draws none."""
+    from attnprof.gallery import build_gallery
+    from seed_runs import H100_TRACES
+
+    out = tmp_path / "gallery"
+    entries = build_gallery(H100_TRACES, out)
+    assert [p.name for p in out.glob("*.js")] == ["plotly.min.js"]
+    assert (out / "plotly.min.js").stat().st_size > 3_000_000  # plotly.js itself (4.6 MB minified)
+    for entry in entries:
+        text = entry.path.read_text()
+        assert text.count('<script src="plotly.min.js"></script>') == 1 and text.count("<script") == 3
+        assert entry.path.stat().st_size < 500_000, entry.path.name  # no plotly.js inside
+        page, problems = open_page(browser, entry.path)
+        check_all_drawn(page, entry.path)
+        assert problems == [], entry.path.name
+        page.close()
+    alone = tmp_path / "alone" / entries[0].path.name
+    alone.parent.mkdir()
+    alone.write_text(entries[0].path.read_text())
+    page, problems = open_page(browser, alone)
+    page.wait_for_load_state("load")
+    assert page.evaluate("typeof Plotly") == "undefined"
+    assert page.evaluate("document.querySelectorAll('.js-plotly-plot').length") == 0
+    assert any("Plotly is not defined" in p for p in problems)
+    page.close()

@@ -238,7 +238,7 @@ def _failing_overlay(monkeypatch):
     def boom(*args):
         raise RuntimeError("overlay renderer broke")
 
-    monkeypatch.setattr(views, "write_overlay", boom)
+    monkeypatch.setattr(views.TraceOverlayRenderer, "write", boom)
     return "the analysis failed (RuntimeError: overlay renderer broke)", None
 
 

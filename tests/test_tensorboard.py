@@ -22,7 +22,7 @@ from seed_traces import profile_seed_case
 from attnprof.analysis.records import CallSplit, Report
 from attnprof.pipeline import analyze_run, write_reports
 from attnprof.render.chrome_trace import overlay_path
-from attnprof.render.tensorboard import scalar_series, write_scalars
+from attnprof.render.tensorboard import ScalarsRenderer, scalar_series
 from attnprof.tbplugin.plugin import DASHBOARD_FILE, PLUGIN_NAME
 from attnprof.trace.compare import COMPARE_FILE
 
@@ -164,7 +164,7 @@ def test_run_folder_gets_overlay_and_scalars(logdir):
         events = list(folder.glob("events.out.tfevents.*.attnprof"))
         assert len(events) == 1
         # writing again replaces attnprof's event file instead of adding a second one
-        again = write_scalars(report, folder)
+        again = ScalarsRenderer().write(report, folder)
         assert list(folder.glob("events.out.tfevents.*.attnprof")) == [again]
 
 

@@ -27,7 +27,7 @@ def run(ns: argparse.Namespace) -> int:
 
     report = analyze_path(ns.path, ns.max_trace_mb)
     if ns.json:
-        sys.stdout.write(render_json(report) + "\n")
+        sys.stdout.write(render_json(report))
     else:
         render_console(report, show_calls=ns.calls)
     return 0

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from attnprof.pipeline import analyze_path
-    from attnprof.render.correlate import print_correlation
+    from attnprof.render.console import table_console
+    from attnprof.render.correlate import Correlation, CorrelationRenderer
 
-    print_correlation(analyze_path(ns.profiler), analyze_path(ns.nsys))
+    CorrelationRenderer().print_to(table_console(), Correlation(analyze_path(ns.profiler), analyze_path(ns.nsys)))
     return 0

@@ -93,9 +93,10 @@ def run(ns: argparse.Namespace) -> int:
     sys.stdout.flush()  # the script's own output first, then attnprof's tables
     render_console(run_.report)
     if ns.beside is not None:
-        from attnprof.render.correlate import print_correlation
+        from attnprof.render.console import table_console
+        from attnprof.render.correlate import Correlation, CorrelationRenderer
 
-        print_correlation(analyze_run(ns.beside).report, run_.report)
+        CorrelationRenderer().print_to(table_console(), Correlation(analyze_run(ns.beside).report, run_.report))
     print(f"attnprof: Nsight run saved to {folder}/", file=sys.stderr)
     return code
 

@@ -6,6 +6,7 @@ and mask, with random values: the user's script and data are never touched, and 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from attnprof.cli import add_max_trace_mb
 
@@ -68,6 +69,7 @@ def verify_diagnoses(ns: argparse.Namespace, diagnoses: list, report, call_info)
     for line in skipped:
         say(f"verify: not replayed: {line}")
     if ns.dashboard:
-        from attnprof.render.dashboard import write_verify_dashboard
-        say(f"wrote {write_verify_dashboard(out, ns.dashboard)}")
+        from attnprof.render.dashboard import VerifyDashboardRenderer
+        page = Path(ns.dashboard)
+        say(f"wrote {VerifyDashboardRenderer(page.name).write(out, page.parent)}")
     return out

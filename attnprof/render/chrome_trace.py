@@ -26,6 +26,7 @@ import msgspec
 from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit, Report
 from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, read_bytes
+from attnprof.render.base import Renderer
 from attnprof.trace.load import DERIVED_MARK
 
 LAUNCH = "launch"
@@ -73,37 +74,45 @@ def overlay_path(trace_path: Path, folder: Path | None = None) -> Path:
     return Path(folder or trace_path.parent) / f"{stem}{DERIVED_MARK}pt.trace.json.gz"
 
 
-def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None) -> Path:
-    """Write a copy of `trace_path` with attnprof's call, split and flow tracks for `report`'s calls in it.
+class TraceOverlayRenderer(Renderer[Report]):
+    """The overlay of one trace: `render` gives its Chrome trace JSON (the original's events and attnprof's), `write`
+    the gzipped `<worker>.attnprof.pt.trace.json.gz` into a folder. The original is only read."""
 
-    Returns the overlay's path (`overlay_path(trace_path)` unless `out_path` is given). The original is only read.
-    """
-    trace_path = Path(trace_path)
-    out_path = Path(out_path) if out_path else overlay_path(trace_path)
-    if out_path.resolve() == trace_path.resolve():
-        raise AttnprofError(f"refusing to overwrite the original trace {trace_path}")
-    data = read_bytes(trace_path)
-    try:
-        # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
-        if data.lstrip()[:1] == b"[":
-            header, events_json = None, data
-        else:
-            header = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
-            events_json = header.get("traceEvents", b"[]")
-        raw_events = msgspec.json.decode(events_json, type=list[msgspec.Raw])
-        events = msgspec.json.decode(events_json, type=list[_Event])
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise AttnprofError(f"{trace_path} is not a Chrome trace ({e})") from None
-    base = _time_base(report, trace_path)
-    added = _overlay_events(report, base, events, single_trace=len(report.trace_files) <= 1)
-    all_events = [*raw_events, *added]
-    if header is None:
-        doc = msgspec.json.encode(all_events)
-    else:
-        doc = msgspec.json.encode({**header, "traceEvents": all_events})
-    # atomically: a viewer or TensorBoard polling the folder never sees half a file
-    atomic_write(out_path, gzip.compress(doc, compresslevel=6))
-    return out_path
+    output_name: str
+
+    def __init__(self, trace_path: Path):
+        self.trace_path = Path(trace_path)
+        self.output_name = overlay_path(self.trace_path).name
+
+    def render(self, report: Report) -> str:
+        return self._document(report).decode()
+
+    def write(self, report: Report, folder: Path) -> Path:
+        out_path = Path(folder) / self.output_name
+        if out_path.resolve() == self.trace_path.resolve():
+            raise AttnprofError(f"refusing to overwrite the original trace {self.trace_path}")
+        # atomically: a viewer or TensorBoard polling the folder never sees half a file
+        return atomic_write(out_path, gzip.compress(self._document(report), compresslevel=6))
+
+    def _document(self, report: Report) -> bytes:
+        data = read_bytes(self.trace_path)
+        try:
+            # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
+            header: dict[str, msgspec.Raw] | None = None
+            events_json: bytes | bytearray | msgspec.Raw = data
+            if data.lstrip()[:1] != b"[":
+                header = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+                events_json = header.get("traceEvents", msgspec.Raw(b"[]"))
+            raw_events = msgspec.json.decode(events_json, type=list[msgspec.Raw])
+            events = msgspec.json.decode(events_json, type=list[_Event])
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise AttnprofError(f"{self.trace_path} is not a Chrome trace ({e})") from None
+        base = _time_base(report, self.trace_path)
+        added = _overlay_events(report, base, events, single_trace=len(report.trace_files) <= 1)
+        all_events = [*raw_events, *added]
+        if header is None:
+            return msgspec.json.encode(all_events)
+        return msgspec.json.encode({**header, "traceEvents": all_events})
 
 
 def _time_base(report: Report, trace_path: Path) -> float:

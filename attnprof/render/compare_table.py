@@ -11,7 +11,7 @@ from rich.text import Text
 
 from attnprof.analysis.compare import CompareRow, Comparison
 from attnprof.render.base import Renderer
-from attnprof.render.console import DTYPE_SHORT, PIPE_WIDTH, compact, grid, part_text, pct_text, us_text
+from attnprof.render.console import DTYPE_SHORT, PIPE_WIDTH, compact, grid, part_text, pct_text, us_cell
 from attnprof.render.json_report import round_floats
 from attnprof.trace.ceilings import Ceilings
 from attnprof.trace.compare import COMPARE_FILE, COMPARE_SCHEMA_VERSION, CompareRun
@@ -61,12 +61,12 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
             if compact(console):
                 parts = [pct_text(v, window) if r.window_us is not None else "—"
                          for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
-                rows.append([r.backend, r.variant, r.phase, us_text(r.median_us), *parts, peak])
+                rows.append([r.backend, r.variant, r.phase, us_cell(r.median_us), *parts, peak])
             else:
                 parts = [part_text(v, window) if r.window_us is not None else Text("—")
                          for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
-                rows.append([r.backend, r.variant, r.phase, r.kernels or "?", us_text(r.median_us),
-                             us_text(r.window_us), *parts, _rate(r.tflops), _rate(r.gbps), peak])
+                rows.append([r.backend, r.variant, r.phase, r.kernels or "?", us_cell(r.median_us),
+                             us_cell(r.window_us), *parts, _rate(r.tflops), _rate(r.gbps), peak])
         if compact(console):
             headers = [("backend", "word"), ("variant", "word"), ("ph", "word"), ("median µs", "num"),
                        ("compute", "num"), ("copy", "num"), ("launch", "num"), ("other", "num"), ("% peak", "num")]

@@ -1,7 +1,6 @@
 """The console table: one row per call site and phase, then the layout copies with their source lines."""
 from __future__ import annotations
 
-import io
 import os
 import re
 
@@ -12,13 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
-from attnprof.render.base import Renderer
-from attnprof.render.kernel_counters import print_counters
+from attnprof.render.base import PIPE_WIDTH, ConsoleView
+from attnprof.render.kernel_counters import CountersRenderer
+from attnprof.units import us_text
 
 #: From this many columns on, the full table; below it, one line per site (name, backend, calls, µs, the split in %).
 FULL_TABLE_WIDTH = 140
-#: Piped or redirected output with no COLUMNS: wide enough that no table is squeezed (tables never pad to it).
-PIPE_WIDTH = 240
 
 
 def table_console(file=None) -> Console:
@@ -58,7 +56,7 @@ def site_label(s: SiteSummary) -> str:
 
 def _true_text(s: SiteSummary) -> Text:
     """The true µs, and below it the middle half of its samples (q1-q3): how much to trust it."""
-    text = Text(us_text(s.true_us))
+    text = Text(us_cell(s.true_us))
     if s.true_q1_us is not None:
         text.append(f"\n{s.true_q1_us:,.0f}–{s.true_q3_us:,.0f}", style="dim")
     return text
@@ -73,17 +71,16 @@ def pct_text(v: float | None, window: float) -> str:
 DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 
-def us_text(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+def us_cell(v: float | None) -> str:
+    """A table cell's µs: the number alone (the header says µs), — where there is none."""
+    return us_text(v, unit=False, missing="—")
 
 
 def part_text(v: float | None, window: float) -> Text:
     if v is None:
         return Text("n/a", style="dim")
     pct = 100 * v / window if window > 0 else 0.0
-    t = Text(us_text(v))
+    t = Text(us_cell(v))
     t.append(f" {pct:3.0f}%", style="bold" if pct >= 40 else "dim")
     return t
 
@@ -122,18 +119,13 @@ def grid(rows: list[list], headers: list[tuple[str, str]], title: str | None = N
     return table
 
 
-class ConsoleRenderer(Renderer):
-    def __init__(self, show_calls: bool = False, width: int | None = None, color: bool | None = None):
-        self.show_calls = show_calls
-        self.width = width
-        self.color = color
+class ConsoleRenderer(ConsoleView[Report]):
+    """The report's tables: sites, their layout copies, Nsight Compute's counters, the ranks of a job, the calls
+    (`show_calls`), then the notes and warnings."""
 
-    def render(self, report: Report) -> str:
-        buf = io.StringIO()
-        console = Console(file=buf, width=self.width or PIPE_WIDTH, force_terminal=self.color,
-                          no_color=self.color is False, highlight=False)
-        self.print_to(console, report)
-        return buf.getvalue()
+    def __init__(self, show_calls: bool = False, width: int | None = None, color: bool | None = None):
+        super().__init__(width, color)
+        self.show_calls = show_calls
 
     def print_to(self, console: Console, report: Report, notes_to: Console | None = None) -> None:
         """The tables on `console`; the notes on `notes_to` (stderr for the CLI), else after the tables."""
@@ -142,7 +134,7 @@ class ConsoleRenderer(Renderer):
         notes = notes_to or console
         if not report.sites:
             if report.kernel_counters is not None:
-                print_counters(console, report.kernel_counters)
+                CountersRenderer().print_to(console, report.kernel_counters)
             for note in report.notes:
                 notes.print(Text(f"  {note}"))
             return
@@ -166,18 +158,17 @@ class ConsoleRenderer(Renderer):
         if copy_sites:
             console.print(Text("\nlayout copies attributed to the calls (per call)", style="bold"))
         for s in copy_sites:
-            rows = [[c.site or "?", c.op, _mb(c.bytes), us_text(c.dur_us)]
+            rows = [[c.site or "?", c.op, _mb(c.bytes), us_cell(c.dur_us)]
                     for c in sorted(s.copies, key=lambda c: -c.dur_us)]
             console.print(Text(f"  {site_label(s)} ({s.phase}):"))
             console.print(Padding(grid(rows, [("copy made at", "text"), ("op", "word"), ("bytes", "num"),
                                                ("µs", "num")]), (0, 0, 0, 4), expand=False))
         if report.kernel_counters is not None:
-            print_counters(console, report.kernel_counters)
+            CountersRenderer().print_to(console, report.kernel_counters)
         if report.ranks is not None:
-            from attnprof.render.ranks import console_renderables  # a job of several ranks
+            from attnprof.render.ranks import RanksRenderer  # a job of several ranks
 
-            for item in console_renderables(report.ranks, small=compact(console)):
-                console.print(item)
+            RanksRenderer().print_to(console, report.ranks)
         if self.show_calls:
             console.print(self._calls_table(report, console))
         for note in report.notes:
@@ -197,13 +188,13 @@ class ConsoleRenderer(Renderer):
             if not small:  # narrow terminals: the name alone (location and op are in the wide table and the JSON)
                 site.append(f"\n  {s.op} · {short_site(s.site)}", style="dim")
             if small:
-                rows.append([site, s.backend, s.phase, str(s.calls), us_text(s.true_us if s.true_us else window),
+                rows.append([site, s.backend, s.phase, str(s.calls), us_cell(s.true_us if s.true_us else window),
                              *(pct_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
                 continue
-            prof = us_text(s.profiled_us)
+            prof = us_cell(s.profiled_us)
             if s.inflation:
                 prof += f" ×{s.inflation:.2f}"
-            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), _true_text(s), prof, us_text(window),
+            rows.append([site, s.backend, s.phase, _shape(s), str(s.calls), _true_text(s), prof, us_cell(window),
                          *(part_text(v, window) for v in (s.compute_us, s.copy_us, launch, s.other_us))])
         star = "*" if corrected else ""
         if small:
@@ -220,11 +211,11 @@ class ConsoleRenderer(Renderer):
         rows = []
         for c in report.calls:
             if small:
-                rows.append([str(c.id), c.phase, short_site(c.site), us_text(c.window_us),
+                rows.append([str(c.id), c.phase, short_site(c.site), us_cell(c.window_us),
                              *(pct_text(v, c.window_us) for v in (c.compute_us, c.copy_us, c.launch_us, c.other_us))])
             else:
-                rows.append([str(c.id), c.phase, c.site, c.backend, us_text(c.window_us), us_text(c.compute_us),
-                             us_text(c.copy_us), us_text(c.launch_us), us_text(c.other_us), str(len(c.kernels))])
+                rows.append([str(c.id), c.phase, c.site, c.backend, us_cell(c.window_us), us_cell(c.compute_us),
+                             us_cell(c.copy_us), us_cell(c.launch_us), us_cell(c.other_us), str(len(c.kernels))])
         if small:
             headers = [("id", "num"), ("ph", "word"), ("site", "text"), ("window µs", "num"), ("compute", "num"),
                        ("copy", "num"), ("launch", "num"), ("other", "num")]

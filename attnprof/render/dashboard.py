@@ -12,8 +12,10 @@ Panels (each only when there is data for it):
   differ in several dimensions, each backend's time at each shape; and its table, when compare.json is there.
 
 plotly.js is embedded (what `include_plotlyjs=True` embeds: plotly.offline.get_plotlyjs()), so the file works
-offline. The figures travel as JSON in `<script id="attnprof-data" type="application/json">` without a template;
-the page applies a light or a dark Plotly template (prefers-color-scheme, then the toggle), so both read well.
+offline (the gallery's pages load one shared plotly.min.js beside them instead). The page's CSS and script are
+package files (assets/dashboard.css, assets/dashboard.js), inlined too. The figures travel as JSON in
+`<script id="attnprof-data" type="application/json">` without a template; the script applies a light or a dark
+Plotly template (prefers-color-scheme, then the toggle), so both read well.
 
 Every number comes in computed: the report, its Insights (analysis/insights.py: splits, diagnoses, explanations,
 roofline points, the ceilings used) and compare.json's document. This module only lays them out; pipeline.py's
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +34,19 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from attnprof.analysis.compare import CompareDocument, CompareRow
-from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Explanation, SiteSplit
+from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Diagnosis, Explanation, SiteSplit
 from attnprof.analysis.insights import Insights
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
 from attnprof.analysis.records import CallSplit, Report, SiteSummary
 from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
+from attnprof.units import us_text
 
 DASHBOARD_FILE = "dashboard.html"
-DATA_ELEMENT_ID = "attnprof-data"
+#: plotly.js beside pages that share one copy (the gallery), instead of inlining 4.6 MB into each
+SHARED_PLOTLY_FILE = "plotly.min.js"
+DATA_ELEMENT_ID = "attnprof-data"  # assets/dashboard.js reads the figures from the element with this id
 THEMES = {"light": "plotly_white", "dark": "plotly_dark"}
 
 #: Mid-tone colours that read on white and on near-black alike.
@@ -78,10 +84,6 @@ def _row_label(s: SiteSummary) -> str:
     return f"{s.site} · {s.phase}"
 
 
-def _us(v: float | None) -> str:
-    return "n/a" if v is None else (f"{v:,.1f} µs" if abs(v) < 1000 else f"{v:,.0f} µs")
-
-
 def _figure(**layout) -> go.Figure:
     """A figure whose legend sits under the chart: at the top it runs under Plotly's toolbar on narrow pages."""
     fig = go.Figure()
@@ -114,8 +116,9 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
         return None
     sites.sort(key=lambda s: (s.site, s.phase != "fwd"))
     labels = [_row_label(s) for s in sites]
-    hover = [[s.site, s.phase, f"{s.op} → {s.backend}", _site_shape(s), s.calls, _us(s.window_us), _us(s.true_us),
-              _us(s.profiled_us), f"x{s.inflation:.2f}" if s.inflation else "n/a"] for s in sites]
+    hover = [[s.site, s.phase, f"{s.op} → {s.backend}", _site_shape(s), s.calls, us_text(s.window_us),
+              us_text(s.true_us), us_text(s.profiled_us), f"x{s.inflation:.2f}" if s.inflation else "n/a"]
+             for s in sites]
     template = ("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<br>%{customdata[3]}<br>"
                 "%{customdata[4]} calls · window %{customdata[5]}<br>true %{customdata[6]} · profiled "
                 "%{customdata[7]} (%{customdata[8]})<br><b>%{fullData.name}: %{x:,.1f} µs</b><extra></extra>")
@@ -153,8 +156,8 @@ def site_bars_figure(report: Report, splits: dict[tuple[str, str, str], SiteSpli
         if split.profiler_us:  # in the gap above the bar's end (rows are category indices), clear of the markers
             fig.add_annotation(x=end, y=row - 0.5, xanchor="left", showarrow=False, font=dict(color=COLORS["inflation"],
                                                                                                size=11),
-                               text=f"  profiler +{_us(split.profiler_us)}", hovertext=(
-                                   f"the profiler's own cost, {_us(split.profiler_us)} per call: in the profiled "
+                               text=f"  profiler +{us_text(split.profiler_us)}", hovertext=(
+                                   f"the profiler's own cost, {us_text(split.profiler_us)} per call: in the profiled "
                                    "window, left out of the bar"))
     return fig
 
@@ -170,8 +173,8 @@ def speed_of_light_figure(section: KernelCountersSection | None) -> go.Figure | 
     if not rows:
         return None
     labels = [f"{s.site} · {_short_kernel(kernel_label(s))}" for s in rows]
-    hover = [[html.escape(s.site), html.escape(kernel_label(s)), _us(s.duration_us), s.bound or "?", _html_text(_wrap(s.bound_evidence, 70)),
-              html.escape(tensor_path(s))] for s in rows]
+    hover = [[html.escape(s.site), html.escape(kernel_label(s)), us_text(s.duration_us), s.bound or "?",
+              _html_text(_wrap(s.bound_evidence, 70)), html.escape(tensor_path(s))] for s in rows]
     template = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]} under ncu · %{customdata[5]}<br>"
                 "%{customdata[3]}-bound: %{customdata[4]}<br><b>%{fullData.name}: %{x:.1f}% of peak</b><extra></extra>")
     fig = _figure(barmode="group", height=160 + 56 * len(rows), xaxis=dict(title="% of peak", range=[0, 100]),
@@ -215,12 +218,12 @@ def waterfall_figure(e: Explanation, unit: str | None = None) -> go.Figure:
     x = ["A"] + [KIND_TITLES.get(c.kind, c.kind) for c in causes] + ["unexplained", "B"]
     y = [e.a.us] + [c.us for c in causes] + [e.unexplained_us, e.b.us]
     measure = ["absolute"] + ["relative"] * (len(causes) + 1) + ["total"]
-    hover = ([f"<b>A</b>: {html.escape(e.a.label)}<br>{' / '.join(e.a.backends)} · {_us(e.a.us)}"]
+    hover = ([f"<b>A</b>: {html.escape(e.a.label)}<br>{' / '.join(e.a.backends)} · {us_text(e.a.us)}"]
              + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> {c.us:+,.1f} µs<br>"
                 f"{_html_text(_wrap(c.detail))}<br><i>fix:</i> {_html_text(_wrap(c.fix))}" for c in causes]
              + [f"<b>unexplained</b> {e.unexplained_us:+,.1f} µs<br>{_html_text(_wrap(e.basis_detail))}",
-                f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {_us(e.b.us)}"])
-    text = [_us(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), _us(e.b.us)]
+                f"<b>B</b>: {html.escape(e.b.label)}<br>{' / '.join(e.b.backends)} · {us_text(e.b.us)}"])
+    text = [us_text(e.a.us)] + [signed(c.us) for c in causes] + [signed(e.unexplained_us), us_text(e.b.us)]
     fig = _figure(height=440, yaxis_title=unit, xaxis_title="from A through the causes to B",
                   showlegend=False)
     fig.add_trace(go.Waterfall(
@@ -274,8 +277,8 @@ def explanation_headline(e: Explanation, unit: str | None = None) -> str:
     """The answer in one line: "B is 178 µs slower per call: layout copies 151 µs, kernel choice 28 µs"."""
     per = (unit or e.unit).replace("µs ", "", 1)  # "per attention call ..."
     big = [c for c in e.causes if c.us > 0 and c.us >= 0.05 * e.gap_us]
-    causes = ", ".join(f"{KIND_TITLES.get(c.kind, c.kind)} {_us(c.us)}" for c in sorted(big, key=lambda c: -c.us))
-    return (f"{_short(e.b.label)} is {_us(e.gap_us)} slower {per} than {_short(e.a.label)}"
+    causes = ", ".join(f"{KIND_TITLES.get(c.kind, c.kind)} {us_text(c.us)}" for c in sorted(big, key=lambda c: -c.us))
+    return (f"{_short(e.b.label)} is {us_text(e.gap_us)} slower {per} than {_short(e.a.label)}"
             + (f": {causes}" if causes else ""))
 
 
@@ -289,16 +292,16 @@ def compare_headlines(rows: list[CompareRow]) -> list[str]:
         group.sort(key=lambda r: r.median_us)
         best, worst = group[0], group[-1]
         text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best.backend} "
-                f"{best.variant} {_us(best.median_us)}")
+                f"{best.variant} {us_text(best.median_us)}")
         wrapped = [r for r in group if r.variant == "seed-wrapper"]
         if wrapped:
             w = wrapped[0]
             native = next((r for r in group if r.backend == w.backend and r.variant == "native"), None)
             if native:
-                text += (f"; the seed's wrapper makes {w.backend} {_us(w.median_us - native.median_us)} "
-                         f"slower ({_us(native.median_us)} → {_us(w.median_us)})")
+                text += (f"; the seed's wrapper makes {w.backend} {us_text(w.median_us - native.median_us)} "
+                         f"slower ({us_text(native.median_us)} → {us_text(w.median_us)})")
         if worst is not best:
-            text += f"; slowest {worst.backend} {worst.variant} {_us(worst.median_us)}"
+            text += f"; slowest {worst.backend} {worst.variant} {us_text(worst.median_us)}"
         out.append(text)
     return out
 
@@ -317,7 +320,7 @@ def site_headline(report: Report, splits: dict[tuple[str, str, str], SiteSplit])
     if total <= 0:
         return None
     name, us = max(parts.items(), key=lambda kv: kv[1])
-    return (f"{_short(s.site)} ({s.phase}) costs {_us(total)} per call, {100 * us / total:.0f}% of it {name}"
+    return (f"{_short(s.site)} ({s.phase}) costs {us_text(total)} per call, {100 * us / total:.0f}% of it {name}"
             + ("" if len(report.sites) == 1 else f" (of {len(report.sites)} sites, the most in total)"))
 
 
@@ -352,8 +355,8 @@ def timeline_figure(report: Report) -> go.Figure | None:
         name="window (empty: host time between ops)" if on_cpu else "window (empty: GPU idle, launch)",
         x=spans, y=labels, base=[0.0] * len(calls), orientation="h", width=0.8,
         marker=dict(color=COLORS["window"], line=dict(width=0)),
-        customdata=[[c.backend, _site_shape(c), _us(c.window_us), _us(c.compute_us), _us(c.copy_us),
-                     _us(c.launch_us), _us(c.other_us)] for c in calls],
+        customdata=[[c.backend, _site_shape(c), us_text(c.window_us), us_text(c.compute_us), us_text(c.copy_us),
+                     us_text(c.launch_us), us_text(c.other_us)] for c in calls],
         hovertemplate=("<b>%{y}</b><br>%{customdata[0]} · %{customdata[1]}<br>window %{customdata[2]}: compute "
                        "%{customdata[3]}, copy %{customdata[4]}, launch %{customdata[5]}, other %{customdata[6]}"
                        "<extra></extra>")))
@@ -420,7 +423,7 @@ def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.
             marker=dict(symbol=symbol, size=12, color=COLORS["compute" if what == "kernels" else "copy"],
                         line=dict(width=2, color=COLORS["compute" if what == "kernels" else "copy"])),
             customdata=[[p["site"], p["phase"], p["backend"], _shape_label(p["shapes"], p["dtype"], p["layout"]),
-                         _us(p["us"]), p["gbps"],
+                         us_text(p["us"]), p["gbps"],
                          "n/a" if p["pct_of_peak"] is None else f"{p['pct_of_peak']:.0f}% ({p['bound']}-bound)"]
                         for p in pts],
             hovertemplate=("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} · %{customdata[3]}<br>"
@@ -575,7 +578,7 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     if report is not None and report.sites:
         fig = site_bars_figure(report, insights.splits)
         tables = "".join(
-            f"<h4>{html.escape(d.subject.label)} — {_us(d.subject.us)} "
+            f"<h4>{html.escape(d.subject.label)} — {us_text(d.subject.us)} "
             f"{html.escape(unit_text(d.unit, report).replace('µs ', '', 1))}</h4>"
             + causes_table_html(d.causes, d.subject.us, None, "share") for d in insights.diagnoses)
         panels.append(Panel("sites", "Where each call site's time goes", site_bars_description(report), fig,
@@ -583,7 +586,7 @@ def build_panels(report: Report | None, insights: Insights | None = None,
     for i, e in enumerate(insights.explanations):
         unit = unit_text(e.unit, report)
         desc = (f"A = {e.a.label} ({' / '.join(e.a.backends)}), B = {e.b.label} ({' / '.join(e.b.backends)}): "
-                f"B is slower by {_us(e.gap_us)} {unit.replace('µs ', '', 1)}. Numbers: {e.basis_detail}."
+                f"B is slower by {us_text(e.gap_us)} {unit.replace('µs ', '', 1)}. Numbers: {e.basis_detail}."
                 + "".join(f" Note: {n}." for n in e.notes))
         panels.append(Panel(f"waterfall-{i}", f"From {_short(e.a.label)} to {_short(e.b.label)}: the gap, cause by "
                                               "cause", desc, waterfall_figure(e, unit),
@@ -640,7 +643,7 @@ def rank_panels(summary) -> list[Panel]:
 
     cp = summary.critical_path
     slowest = (f" The others wait for rank {cp.slowest_rank} (the most time outside collectives); its step "
-               f"{_us(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
+               f"{us_text(cp.step_us)} µs is {cp.attention_pct:.1f}% attention."
                if cp is not None else "")
     stragglers = "; ".join(f"{_short(s.site)} {s.phase}: rank {s.straggler_rank} {s.straggler_extra_us:+,.0f} µs"
                            for s in summary.sites if s.straggler_rank is not None)
@@ -670,56 +673,9 @@ def dashboard_data(panels: list[Panel]) -> dict:
     }
 
 
-_CSS = """
-:root { color-scheme: light; --bg: #ffffff; --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --panel: #f6f8fa; }
-:root[data-theme="dark"] { color-scheme: dark; --bg: #111111; --fg: #e6edf3; --muted: #9198a1; --line: #3d444d;
-  --panel: #1a1a1a; }
-body { background: var(--bg); color: var(--fg); font: 14px/1.45 system-ui, sans-serif; margin: 0 auto;
-  max-width: 1280px; padding: 16px 24px; }
-header { display: flex; justify-content: space-between; align-items: baseline; gap: 16px;
-  border-bottom: 1px solid var(--line); }
-h1 { font-size: 20px; margin: 8px 0; } h2 { font-size: 16px; margin: 28px 0 4px; } h4 { margin: 14px 0 4px; }
-.meta, .desc, .dim { color: var(--muted); } .meta { margin: 4px 0 10px; }
-button#theme { background: var(--panel); color: var(--fg); border: 1px solid var(--line); border-radius: 6px;
-  padding: 4px 10px; cursor: pointer; }
-table.causes { border-collapse: collapse; width: 100%; margin: 6px 0; font-size: 13px; }
-table.causes th, table.causes td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left;
-  vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-details { margin: 6px 0; } summary { cursor: pointer; color: var(--muted); }
-.notes li { color: #c69026; }
-#headline p { font-size: 15px; font-weight: 600; margin: 6px 0; }
-.scroll { overflow-x: auto; }
-table.causes td { overflow-wrap: anywhere; }  /* long code in a fix must not widen the page */
-.scroll table.causes td { overflow-wrap: normal; white-space: nowrap; }
-"""
-
-_JS = """
-(function () {
-  const data = JSON.parse(document.getElementById("%(data_id)s").textContent);
-  const root = document.documentElement;
-  const stored = window.localStorage ? localStorage.getItem("attnprof-theme") : null;
-  let theme = stored || (window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light");
-  const config = {responsive: true, displaylogo: false};
-  function layoutFor(fig) { return Object.assign({}, fig.layout || {}, {template: data.templates[theme]}); }
-  function apply() {
-    root.dataset.theme = theme;
-    document.getElementById("theme").textContent = theme === "dark" ? "light theme" : "dark theme";
-  }
-  apply();
-  for (const [key, fig] of Object.entries(data.figures)) {
-    Plotly.newPlot(document.getElementById("fig-" + key), fig.data, layoutFor(fig), config);
-  }
-  document.getElementById("theme").addEventListener("click", function () {
-    theme = theme === "dark" ? "light" : "dark";
-    if (window.localStorage) localStorage.setItem("attnprof-theme", theme);
-    apply();
-    for (const key of Object.keys(data.figures)) {
-      Plotly.relayout(document.getElementById("fig-" + key), {template: data.templates[theme]});
-    }
-  });
-})();
-"""
+def asset_text(name: str) -> str:
+    """A file of attnprof/render/assets/ (the page's CSS and script), read from the installed package."""
+    return resources.files("attnprof.render").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _json_for_script(doc: dict) -> str:
@@ -741,7 +697,7 @@ def headlines(report: Report | None, insights: Insights | None, compare: Compare
 
 
 def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: list[str] | None = None,
-                     headline: list[str] | None = None) -> str:
+                     headline: list[str] | None = None, plotly_src: str | None = None) -> str:
     sections = []
     for p in panels:
         sections.append(
@@ -759,8 +715,9 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-<script>{get_plotlyjs()}</script>
+<style>
+{asset_text("dashboard.css")}</style>
+{_plotly_script(plotly_src)}
 </head>
 <body>
 <header><h1>{html.escape(title)}</h1><button id="theme" type="button">dark theme</button></header>
@@ -769,10 +726,23 @@ def render_dashboard(panels: list[Panel], title: str, meta: list[str], notes: li
 {notes_html}
 {"".join(sections)}
 <script id="{DATA_ELEMENT_ID}" type="application/json">{_json_for_script(dashboard_data(panels))}</script>
-<script>{_JS % {"data_id": DATA_ELEMENT_ID}}</script>
+<script>
+{asset_text("dashboard.js")}</script>
 </body>
 </html>
 """
+
+
+def write_shared_plotly(folder: Path) -> Path:
+    """plotly.js as `folder/plotly.min.js`, for pages rendered with plotly_src=SHARED_PLOTLY_FILE beside it."""
+    return atomic_write(Path(folder) / SHARED_PLOTLY_FILE, get_plotlyjs())
+
+
+def _plotly_script(src: str | None) -> str:
+    """plotly.js inlined (the page opens offline on its own), or loaded from `src` beside the page."""
+    if src is None:
+        return f"<script>{get_plotlyjs()}</script>"
+    return f'<script src="{html.escape(src)}"></script>'
 
 
 def read_dashboard_data(path: Path) -> dict:
@@ -799,16 +769,18 @@ def _meta(report: Report | None, compare: CompareDocument | None) -> list[str]:
     return meta
 
 
-class DashboardRenderer(Renderer):
-    """The dashboard as a Report view (render/base.py); pipeline.write_dashboard_for is what most callers want."""
+class DashboardRenderer(Renderer[Report | None]):
+    """The dashboard of a report and/or compare.json's document (`compare`); pipeline.dashboard_renderer makes one
+    with the insights computed. `plotly_src`: plotly.js from that file beside the page instead of inlined (the
+    gallery's pages share one copy)."""
 
-    output_name = DASHBOARD_FILE
-
-    def __init__(self, insights: Insights | None = None, compare: CompareDocument | None = None,
-                 title: str = "attnprof"):
+    def __init__(self, insights: Insights | None = None, compare: CompareDocument | None = None, title: str = "attnprof",
+                 output_name: str = DASHBOARD_FILE, plotly_src: str | None = None):
         self.insights = insights
         self.compare = compare if compare is not None and compare.rows else None  # no rows: nothing to show
         self.title = title
+        self.output_name = output_name
+        self.plotly_src = plotly_src
 
     def render(self, report: Report | None) -> str:
         panels = build_panels(report, self.insights, self.compare)
@@ -816,7 +788,7 @@ class DashboardRenderer(Renderer):
         if self.compare:
             notes += list(self.compare.notes)
         return render_dashboard(panels, self.title, _meta(report, self.compare), notes,
-                                headlines(report, self.insights, self.compare))
+                                headlines(report, self.insights, self.compare), self.plotly_src)
 
 
 # --- explain --verify: after the fixes, measured ----------------------------------------------------------------
@@ -833,26 +805,32 @@ def measured_fixes_figure(d) -> go.Figure | None:
     measured = [c for c in d.causes if c.measured_saving_us is not None]
     x = ["now"] + [KIND_TITLES.get(c.kind, c.kind) for c in measured] + ["after the fixes, measured"]
     y = [d.subject.us] + [-c.measured_saving_us for c in measured] + [after]
-    hover = ([f"<b>now</b> {_us(d.subject.us)}"]
+    hover = ([f"<b>now</b> {us_text(d.subject.us)}"]
              + [f"<b>{html.escape(KIND_TITLES.get(c.kind, c.kind))}</b> predicted {c.us:,.1f} µs, measured "
                 f"{-c.measured_saving_us:+,.1f} µs" + (f" ({html.escape(c.measured_by)})" if c.measured_by else "")
                 + (f"<br>{_html_text(_wrap(c.measured_note))}" if c.measured_note else "") for c in measured]
-             + [f"<b>after the fixes, measured</b> {_us(after)}"])
+             + [f"<b>after the fixes, measured</b> {us_text(after)}"])
     fig = _figure(height=400, yaxis_title=d.unit, showlegend=False)
     fig.add_trace(go.Waterfall(
         name="measured", x=x, y=y, measure=["absolute"] + ["relative"] * len(measured) + ["total"],
-        text=[_us(v) if i in (0, len(y) - 1) else f"{v:+,.1f}" for i, v in enumerate(y)], textposition="outside",
+        text=[us_text(v) if i in (0, len(y) - 1) else f"{v:+,.1f}" for i, v in enumerate(y)], textposition="outside",
         hovertext=hover, hoverinfo="text", decreasing=dict(marker=dict(color=COLORS["other"])),
         totals=dict(marker=dict(color=COLORS["compute"]))))
     return fig
 
 
-def write_verify_dashboard(diagnoses: list, path: Path) -> Path:
-    """One panel per verified site: its measured-fixes waterfall and its causes."""
-    panels = []
-    for i, d in enumerate(diagnoses):
-        fig = measured_fixes_figure(d)
-        if fig is not None:
-            panels.append(Panel(f"verify-{i}", f"{_short(d.subject.label)}: after the fixes, measured",
-                                " ".join(d.notes), fig, causes_table_html(d.causes, d.subject.us, None, "share")))
-    return atomic_write(Path(path), render_dashboard(panels, "attnprof verify", [d.subject.label for d in diagnoses]))
+class VerifyDashboardRenderer(Renderer[list[Diagnosis]]):
+    """`explain --verify`'s page of the verified site diagnoses: per site, its measured-fixes waterfall and its
+    causes."""
+
+    def __init__(self, output_name: str):
+        self.output_name = output_name
+
+    def render(self, diagnoses: list[Diagnosis]) -> str:
+        panels = []
+        for i, d in enumerate(diagnoses):
+            fig = measured_fixes_figure(d)
+            if fig is not None:
+                panels.append(Panel(f"verify-{i}", f"{_short(d.subject.label)}: after the fixes, measured",
+                                    " ".join(d.notes), fig, causes_table_html(d.causes, d.subject.us, None, "share")))
+        return render_dashboard(panels, "attnprof verify", [d.subject.label for d in diagnoses])

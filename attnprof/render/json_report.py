@@ -19,9 +19,9 @@ def round_floats(obj):
     return obj
 
 
-class JsonRenderer(Renderer):
-    output_name = "attnprof.json"
+class JsonRenderer(Renderer[Report]):
+    output_name: str = "attnprof.json"
 
     def render(self, report: Report) -> str:
         doc = round_floats(msgspec.to_builtins(report))
-        return msgspec.json.format(msgspec.json.encode(doc), indent=1).decode()
+        return msgspec.json.format(msgspec.json.encode(doc), indent=1).decode() + "\n"

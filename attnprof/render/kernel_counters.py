@@ -6,6 +6,7 @@ from rich.padding import Padding
 from rich.text import Text
 
 from attnprof.analysis.kernel_counters import KernelCountersSection, kernel_label, tensor_path
+from attnprof.render.base import ConsoleView
 
 
 def _pct(v: float | None) -> str:
@@ -32,14 +33,18 @@ HEADERS = [("site", "text"), ("kernel", "text"), ("calls", "num"), ("ncu µs", "
            ("mma.sync", "num"), ("tensor pipe", "num"), ("DRAM MB", "num"), ("bound", "word")]
 
 
-def print_counters(console: Console, section: KernelCountersSection) -> None:
-    from attnprof.render.console import grid  # console imports this module: import its helper late
+class CountersRenderer(ConsoleView[KernelCountersSection]):
+    """Nsight Compute's counters: one row per site and kernel, then each kernel's tensor-core path and bound."""
 
-    console.print(Text(f"\nNsight Compute counters per kernel (median per call; {section.source})", style="bold"))
-    if not section.sites:
-        console.print(Text("  no profiled kernel ran inside an attnprof range", style="yellow"))
-        return
-    console.print(grid(counters_rows(section), HEADERS))
-    for s in section.sites:
-        console.print(Padding(Text(f"{kernel_label(s)} at {s.site}: {tensor_path(s)}; {s.bound or '?'}-bound: "
-                                   f"{s.bound_evidence}", style="dim"), (0, 0, 0, 2)))
+    def print_to(self, console: Console, section: KernelCountersSection) -> None:
+        from attnprof.render.console import grid  # console imports this module: import its helper late
+
+        console.print(Text(f"\nNsight Compute counters per kernel (median per call; {section.source})",
+                           style="bold"))
+        if not section.sites:
+            console.print(Text("  no profiled kernel ran inside an attnprof range", style="yellow"))
+            return
+        console.print(grid(counters_rows(section), HEADERS))
+        for s in section.sites:
+            console.print(Padding(Text(f"{kernel_label(s)} at {s.site}: {tensor_path(s)}; {s.bound or '?'}-bound: "
+                                       f"{s.bound_evidence}", style="dim"), (0, 0, 0, 2)))

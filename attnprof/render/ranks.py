@@ -2,10 +2,12 @@
 site heatmap of attention µs and a per-rank split)."""
 from __future__ import annotations
 
+from rich.console import Console
 from rich.text import Text
 
 from attnprof.analysis.ranks import RanksSummary
-from attnprof.render.console import grid, short_site, us_text
+from attnprof.render.base import ConsoleView
+from attnprof.render.console import compact, grid, short_site, us_cell
 
 #: Up to this many ranks the table has a column per rank; beyond, min / median / max only.
 RANK_COLUMNS = 8
@@ -15,18 +17,25 @@ def _site_label(site: str, op: str, small: bool) -> str:
     return f"{short_site(site) if small else site}\n  {op}"
 
 
-def console_renderables(summary: RanksSummary, small: bool = False) -> list:
-    """What the console prints for a job: sites across ranks, then each rank's step, the critical path, overlaps."""
+class RanksRenderer(ConsoleView[RanksSummary]):
+    """A job on the console: sites across ranks, then each rank's step, the critical path, the overlaps."""
+
+    def print_to(self, console: Console, summary: RanksSummary) -> None:
+        for item in _renderables(summary, small=compact(console)):
+            console.print(item)
+
+
+def _renderables(summary: RanksSummary, small: bool) -> list:
     out: list = []
     ranks = [r.rank for r in summary.ranks]
     per_rank = len(ranks) <= RANK_COLUMNS
     rows = []
     for s in summary.sites:
         by_rank = {r.rank: r for r in s.per_rank}
-        cells = [us_text(by_rank[r].window_us) if r in by_rank else "—" for r in ranks] if per_rank else []
+        cells = [us_cell(by_rank[r].window_us) if r in by_rank else "—" for r in ranks] if per_rank else []
         straggler = (f"rank {s.straggler_rank} {s.straggler_extra_us:+,.0f}" if s.straggler_rank is not None else "—")
         rows.append([_site_label(s.site, s.op, small), s.phase, str(max(r.calls for r in s.per_rank)), *cells,
-                     us_text(s.min_us), us_text(s.median_us), us_text(s.max_us), straggler])
+                     us_cell(s.min_us), us_cell(s.median_us), us_cell(s.max_us), straggler])
     headers = [("site / op", "text"), ("phase", "word"), ("calls", "num")]
     headers += [(f"rank {r}", "num") for r in ranks] if per_rank else []
     headers += [("min", "num"), ("median", "num"), ("max", "num"), ("straggler µs", "word")]
@@ -34,17 +43,17 @@ def console_renderables(summary: RanksSummary, small: bool = False) -> list:
     out.append(grid(rows, headers))
     cp = summary.critical_path
     rows = [[str(r.rank) + (" ◀ critical" if cp and r.rank == cp.slowest_rank else ""), str(r.steps),
-             us_text(r.step_us), us_text(r.attention_us), f"{r.attention_pct:.1f}%", us_text(r.collective_us),
-             us_text(r.busy_us), us_text(r.overlap_us)] for r in summary.ranks]
+             us_cell(r.step_us), us_cell(r.attention_us), f"{r.attention_pct:.1f}%", us_cell(r.collective_us),
+             us_cell(r.busy_us), us_cell(r.overlap_us)] for r in summary.ranks]
     out.append(grid(rows, [("rank", "word"), ("steps", "num"), ("step µs", "num"), ("attention µs", "num"),
                            ("of step", "num"), ("collectives µs", "num"), ("outside µs", "num"),
                            ("in attention µs", "num")],
                     title="per rank, per profiled step"))
     if cp is not None:
         out.append(Text(
-            f"critical path: the others wait for rank {cp.slowest_rank} ({us_text(cp.busy_us)} µs per step outside "
-            f"collectives, the other ranks {us_text(cp.others_busy_us)}); attention is {cp.attention_pct:.1f}% of its "
-            f"{us_text(cp.step_us)} µs step ({us_text(cp.attention_us)} µs, {cp.attention_extra_us:+,.0f} µs "
+            f"critical path: the others wait for rank {cp.slowest_rank} ({us_cell(cp.busy_us)} µs per step outside "
+            f"collectives, the other ranks {us_cell(cp.others_busy_us)}); attention is {cp.attention_pct:.1f}% of its "
+            f"{us_cell(cp.step_us)} µs step ({us_cell(cp.attention_us)} µs, {cp.attention_extra_us:+,.0f} µs "
             f"against the other ranks)."))
     for o in summary.overlaps:
         out.append(Text(f"collective overlap: {o.detail}", style="bold"))
@@ -75,7 +84,7 @@ def rank_split_figure(summary: RanksSummary):
     import plotly.graph_objects as go
 
     ranks = [f"rank {r.rank}" for r in summary.ranks]
-    parts = {"compute": [], "copy": [], "launch": [], "other": []}
+    parts: dict[str, list[float]] = {"compute": [], "copy": [], "launch": [], "other": []}
     for r in summary.ranks:
         totals = dict.fromkeys(parts, 0.0)
         for s in summary.sites:

@@ -9,6 +9,7 @@ Written with TensorBoard's own event writer and protos: no torch, no TensorFlow.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -23,6 +24,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 from attnprof.analysis.records import CallSplit, Report
+from attnprof.render.base import Renderer
 
 #: Ends the names of the event files attnprof writes, so writing again replaces them instead of doubling every point.
 EVENT_FILE_SUFFIX = ".attnprof"
@@ -54,27 +56,27 @@ def scalar_series(report: Report) -> dict[str, list[tuple[int, float]]]:
             for tag, by_step in sorted(values.items())}
 
 
-def write_scalars(report: Report, folder: Path) -> Path | None:
-    """Write the scalars into `folder` as one event file, replacing attnprof's previous one; None if no calls."""
-    folder = Path(folder)
-    old_files = list(folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"))
-    series = scalar_series(report)
-    if not series:
+class ScalarsRenderer(Renderer[Report]):
+    """The report's scalars: `render` gives them as JSON ({tag: [[step, µs], ...]}), `write` TensorBoard's event file
+    into a folder, replacing the one attnprof wrote there before (a report without calls: a file without scalars)."""
+
+    def render(self, report: Report) -> str:
+        return json.dumps(scalar_series(report), indent=1) + "\n"
+
+    def write(self, report: Report, folder: Path) -> Path:
+        folder = Path(folder)
+        old_files = list(folder.glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}"))
+        # Written in a private folder and renamed in whole: a full disk or a crash never leaves TensorBoard half a
+        # file, and the previous file stays until the new one is complete.
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".attnprof-tb-") as tmp:
+            _write_events(Path(tmp), scalar_series(report), _run_start(report))
+            (written,) = Path(tmp).glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}")
+            path = folder / written.name
+            os.replace(written, path)
         for old in old_files:
-            old.unlink()
-        return None
-    wall_time = _run_start(report)
-    # Written in a private folder and renamed in whole: a full disk or a crash never leaves TensorBoard half a file,
-    # and the previous file stays until the new one is complete.
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".attnprof-tb-") as tmp:
-        _write_events(Path(tmp), series, wall_time)
-        (written,) = Path(tmp).glob(f"events.out.tfevents.*{EVENT_FILE_SUFFIX}")
-        path = folder / written.name
-        os.replace(written, path)
-    for old in old_files:
-        if old != path:
-            old.unlink()
-    return path
+            if old != path:
+                old.unlink()
+        return path
 
 
 def _write_events(folder: Path, series: dict[str, list[tuple[int, float]]], wall_time: float) -> None:

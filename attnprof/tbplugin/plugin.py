@@ -22,6 +22,7 @@ import html
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -36,7 +37,6 @@ from attnprof.trace.load import DERIVED_MARK, TRACE_SUFFIXES
 PLUGIN_NAME = "attnprof"
 REPORT_FILE = "attnprof.json"  # what render/json_report.py writes into a run folder
 DASHBOARD_FILE = "dashboard.html"
-_STATIC = Path(__file__).parent / "static"
 # Inline <script> elements (no src): their sha256 goes into the page's Content-Security-Policy.
 _INLINE_SCRIPT = re.compile(rb"<script\b(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
 
@@ -104,7 +104,7 @@ class AttnprofPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_index_js(self, request):
-        return http_util.Respond(request, (_STATIC / "index.js").read_bytes(), "application/javascript")
+        return http_util.Respond(request, resources.files("attnprof.tbplugin").joinpath("static", "index.js").read_bytes(), "application/javascript")
 
     @wrappers.Request.application
     def _serve_runs(self, request):
