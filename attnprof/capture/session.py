@@ -389,12 +389,12 @@ class Session:
         self._user_profilers.add(profiler)
         self._saw_user_profiler = True
         w = self.window
-        if self._tore_down_cupti and w.state == "done":
+        if self._tore_down_cupti and w.is_over:
             self._tell("attnprof tore CUPTI down when its window closed: a profiler started after that records no "
                        "CUDA kernels (torch 2.11, CUDA 13); rerun with TEARDOWN_CUPTI=0 to keep the script's own "
                        "profiler whole")
         with w.lock:
-            if w.state != "open":
+            if not w.is_open:
                 return
             self._tell(f"the script started its own profiler ({kind}) while attnprof's window (from step "
                        f"{w.first}) was open: attnprof stopped its own first, after {w.profiled_calls} profiled "
@@ -599,7 +599,7 @@ class Session:
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
         # (traces/h100/seed-fwd). Calls after the window are timed apart; true times come from before it.
-        after = self.window.tried and self.window.state == "done"
+        after = self.window.tried and self.window.is_over
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
@@ -718,7 +718,7 @@ class Session:
                          "(killed?)")
         elif w.active == 0:
             notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
-        elif not self.trace_files and w.state != "open":
+        elif not self.trace_files and not w.is_open:
             if w.calls == 0 and w.unwrapped_calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
                              "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
@@ -1014,8 +1014,7 @@ def _after_fork_in_child() -> None:
     if session is not None:
         session._enabled = False
         patching.set_dispatch(None)
-        session.window.state = "done"  # no profiler in the child, whatever its hooks see
-        session.window.remove_hooks()
+        session.window.disable()  # no profiler in the child, whatever its hooks see
         restore_default_sigterm()  # Pool.terminate() SIGTERMs its workers: they must die quietly, as under python
 
 
