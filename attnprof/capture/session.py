@@ -22,7 +22,6 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 from weakref import WeakSet
@@ -40,7 +39,8 @@ from attnprof.capture.runner import (
 from attnprof.capture.sources import SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
-from attnprof.errors import AttnprofError
+from attnprof.errors import AttnprofError, failure_reason
+from attnprof import files
 from attnprof.files import atomic_write, say
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
@@ -117,24 +117,6 @@ def _check_options(o: TraceOptions) -> None:
         raise AttnprofError(f"--after must be one of {', '.join(AFTER_MODES)}")
 
 
-def _now() -> datetime:
-    return datetime.now()
-
-
-def new_run_folder(root: Path, stem: str, when: datetime) -> Path:
-    """<root>/<stem>-<YYYYmmdd-HHMMSS>/, or -2, -3, ... if that exists; created here."""
-    base = f"{stem}-{when:%Y%m%d-%H%M%S}"
-    Path(root).mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        folder = Path(root) / (base if n == 1 else f"{base}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            n += 1
-
-
 def worker_name() -> str:
     """`<hostname>_<pid>`: the worker name torch-tb-profiler reads from `<worker>[.<span>].pt.trace.json[.gz]`."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
@@ -156,7 +138,7 @@ class Session:
         self.options = options
         self.target = target
         self.cwd = os.getcwd()
-        self.started_at = _now()
+        self.started_at = files.now()
         self.job = distributed.current_job()  # a rank of a torchrun job, or None
         self.worker = distributed.worker_name(self.job) if self.job else worker_name()
         self.folder: Path | None = None
@@ -199,8 +181,6 @@ class Session:
                                                     self.options.out)
             else:
                 self.folder = self._new_folder()
-        except FileExistsError:
-            raise AttnprofError(f"{self.options.out} already exists: choose another --out or remove it") from None
         except OSError as e:
             where = self.options.out if self.options.out is not None else self.options.root
             raise AttnprofError(f"can't create the run folder in {where}: {e.strerror or e}") from None
@@ -221,11 +201,7 @@ class Session:
                          trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
 
     def _new_folder(self) -> Path:
-        if self.options.out is not None:
-            folder = Path(self.options.out)
-            folder.mkdir(parents=True, exist_ok=False)
-            return folder
-        return new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
+        return files.create_run_folder(self.options.out, Path(self.options.root), self.target.stem, self.started_at)
 
     def _activate(self) -> None:
         self._enabled = True
@@ -281,7 +257,7 @@ class Session:
             fn()
             return True
         except BaseException as e:  # noqa: BLE001 - never an attnprof traceback
-            print(f"attnprof: could not save {what}: {_reason(e)}", file=sys.stderr)
+            print(f"attnprof: could not save {what}: {failure_reason(e)}", file=sys.stderr)
             return False
 
     # --- the profiler -----------------------------------------------------------------------------------------------
@@ -663,7 +639,7 @@ class Session:
             if call.place is not None:
                 info.caller, info.module, info.module_class = call.place
         except Exception as e:
-            info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
+            info.extra = {"error": f"could not read the arguments: {failure_reason(e)}"}
         self.calls.append(info)
 
     def _arm_backward(self, entry: EntryPoint, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
@@ -767,7 +743,7 @@ class Session:
         if what in self._warned:
             return
         self._warned.add(what)
-        line = f"{what}: {_reason(e)}"
+        line = f"{what}: {failure_reason(e)}"
         self.errors.append(line)
         print(f"attnprof: {line}", file=sys.stderr)
 
@@ -972,11 +948,6 @@ class UserProfilerWatch:
                         pass
 
         return functools.wraps(original)(releasing)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _cuda_index(args: tuple, kwargs: dict) -> int | None:
