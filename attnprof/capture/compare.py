@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from attnprof.capture.bench import median_us
 from attnprof.capture.ceilings import device_name
-from attnprof.capture.kineto import quiet_kineto
+from attnprof.capture.kineto import export_trace, quiet_kineto
 from attnprof.errors import AttnprofError, failure_reason, short_line
 from attnprof.files import create_run_folder, now
 from attnprof.trace.compare import BWD, FWD, NATIVE, SEED_WRAPPER, CompareCase, CompareRun, Measurement
@@ -481,7 +481,7 @@ class _Runner:
                 prof.step()
                 repetition(0, lambda: record_function(name))
         file = f"{_case_label(case)}.{backend.name}.{variant}{TRACE_SUFFIX}"
-        prof.export_chrome_trace(str(self.folder / file))
+        export_trace(prof, self.folder / file)
         return file, call_id
 
 

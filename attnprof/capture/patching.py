@@ -24,6 +24,7 @@ from attnprof.capture.entrypoints import (
     ENTRY_POINTS, HF_INTERFACE_MODULE, HF_MODELS_PACKAGE, TORCHSCRIPT_BUILTINS, EntryPoint, hf_function_entry,
     hf_implementation_entry, is_hf_attention_function,
 )
+from attnprof.errors import failure_reason
 
 Dispatch = Callable[[EntryPoint, Any, tuple, dict], Any]
 
@@ -128,9 +129,13 @@ def _skip_module(name: str) -> bool:
 
 class Patcher:
     """Installs the wrappers (attributes of the defining modules, references in other modules' globals, and a
-    post-import hook for modules not imported yet) and removes all of it again."""
+    post-import hook for modules not imported yet) and removes all of it again.
 
-    def __init__(self, entries: tuple[EntryPoint, ...] = ENTRY_POINTS):
+    Patching never breaks an import or the run: what could not be done is handed to `on_failure` as one line (what
+    was not done, why, what it costs) and kept in `failures`."""
+
+    def __init__(self, entries: tuple[EntryPoint, ...] = ENTRY_POINTS,
+                 on_failure: Callable[[str], None] | None = None):
         self.by_module: dict[str, list[EntryPoint]] = defaultdict(list)
         for e in entries:
             for m in e.modules:
@@ -140,7 +145,13 @@ class Patcher:
         self._finder: _PostImportFinder | None = None
         self._packets: list[Any] = []
         self._interface: tuple[type, Any, Any] | None = None  # (AttentionInterface, its own __getitem__, ours)
-        self.errors: list[str] = []
+        self._on_failure = on_failure
+        self.failures: list[str] = []
+
+    def _failed(self, line: str) -> None:
+        self.failures.append(line)
+        if self._on_failure is not None:
+            self._on_failure(line)
 
     def install(self) -> None:
         for name in self.by_module:
@@ -172,7 +183,7 @@ class Patcher:
             setattr(ns, entry.attr, wrapper)
             self._patched.append((ns, entry.attr, current, wrapper))
         except Exception as e:  # never break an import or the run
-            self.errors.append(f"{name}.{entry.attr}: {e}")
+            self._failed(f"{name}.{entry.attr} not wrapped: {failure_reason(e)}; its calls are not profiled")
 
     def patch_hf_model_module(self, module: Any) -> None:
         """A transformers model module: the attention functions it defines, found by what they are."""
@@ -180,7 +191,8 @@ class Patcher:
         try:
             found = [attr for attr, value in list(vars(module).items()) if is_hf_attention_function(name, attr, value)]
         except Exception as e:
-            self.errors.append(f"{name}: {e}")
+            self._failed(f"the attention functions of {name} not looked for: {failure_reason(e)}; their calls are "
+                         f"not profiled")
             return
         for attr in found:
             self._patch_entry(name, module, hf_function_entry(name, attr))
@@ -200,7 +212,8 @@ class Patcher:
             cls.__getitem__ = __getitem__
             self._interface = (cls, own, __getitem__)
         except Exception as e:
-            self.errors.append(f"{HF_INTERFACE_MODULE}.AttentionInterface: {e}")
+            self._failed(f"{HF_INTERFACE_MODULE}.AttentionInterface lookups not wrapped: {failure_reason(e)}; "
+                         f"attention that models reach through it is not profiled")
 
     def _watch_packet(self, entry: EntryPoint, packet: Any) -> None:
         call = functools.partial(torch._ops.OpOverloadPacket.__call__, packet)
@@ -209,12 +222,16 @@ class Patcher:
         self._packets.append(packet)
 
     def _on_import(self, module: Any) -> None:
-        name = module.__name__
-        self.patch_namespace(name, module)
-        if name.startswith(HF_MODELS_PACKAGE):
-            self.patch_hf_model_module(module)
-        elif name == HF_INTERFACE_MODULE:
-            self.patch_hf_interface(module)
+        name = getattr(module, "__name__", "?")
+        try:
+            self.patch_namespace(name, module)
+            if name.startswith(HF_MODELS_PACKAGE):
+                self.patch_hf_model_module(module)
+            elif name == HF_INTERFACE_MODULE:
+                self.patch_hf_interface(module)
+        except Exception as e:  # never break the script's import
+            self._failed(f"{name}, imported during the run, not patched: {failure_reason(e)}; its attention calls "
+                         f"are not profiled")
 
     def _replace_globals(self) -> None:
         """`from torch.nn.functional import scaled_dot_product_attention as sdpa` done before we started."""
@@ -252,8 +269,10 @@ class Patcher:
             try:
                 if getattr(ns, attr, None) is wrapper:
                     setattr(ns, attr, original)
-            except Exception:
-                pass
+            except Exception as e:
+                where = getattr(ns, "__name__", type(ns).__name__)
+                self._failed(f"{where}.{attr} not restored after the run: {failure_reason(e)}; its wrapper stays "
+                             f"(it calls the original straight through)")
         for d, key, original, wrapper in reversed(self._replaced):
             if d.get(key) is wrapper:
                 d[key] = original
@@ -297,10 +316,7 @@ class _PostImportLoader(importlib.abc.Loader):
         except Exception:
             pass
         loader.exec_module(module)
-        try:
-            self._on_loaded(module)
-        except Exception:
-            pass
+        self._on_loaded(module)  # Patcher._on_import: never raises, reports what it could not do
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)

@@ -60,7 +60,8 @@ def _module_call_codes() -> frozenset:
 
 class StepWindow:
     def __init__(self, unit: str, warmup: int, timed: int, active: int, max_calls: int,
-                 start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None):
+                 start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None,
+                 on_error: Callable[..., None] | None = None):
         self.auto = unit == "auto"
         self.unit: str | None = None if unit == "auto" else unit
         self.warmup, self.timed, self.active = warmup, timed, active
@@ -69,6 +70,8 @@ class StepWindow:
         self.max_calls = max_calls
         self._start, self._stop = start, stop
         self._done = done  # called once when the window is over (closed, or its profiler could not start)
+        # (what, exception, what it costs the run): a failure in a hook, reported in the run's notes, never raised
+        self._on_error = on_error
         self._state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
         self.tried = False  # the window was due to open (whether or not the profiler started)
         self.cold = False  # the window opened at step 0 because the run showed no loop (see the module docstring)
@@ -199,8 +202,9 @@ class StepWindow:
         try:
             with self.lock:
                 self._next_step("iteration")
-        except Exception:
-            pass
+        except Exception as e:
+            self._report(f"step counting failed in the forward pre-hook of {self.root}", e,
+                         "that forward was not counted as a step")
 
     def script_ended(self) -> None:
         if self._state == OPEN:
@@ -227,8 +231,9 @@ class StepWindow:
         for handle in handles:
             try:
                 handle.remove()
-            except Exception:
-                pass
+            except Exception as e:
+                self._report(f"could not remove attnprof's forward pre-hook from {self.root}", e,
+                             "it stays on the module (it counts nothing after the run)")
 
     # --- internals --------------------------------------------------------------------------------------------------
 
@@ -309,8 +314,14 @@ class StepWindow:
             original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule: name what it compiled
             name = type(original if isinstance(original, torch.nn.Module) else module).__name__
             self.root = f"compiled {name}" if original is not None else name
-        except Exception:
+        except Exception as e:
             self.root = None
+            self._report(f"could not hook the forward of {type(module).__name__} (the model the first attention "
+                         f"call ran in)", e, "steps are counted by the first call site instead")
+
+    def _report(self, what: str, e: BaseException, then: str) -> None:
+        if self._on_error is not None:
+            self._on_error(what, e, then)
 
 
 def _in_loop(frame: FrameType | None) -> bool:
