@@ -236,10 +236,11 @@ def now() -> datetime:
     return datetime.now()
 
 
-def run_folder_stem(script: list[str]) -> str:
-    """The name a run folder starts with for `script.py args` or `-m package.module args`: `script`, `module`."""
-    target = script[1] if script[0] == "-m" and len(script) > 1 else script[0]
-    return Path(target).stem.split(".")[-1]
+def run_folder_stem(target: str, is_module: bool) -> str:
+    """The name a run folder starts with: `train` for `train.py` (or `tools/train`), `train` for `-m pkg.train`."""
+    if is_module:
+        return target.rpartition(".")[2] or target
+    return Path(target.rstrip("/\\")).stem or "script"
 
 
 def create_run_folder(out: Path | None, root: Path, stem: str, when: datetime | None = None,

@@ -184,3 +184,18 @@ def test_compare_repairs_names_that_are_not_utf8(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
     assert [r["unsupported"] for r in rows if r["backend"] == "sdpa-math"] == [None]
     assert [r["window_us"] is not None for r in rows if r["backend"] == "sdpa-math"] == [True]
+
+
+def test_a_failure_to_make_way_for_the_scripts_profiler_is_named(trace, monkeypatch):
+    def takes(self, profiler, kind):
+        raise RuntimeError("watch broke")
+
+    monkeypatch.setattr(session_mod.Session, "_user_profiler_takes", takes)
+    r = trace(MHA_LOOP + """
+with torch.profiler.profile():
+    mha(x, x, x)
+print("own profiler ran")
+""", active=1)
+    assert r.exit_code == 0
+    assert_noted(r.folder, "could not make way for the script's own profiler (torch.profiler): RuntimeError: watch "
+                           "broke; attnprof's window may still have been open when it started")

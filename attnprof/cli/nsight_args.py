@@ -67,7 +67,9 @@ def split_argv(argv: list[str], own_options: set[str], tool: str) -> tuple[list[
 def run_folder(out: Path | None, root: Path, script: list[str], tool: str) -> Path:
     """The run folder's path: `out`, else `<root>/<script>-<tool>-<YYYYmmdd-HHMMSS>/` (never another run's). It is
     left for the traced run under the tool to create (`attnprof trace --out`, which refuses an existing folder)."""
-    folder = create_run_folder(out, root, f"{run_folder_stem(script)}-{tool}")
+    is_module = script[0] == "-m" and len(script) > 1
+    stem = run_folder_stem(script[1] if is_module else script[0], is_module)
+    folder = create_run_folder(out, root, f"{stem}-{tool}")
     folder.rmdir()
     return folder
 
