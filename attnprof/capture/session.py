@@ -26,7 +26,7 @@ from weakref import WeakSet
 
 import torch
 
-from attnprof import __version__
+from attnprof import __version__, files
 from attnprof.capture import distributed, ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.ceilings import device_name
@@ -38,7 +38,6 @@ from attnprof.capture.sources import SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError, failure_reason
-from attnprof import files
 from attnprof.files import say
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
@@ -884,7 +883,7 @@ class UserProfilerWatch:
     emit_nvtx and emit_itt. record_function needs no profiler of its own and is left alone."""
 
     def __init__(self, takes: Callable[[Any, str], None], releases: Callable[[Any], None] | None = None,
-                 on_error: Callable[..., None] | None = None):
+                 on_error: Callable[[str, BaseException, str], None] | None = None):
         self._takes, self._releases = takes, releases
         self._on_error = on_error  # (what, exception, what it costs): never raised into the script's profiler
         self._saved: list[tuple[type, str, Any]] = []

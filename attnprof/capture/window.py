@@ -34,7 +34,6 @@ from typing import Any, Callable
 import torch
 
 
-
 class WindowState(enum.Enum):
     """Where the run is relative to its profiled window; changed only by StepWindow's own methods."""
     WAITING = "waiting"  # before the window's first step
@@ -61,7 +60,7 @@ def _module_call_codes() -> frozenset:
 class StepWindow:
     def __init__(self, unit: str, warmup: int, timed: int, active: int, max_calls: int,
                  start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None,
-                 on_error: Callable[..., None] | None = None):
+                 on_error: Callable[[str, BaseException, str], None] | None = None):
         self.auto = unit == "auto"
         self.unit: str | None = None if unit == "auto" else unit
         self.warmup, self.timed, self.active = warmup, timed, active
