@@ -198,3 +198,24 @@ print("own profiler ran")
     assert r.exit_code == 0
     assert_noted(r.folder, "could not make way for the script's own profiler (torch.profiler): RuntimeError: watch "
                            "broke; attnprof's window may still have been open when it started")
+
+
+def test_wrappers_torchscript_cannot_see_are_named(trace, monkeypatch):
+    """TorchScript must see the wrappers of sdpa and of TransformerEncoderLayer's fused op as the aten ops they
+    stand for; when registering them fails, scripting such code may fail under attnprof: the notes say so."""
+    import torch.jit._builtins as builtins
+
+    from attnprof.capture import patching
+
+    def refuse(fn, op):
+        raise RuntimeError("registry closed")
+
+    monkeypatch.setattr(builtins, "_register_builtin", refuse)
+    monkeypatch.setattr(patching, "_wrappers", {})  # made afresh in this run, not taken from an earlier one
+    r = trace(MHA_LOOP, active=1)
+    assert r.exit_code == 0
+    assert_noted(r.folder, "sdpa's wrapper not registered with TorchScript as aten::scaled_dot_product_attention: "
+                           "RuntimeError: registry closed; torch.jit.script of code that calls it may fail under "
+                           "attnprof")
+    assert_noted(r.folder, "TransformerEncoderLayer's fused op not registered with TorchScript: RuntimeError: "
+                           "registry closed; torch.jit.script of such a layer may fail under attnprof")

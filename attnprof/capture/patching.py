@@ -64,12 +64,12 @@ class _WatchedPacket(torch._ops.OpOverloadPacket):
         return wrapper(*args, **kwargs)
 
 
-def wrapper_for(entry: EntryPoint, original: Any) -> Any:
+def wrapper_for(entry: EntryPoint, original: Any, on_failure: Callable[[str], None] | None = None) -> Any:
     with _lock:
         found = _wrappers.get(id(original))
         if found is not None and found[0] is original:
             return found[1]
-        wrapper = _make_wrapper(entry, original)
+        wrapper = _make_wrapper(entry, original, on_failure)
         _wrappers[id(original)] = (original, wrapper)
         _originals[id(wrapper)] = original
         return wrapper
@@ -95,7 +95,7 @@ def implementation_wrapper(key: Any, fn: Any) -> Any:
         return wrapper
 
 
-def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
+def _make_wrapper(entry: EntryPoint, original: Any, on_failure: Callable[[str], None] | None = None) -> Any:
     def wrapper(*args, **kwargs):
         dispatch = _dispatch
         if dispatch is None or _is_compiling():  # the cheap test first: is_compiling is a Python call
@@ -112,8 +112,10 @@ def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
             from torch.jit._builtins import _register_builtin
 
             _register_builtin(wrapper, op)
-        except Exception:
-            pass
+        except Exception as e:
+            if on_failure is not None:
+                on_failure(f"{entry.op}'s wrapper not registered with TorchScript as {op}: {failure_reason(e)}; "
+                           f"torch.jit.script of code that calls it may fail under attnprof")
     return wrapper
 
 
@@ -179,7 +181,7 @@ class Patcher:
                 return
             if current is None or not callable(current) or id(current) in _originals:
                 return
-            wrapper = wrapper_for(entry, current)
+            wrapper = wrapper_for(entry, current, self._failed)
             setattr(ns, entry.attr, wrapper)
             self._patched.append((ns, entry.attr, current, wrapper))
         except Exception as e:  # never break an import or the run
