@@ -15,6 +15,7 @@ import stat
 import sys
 import tempfile
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
@@ -228,6 +229,45 @@ def check_run_folder_target(out: Path | None, root: Path, empty_ok: bool = False
         if root.exists() and not root.is_dir():
             raise AttnprofError(f"--root {root} is a file, not a folder")
         check_new_folder_place(root, f"cannot create run folders under --root {root}")
+
+
+def now() -> datetime:
+    """The local time a run starts: its folder's name and runinfo's `started_at` (one clock for every command)."""
+    return datetime.now()
+
+
+def run_folder_stem(target: str, is_module: bool) -> str:
+    """The name a run folder starts with: `train` for `train.py` (or `tools/train`), `train` for `-m pkg.train`."""
+    if is_module:
+        return target.rpartition(".")[2] or target
+    return Path(target.rstrip("/\\")).stem or "script"
+
+
+def create_run_folder(out: Path | None, root: Path, stem: str, when: datetime | None = None,
+                      empty_ok: bool = False) -> Path:
+    """The run folder, created here: `out` when given (a new folder; with `empty_ok`, an existing empty one will
+    do), else `<root>/<stem>-<YYYYmmdd-HHMMSS>/` at `when` (default: now), or `-2`, `-3`, ... after it when that
+    exists: a run never writes into another's folder. AttnprofError when `out` is taken; OSError when the folder
+    cannot be made."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not (empty_ok and out.is_dir() and not any(out.iterdir())):
+            raise AttnprofError(f"{out} already exists: choose another --out or remove it")
+        try:
+            out.mkdir(parents=True, exist_ok=empty_ok)
+        except FileExistsError:  # made by someone else since the check
+            raise AttnprofError(f"{out} already exists: choose another --out or remove it") from None
+        return out
+    base = f"{stem}-{(when or now()):%Y%m%d-%H%M%S}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        folder = Path(root) / (base if n == 1 else f"{base}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
 
 
 def _writable(folder: Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from attnprof.capture import session as session_mod
+from attnprof import files
 from attnprof.capture.session import TraceOptions, trace_script
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import read_runinfo
@@ -155,7 +155,7 @@ def test_a_python_file_without_py_suffix_runs(trace, tmp_path):
 
 
 def test_run_folders_are_named_and_never_overwritten(trace, tmp_path, monkeypatch):
-    monkeypatch.setattr(session_mod, "_now", lambda: datetime(2025, 1, 2, 3, 4, 5))
+    monkeypatch.setattr(files, "now", lambda: datetime(2025, 1, 2, 3, 4, 5))
     first = trace("x = 1\n", name="train.py")
     second = trace("x = 1\n", name="train.py")
     assert first.folder == tmp_path / "traces" / "train-20250102-030405"

@@ -143,14 +143,14 @@ cp "$FAKE_SQLITE" "$out"
 
 def test_nsys_not_found_is_one_error(tmp_path, monkeypatch):
     from attnprof.errors import AttnprofError
-    from attnprof.trace import nsys_sqlite
+    from attnprof.capture import nsight
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(nsys_sqlite, "_SEARCH", (str(tmp_path / "nowhere" / "*" / "nsys"),))
+    monkeypatch.setattr(nsight, "NSYS_SEARCH", (str(tmp_path / "nowhere" / "*" / "nsys"),))
     with pytest.raises(AttnprofError, match="nsys not found"):
-        nsys_sqlite.find_nsys()
+        nsight.find_nsys()
     with pytest.raises(AttnprofError, match="not an executable"):
-        nsys_sqlite.find_nsys(str(tmp_path / "nsys"))
+        nsight.find_nsys(str(tmp_path / "nsys"))
 
 
 @pytest.mark.skipif(not (H100 / "nsys-seed").is_dir(), reason="no recorded Nsight export")

@@ -10,9 +10,10 @@ import torch
 
 from attnprof.analysis.roofline import AttentionShape, shape_of_call
 from attnprof.capture.ceilings import device_name, measure_ceilings
-from attnprof.capture.compare import _native_warnings, input_sets_needed, new_run_folder
+from attnprof.capture.compare import _native_warnings, input_sets_needed
 from attnprof.cli import compare_cmd
 from attnprof.errors import AttnprofError
+from attnprof.files import create_run_folder
 from attnprof.pipeline import analyze_path
 from attnprof.trace.ceilings import Ceilings, save_ceilings
 
@@ -147,12 +148,12 @@ def test_console_table_lists_runs_and_reasons(tmp_path, cache_home):
 
 
 def test_run_folders_are_never_overwritten(tmp_path):
-    first = new_run_folder(None, tmp_path)
-    second = new_run_folder(None, tmp_path)
+    first = create_run_folder(None, tmp_path, "compare")
+    second = create_run_folder(None, tmp_path, "compare")
     assert first != second and first.is_dir() and second.is_dir()
     (first / "compare.json").write_text("{}")
     with pytest.raises(AttnprofError):
-        new_run_folder(first, tmp_path)
+        create_run_folder(first, tmp_path, "compare", empty_ok=True)
 
 
 def test_unknown_backend_is_a_one_line_error(tmp_path, cache_home):

@@ -352,7 +352,7 @@ def held(fn):
 if where == "starting":
     session._new_profiler = held(session._new_profiler)
 else:
-    session._export_trace = held(session._export_trace)
+    session.export_trace = held(session.export_trace)
 r = trace_script(TraceOptions(target="loop.py", is_module=False, args=[], out=Path("run"), warmup=0, timed=timed,
                               active=2, step_on="call"))
 sys.exit(r.exit_code)

@@ -254,13 +254,13 @@ def test_missing_ncu_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     r = attnprof("ncu", "--ncu", tmp_path / "nowhere", "--", "examples/seed_case.py", env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not an executable" in r.stderr
-    from attnprof.trace import ncu_csv
+    from attnprof.capture import nsight
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATH", str(tmp_path))
-        mp.setattr(ncu_csv, "_SEARCH", (str(tmp_path / "nowhere" / "*" / "ncu"),))
+        mp.setattr(nsight, "NCU_SEARCH", (str(tmp_path / "nowhere" / "*" / "ncu"),))
         with pytest.raises(AttnprofError, match="ncu not found on PATH"):
-            ncu_csv.find_ncu()
+            nsight.find_ncu()
     r = attnprof("ncu", "examples/seed_case.py")
     assert r.returncode == 2 and "needs `--`" in r.stderr
 

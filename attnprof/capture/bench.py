@@ -1,6 +1,7 @@
 """Time one piece of work per repetition, outside any profiler: CUDA events on a GPU, the host clock on CPU.
 
-Shared by `attnprof compare` (each backend variant) and the ceiling measurements, so both are timed the same way.
+Shared by `attnprof compare` (each backend variant), the ceiling measurements and the ground-truth scripts of the
+recorded fixtures (traces/*/: `event_times_us`), so all are timed with the same CUDA-event code.
 
 On CUDA the time is the device's: each repetition is bracketed by its own event pair on the current stream, and
 before it the GPU is kept busy (a spin kernel, `torch.cuda._sleep`) for longer than the host takes to issue the
@@ -24,18 +25,50 @@ CALIBRATION_CYCLES, CALIBRATION_RUNS = 1_000_000, 5
 HEAD_START_FACTOR = 2.0
 
 
+def event_pair() -> tuple[torch.cuda.Event, torch.cuda.Event]:
+    """A (start, end) pair of timing CUDA events."""
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
+def elapsed_us(pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]]) -> list[float]:
+    """µs between each pair's events; the events must have completed (synchronize first)."""
+    return [start.elapsed_time(end) * 1000.0 for start, end in pairs]
+
+
+def event_times_us(fn: Callable[[], object], reps: int, warmup: int, spin_cycles: int = 0,
+                   batch: int = 1) -> list[float]:
+    """GPU µs per call of `fn` (CUDA only): `warmup` untimed calls, then `reps` event pairs back to back, each around
+    `batch` calls (its time divided by `batch`: the pair's own cost spread over them) and, with `spin_cycles`, queued
+    behind a spin kernel that long, so the pair holds the GPU work rather than the host's launch latency."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    pairs = []
+    for _ in range(reps):
+        start, end = event_pair()
+        if spin_cycles:
+            torch.cuda._sleep(spin_cycles)
+        start.record()
+        for _ in range(batch):
+            fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return [us / batch for us in elapsed_us(pairs)]
+
+
 @lru_cache(maxsize=None)
 def _spin_cycles_per_us(device: torch.device) -> float:
     """The spin kernel's cycles per µs at the GPU's fastest clock seen: a head start in cycles then lasts at least
     as long as intended at any clock."""
     rates = []
     for _ in range(CALIBRATION_RUNS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = event_pair()
         start.record()
         torch.cuda._sleep(CALIBRATION_CYCLES)
         end.record()
         torch.cuda.synchronize(device)
-        rates.append(CALIBRATION_CYCLES / (start.elapsed_time(end) * 1000.0))
+        rates.append(CALIBRATION_CYCLES / elapsed_us([(start, end)])[0])
     return max(rates)
 
 
@@ -61,7 +94,7 @@ def time_reps(step: Callable[[int], object], device: torch.device, warmup: int, 
                 torch.cuda._sleep(head_start_cycles)
             else:
                 torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = event_pair()
             start.record()
         t0 = time.perf_counter()
         result = step(i)
@@ -76,7 +109,7 @@ def time_reps(step: Callable[[int], object], device: torch.device, warmup: int, 
             head_start_cycles = int(HEAD_START_FACTOR * max(issue_us) * _spin_cycles_per_us(device))
     if on_cuda:
         torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) * 1000.0 for s, e in pairs]
+        return elapsed_us(pairs)
     return issue_us[warmup:]
 
 

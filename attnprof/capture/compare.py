@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
@@ -34,8 +34,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from attnprof.capture.bench import median_us
 from attnprof.capture.ceilings import device_name
-from attnprof.capture.kineto import quiet_kineto
-from attnprof.errors import AttnprofError
+from attnprof.capture.kineto import export_trace, quiet_kineto
+from attnprof.errors import AttnprofError, failure_reason, short_line
+from attnprof.files import create_run_folder, now
 from attnprof.trace.compare import BWD, FWD, NATIVE, SEED_WRAPPER, CompareCase, CompareRun, Measurement
 from attnprof.trace.runinfo import range_name
 
@@ -43,8 +44,6 @@ BHLD, BLHD = "BHLD", "BLHD"
 TRACE_SUFFIX = ".pt.trace.json.gz"
 #: Inputs are rotated among sets totalling at least this many times the last-level cache (H100 L2: 50 MB).
 CACHE_MULTIPLE = 2
-#: Longest reason kept whole; longer ones (dispatcher errors list every dispatch key) keep their first sentence.
-MAX_REASON_LINE = 240
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
@@ -169,7 +168,7 @@ def _library_backend(name: str, module: str, attr: str, op: str,
         mod = importlib.import_module(module)
         fn = getattr(mod, attr)
     except Exception as e:  # third-party CUDA extensions fail to import in many ways (OSError, RuntimeError, ...)
-        return Backend(name=name, layout=BLHD, op=op, call=None, unavailable=_reason(e))
+        return Backend(name=name, layout=BLHD, op=op, call=None, unavailable=failure_reason(e))
     top = importlib.import_module(module.split(".")[0])
     return Backend(name=name, layout=BLHD, op=op, call=adapt(fn, mod),
                    version=getattr(mod, "__version__", None) or getattr(top, "__version__", None))
@@ -239,22 +238,15 @@ def _variant(backend: Backend, variant: str, causal: bool):
 
 # --- reasons ------------------------------------------------------------------------------------------------------
 
-def _short(text: str) -> str:
-    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
-    if len(line) > MAX_REASON_LINE and ". " in line:
-        line = line[:line.index(". ") + 1]
-    return line
-
-
 def _messages(caught: Sequence = (), printed: Sequence[str] = ()) -> list[str]:
     """Python warnings and printed c10 warnings, shortened, each once."""
-    texts = [_short(w.message) for w in caught] + [_short(m) for m in printed]
+    texts = [short_line(w.message) for w in caught] + [short_line(m) for m in printed]
     return list(dict.fromkeys(t for t in texts if t))
 
 
-def _reason(error: BaseException, caught: Sequence = (), printed: Sequence[str] = ()) -> str:
+def _failure(error: BaseException, caught: Sequence = (), printed: Sequence[str] = ()) -> str:
     """The error in torch's (or the library's) own words, after the warnings torch gave on the way."""
-    return "; ".join([*_messages(caught, printed), f"{type(error).__name__}: {_short(error)}"])
+    return "; ".join([*_messages(caught, printed), failure_reason(error)])
 
 
 def _attempt(fn: Callable[[], object]) -> str | None:
@@ -266,7 +258,7 @@ def _attempt(fn: Callable[[], object]) -> str | None:
             fn()
         except Exception as e:  # any failure of a backend on this case is a row of the table, not a crash
             error = e
-    return None if error is None else _reason(error, caught, printed)
+    return None if error is None else _failure(error, caught, printed)
 
 
 # --- inputs -------------------------------------------------------------------------------------------------------
@@ -359,24 +351,6 @@ def _set_bytes(case: CompareCase) -> int:
 
 # --- the run ------------------------------------------------------------------------------------------------------
 
-def new_run_folder(out: Path | None, root: Path) -> Path:
-    """`out` if given (must not hold anything), else <root>/compare-<timestamp>[-n]/: never overwritten."""
-    if out is not None:
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise AttnprofError(f"{out} already exists and is not an empty folder: compare never overwrites a run")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder, n = Path(root) / f"compare-{stamp}", 2
-    while True:
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            folder, n = Path(root) / f"compare-{stamp}-{n}", n + 1
-
-
 def _case_label(case: CompareCase) -> str:
     bits = ["x".join(map(str, case.shape)), case.dtype]
     if case.causal:
@@ -405,11 +379,11 @@ class _Runner:
             with backend.context():
                 return work(inputs)
         except torch.OutOfMemoryError as e:  # a shape too large for this backend (math materialises L×L)
-            return phases_failed(_reason(e))
+            return phases_failed(failure_reason(e))
         except RuntimeError as e:
             if "can't allocate memory" not in str(e):  # the CPU allocator's out-of-memory is a RuntimeError
                 raise
-            return phases_failed(_reason(e))
+            return phases_failed(failure_reason(e))
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -507,7 +481,7 @@ class _Runner:
                 prof.step()
                 repetition(0, lambda: record_function(name))
         file = f"{_case_label(case)}.{backend.name}.{variant}{TRACE_SUFFIX}"
-        prof.export_chrome_trace(str(self.folder / file))
+        export_trace(prof, self.folder / file)
         return file, call_id
 
 
@@ -532,9 +506,10 @@ def run_compare(options: CompareOptions, progress: Callable[[str, int, int], Non
     chosen = backends(options.backends)
     device = torch.device(options.device)
     created = options.out is None or not Path(options.out).exists()
-    folder = new_run_folder(options.out, options.root)
+    started = now()
+    folder = create_run_folder(options.out, options.root, "compare", started, empty_ok=True)
     try:
-        return _run_all(options, chosen, device, folder, progress)
+        return _run_all(options, chosen, device, folder, started, progress)
     except BaseException:
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # a failed compare leaves nothing behind that would block a rerun with the same --out
@@ -542,14 +517,14 @@ def run_compare(options: CompareOptions, progress: Callable[[str, int, int], Non
 
 
 def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.device, folder: Path,
-             progress: Callable[[str], None] | None) -> CompareRun:
+             started: datetime, progress: Callable[[str], None] | None) -> CompareRun:
     runner = _Runner(options, device, folder)
     clock = ("a CUDA event pair on the stream, the host given a head start (GPU time)" if device.type == "cuda"
              else "the host clock (time.perf_counter)")
     cache = "L2" if device.type == "cuda" else "last-level"
     run = CompareRun(
         folder=str(folder), device=device_name(device),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=list(options.command),
+        started_at=started.astimezone().isoformat(timespec="seconds"), command=list(options.command),
         versions=_versions(chosen),
         method=(f"median of {options.reps} repetitions after {options.warmup} warm-up, each timed alone with "
                 f"{clock}; inputs rotated among sets totalling >= {CACHE_MULTIPLE}x the {cache} cache "

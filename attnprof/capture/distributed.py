@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from attnprof.errors import AttnprofError
+from attnprof.files import create_run_folder
 
 #: How long a rank waits for rank 0's folder, and rank 0 for the other ranks to finish their traces.
 FOLDER_TIMEOUT_S = 300.0
@@ -88,9 +89,7 @@ class Job:
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             return Path(out)
-        from attnprof.capture.session import new_run_folder, _now
-
-        return new_run_folder(Path(root), f"{stem}-rank{self.rank}", _now())
+        return create_run_folder(None, Path(root), f"{stem}-rank{self.rank}")
 
     def finished(self) -> None:
         store = self.store()

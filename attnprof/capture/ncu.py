@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from attnprof.capture.ncu_select import ENV_CALLS, NVTX_INCLUDE
+from attnprof.capture.nsight import export_csv
 from attnprof.errors import AttnprofError
-from attnprof.trace.ncu_csv import NCU_CSV_SUFFIX, NCU_REPORT_SUFFIX, export_csv
+from attnprof.trace.ncu_csv import NCU_CSV_SUFFIX, NCU_REPORT_SUFFIX
 
 REPORT_NAME = "report"
 #: What attnprof reads beyond the sections: the tensor-core path (wgmma vs the HMMA pipe, whose count includes

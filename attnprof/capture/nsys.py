@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
-from attnprof.trace.nsys_sqlite import export_sqlite
+from attnprof.capture.nsight import export_sqlite
 
 #: Defaults that work (GPU.md): CPU sampling and context-switch tracing off (with them a 5-call script ran past
 #: 120 s into a 2.2 GB report); PyTorch's op ranges with their shapes on.
@@ -24,6 +24,8 @@ DEFAULT_OPTIONS = {
     "--cpuctxsw": "none",
     "--pytorch": "autograd-shapes-nvtx",
 }
+
+
 def profile_options(user_options: list[str]) -> list[str]:
     """The defaults, each unless the user gave that option, then the user's options as given."""
     given = {o.split("=", 1)[0] for o in user_options if o.startswith("-")}

@@ -24,6 +24,7 @@ from attnprof.capture.entrypoints import (
     ENTRY_POINTS, HF_INTERFACE_MODULE, HF_MODELS_PACKAGE, TORCHSCRIPT_BUILTINS, EntryPoint, hf_function_entry,
     hf_implementation_entry, is_hf_attention_function,
 )
+from attnprof.errors import failure_reason
 
 Dispatch = Callable[[EntryPoint, Any, tuple, dict], Any]
 
@@ -63,12 +64,12 @@ class _WatchedPacket(torch._ops.OpOverloadPacket):
         return wrapper(*args, **kwargs)
 
 
-def wrapper_for(entry: EntryPoint, original: Any) -> Any:
+def wrapper_for(entry: EntryPoint, original: Any, on_failure: Callable[[str], None] | None = None) -> Any:
     with _lock:
         found = _wrappers.get(id(original))
         if found is not None and found[0] is original:
             return found[1]
-        wrapper = _make_wrapper(entry, original)
+        wrapper = _make_wrapper(entry, original, on_failure)
         _wrappers[id(original)] = (original, wrapper)
         _originals[id(wrapper)] = original
         return wrapper
@@ -94,7 +95,7 @@ def implementation_wrapper(key: Any, fn: Any) -> Any:
         return wrapper
 
 
-def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
+def _make_wrapper(entry: EntryPoint, original: Any, on_failure: Callable[[str], None] | None = None) -> Any:
     def wrapper(*args, **kwargs):
         dispatch = _dispatch
         if dispatch is None or _is_compiling():  # the cheap test first: is_compiling is a Python call
@@ -111,8 +112,10 @@ def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
             from torch.jit._builtins import _register_builtin
 
             _register_builtin(wrapper, op)
-        except Exception:
-            pass
+        except Exception as e:
+            if on_failure is not None:
+                on_failure(f"{entry.op}'s wrapper not registered with TorchScript as {op}: {failure_reason(e)}; "
+                           f"torch.jit.script of code that calls it may fail under attnprof")
     return wrapper
 
 
@@ -128,9 +131,13 @@ def _skip_module(name: str) -> bool:
 
 class Patcher:
     """Installs the wrappers (attributes of the defining modules, references in other modules' globals, and a
-    post-import hook for modules not imported yet) and removes all of it again."""
+    post-import hook for modules not imported yet) and removes all of it again.
 
-    def __init__(self, entries: tuple[EntryPoint, ...] = ENTRY_POINTS):
+    Patching never breaks an import or the run: what could not be done is handed to `on_failure` as one line (what
+    was not done, why, what it costs) and kept in `failures`."""
+
+    def __init__(self, entries: tuple[EntryPoint, ...] = ENTRY_POINTS,
+                 on_failure: Callable[[str], None] | None = None):
         self.by_module: dict[str, list[EntryPoint]] = defaultdict(list)
         for e in entries:
             for m in e.modules:
@@ -140,7 +147,13 @@ class Patcher:
         self._finder: _PostImportFinder | None = None
         self._packets: list[Any] = []
         self._interface: tuple[type, Any, Any] | None = None  # (AttentionInterface, its own __getitem__, ours)
-        self.errors: list[str] = []
+        self._on_failure = on_failure
+        self.failures: list[str] = []
+
+    def _failed(self, line: str) -> None:
+        self.failures.append(line)
+        if self._on_failure is not None:
+            self._on_failure(line)
 
     def install(self) -> None:
         for name in self.by_module:
@@ -168,11 +181,11 @@ class Patcher:
                 return
             if current is None or not callable(current) or id(current) in _originals:
                 return
-            wrapper = wrapper_for(entry, current)
+            wrapper = wrapper_for(entry, current, self._failed)
             setattr(ns, entry.attr, wrapper)
             self._patched.append((ns, entry.attr, current, wrapper))
         except Exception as e:  # never break an import or the run
-            self.errors.append(f"{name}.{entry.attr}: {e}")
+            self._failed(f"{name}.{entry.attr} not wrapped: {failure_reason(e)}; its calls are not profiled")
 
     def patch_hf_model_module(self, module: Any) -> None:
         """A transformers model module: the attention functions it defines, found by what they are."""
@@ -180,7 +193,8 @@ class Patcher:
         try:
             found = [attr for attr, value in list(vars(module).items()) if is_hf_attention_function(name, attr, value)]
         except Exception as e:
-            self.errors.append(f"{name}: {e}")
+            self._failed(f"the attention functions of {name} not looked for: {failure_reason(e)}; their calls are "
+                         f"not profiled")
             return
         for attr in found:
             self._patch_entry(name, module, hf_function_entry(name, attr))
@@ -200,7 +214,8 @@ class Patcher:
             cls.__getitem__ = __getitem__
             self._interface = (cls, own, __getitem__)
         except Exception as e:
-            self.errors.append(f"{HF_INTERFACE_MODULE}.AttentionInterface: {e}")
+            self._failed(f"{HF_INTERFACE_MODULE}.AttentionInterface lookups not wrapped: {failure_reason(e)}; "
+                         f"attention that models reach through it is not profiled")
 
     def _watch_packet(self, entry: EntryPoint, packet: Any) -> None:
         call = functools.partial(torch._ops.OpOverloadPacket.__call__, packet)
@@ -209,12 +224,16 @@ class Patcher:
         self._packets.append(packet)
 
     def _on_import(self, module: Any) -> None:
-        name = module.__name__
-        self.patch_namespace(name, module)
-        if name.startswith(HF_MODELS_PACKAGE):
-            self.patch_hf_model_module(module)
-        elif name == HF_INTERFACE_MODULE:
-            self.patch_hf_interface(module)
+        name = getattr(module, "__name__", "?")
+        try:
+            self.patch_namespace(name, module)
+            if name.startswith(HF_MODELS_PACKAGE):
+                self.patch_hf_model_module(module)
+            elif name == HF_INTERFACE_MODULE:
+                self.patch_hf_interface(module)
+        except Exception as e:  # never break the script's import
+            self._failed(f"{name}, imported during the run, not patched: {failure_reason(e)}; its attention calls "
+                         f"are not profiled")
 
     def _replace_globals(self) -> None:
         """`from torch.nn.functional import scaled_dot_product_attention as sdpa` done before we started."""
@@ -252,8 +271,10 @@ class Patcher:
             try:
                 if getattr(ns, attr, None) is wrapper:
                     setattr(ns, attr, original)
-            except Exception:
-                pass
+            except Exception as e:
+                where = getattr(ns, "__name__", type(ns).__name__)
+                self._failed(f"{where}.{attr} not restored after the run: {failure_reason(e)}; its wrapper stays "
+                             f"(it calls the original straight through)")
         for d, key, original, wrapper in reversed(self._replaced):
             if d.get(key) is wrapper:
                 d[key] = original
@@ -297,10 +318,7 @@ class _PostImportLoader(importlib.abc.Loader):
         except Exception:
             pass
         loader.exec_module(module)
-        try:
-            self._on_loaded(module)
-        except Exception:
-            pass
+        self._on_loaded(module)  # Patcher._on_import: never raises, reports what it could not do
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from attnprof.errors import AttnprofError
+from attnprof.files import run_folder_stem
 
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _RUNPY_FILE = os.path.abspath(runpy.__file__)
@@ -58,8 +59,8 @@ def resolve_target(name: str, is_module: bool, args: list[str]) -> Target:
 
 def _resolve_script(name: str, args: list[str]) -> Target:
     path = os.path.abspath(name)
-    stem = Path(name.rstrip("/\\")).stem or "script"
-    target = Target(kind="script", name=name, stem=stem, display=Path(name).name, command=[name, *args], path=path)
+    target = Target(kind="script", name=name, stem=run_folder_stem(name, is_module=False), display=Path(name).name,
+                    command=[name, *args], path=path)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "__main__.py")):
             raise AttnprofError(f"can't find '__main__' module in '{name}'")
@@ -92,7 +93,7 @@ def _as_syntax_error(e: Exception, path: str, source: bytes) -> SyntaxError:
 
 def _resolve_module(name: str, args: list[str]) -> Target:
     """Like `python -m`: the parent packages are imported to find the module; a package runs its __main__."""
-    target = Target(kind="module", name=name, stem=name.rpartition(".")[2] or name, display=f"-m {name}",
+    target = Target(kind="module", name=name, stem=run_folder_stem(name, is_module=True), display=f"-m {name}",
                     command=["-m", name, *args])
     if name.startswith("."):
         raise AttnprofError("Relative module names not supported")

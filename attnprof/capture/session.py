@@ -11,9 +11,7 @@ starts (`UserProfilerWatch`).
 """
 from __future__ import annotations
 
-import codecs
 import functools
-import gzip
 import os
 import queue
 import re
@@ -22,26 +20,25 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 from weakref import WeakSet
 
 import torch
 
-from attnprof import __version__
+from attnprof import __version__, files
 from attnprof.capture import distributed, ncu_select, patching
 from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.ceilings import device_name
-from attnprof.capture.kineto import quiet_kineto
+from attnprof.capture.kineto import export_trace, quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
 from attnprof.capture.sources import SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
 from attnprof.capture.window import StepWindow
-from attnprof.errors import AttnprofError
-from attnprof.files import atomic_write, say
+from attnprof.errors import AttnprofError, failure_reason
+from attnprof.files import say
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
 )
@@ -117,24 +114,6 @@ def _check_options(o: TraceOptions) -> None:
         raise AttnprofError(f"--after must be one of {', '.join(AFTER_MODES)}")
 
 
-def _now() -> datetime:
-    return datetime.now()
-
-
-def new_run_folder(root: Path, stem: str, when: datetime) -> Path:
-    """<root>/<stem>-<YYYYmmdd-HHMMSS>/, or -2, -3, ... if that exists; created here."""
-    base = f"{stem}-{when:%Y%m%d-%H%M%S}"
-    Path(root).mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        folder = Path(root) / (base if n == 1 else f"{base}-{n}")
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            n += 1
-
-
 def worker_name() -> str:
     """`<hostname>_<pid>`: the worker name torch-tb-profiler reads from `<worker>[.<span>].pt.trace.json[.gz]`."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
@@ -156,15 +135,16 @@ class Session:
         self.options = options
         self.target = target
         self.cwd = os.getcwd()
-        self.started_at = _now()
+        self.started_at = files.now()
         self.job = distributed.current_job()  # a rank of a torchrun job, or None
         self.worker = distributed.worker_name(self.job) if self.job else worker_name()
         self.folder: Path | None = None
         self.resolver = SiteResolver(self.cwd)
         self.timer = Timer()
         self.window = StepWindow(options.step_on, options.warmup, options.timed, options.active, options.max_calls,
-                                 start=self._start_profiler, stop=self._stop_profiler, done=self._window_done)
-        self.patcher = patching.Patcher()
+                                 start=self._start_profiler, stop=self._stop_profiler, done=self._window_done,
+                                 on_error=self._note_error)
+        self.patcher = patching.Patcher(on_failure=self._note_failure)
         self.sources = SourceLines(self.resolver) if options.source_lines else None
         self.calls: list[CallInfo] = []
         self.trace_files: list[Path] = []
@@ -172,7 +152,8 @@ class Session:
         self._binders: dict[int, Binder] = {}
         self._prof: Any = None
         self._profiler_thread = ProfilerThread() if _ALL_THREADS is not None else None
-        self._user_watch = UserProfilerWatch(self._user_profiler_takes, self._user_profiler_released)
+        self._user_watch = UserProfilerWatch(self._user_profiler_takes, self._user_profiler_released,
+                                             on_error=self._note_error)
         self._user_profilers: WeakSet = WeakSet()  # the script's own profilers that hold the profiler now
         self._saw_user_profiler = False
         self._tore_down_cupti = False
@@ -199,8 +180,6 @@ class Session:
                                                     self.options.out)
             else:
                 self.folder = self._new_folder()
-        except FileExistsError:
-            raise AttnprofError(f"{self.options.out} already exists: choose another --out or remove it") from None
         except OSError as e:
             where = self.options.out if self.options.out is not None else self.options.root
             raise AttnprofError(f"can't create the run folder in {where}: {e.strerror or e}") from None
@@ -221,11 +200,7 @@ class Session:
                          trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
 
     def _new_folder(self) -> Path:
-        if self.options.out is not None:
-            folder = Path(self.options.out)
-            folder.mkdir(parents=True, exist_ok=False)
-            return folder
-        return new_run_folder(Path(self.options.root), self.target.stem, self.started_at)
+        return files.create_run_folder(self.options.out, Path(self.options.root), self.target.stem, self.started_at)
 
     def _activate(self) -> None:
         self._enabled = True
@@ -281,7 +256,7 @@ class Session:
             fn()
             return True
         except BaseException as e:  # noqa: BLE001 - never an attnprof traceback
-            print(f"attnprof: could not save {what}: {_reason(e)}", file=sys.stderr)
+            print(f"attnprof: could not save {what}: {failure_reason(e)}", file=sys.stderr)
             return False
 
     # --- the profiler -----------------------------------------------------------------------------------------------
@@ -356,7 +331,7 @@ class Session:
         name = trace_file_name(self.worker) if self._spans == 1 else trace_file_name(self.worker, self._spans)
         path = self.folder / name
         try:
-            self._on_profiler_thread(lambda: _export_trace(prof, path))
+            self._on_profiler_thread(lambda: export_trace(prof, path))
             self.trace_files.append(path)
         except Exception as e:
             steps = self.window.profiled
@@ -366,8 +341,9 @@ class Session:
             return
         try:  # in case the process dies before the end (killed): the calls are known already
             write_runinfo(self.runinfo(exit_code=0, outcome="running"), self.folder)
-        except Exception:
-            pass
+        except Exception as e:
+            self._note_error("could not save runinfo.json when the window closed", e,
+                             "it is written at the end of the run only (a killed run keeps no record of its calls)")
 
     # --- the script's own profilers ---------------------------------------------------------------------------------
 
@@ -376,7 +352,9 @@ class Session:
             return True
         try:  # one started before attnprof watched (or from C++): torch's own flags
             return bool(torch.autograd.profiler._is_profiler_enabled) or torch._C._autograd._profiler_enabled()
-        except Exception:
+        except Exception as e:
+            self._note_error("could not tell whether a profiler of the script's own was running", e,
+                             "attnprof started its own (one the script started outside its watch may clash)")
             return False
 
     def _user_profiler_takes(self, profiler: Any, kind: str) -> None:
@@ -389,12 +367,12 @@ class Session:
         self._user_profilers.add(profiler)
         self._saw_user_profiler = True
         w = self.window
-        if self._tore_down_cupti and w.state == "done":
+        if self._tore_down_cupti and w.is_over:
             self._tell("attnprof tore CUPTI down when its window closed: a profiler started after that records no "
                        "CUDA kernels (torch 2.11, CUDA 13); rerun with TEARDOWN_CUPTI=0 to keep the script's own "
                        "profiler whole")
         with w.lock:
-            if w.state != "open":
+            if not w.is_open:
                 return
             self._tell(f"the script started its own profiler ({kind}) while attnprof's window (from step "
                        f"{w.first}) was open: attnprof stopped its own first, after {w.profiled_calls} profiled "
@@ -441,8 +419,9 @@ class Session:
                 from torch.jit._builtins import _register_builtin
 
                 _register_builtin(wrapper, "aten::_transformer_encoder_layer_fwd")
-            except Exception:
-                pass
+            except Exception as e:
+                self._note_error("TransformerEncoderLayer's fused op not registered with TorchScript", e,
+                                 "torch.jit.script of such a layer may fail under attnprof")
             self._unwrapped.append(("_transformer_encoder_layer_fwd", fused, wrapper))
         for name, _, wrapper in self._unwrapped:
             setattr(torch, name, wrapper)
@@ -485,7 +464,7 @@ class Session:
 
         try:
             functools.update_wrapper(unwrapped_call, inner)
-        except Exception:
+        except Exception:  # a name and a docstring only: the calls are watched all the same
             pass
         return unwrapped_call
 
@@ -512,7 +491,9 @@ class Session:
             return False
         try:
             return not entry.record_if(args, kwargs)
-        except Exception:
+        except Exception as e:
+            self._note_error(f"could not tell whether a {entry.op} call is attention", e,
+                             "such calls are not profiled")
             return True
 
     def dispatch(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -599,7 +580,7 @@ class Session:
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
         # (traces/h100/seed-fwd). Calls after the window are timed apart; true times come from before it.
-        after = self.window.tried and self.window.state == "done"
+        after = self.window.tried and self.window.is_over
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
@@ -645,8 +626,9 @@ class Session:
             ncu_select.exit(call.ncu)
             with self.window.lock:
                 self.window.exit_call()
-        except Exception:
-            pass
+        except Exception as e:
+            self._note_error("could not close an attention call that raised", e,
+                             "its timing and NVTX range may be left open")
 
     def _record(self, entry: EntryPoint, original: Any, call: _Call, args: tuple, kwargs: dict,
                 result: Any) -> None:
@@ -663,7 +645,7 @@ class Session:
             if call.place is not None:
                 info.caller, info.module, info.module_class = call.place
         except Exception as e:
-            info.extra = {"error": f"could not read the arguments: {_reason(e)}"}
+            info.extra = {"error": f"could not read the arguments: {failure_reason(e)}"}
         self.calls.append(info)
 
     def _arm_backward(self, entry: EntryPoint, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
@@ -718,7 +700,7 @@ class Session:
                          "(killed?)")
         elif w.active == 0:
             notes.append("no profiler (--active 0): NVTX ranges and CUDA-event timings only")
-        elif not self.trace_files and w.state != "open":
+        elif not self.trace_files and not w.is_open:
             if w.calls == 0 and w.unwrapped_calls == 0 and w.unit_name != "optimizer":
                 notes.append("the script made no attention call that attnprof wraps (torch SDPA, "
                              "nn.MultiheadAttention, flash-attn 2/3/4, xformers): there was nothing to profile")
@@ -760,38 +742,20 @@ class Session:
         if message in self.notes:
             return
         self.notes.append(message)
-        print(f"attnprof: {message}", file=sys.stderr)
+        say(f"attnprof: {message}")
 
-    def _note_error(self, what: str, e: BaseException) -> None:
-        """An attnprof failure during the run: said once on stderr, kept in runinfo's note; the run goes on."""
-        if what in self._warned:
+    def _note_error(self, what: str, e: BaseException, then: str | None = None) -> None:
+        """An attnprof failure during the run, `<what>: <why>[; <then>]` (then: what it costs the run): said once
+        per `what` on stderr, kept in runinfo's note; the run goes on."""
+        self._note_failure(f"{what}: {failure_reason(e)}" + (f"; {then}" if then else ""), key=what)
+
+    def _note_failure(self, line: str, key: str | None = None) -> None:
+        key = line if key is None else key
+        if key in self._warned:
             return
-        self._warned.add(what)
-        line = f"{what}: {_reason(e)}"
+        self._warned.add(key)
         self.errors.append(line)
-        print(f"attnprof: {line}", file=sys.stderr)
-
-
-def _export_trace(prof: Any, path: Path) -> None:
-    """prof.export_chrome_trace, gzipped here: torch writes names from its Python tracer as it has them, and a code
-    object freed inside the window (a module imported there, say) leaves bytes that are not UTF-8 (pytorch#113564):
-    they become U+FFFD instead of making the whole file unreadable. Written atomically: a full disk or a kill leaves
-    no half trace that would make the folder unreadable."""
-    raw = path.with_name(f".{path.name.removesuffix('.gz')}.{os.getpid()}.part")
-
-    def gzip_into(dst_file) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        with open(raw, "rb") as src, gzip.GzipFile(filename=path.name.removesuffix(".gz"), mode="wb",
-                                                    fileobj=dst_file, compresslevel=6) as dst:
-            for chunk in iter(lambda: src.read(1 << 22), b""):
-                dst.write(decoder.decode(chunk).encode("utf-8"))
-            dst.write(decoder.decode(b"", final=True).encode("utf-8"))
-
-    try:
-        prof.export_chrome_trace(str(raw))
-        atomic_write(path, gzip_into)
-    finally:
-        raw.unlink(missing_ok=True)
+        say(f"attnprof: {line}")  # the script may have closed stderr
 
 
 def _all_threads_config() -> Any:
@@ -918,8 +882,10 @@ class UserProfilerWatch:
     torch.autograd.profiler.profile (both go through the latter's `_prepare_trace` / `_start_trace` / `__exit__`),
     emit_nvtx and emit_itt. record_function needs no profiler of its own and is left alone."""
 
-    def __init__(self, takes: Callable[[Any, str], None], releases: Callable[[Any], None] | None = None):
+    def __init__(self, takes: Callable[[Any, str], None], releases: Callable[[Any], None] | None = None,
+                 on_error: Callable[[str, BaseException, str], None] | None = None):
         self._takes, self._releases = takes, releases
+        self._on_error = on_error  # (what, exception, what it costs): never raised into the script's profiler
         self._saved: list[tuple[type, str, Any]] = []
 
     def install(self) -> None:
@@ -947,13 +913,15 @@ class UserProfilerWatch:
         setattr(cls, attr, wrapper)
 
     def _taking(self, original: Any, kind: str) -> Any:
-        takes = self._takes
+        takes, on_error = self._takes, self._on_error
 
         def taking(profiler, *args, **kwargs):
             try:
                 takes(profiler, kind)
-            except Exception:
-                pass  # never keep the script's profiler from starting
+            except Exception as e:  # never keep the script's profiler from starting
+                if on_error is not None:
+                    on_error(f"could not make way for the script's own profiler ({kind})", e,
+                             "attnprof's window may still have been open when it started")
             return original(profiler, *args, **kwargs)
 
         return functools.wraps(original)(taking)
@@ -968,15 +936,12 @@ class UserProfilerWatch:
                 if watch._releases is not None:
                     try:
                         watch._releases(profiler)
-                    except Exception:
-                        pass
+                    except Exception as e:
+                        if watch._on_error is not None:
+                            watch._on_error("could not see the script's own profiler stop", e,
+                                            "attnprof's window does not open after it")
 
         return functools.wraps(original)(releasing)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _cuda_index(args: tuple, kwargs: dict) -> int | None:
@@ -1014,8 +979,7 @@ def _after_fork_in_child() -> None:
     if session is not None:
         session._enabled = False
         patching.set_dispatch(None)
-        session.window.state = "done"  # no profiler in the child, whatever its hooks see
-        session.window.remove_hooks()
+        session.window.disable()  # no profiler in the child, whatever its hooks see
         restore_default_sigterm()  # Pool.terminate() SIGTERMs its workers: they must die quietly, as under python
 
 

@@ -24,6 +24,7 @@ At most `max_calls` attention calls are profiled: the profiler stops at the entr
 from __future__ import annotations
 
 import ast
+import enum
 import linecache
 import os
 import threading
@@ -32,7 +33,15 @@ from typing import Any, Callable
 
 import torch
 
-WAITING, OPEN, DONE = "waiting", "open", "done"
+
+class WindowState(enum.Enum):
+    """Where the run is relative to its profiled window; changed only by StepWindow's own methods."""
+    WAITING = "waiting"  # before the window's first step
+    OPEN = "open"  # the profiler runs
+    DONE = "done"  # after the window, or no window at all (--active 0, a profiler that could not start)
+
+
+WAITING, OPEN, DONE = WindowState.WAITING, WindowState.OPEN, WindowState.DONE
 _ATTNPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
 _LOOP_NODES = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -50,7 +59,8 @@ def _module_call_codes() -> frozenset:
 
 class StepWindow:
     def __init__(self, unit: str, warmup: int, timed: int, active: int, max_calls: int,
-                 start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None):
+                 start: Callable[[], bool], stop: Callable[[], None], done: Callable[[], None] | None = None,
+                 on_error: Callable[[str, BaseException, str], None] | None = None):
         self.auto = unit == "auto"
         self.unit: str | None = None if unit == "auto" else unit
         self.warmup, self.timed, self.active = warmup, timed, active
@@ -59,7 +69,9 @@ class StepWindow:
         self.max_calls = max_calls
         self._start, self._stop = start, stop
         self._done = done  # called once when the window is over (closed, or its profiler could not start)
-        self.state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
+        # (what, exception, what it costs the run): a failure in a hook, reported in the run's notes, never raised
+        self._on_error = on_error
+        self._state = WAITING if active > 0 else DONE  # --active 0: no profiler, NVTX ranges and timings only
         self.tried = False  # the window was due to open (whether or not the profiler started)
         self.cold = False  # the window opened at step 0 because the run showed no loop (see the module docstring)
         self.lock = threading.RLock()  # callers hold it around every event; hooks take it themselves
@@ -108,6 +120,19 @@ class StepWindow:
             return self.calls
         return self.step + 1 if (self.calls or self.unwrapped_calls or self.step) else 0
 
+    @property
+    def state(self) -> WindowState:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is OPEN
+
+    @property
+    def is_over(self) -> bool:
+        """The window will not open (again): it closed, could not start, or there is none."""
+        return self._state is DONE
+
     # --- events -----------------------------------------------------------------------------------------------------
 
     def before_script(self) -> None:
@@ -126,10 +151,10 @@ class StepWindow:
                 self._next_step("call")
         elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
             self._next_step("iteration")
-        if self.state == OPEN and self.profiled_calls >= self.max_calls:
+        if self._state == OPEN and self.profiled_calls >= self.max_calls:
             self._close(f"--max-calls {self.max_calls} reached: the profiler stopped at the next attention call "
                         f"(step {self.step})", last=self._last_profiled_step)
-        profiled = self.state == OPEN
+        profiled = self._state == OPEN
         if profiled:
             self.profiled_calls += 1
             self._last_profiled_step = self.step
@@ -149,7 +174,7 @@ class StepWindow:
         self.step_ran = True
 
     def exit_call(self) -> None:
-        if self.state != WAITING or self.step != self.first - 1:
+        if self._state != WAITING or self.step != self.first - 1:
             return
         if self.unit == "call":
             self._open()
@@ -159,7 +184,7 @@ class StepWindow:
 
     def optimizer_step(self) -> None:
         self.optimizer_steps += 1
-        if self.auto and self.unit == "iteration" and self.root is None and self.state == WAITING:
+        if self.auto and self.unit == "iteration" and self.root is None and self._state == WAITING:
             # The site recurred before any optimizer step: layers sharing one line inside the first forward, not
             # iterations. Nothing was profiled yet: count optimizer steps from here.
             self.unit, self.step, self.period, self.calls_in_step, self.first_timed_call = None, 0, None, 0, None
@@ -176,11 +201,12 @@ class StepWindow:
         try:
             with self.lock:
                 self._next_step("iteration")
-        except Exception:
-            pass
+        except Exception as e:
+            self._report(f"step counting failed in the forward pre-hook of {self.root}", e,
+                         "that forward was not counted as a step")
 
     def script_ended(self) -> None:
-        if self.state == OPEN:
+        if self._state == OPEN:
             # A step that began (an optimizer step ended the one before) but ran nothing was not profiled.
             last = self.step if self.step_ran or not self.profiled or self.step <= self.profiled[0] else self.step - 1
             if last < self.end - 1 and not self.cold:
@@ -190,16 +216,23 @@ class StepWindow:
 
     def stop_early(self, reason: str) -> None:
         """Close an open window now, whatever the step (the script needs the profiler for itself)."""
-        if self.state == OPEN:
+        if self._state == OPEN:
             self._close(reason, last=self.step)
+
+    def disable(self) -> None:
+        """No window from here on, whatever the hooks see (a forked child: no profiler there; the parent's is not
+        stopped)."""
+        self._state = DONE
+        self.remove_hooks()
 
     def remove_hooks(self) -> None:
         handles, self._root_handles = self._root_handles, []
         for handle in handles:
             try:
                 handle.remove()
-            except Exception:
-                pass
+            except Exception as e:
+                self._report(f"could not remove attnprof's forward pre-hook from {self.root}", e,
+                             "it stays on the module (it counts nothing after the run)")
 
     # --- internals --------------------------------------------------------------------------------------------------
 
@@ -209,7 +242,7 @@ class StepWindow:
         if outer is not None and self.unit in (None, "iteration"):
             self._hook_root(outer)
         # --step-on call: every call is a step, so a script without a loop still has as many steps as calls
-        if (self.state == WAITING and self.first > 0 and self.unit != "call"
+        if (self._state == WAITING and self.first > 0 and self.unit != "call"
                 and not _in_loop(outer.f_back if outer is not None else user)):
             self.cold = True
             self.first, self.end = 0, self.active
@@ -225,27 +258,27 @@ class StepWindow:
         self.step += 1
         self.calls_in_step = 0
         self.step_ran = False
-        if self.state == OPEN and self.step >= self.end:
+        if self._state == OPEN and self.step >= self.end:
             self._close(None, last=self.step - 1)
-        elif self.state == WAITING and self.first <= self.step < self.end:
+        elif self._state == WAITING and self.first <= self.step < self.end:
             self._open()
 
     def settling(self, step: int) -> bool:
         """The step right after the profiled window: the profiler has just stopped and exported (hundreds of ms of
         host work, caches cold), so its calls are not representative and are not timed."""
-        return self.state == DONE and len(self.profiled) == 2 and step == self.profiled[1] + 1
+        return self._state == DONE and len(self.profiled) == 2 and step == self.profiled[1] + 1
 
     def _open(self) -> None:
         self.tried = True
         self.profiled = [max(self.step, self.first)]
-        self.state = OPEN
+        self._state = OPEN
         if not self._start():
-            self.state = DONE
+            self._state = DONE
             self.profiled = []
             self._window_over()
 
     def _close(self, reason: str | None, last: int | None) -> None:
-        self.state = DONE
+        self._state = DONE
         if reason is not None:
             self.stopped_early = reason
         first = self.profiled[0] if self.profiled else self.first
@@ -280,8 +313,14 @@ class StepWindow:
             original = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule: name what it compiled
             name = type(original if isinstance(original, torch.nn.Module) else module).__name__
             self.root = f"compiled {name}" if original is not None else name
-        except Exception:
+        except Exception as e:
             self.root = None
+            self._report(f"could not hook the forward of {type(module).__name__} (the model the first attention "
+                         f"call ran in)", e, "steps are counted by the first call site instead")
+
+    def _report(self, what: str, e: BaseException, then: str) -> None:
+        if self._on_error is not None:
+            self._on_error(what, e, then)
 
 
 def _in_loop(frame: FrameType | None) -> bool:

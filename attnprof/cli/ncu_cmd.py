@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from attnprof.cli.nsight_args import own_parser, parse, run_folder, split_script_argv
 from attnprof.errors import AttnprofError
 
-_OWN = {"--set", "--calls", "--warmup", "--ncu", "--out", "--root", "--step-on"}
+__all__ = ["register", "run", "split_script_argv"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,36 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def split_script_argv(argv: list[str]) -> list[str]:
-    """Everything after `attnprof ncu` is this command's to read (ncu options are not argparse's)."""
-    if len(argv) > 1 and argv[1] in ("-h", "--help"):
-        return argv
-    return [argv[0], "--", *argv[1:]]
-
-
 def run(ns: argparse.Namespace) -> int:
     from attnprof.capture.ncu import SETS, run_under_ncu
-    from attnprof.capture.session import new_run_folder
-    from attnprof.cli.nsys_cmd import split_argv
+    from attnprof.capture.nsight import find_ncu
     from attnprof.pipeline import analyze_run, render_console, write_reports
-    from attnprof.trace.ncu_csv import find_ncu
 
-    rest = ns.rest[1:] if ns.rest[:1] == ["--"] else ns.rest
-    own, ncu_opts, script = split_argv(rest, _OWN, "ncu")
-    ns = argparse.Namespace(**{**vars(ns), **vars(_own_parser().parse_args(own))})
+    ns, ncu_opts, script = parse(ns, _own_parser(), "ncu")
     if ns.set not in SETS:
         raise AttnprofError(f"--set {ns.set}: choose one of {', '.join(SETS)}")
     if ns.calls < 1 or ns.warmup < 0:
         raise AttnprofError("--calls must be 1 or more and --warmup 0 or more")
     ncu = find_ncu(ns.ncu)
-    if ns.out is not None:
-        if ns.out.exists():
-            raise AttnprofError(f"{ns.out} already exists: choose another --out or remove it")
-        folder = ns.out
-    else:
-        stem = Path(script[1] if script[0] == "-m" and len(script) > 1 else script[0]).stem.split(".")[-1]
-        folder = new_run_folder(ns.root, f"{stem}-ncu", _now())
-        folder.rmdir()  # the traced run creates it
+    folder = run_folder(ns.out, ns.root, script, "ncu")
     trace_argv = ["--warmup", str(ns.warmup), "--timed", "0", "--step-on", ns.step_on, *script]
     code, reported = run_under_ncu(ncu, ns.set, ns.calls, trace_argv, folder, ncu_opts)
     if not reported:
@@ -84,18 +66,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _own_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnprof ncu", add_help=False)
+    p = own_parser("ncu", warmup=1)
     p.add_argument("--set", default="basic")
     p.add_argument("--calls", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--ncu")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--root", type=Path, default=Path("traces"))
-    p.add_argument("--step-on", dest="step_on", default="auto")
     return p
-
-
-def _now():
-    from datetime import datetime
-
-    return datetime.now()

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import msgspec
 
+from attnprof.capture.nsight import csv_for_report, sqlite_for_report
 from attnprof.errors import AttnprofError
 from attnprof.files import DEFAULT_MAX_INPUT_MB, is_regular_file, read_bytes
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import (
-    NCU_REPORT_SUFFIX, NcuReport, csv_for_report, is_ncu_csv, load_ncu_csv, ncu_data_in,
+    NCU_REPORT_SUFFIX, NcuReport, is_ncu_csv, load_ncu_csv, ncu_csv_in, ncu_report_in,
 )
 from attnprof.trace.runinfo import RunInfo, read_runinfo
-from attnprof.trace.nsys_sqlite import export_sqlite, find_nsys, load_nsys_sqlite
+from attnprof.trace.nsys_sqlite import load_nsys_sqlite
 from attnprof.trace.torch_json import load_torch_trace
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
@@ -62,7 +63,9 @@ def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
         files = trace_files_in(path)
     except OSError as e:
         raise AttnprofError(f"cannot list {path}: {e.strerror or e}") from None
-    ncu_csv = ncu_data_in(path)
+    ncu_csv = ncu_csv_in(path)
+    if ncu_csv is None and (ncu_report := ncu_report_in(path)) is not None:
+        ncu_csv = csv_for_report(ncu_report)
     ncu = load_ncu_csv(ncu_csv) if ncu_csv else None
     if not files and ncu is not None:  # an `attnprof ncu` run: counters, no timeline
         return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=path, notes=notes, ncu=ncu)
@@ -119,7 +122,7 @@ def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
     if head.startswith(b"\x1f\x8b") and Path(path).name.endswith(".sqlite.gz"):
         return _load_sqlite_bytes(read_bytes(path, max_mb), Path(path))
     if Path(path).suffix == ".nsys-rep":
-        return load_nsys_sqlite(_exported(Path(path)))
+        return load_nsys_sqlite(sqlite_for_report(Path(path)))
     return load_torch_trace(path, max_mb=max_mb)
 
 
@@ -132,11 +135,3 @@ def _load_sqlite_bytes(data: bytes, path: Path) -> Trace:
         trace = load_nsys_sqlite(plain)
     trace.source = str(path)
     return trace
-
-
-def _exported(report: Path) -> Path:
-    """The SQLite export next to an .nsys-rep, made with nsys if it is not there yet."""
-    out = report.with_suffix(".sqlite")
-    if not out.is_file() or out.stat().st_mtime < report.stat().st_mtime:
-        export_sqlite(find_nsys(), report, out)
-    return out

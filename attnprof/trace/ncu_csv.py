@@ -12,19 +12,16 @@ from __future__ import annotations
 import csv
 import io
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnprof.errors import AttnprofError
-from attnprof.files import atomic_write, find_executable, read_bytes
+from attnprof.files import read_bytes
 
 #: What `attnprof ncu` writes beside the report: the raw page, every metric of every kernel.
 NCU_CSV_SUFFIX = ".raw.csv"
 NCU_REPORT_SUFFIX = ".ncu-rep"
 NVTX_COLUMN_PREFIX = "thread Domain:Push/Pop_Range"
-#: Where ncu lives when it is not on PATH (CUDA toolkit, standalone Nsight Compute installs).
-_SEARCH = ("/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu")
 
 #: attnprof's range inside the NVTX column: `attnprof:<op> <site> #<id>:` then ncu's payload/color/message fields.
 _CALL_RANGE = re.compile(r'"attnprof:(?P<op>\S+) (?P<site>.+?) #(?P<id>\d+):')
@@ -115,35 +112,10 @@ def ncu_csv_in(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def find_ncu(explicit: str | None = None) -> str:
-    return find_executable("ncu", _SEARCH, "Nsight Compute / CUDA", explicit)
-
-
-def export_csv(ncu: str, report: Path, out: Path) -> Path:
-    """`ncu --import report --csv --page raw > out`: every metric of every kernel, readable without ncu."""
-    proc = subprocess.run([ncu, "--import", str(report), "--csv", "--page", "raw"], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise AttnprofError(f"ncu --import failed for {report}: {tail or 'no output'}")
-    return atomic_write(out, proc.stdout)
-
-
-def csv_for_report(report: Path) -> Path:
-    """The raw CSV beside an .ncu-rep (`x.ncu-rep` -> `x.raw.csv`), exported with ncu when missing or older."""
-    out = report.with_name(report.name.removesuffix(NCU_REPORT_SUFFIX) + NCU_CSV_SUFFIX)
-    if not out.is_file() or out.stat().st_mtime < report.stat().st_mtime:
-        export_csv(find_ncu(), report, out)
-    return out
-
-
-def ncu_data_in(folder: Path) -> Path | None:
-    """The run folder's Nsight Compute data as a CSV path: the CSV itself, else exported from its .ncu-rep."""
-    found = ncu_csv_in(folder)
-    if found is None:
-        reports = sorted(p for p in Path(folder).glob("*" + NCU_REPORT_SUFFIX) if p.is_file())
-        if reports:
-            found = csv_for_report(reports[0])
-    return found
+def ncu_report_in(folder: Path) -> Path | None:
+    """The run folder's Nsight Compute report (.ncu-rep), if it holds one (capture/nsight.py exports its CSV)."""
+    reports = sorted(p for p in Path(folder).glob("*" + NCU_REPORT_SUFFIX) if p.is_file())
+    return reports[0] if reports else None
 
 
 def is_ncu_csv(path: Path) -> bool:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from attnprof.errors import AttnprofError
-from attnprof.files import find_executable
 from attnprof.trace.model import NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, StringTable, Trace
 from attnprof.trace.runinfo import RANGE_PREFIX
 
@@ -161,26 +159,3 @@ def _load(con: sqlite3.Connection, tables: set[str], path: Path) -> Trace:
     return Trace(source=str(path), format="nsys", strings=strings, host=host, device=device,
                  threads=[str(t) for t in thread_index], base_us=base_ns / 1e3, device_properties=props,
                  metadata={"with_stack": False, "record_shapes": any(r[7] for r in host_rows)})
-
-
-#: Where Nsight Systems installs its binary when it is not on PATH.
-_SEARCH = (
-    "/opt/nvidia/nsight-systems/*/bin/nsys",
-    "/opt/nvidia/nsight-systems-cli/*/bin/nsys",
-    "/usr/local/cuda*/bin/nsys",
-    "/usr/local/cuda*/nsight-systems-*/bin/nsys",
-    "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys",
-)
-
-
-def find_nsys(explicit: str | None = None) -> str:
-    return find_executable("nsys", _SEARCH, "Nsight Systems / CUDA", explicit)
-
-
-def export_sqlite(nsys: str, report: Path, out: Path) -> Path:
-    cmd = [nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", str(out), str(report)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.is_file():
-        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise AttnprofError(f"nsys export failed for {report}: {tail}")
-    return out

@@ -16,23 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "examples"), str(ROOT)]
 from seed_case import flash_attention, seed_wrapper  # noqa: E402
+
+from attnprof.capture.bench import elapsed_us, event_pair, event_times_us  # noqa: E402
 
 
 def event_median_us(fn, reps: int = 300, warmup: int = 30) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    pairs = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs)
+    return statistics.median(event_times_us(fn, reps, warmup))
 
 
 def loop_spans_us(bhld, blhd, steps: int = 40, warmup: int = 5) -> dict:
@@ -47,16 +39,16 @@ def loop_spans_us(bhld, blhd, steps: int = 40, warmup: int = 5) -> dict:
     for step in range(warmup + steps):
         pairs = {}
         q, k, v = (t.transpose(1, 2).contiguous() for t in bhld)
-        pairs["seed"] = _event_pair()
+        pairs["seed"] = event_pair()
         pairs["seed"][0].record()
         out = fa2(q, k, v)
         pairs["seed"][1].record()
         out.transpose(1, 2).contiguous()
-        pairs["native"] = _event_pair()
+        pairs["native"] = event_pair()
         pairs["native"][0].record()
         fa2(*blhd)
         pairs["native"][1].record()
-        pairs["sdpa"] = _event_pair()
+        pairs["sdpa"] = event_pair()
         pairs["sdpa"][0].record()
         F.scaled_dot_product_attention(*bhld)
         pairs["sdpa"][1].record()
@@ -64,11 +56,7 @@ def loop_spans_us(bhld, blhd, steps: int = 40, warmup: int = 5) -> dict:
             for name, pair in pairs.items():
                 spans[name].append(pair)
     torch.cuda.synchronize()
-    return {name: statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs) for name, pairs in spans.items()}
-
-
-def _event_pair():
-    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    return {name: statistics.median(elapsed_us(pairs)) for name, pairs in spans.items()}
 
 
 def measure(shape: tuple[int, int, int, int], dtype) -> dict:

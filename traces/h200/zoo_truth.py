@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+sys.path[:0] = [str(EXAMPLES), str(ROOT)]
+
+from attnprof.capture.bench import event_times_us  # noqa: E402
 
 
 #: GPU cycles of the spin kernel queued before each timed call (~50 µs at H200 clocks): the GPU is still busy with it
@@ -38,36 +41,11 @@ def batched_us(fn, reps: int = 30) -> float:
     """GPU time per call with the GPU never starved: BATCH calls back to back between one event pair, behind a spin
     long enough for the host to enqueue them all; median over `reps` pairs, divided by BATCH. For kernels of a few
     microseconds, where one event pair's own cost is a large share of `event_median_us`."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    pairs = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(SPIN_CYCLES * 10)
-        start.record()
-        for _ in range(BATCH):
-            fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs) / BATCH
+    return statistics.median(event_times_us(fn, reps, warmup=5, spin_cycles=SPIN_CYCLES * 10, batch=BATCH))
 
 
 def event_median_us(fn, reps: int = 200, warmup: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    pairs = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(SPIN_CYCLES)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) * 1000.0 for s, e in pairs)
+    return statistics.median(event_times_us(fn, reps, warmup, spin_cycles=SPIN_CYCLES))
 
 
 @contextlib.contextmanager
