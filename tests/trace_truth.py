@@ -84,8 +84,21 @@ def mean_copy_us(truths: list[CallTruth]) -> float:
     return statistics.fmean(t.copy_us for t in truths)
 
 
-def median_true_us(folder: Path, phase: str = "fwd") -> float:
-    """The run's CUDA-event / host-clock time of its one site, read from runinfo.json: the median of the timed calls."""
+def median_true_us(folder: Path, site: str | None = None, phase: str = "fwd") -> float:
+    """A site's CUDA-event / host-clock time as capture recorded it (runinfo.json, read with json): the median of its
+    timed calls. Without `site`, the run's one site."""
     doc = json.loads((Path(folder) / "runinfo.json").read_text())
-    (site,) = [s for s in doc["sites"] if s["phase"] == phase]
-    return statistics.median(site["true_us"])
+    (timing,) = [s for s in doc["sites"] if s["phase"] == phase and site in (None, s["site"])]
+    return statistics.median(timing["true_us"])
+
+
+def backward_copies_us(path: Path) -> list[float]:
+    """Per SDPA backward node of a profiled call (one that runs after the first call range: a backward already
+    running when the profiler started belongs to a forward it never saw), in time order: the copies it makes
+    inside itself (the gradient arriving transposed)."""
+    evs = events(path)
+    first_call = min(e["ts"] for e in evs if e["name"].startswith(RANGE_PREFIX))
+    nodes = [e for e in evs if e["name"].startswith("autograd::engine::evaluate_function: ScaledDotProduct")
+             and e["ts"] > first_call]
+    return [sum(e["dur"] for e in evs if e["name"] == "aten::contiguous" and n["ts"] <= e["ts"] and _end(e) <= _end(n))
+            for n in nodes]
