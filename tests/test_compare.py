@@ -206,10 +206,27 @@ def test_input_sets_exceed_twice_the_cache():
     assert input_sets_needed(1_000_000, 0) == 1
 
 
-def test_measured_cpu_ceilings_are_positive():
+def test_measured_cpu_ceilings_divide_the_work_by_the_median_time(monkeypatch):
+    """The clock replaced by known repetition times: the copy's 1 MiB read + written over its median of 100 µs, the
+    64³ matmul's 2n³ flops over its median of 50 µs; each step still runs once, so what it does is seen."""
+    from attnprof.capture import bench
+
+    reps = iter([[90.0, 100.0, 300.0], [40.0, 50.0, 60.0]])  # the copy's, then the matmul's
+    ran = []
+
+    def fake_time_reps(step, device, warmup, n, setup=None):
+        assert (device.type, warmup, n) == ("cpu", 1, 2)
+        ran.append(step(0))
+        return next(reps)
+
+    monkeypatch.setattr(bench, "time_reps", fake_time_reps)
     c = measure_ceilings(torch.device("cpu"), copy_bytes=1 << 20, matmul_n=64, warmup=1, reps=2)
-    assert c.copy_gbps > 0 and c.matmul_tflops > 0
+    assert c.copy_gbps == pytest.approx(2 * 2**20 / 100.0 / 1e3)  # 20.97 GB/s
+    assert c.matmul_tflops == pytest.approx(2 * 64**3 / 50.0 / 1e6)  # 0.0105 TFLOP/s
+    copied, product = ran
+    assert (copied.dtype, copied.numel()) == (torch.uint8, 2**20) and product.shape == (64, 64)
     assert c.dtype == "float32" and c.device.startswith("cpu") and c.torch_version == str(torch.__version__)
+    assert "median of 2 reps after 1 warm-up" in c.method
 
 
 def test_torch_printed_warnings_become_the_reason(capfd):
