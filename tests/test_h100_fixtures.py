@@ -98,8 +98,14 @@ def test_training_step_backward_belongs_to_its_forward_call():
         names = " ".join(k.name for k in c.kernels if k.category == "compute")
         assert ("flash_bwd" in names) if c.backend == "flash" else ("bprop" in names)
     # the seed wrapper's output copy makes the gradient arrive transposed: FA2's backward copies it itself
+    # (the same size as the output: a copy like the output copy timed alone with CUDA events, truth.json)
+    truth = json.loads((H100 / "truth.json").read_text())["results"][0]
+    assert truth["shape_bhld"] == [12, 64, 256, 64]
     seed_bwd = [c for c in report.calls if (c.site, c.phase) == (SEED, "bwd")]
-    assert all([c.position for c in call.copies] == ["inside"] and call.copy_us > 0 for call in seed_bwd)
+    assert seed_bwd and all([c.position for c in call.copies] == ["inside"] for call in seed_bwd)
+    for call in seed_bwd:
+        assert [x.bytes for x in call.copies] == [2 * 12 * 64 * 256 * 64 * 2]  # read + written, fp16
+        assert call.copy_us == pytest.approx(truth["copy_each_us"]["out"], rel=0.10)
 
 
 def test_model_training_step_attributes_the_wrappers_copies():
