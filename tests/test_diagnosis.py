@@ -271,14 +271,17 @@ def _seed_copies_us(folder, site: str = SEED_SITE) -> float:
 def test_cpu_seed_vs_native_run_folders(cpu_runs):
     a, b = analyze_path(cpu_runs["native"]), analyze_path(cpu_runs["seed"])
     e = dg.explain(dg.select(a), dg.select(b))
-    assert e.basis == "true" and not e.swapped
-    layout = e.causes[0]
+    assert e.basis == "true"
+    # the true basis: each side's timed calls (runinfo.json) plus, for the seed, its copies outside the entry point,
+    # read from its trace file. The seed is slower by construction; on a loaded machine the timed calls' noise can
+    # exceed its copies, and then the sides are swapped: which one is slower comes from those numbers too.
     copies = _seed_copies_us(cpu_runs["seed"])
-    assert layout.kind == dg.LAYOUT_COPY and layout.us == pytest.approx(copies, rel=1e-6)
+    seed_us, native_us = median_true_us(cpu_runs["seed"]) + copies, median_true_us(cpu_runs["native"])
+    assert e.swapped == (seed_us < native_us)
+    assert e.gap_us == pytest.approx(abs(seed_us - native_us), rel=1e-6)
+    layout = next(c for c in e.causes if c.kind == dg.LAYOUT_COPY)
+    assert layout.us == pytest.approx(-copies if e.swapped else copies, rel=1e-6)
     assert _qkv_lines() <= set(layout.sources) <= _contiguous_lines()  # the exact lines of the copies
-    # the true basis: each side's timed calls (runinfo.json) plus, for the seed, its copies outside the entry point
-    seed_us = median_true_us(cpu_runs["seed"]) + copies
-    assert e.gap_us == pytest.approx(seed_us - median_true_us(cpu_runs["native"]), rel=1e-6)
 
 
 def test_cpu_seed_vs_native_bare_traces_add_up_within_5_percent(cpu_runs):
@@ -352,11 +355,13 @@ def test_explain_json(cpu_runs, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert {"a", "b", "gap_us", "causes", "unexplained_us", "basis", "basis_detail"} <= set(doc)
     assert {"kind", "us", "detail", "fix", "sources"} <= set(doc["causes"][0])
-    assert doc["causes"][0]["kind"] == "layout_copy"
-    copies = _seed_copies_us(cpu_runs["seed"])  # from the trace file, as the run-folder test above
-    assert doc["causes"][0]["us"] == pytest.approx(copies, abs=0.002)  # rounded to 3 decimals
+    # from the trace file and runinfo.json, as the run-folder test above (which side is slower, too)
+    copies = _seed_copies_us(cpu_runs["seed"])
     gap = median_true_us(cpu_runs["seed"]) + copies - median_true_us(cpu_runs["native"])
-    assert doc["gap_us"] == pytest.approx(gap, abs=0.002)
+    assert doc["gap_us"] == pytest.approx(abs(gap), abs=0.002)  # rounded to 3 decimals
+    layout = next(c for c in doc["causes"] if c["kind"] == "layout_copy")
+    assert layout["us"] == pytest.approx(copies if gap > 0 else -copies, abs=0.002)
+    assert gap < 0 or doc["causes"][0] is layout  # the seed slower: its copies first
 
 
 def test_explain_sites_of_one_run_on_the_console(cpu_runs, capsys):
