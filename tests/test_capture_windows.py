@@ -1,6 +1,8 @@
 """Capture: what a step is (optimizer / iteration / call / auto) and which steps run under the profiler."""
 from __future__ import annotations
 
+import json
+
 from trace_ranges import trace_names
 
 from attnprof.trace.runinfo import RANGE_PREFIX, SOURCE_PREFIX
@@ -129,7 +131,48 @@ def test_timing_phases_follow_the_window(trace):
         assert (t.site, t.op, t.clock) == ("script.py:5", "sdpa", "host")
         # 10 calls: 2 warm-up, 3 timed, 2 profiled, 1 settling after the profiler (untimed), 2 timed after it
         assert (t.warmup_calls, len(t.true_us), len(t.profiled_us), len(t.after_us)) == (3, 3, 2, 2)
-        assert all(v > 0 for v in t.true_us + t.profiled_us + t.after_us)
+
+
+SLEEPY = """\
+import json, time
+import torch
+import flash_attn.flash_attn_interface as interface
+from flash_attn import flash_attn_func
+attend = interface.attend
+inner, outer = [], []
+def slow_attend(*args, **kwargs):
+    t = time.perf_counter()
+    time.sleep(0.02)  # 20 ms inside the call attnprof wraps and times
+    out = attend(*args, **kwargs)
+    inner.append((time.perf_counter() - t) * 1e6)
+    return out
+interface.attend = slow_attend
+q = torch.randn(1, 4, 2, 8)
+for i in range(9):
+    t = time.perf_counter()
+    flash_attn_func(q, q, q)
+    outer.append((time.perf_counter() - t) * 1e6)
+json.dump({"inner": inner, "outer": outer}, open("times.json", "w"))
+"""
+
+
+def test_timed_calls_measure_the_calls_own_time(trace, stubs, tmp_path):
+    """Each timed value lies between the script's own clock inside the wrapped function (a 20 ms sleep and the
+    attention) and its clock around the call, for consecutive calls in the window's order: timed, profiled, after."""
+    r = trace(SLEEPY, warmup=1, timed=3, active=2, step_on="call", after="time")
+    (t,) = [t for t in r.runinfo.sites if t.op == "flash_attn_func"]
+    # 9 calls: 1 warm-up, 3 timed (calls 1-3), 2 profiled (4, 5), 1 settling after the profiler, 2 timed after (7, 8)
+    assert (t.phase, t.clock, len(t.true_us), len(t.profiled_us), len(t.after_us)) == ("fwd", "host", 3, 2, 2)
+    clock = json.loads((tmp_path / "times.json").read_text())
+    inner, outer = clock["inner"], clock["outer"]
+    assert len(inner) == len(outer) == 9 and min(inner) >= 20_000
+
+    def where(values):
+        """The calls (first index) whose own clocks bracket `values`, one by one."""
+        return [j for j in range(len(inner) - len(values) + 1)
+                if all(inner[j + n] <= v <= outer[j + n] for n, v in enumerate(values))]
+
+    assert 1 in where(t.true_us) and 4 in where(t.profiled_us) and 7 in where(t.after_us)
 
 
 def test_max_calls_caps_the_window(trace):

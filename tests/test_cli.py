@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from trace_truth import call_truths
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = REPO / "traces" / "h100"
@@ -47,11 +50,20 @@ def test_trace_the_built_in_example(seed_run):
     doc = _json(out)
     (site,) = [s for s in doc["sites"] if s["phase"] == "fwd"]
     assert sorted(c["site"] for c in site["copies"]) == SEED_LINES
-    assert site["true_us"] > 0 and site["timed_calls"] > 0
+    # the timed calls capture recorded (runinfo.json, read with json): their number and median
+    (timing,) = json.loads((out / "runinfo.json").read_text())["sites"]
+    assert site["timed_calls"] == len(timing["true_us"]) >= 1
+    assert site["true_us"] == pytest.approx(statistics.median(timing["true_us"]), abs=0.002)
+    # each call's parts against the trace file read with json: the wrapper's four copies by line, the SDPA op
+    truth = {t.id: t for t in call_truths(out / traces[0], SEED_LINES[:3], SEED_LINES[3:])}
+    assert sorted(c["id"] for c in doc["calls"]) == sorted(truth)
     for call in doc["calls"]:
         assert call["launch_us"] is None  # CPU
-        assert call["compute_us"] + call["copy_us"] + call["other_us"] == pytest.approx(call["window_us"], rel=0.01)
         assert [c["position"] for c in call["copies"]] == ["before"] * 3 + ["after"]
+        t = truth[call["id"]]
+        assert call["copy_us"] == pytest.approx(t.copy_us, abs=0.002)  # attnprof.json rounds to 3 decimals
+        assert call["compute_us"] == pytest.approx(t.compute_us, abs=0.002)
+        assert call["window_us"] == pytest.approx(t.window_us, abs=0.002)
 
 
 def test_analyze_prints_the_same_document(seed_run):

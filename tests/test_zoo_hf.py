@@ -169,12 +169,11 @@ def site(attention_forward, layer_forward, layer_text: str) -> str:
             f"via :{line_of(layer_forward, layer_text)}")
 
 
-def check_window_parts(calls: list[dict]) -> None:
-    """compute + copy + other = window on CPU (launch is null: no device to wait for)."""
+def check_cpu_calls(calls: list[dict]) -> None:
+    """CPU calls: launch is null (no device to wait for). That compute + copy + other = window is checked by the
+    analysis itself (decomposition.check_call) on every call it builds."""
     for c in calls:
         assert c["launch_us"] is None and c["device"] == "cpu"
-        parts = c["compute_us"] + c["copy_us"] + c["other_us"]
-        assert parts == pytest.approx(c["window_us"], rel=1e-6, abs=1e-3), c
 
 
 def check_training(run: Run, impl: str, calls_per_step: int) -> None:
@@ -187,7 +186,7 @@ def check_training(run: Run, impl: str, calls_per_step: int) -> None:
     assert {c["op"] for c in run.report["calls"]} == {OP[impl]}
     assert {c["step"] for c in run.report["calls"]} == {2}
     assert len(run.runinfo["calls"]) == calls_per_step  # one record per call: HF's glue and torch's SDPA inside it
-    check_window_parts(fwd + bwd)
+    check_cpu_calls(fwd + bwd)
 
 
 # --- GPT-2 ---------------------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def test_generate_with_kv_cache(tmp_path):
     assert by_step == {0: {("hf.sdpa", 8, 8)}, 1: {("hf.sdpa", 1, 9)}, 2: {("hf.sdpa", 1, 10)},
                        3: {("hf.sdpa", 1, 11)}}
     assert len(run.calls("fwd")) == 4 * LAYERS
-    check_window_parts(run.calls("fwd"))
+    check_cpu_calls(run.calls("fwd"))
 
 
 # --- the attention-interface registry ------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ def _by_step(report, phase: str) -> Counter:
     return Counter(c.step for c in report.calls if c.phase == phase)
 
 
-def _parts_sum_to_the_window(report) -> None:
+def _every_call_has_compute(report) -> None:
+    """Every call ran an attention op of its own. (That its parts add up to its window is checked by the analysis
+    itself, decomposition.check_call, on every call: a broken split stops analyze_path.)"""
     for c in report.calls:
-        parts = c.compute_us + c.copy_us + c.other_us + (c.launch_us or 0.0)
-        assert parts == pytest.approx(c.window_us, rel=1e-6, abs=1e-3), c
-        assert c.compute_us > 0  # every call ran an attention op of its own
+        assert c.compute_us > 0 and any(k.category == "compute" for k in c.kernels), c
 
 
 ENCODER_SGD = """\
@@ -59,7 +59,7 @@ def test_transformer_encoder_trained_with_sgd_profiles_optimizer_steps_with_back
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 8, "bwd": 8}
     assert _by_step(report, "fwd") == {2: 4, 3: 4} and _by_step(report, "bwd") == {2: 4, 3: 4}
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
 
 
 TRANSFORMER_ADAMW = """\
@@ -98,7 +98,7 @@ def test_transformer_with_adamw_and_scheduler_created_before_attnprof(trace, pre
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 8, "bwd": 8}
     assert _by_step(report, "bwd") == {2: 4, 3: 4}
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
     assert prebuilt.sched.last_epoch == 5  # the scheduler stepped as under python
 
 
@@ -136,7 +136,7 @@ def test_multihead_attention_layers_called_from_one_line_with_a_custom_optimizer
     assert [(c.op, c.step) for c in r.runinfo.calls] == [("sdpa", 2)] * 3 + [("sdpa", 3)] * 3
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 6, "bwd": 6}
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
 
 
 MHA_EVAL = """\
@@ -162,7 +162,7 @@ def test_multihead_attention_eval_fast_path(trace):
     assert [(c.op, c.step) for c in r.runinfo.calls] == [("mha_fastpath", 2)] * 2 + [("mha_fastpath", 3)] * 2
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 4}
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
 
 
 ENCODER_EVAL = """\
@@ -187,7 +187,7 @@ def test_transformer_encoder_eval_fast_path(trace):
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 6}
     assert {c.op for c in report.calls} == {"aten::_native_multi_head_attention"}
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
 
 
 COMPILED = """\
@@ -229,7 +229,7 @@ def test_compiled_block_opens_the_window_on_its_calls(trace, capsys):
     assert "6 calls of torch.compile'd code" in r.runinfo.note
     report = analyze_path(r.folder)
     assert _by_phase(report)["fwd"] == 2
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
 
 
 def test_module_compiled_in_place_counts_its_calls_and_runs_as_under_python(trace, capsys):
@@ -295,4 +295,4 @@ def test_one_forward_inference_script_is_profiled_cold_by_default(trace, capsys)
     report = analyze_path(r.folder)
     assert _by_phase(report) == {"fwd": 2}
     assert any(n.startswith("cold start") for n in report.notes)
-    _parts_sum_to_the_window(report)
+    _every_call_has_compute(report)
