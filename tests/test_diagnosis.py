@@ -285,8 +285,11 @@ def test_cpu_seed_vs_native_bare_traces_add_up_within_5_percent(cpu_runs):
     trace_a, trace_b = bare_trace(cpu_runs["native"]), bare_trace(cpu_runs["seed"])
     e = dg.explain(dg.select(analyze_path(trace_a)), dg.select(analyze_path(trace_b)))
     assert e.basis == "profiled"
-    assert e.causes[0].kind == dg.LAYOUT_COPY and _qkv_lines() <= set(e.causes[0].sources)
-    assert e.causes[0].us == pytest.approx(_seed_copies_us(cpu_runs["seed"]), rel=1e-6)
+    # the copies' rank among the causes depends on the CPU's load (a loaded machine can make compute's noise the
+    # biggest); their cause, its lines and its time do not
+    layout = next(c for c in e.causes if c.kind == dg.LAYOUT_COPY)
+    assert _qkv_lines() <= set(layout.sources)
+    assert layout.us == pytest.approx(_seed_copies_us(cpu_runs["seed"]), rel=1e-6)
     assert abs(e.gap_us - sum(c.us for c in e.causes)) <= 0.05 * e.gap_us and e.explained
 
 
