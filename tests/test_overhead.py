@@ -40,6 +40,7 @@ def test_after_none_puts_the_original_function_back_when_the_window_closes(trace
 
 def test_after_nvtx_keeps_the_wrapper_and_the_step_counter_and_times_nothing(trace, tmp_path, monkeypatch):
     names = []
+    monkeypatch.setattr(session_mod, "_nvtx_listening", lambda: True)  # as under nsys
     monkeypatch.setattr(session_mod, "_nvtx_push", names.append)
     r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call", after="nvtx")
     assert _seen(tmp_path) == [False] * 7

@@ -1,8 +1,8 @@
 """Where a call comes from in the user's code, and the source-line ranges put around layout copies.
 
 The call site of an attention call is the first frame outside attnprof, torch, the attention libraries, einops
-and the import machinery. Frames are classified once per code object and sites are cached per (code, line), so
-the unprofiled path pays a few dictionary lookups per call.
+and the import machinery. Frames are classified once per code object and a call's site is found once per path of
+frames to it: a later call on the same path compares code objects by identity, one dictionary lookup in all.
 """
 from __future__ import annotations
 
@@ -97,6 +97,17 @@ class Place(NamedTuple):
     module_class: str | None  # that module's class
 
 
+class _SitePath:
+    """One way out from a call's first frame (`code`, at the offset in its key) to its site: whether that frame is
+    the user frame, then (code, instruction offset or -1, is the user frame) per frame further out, and the site it
+    names."""
+
+    __slots__ = ("code", "user_first", "steps", "site", "function")
+
+    def __init__(self, code: CodeType, user_first: bool, steps: tuple, site: str, function: str):
+        self.code, self.user_first, self.steps, self.site, self.function = code, user_first, steps, site, function
+
+
 class SiteResolver:
     """Finds the user frame behind a call and names it `path:line` (cached)."""
 
@@ -106,7 +117,8 @@ class SiteResolver:
         # hashing a code object hashes its bytecode and constants on every lookup (several us per frame).
         self._kinds: dict[int, tuple[CodeType, int]] = {}
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
-        self._call_sites: dict[tuple, tuple[CodeType, CodeType | None, str, str]] = {}
+        #: id(code of a call's first frame) -> the paths seen from there (see call_site)
+        self._site_paths: dict[int, tuple[_SitePath, ...]] = {}
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -114,13 +126,8 @@ class SiteResolver:
     def user_frame(self, frame: FrameType | None, through_attention: bool = True) -> FrameType | None:
         """The first user frame from `frame` outwards; None if there is none (or, unless `through_attention`,
         if an attention library's frame comes first)."""
-        kinds = self._kinds
         while frame is not None:
-            code = frame.f_code
-            found = kinds.get(id(code))
-            if found is None or found[0] is not code:
-                found = kinds[id(code)] = (code, _classify(frame))
-            kind = found[1]
+            kind = self._kind(frame)
             if kind == USER:
                 return frame
             if kind == ATTENTION and not through_attention:
@@ -131,15 +138,10 @@ class SiteResolver:
     def _caller(self, frame: FrameType | None) -> FrameType | None:
         """The user frame that called the call site's function, stopping at attnprof's runner: frames below the
         script are not the user's (whoever ran `attnprof trace`)."""
-        kinds = self._kinds
         while frame is not None:
-            code = frame.f_code
-            if code.co_filename.startswith(_ATTNPROF_DIR):
+            if frame.f_code.co_filename.startswith(_ATTNPROF_DIR):
                 return None
-            found = kinds.get(id(code))
-            if found is None or found[0] is not code:
-                found = kinds[id(code)] = (code, _classify(frame))
-            if found[1] == USER:
+            if self._kind(frame) == USER:
                 return frame
             frame = frame.f_back
         return None
@@ -160,26 +162,82 @@ class SiteResolver:
     def call_site(self, frame: FrameType | None) -> tuple[str, str, FrameType | None]:
         """(site, function, frame) of an attention call: its line and the user line that called that function
         (`model.py:40 via :55`), so one helper used for two variants gives two sites, while the layers of a model,
-        which all come through the same two lines, share one."""
+        which all come through the same two lines, share one.
+
+        Resolved once per path: the frames from `frame` out to the site's caller are compared with a path seen
+        before (code objects by identity, instruction offsets of the two frames the site is named after), without
+        a dictionary lookup per frame; only a new path is classified and named."""
+        if frame is None:
+            return UNKNOWN_SITE, "?", None
+        code = frame.f_code
+        key = id(code) ^ (frame.f_lasti << 48)  # (code, offset) as one int: hashing a code object costs microseconds
+        for path in self._site_paths.get(key, ()):
+            if path.code is not code:
+                continue
+            if not path.steps:  # the first frame is the user frame, at module level
+                return path.site, path.function, frame
+            f, user = frame.f_back, (frame if path.user_first else None)
+            for step_code, lasti, is_user in path.steps:
+                if f is None:  # matches only the last step of a path that ran off the stack (code None)
+                    if step_code is not None:
+                        user = None
+                    break
+                if f.f_code is not step_code or (lasti >= 0 and f.f_lasti != lasti):
+                    user = None
+                    break
+                if is_user:
+                    user = f
+                f = f.f_back
+            if user is not None:
+                return path.site, path.function, user
         user = self.user_frame(frame)
         if user is None:
             return UNKNOWN_SITE, "?", None
-        caller = None if user.f_code.co_name == "<module>" else self._caller(user.f_back)
-        # keyed by instruction offsets, not lines: f_lineno scans the code's line table on every read (~5 us in a
-        # large forward); an offset maps to one line, read only on a miss
-        caller_code = caller.f_code if caller is not None else None
-        key = (id(user.f_code), user.f_lasti, id(caller_code), caller.f_lasti if caller is not None else -1)
-        found = self._call_sites.get(key)
-        if found is None or found[0] is not user.f_code or found[1] is not caller_code:
-            site, function = self.site(user)
-            if caller is not None:
-                caller_site = self.site(caller)[0]
-                path = site.rpartition(":")[0]
-                caller_path, _, caller_line = caller_site.rpartition(":")
-                site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
-            found = self._call_sites[key] = (user.f_code, caller_code, site, function)
-        return found[2], found[3], user
+        path = self._new_path(frame, user)
+        # replaced, never mutated: other threads may be iterating it
+        self._site_paths[key] = (*self._site_paths.get(key, ()), path)
+        return path.site, path.function, user
 
+    def _kind(self, frame: FrameType) -> int:
+        code = frame.f_code
+        found = self._kinds.get(id(code))
+        if found is None or found[0] is not code:
+            found = self._kinds[id(code)] = (code, _classify(frame))
+        return found[1]
+
+    def _new_path(self, frame: FrameType, user: FrameType) -> _SitePath:
+        """The path from `frame` to its site, as `call_site` compares it: every frame up to the user frame `user`,
+        then up to the user frame's caller (or to where `_caller` stops: attnprof's runner, the end of the stack)."""
+        steps: list[tuple[CodeType | None, int, bool]] = []
+        f: FrameType | None = frame
+        while f is not user:
+            steps.append((f.f_code, -1, False))
+            f = f.f_back
+        steps.append((user.f_code, user.f_lasti, True))
+        caller = None
+        if user.f_code.co_name != "<module>":
+            f = user.f_back
+            while True:
+                if f is None:
+                    steps.append((None, -1, False))
+                    break
+                code = f.f_code
+                if code.co_filename.startswith(_ATTNPROF_DIR):
+                    steps.append((code, -1, False))
+                    break
+                if self._kind(f) == USER:
+                    caller = f
+                    steps.append((code, f.f_lasti, False))
+                    break
+                steps.append((code, -1, False))
+                f = f.f_back
+        site, function = self.site(user)
+        if caller is not None:
+            caller_site = self.site(caller)[0]
+            path = site.rpartition(":")[0]
+            caller_path, _, caller_line = caller_site.rpartition(":")
+            site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
+        return _SitePath(frame.f_code, steps[0][2], tuple(steps[1:]), site, function)
 
     def place(self, frame: FrameType | None, user: FrameType | None) -> Place:
         """The caller of the site's function (`user`, call_site's frame) and the innermost nn.Module running the call

@@ -138,6 +138,43 @@ class StepWindow:
             self.first_timed_call = self.calls
         return self.calls, self.step, profiled
 
+    def quiet_call(self, site: str, after_too: bool) -> tuple[int, bool]:
+        """`enter_call` and `exit_call` at once, without the lock, for a call that changes nothing but counters: one
+        in a warm-up step that neither opens nor closes the window, the step right after the window, or (with
+        `after_too`) any call after the window. (call id, counted as warm-up), or (0, False) for any other call: the
+        caller then takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the
+        same instant can lose a count (a call id or step number, never a timing)."""
+        state = self.state
+        if state == OPEN or not (self.calls or self.unwrapped_calls):
+            return 0, False
+        step = self.step
+        unit = self.unit
+        new_step = ((unit == "call" and self.calls > 0)
+                    or (self.root is None and unit in (None, "iteration") and site == self.first_site))
+        if new_step:
+            if unit != "call" and self.period is None:  # the first recurrence sets the unit and the period
+                return 0, False
+            step += 1
+        warm = step < self.warmup
+        if self.first_timed_call is None and not warm:
+            return 0, False
+        if state == WAITING:
+            if not warm or step >= self.first - 1:  # timed, or its exit may open the window
+                return 0, False
+        elif self.tried and not warm:  # after the window
+            warm = self.settling(step)
+            if not (warm or after_too):
+                return 0, False
+        elif not warm:  # --active 0: timed
+            return 0, False
+        self.calls += 1
+        if new_step:
+            self.step = step
+            self.calls_in_step = 0
+        self.calls_in_step += 1
+        self.step_ran = True
+        return self.calls, warm
+
     def unwrapped_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
         """A call whose attention runs unwrapped inside it (a torch.compile'd module or function, a fused layer op)
         stands in for the attention calls when finding what a step is."""
