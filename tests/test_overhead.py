@@ -53,7 +53,7 @@ def test_after_nvtx_keeps_the_wrapper_and_the_step_counter_and_times_nothing(tra
 
 
 def test_after_time_times_the_calls_after_the_window(trace):
-    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call")  # --after time: the default
+    r = trace(LOOP.replace("N", "7"), warmup=1, timed=1, active=2, step_on="call", after="time")
     (fwd,) = r.runinfo.sites
     assert (fwd.warmup_calls, len(fwd.true_us), len(fwd.profiled_us), len(fwd.after_us)) == (2, 1, 2, 2)
 

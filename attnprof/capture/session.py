@@ -37,7 +37,7 @@ from attnprof.capture.kineto import quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
-from attnprof.capture.sources import SiteResolver, SourceLines
+from attnprof.capture.sources import UNKNOWN_SITE, SitePath, SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer, event_timed, host_timed
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError
@@ -71,7 +71,7 @@ class TraceOptions:
     step_on: str = "auto"  # auto | optimizer | iteration | call
     max_calls: int = 512
     source_lines: bool = True
-    after: str = "time"  # one of AFTER_MODES
+    after: str = "none"  # one of AFTER_MODES; none: the only one that adds nothing per call (README "Overhead")
     quiet: bool = False  # no "attnprof:" progress lines (errors are still printed)
 
 
@@ -194,9 +194,8 @@ class Session:
         self._final: RunInfo | None = None
         self._range_prefixes: dict[tuple[str, str], str] = {}  # (op, site) -> ASCII `<op> <site> #`
         self._nvtx_on = _nvtx_listening()
-        #: calls after the window take the quiet path (--after nvtx; under `attnprof ncu` they may be selected)
-        self._quiet_after = options.after == "nvtx" and not ncu_select.selecting()
-        self._quiet_sites: dict[str, tuple] = {}  # site -> what the quiet path needs there (`_quiet_site`)
+        #: calls after the window take the quiet path: set when a profiled window closes under --after nvtx
+        self._quiet_after = False
         self.dispatch = self._make_dispatch()
 
     # --- the run ----------------------------------------------------------------------------------------------------
@@ -532,9 +531,9 @@ class Session:
         step counter, the warm-up count and, only when a tool listens to NVTX, its range. The others enter the window
         under its lock and are timed or profiled (`_follow`). A closure over what it reads: on a slow CPU each
         attribute lookup saved is ~0.1 µs per call."""
-        session, tls, sources, quiet_sites = self, self._tls, self.sources, self._quiet_sites
-        call_site, quiet_call, follow = self.resolver.call_site, self.window.quiet_call, self._follow
-        quiet_after, nvtx, getframe, tensor = self._quiet_after, self._nvtx_on, sys._getframe, torch.Tensor
+        session, tls, sources = self, self._tls, self.sources
+        site_path, quiet_call, follow = self.resolver.site_path, self.window.quiet_call, self._follow
+        nvtx, getframe, tensor = self._nvtx_on, sys._getframe, torch.Tensor
 
         def dispatch(entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
             if tls.busy or not session._enabled:
@@ -544,19 +543,19 @@ class Session:
                 return original(*args, **kwargs)
             try:
                 frame = getframe(2)  # the wrapper's caller
-                site, function, user = call_site(frame)
-                call_id, warm = quiet_call(site, quiet_after)
+                path = site_path(frame)
+                call_id, warm = quiet_call(path.site, session._quiet_after) if path is not None else (0, False)
                 if call_id:
-                    quiet = quiet_sites.get(site)
+                    quiet = path.memo
                     if quiet is None or quiet[0] is not entry:
-                        quiet = session._quiet_site(entry, site)
+                        quiet = path.memo = session._quiet_memo(entry, path.site)
                     if warm:
                         quiet[1].warmup_calls += 1
             except Exception as e:
                 session._note_error("could not follow an attention call", e)
                 return original(*args, **kwargs)
             if not call_id:
-                return follow(entry, original, args, kwargs, frame, site, function, user)
+                return follow(entry, original, args, kwargs, frame, path)
             nests = quiet[4]
             if nvtx:
                 _nvtx_push(quiet[3] + str(call_id))
@@ -577,22 +576,24 @@ class Session:
 
         return dispatch
 
-    def _quiet_site(self, entry: EntryPoint, site: str) -> tuple:
-        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points) of the quiet path
-        at `site`. Only calls that can reach another wrapped function mark their thread busy (transformers' functions
+    def _quiet_memo(self, entry: EntryPoint, site: str) -> tuple:
+        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points): what the quiet
+        path keeps on a path to `site` (`SitePath.memo`). Only calls that can reach another wrapped function mark their thread busy (transformers' functions
         call SDPA or flash-attn; torch's own ops call none)."""
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
-        quiet = self._quiet_sites[site] = (entry, self.timer.clock(site, entry.op, "fwd").timing,
-                                           self.timer.clock(site, entry.op, "bwd"), self._range_prefix(entry.op, site),
-                                           nests)
-        return quiet
+        return (entry, self.timer.clock(site, entry.op, "fwd").timing, self.timer.clock(site, entry.op, "bwd"),
+                self._range_prefix(entry.op, site), nests)
 
-    def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any, site: str,
-                function: str, user: Any) -> Any:
+    def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any,
+                path: SitePath | None) -> Any:
         """A call that is timed or profiled, or may open or close the window. Between the start of its timing and
         the call nothing else runs, nor between the call and the end: the end event (or clock) comes first."""
         tls = self._tls
         try:
+            if path is None:
+                site, function, user = UNKNOWN_SITE, "?", None
+            else:
+                site, function, user = path.site, path.function, self.resolver.user_of(path, frame)
             call = self._enter(entry, args, kwargs, frame, site, function, user)
         except Exception as e:
             self._note_error("could not follow an attention call", e)
@@ -629,7 +630,11 @@ class Session:
         """The profiled window is over: from now on calls get what `--after` asks for (see AFTER_MODES). Calls
         already inside `dispatch` finish there."""
         after = self.options.after
-        if after != "none" or not self._enabled:
+        if not self._enabled or not self.window.profiled:
+            return  # no trace (the script ran its own profiler): the calls' timings are the run's only numbers
+        if after == "nvtx":
+            self._quiet_after = not ncu_select.selecting()  # under `attnprof ncu` calls may be selected: followed
+        if after != "none":
             return  # time: timed in `_follow`; nvtx: the quiet path (`dispatch`)
         patching.set_dispatch(None)  # wrappers the script still holds (an attribute set before) call straight through
         try:

@@ -2,7 +2,8 @@
 
 The call site of an attention call is the first frame outside attnprof, torch, the attention libraries, einops
 and the import machinery. Frames are classified once per code object and a call's site is found once per path of
-frames to it: a later call on the same path compares code objects by identity, one dictionary lookup in all.
+frames to it (`SitePath`): a later call on the same path compares code objects by identity, one dictionary lookup in
+all.
 """
 from __future__ import annotations
 
@@ -97,15 +98,16 @@ class Place(NamedTuple):
     module_class: str | None  # that module's class
 
 
-class _SitePath:
-    """One way out from a call's first frame (`code`, at the offset in its key) to its site: whether that frame is
-    the user frame, then (code, instruction offset or -1, is the user frame) per frame further out, and the site it
-    names."""
+class SitePath:
+    """One way out from a call's first frame (`code`) to its site: the frames further out, each as (code, instruction
+    offset or -1 where any will do), up to the user frame's caller or to where the search for it stops (code None:
+    the end of the stack), and the site it names."""
 
-    __slots__ = ("code", "user_first", "steps", "site", "function")
+    __slots__ = ("code", "user_at", "steps", "site", "function", "memo")
 
-    def __init__(self, code: CodeType, user_first: bool, steps: tuple, site: str, function: str):
-        self.code, self.user_first, self.steps, self.site, self.function = code, user_first, steps, site, function
+    def __init__(self, code: CodeType, user_at: int, steps: tuple, site: str, function: str):
+        self.code, self.user_at, self.steps, self.site, self.function = code, user_at, steps, site, function
+        self.memo: Any = None  # what the session keeps per path (its quiet path's counters), None until it does
 
 
 class SiteResolver:
@@ -117,8 +119,8 @@ class SiteResolver:
         # hashing a code object hashes its bytecode and constants on every lookup (several us per frame).
         self._kinds: dict[int, tuple[CodeType, int]] = {}
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
-        #: id(code of a call's first frame) -> the paths seen from there (see call_site)
-        self._site_paths: dict[int, tuple[_SitePath, ...]] = {}
+        #: instruction offset of a call's first frame -> the paths seen from there (see site_path)
+        self._site_paths: dict[int, tuple[SitePath, ...]] = {}
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -162,41 +164,45 @@ class SiteResolver:
     def call_site(self, frame: FrameType | None) -> tuple[str, str, FrameType | None]:
         """(site, function, frame) of an attention call: its line and the user line that called that function
         (`model.py:40 via :55`), so one helper used for two variants gives two sites, while the layers of a model,
-        which all come through the same two lines, share one.
-
-        Resolved once per path: the frames from `frame` out to the site's caller are compared with a path seen
-        before (code objects by identity, instruction offsets of the two frames the site is named after), without
-        a dictionary lookup per frame; only a new path is classified and named."""
-        if frame is None:
+        which all come through the same two lines, share one."""
+        path = self.site_path(frame) if frame is not None else None
+        if path is None:
             return UNKNOWN_SITE, "?", None
+        return path.site, path.function, self.user_of(path, frame)
+
+    def site_path(self, frame: FrameType) -> SitePath | None:
+        """The path from `frame` to its call site (None: no user frame). Found once per path: a later call on the
+        same path compares code objects by identity and two instruction offsets, one dictionary lookup in all."""
         code = frame.f_code
-        key = id(code) ^ (frame.f_lasti << 48)  # (code, offset) as one int: hashing a code object costs microseconds
-        for path in self._site_paths.get(key, ()):
+        lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
+        for path in self._site_paths.get(lasti, ()):
             if path.code is not code:
                 continue
-            if not path.steps:  # the first frame is the user frame, at module level
-                return path.site, path.function, frame
-            f, user = frame.f_back, (frame if path.user_first else None)
-            for step_code, lasti, is_user in path.steps:
-                if f is None:  # matches only the last step of a path that ran off the stack (code None)
-                    if step_code is not None:
-                        user = None
+            f = frame.f_back
+            for step_code, step_lasti in path.steps:
+                if f is None:
+                    if step_code is None:  # the path ran off the stack there too
+                        return path
                     break
-                if f.f_code is not step_code or (lasti >= 0 and f.f_lasti != lasti):
-                    user = None
+                if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
                     break
-                if is_user:
-                    user = f
                 f = f.f_back
-            if user is not None:
-                return path.site, path.function, user
+            else:
+                return path
         user = self.user_frame(frame)
         if user is None:
-            return UNKNOWN_SITE, "?", None
+            return None
         path = self._new_path(frame, user)
         # replaced, never mutated: other threads may be iterating it
-        self._site_paths[key] = (*self._site_paths.get(key, ()), path)
-        return path.site, path.function, user
+        self._site_paths[lasti] = (*self._site_paths.get(lasti, ()), path)
+        return path
+
+    @staticmethod
+    def user_of(path: SitePath, frame: FrameType) -> FrameType:
+        """The user frame of `path`, from the frame it was found from."""
+        for _ in range(path.user_at):
+            frame = frame.f_back
+        return frame
 
     def _kind(self, frame: FrameType) -> int:
         code = frame.f_code
@@ -205,31 +211,33 @@ class SiteResolver:
             found = self._kinds[id(code)] = (code, _classify(frame))
         return found[1]
 
-    def _new_path(self, frame: FrameType, user: FrameType) -> _SitePath:
-        """The path from `frame` to its site, as `call_site` compares it: every frame up to the user frame `user`,
+    def _new_path(self, frame: FrameType, user: FrameType) -> SitePath:
+        """The path from `frame` to its site, as `site_path` compares it: every frame up to the user frame `user`,
         then up to the user frame's caller (or to where `_caller` stops: attnprof's runner, the end of the stack)."""
-        steps: list[tuple[CodeType | None, int, bool]] = []
-        f: FrameType | None = frame
+        steps: list[tuple[CodeType | None, int]] = []
+        f = frame
         while f is not user:
-            steps.append((f.f_code, -1, False))
             f = f.f_back
-        steps.append((user.f_code, user.f_lasti, True))
+            steps.append((f.f_code, -1))
+        if steps:
+            steps[-1] = (user.f_code, user.f_lasti)
+        user_at = len(steps)
         caller = None
         if user.f_code.co_name != "<module>":
             f = user.f_back
             while True:
                 if f is None:
-                    steps.append((None, -1, False))
+                    steps.append((None, -1))
                     break
                 code = f.f_code
                 if code.co_filename.startswith(_ATTNPROF_DIR):
-                    steps.append((code, -1, False))
+                    steps.append((code, -1))
                     break
                 if self._kind(f) == USER:
                     caller = f
-                    steps.append((code, f.f_lasti, False))
+                    steps.append((code, f.f_lasti))
                     break
-                steps.append((code, -1, False))
+                steps.append((code, -1))
                 f = f.f_back
         site, function = self.site(user)
         if caller is not None:
@@ -237,7 +245,7 @@ class SiteResolver:
             path = site.rpartition(":")[0]
             caller_path, _, caller_line = caller_site.rpartition(":")
             site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
-        return _SitePath(frame.f_code, steps[0][2], tuple(steps[1:]), site, function)
+        return SitePath(frame.f_code, user_at, tuple(steps), site, function)
 
     def place(self, frame: FrameType | None, user: FrameType | None) -> Place:
         """The caller of the site's function (`user`, call_site's frame) and the innermost nn.Module running the call
