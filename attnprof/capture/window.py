@@ -145,33 +145,32 @@ class StepWindow:
         caller then takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the
         same instant can lose a count (a call id or step number, never a timing)."""
         state = self.state
-        if state == OPEN or not (self.calls or self.unwrapped_calls):
+        if state == OPEN or not self.calls:  # the first call (or one after unwrapped calls only): `enter_call`
             return 0, False
-        step = self.step
         unit = self.unit
-        new_step = ((unit == "call" and self.calls > 0)
-                    or (self.root is None and unit in (None, "iteration") and site == self.first_site))
-        if new_step:
-            if unit != "call" and self.period is None:  # the first recurrence sets the unit and the period
+        step = self.step
+        if unit == "call":
+            step += 1
+        elif unit != "optimizer" and self.root is None and site == self.first_site:
+            if self.period is None:  # the first recurrence sets the unit and the period
                 return 0, False
             step += 1
-        warm = step < self.warmup
-        if self.first_timed_call is None and not warm:
-            return 0, False
-        if state == WAITING:
-            if not warm or step >= self.first - 1:  # timed, or its exit may open the window
+        if step < self.warmup:
+            if state == WAITING and step >= self.first - 1:  # its exit may open the window
                 return 0, False
-        elif self.tried and not warm:  # after the window
+            warm = True
+        elif state == WAITING or not self.tried or self.first_timed_call is None:  # timed (or --active 0)
+            return 0, False
+        else:  # after the window
             warm = self.settling(step)
             if not (warm or after_too):
                 return 0, False
-        elif not warm:  # --active 0: timed
-            return 0, False
         self.calls += 1
-        if new_step:
+        if step != self.step:
             self.step = step
-            self.calls_in_step = 0
-        self.calls_in_step += 1
+            self.calls_in_step = 1
+        else:
+            self.calls_in_step += 1
         self.step_ran = True
         return self.calls, warm
 
