@@ -256,8 +256,8 @@ def test_the_default_after_is_the_one_readme_gives(trace):
     import re
     from pathlib import Path
 
-    from attnprof.cli import trace_cmd
     from attnprof.capture.session import TraceOptions
+    from attnprof.cli import trace_cmd
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| `--after none")]

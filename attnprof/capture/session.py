@@ -578,8 +578,8 @@ class Session:
 
     def _quiet_memo(self, entry: EntryPoint, site: str) -> tuple:
         """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points): what the quiet
-        path keeps on a path to `site` (`SitePath.memo`). Only calls that can reach another wrapped function mark their thread busy (transformers' functions
-        call SDPA or flash-attn; torch's own ops call none)."""
+        path keeps on a path to `site` (`SitePath.memo`). Only calls that can reach another wrapped function mark
+        their thread busy (transformers' functions call SDPA or flash-attn; torch's own ops call none)."""
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
         return (entry, self.timer.clock(site, entry.op, "fwd").timing, self.timer.clock(site, entry.op, "bwd"),
                 self._range_prefix(entry.op, site), nests)

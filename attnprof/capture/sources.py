@@ -103,7 +103,7 @@ class SitePath:
     offset or -1 where any will do), up to the user frame's caller or to where the search for it stops (code None:
     the end of the stack), and the site it names."""
 
-    __slots__ = ("code", "user_at", "steps", "site", "function", "memo")
+    __slots__ = ("code", "function", "memo", "site", "steps", "user_at")
 
     def __init__(self, code: CodeType, user_at: int, steps: tuple, site: str, function: str):
         self.code, self.user_at, self.steps, self.site, self.function = code, user_at, steps, site, function
@@ -165,7 +165,9 @@ class SiteResolver:
         """(site, function, frame) of an attention call: its line and the user line that called that function
         (`model.py:40 via :55`), so one helper used for two variants gives two sites, while the layers of a model,
         which all come through the same two lines, share one."""
-        path = self.site_path(frame) if frame is not None else None
+        if frame is None:
+            return UNKNOWN_SITE, "?", None
+        path = self.site_path(frame)
         if path is None:
             return UNKNOWN_SITE, "?", None
         return path.site, path.function, self.user_of(path, frame)
@@ -198,11 +200,12 @@ class SiteResolver:
         return path
 
     @staticmethod
-    def user_of(path: SitePath, frame: FrameType) -> FrameType:
+    def user_of(path: SitePath, frame: FrameType) -> FrameType | None:
         """The user frame of `path`, from the frame it was found from."""
+        f: FrameType | None = frame
         for _ in range(path.user_at):
-            frame = frame.f_back
-        return frame
+            f = f.f_back if f is not None else None
+        return f
 
     def _kind(self, frame: FrameType) -> int:
         code = frame.f_code
@@ -215,10 +218,10 @@ class SiteResolver:
         """The path from `frame` to its site, as `site_path` compares it: every frame up to the user frame `user`,
         then up to the user frame's caller (or to where `_caller` stops: attnprof's runner, the end of the stack)."""
         steps: list[tuple[CodeType | None, int]] = []
-        f = frame
-        while f is not user:
+        f: FrameType | None = frame
+        while f is not user and f is not None:
             f = f.f_back
-            steps.append((f.f_code, -1))
+            steps.append((f.f_code if f is not None else None, -1))
         if steps:
             steps[-1] = (user.f_code, user.f_lasti)
         user_at = len(steps)
