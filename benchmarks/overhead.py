@@ -4,12 +4,12 @@ Each mode is one traced run (in this process, `trace_script`) whose measured cal
 
     bare          the script under plain python (no attnprof)
     inert         attnprof's wrappers installed, no session dispatching (what a wrapper costs by itself)
-    warmup        --warmup covering every call: counted, not timed
+    warmup        --warmup covering every call: the quiet path (site, step counter, warm-up count), not timed
     timed         --warmup 0 --timed covering every call: host clock (CPU) or a CUDA-event pair (GPU) per call
     profiled      --active covering every call (--max-calls raised): torch.profiler records everything
-    after=none    --active 1, then the rest of the run with --after none (the wrappers are gone)
-    after=nvtx    ... --after nvtx (an NVTX range per call)
-    after=time    ... --after time (NVTX range and a timing per call, as in the timed steps)
+    after=none    --active 1, then the rest of the run with --after none (the default: the wrappers are gone)
+    after=nvtx    ... --after nvtx (the quiet path: step counter, an NVTX range when a tool listens)
+    after=time    ... --after time (a timing per call, as in the timed steps)
 
 CPU: every iteration of the script times a bare call (torch._C._nn.scaled_dot_product_attention, the function
 itself) and then F.scaled_dot_product_attention (attnprof's wrapper, or the original again with --after none); a
@@ -19,8 +19,9 @@ table gives the median over rounds with the lowest and highest round.
 GPU: the script times whole `generate()` calls (synchronised); added per call = (median generate time - bare's) /
 attention calls per generate.
 
-    python benchmarks/overhead.py --cpu                 # this machine (a few minutes on 2 loaded cores)
-    python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, < 90 s
+    python benchmarks/overhead.py                       # this machine (a few minutes on 2 loaded cores)
+    python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, ~2-3 min
+    python benchmarks/overhead.py --gpu --dry           # the GPU run's code path on the CPU, tiny (a check, no figures)
 """
 from __future__ import annotations
 
@@ -66,23 +67,24 @@ import json, sys, time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, device, layers, width, new_tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:7])
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 torch.manual_seed(0)
-config = GPT2Config(n_layer=8, n_embd=512, n_head=8, vocab_size=32000, n_positions=1024, bos_token_id=0,
+config = GPT2Config(n_layer=layers, n_embd=width, n_head=8, vocab_size=32000, n_positions=1024, bos_token_id=0,
                     eos_token_id=0)
 config._attn_implementation = "sdpa"
-with torch.device("cuda"):  # initialised on the GPU: seconds less per run than on the CPU
-    model = GPT2LMHeadModel(config).to(torch.bfloat16).eval()
-prompt = torch.randint(0, 32000, (4, 32), device="cuda")
+with torch.device(device):  # initialised on the GPU: seconds less per run than on the CPU
+    model = GPT2LMHeadModel(config).to(torch.bfloat16 if device == "cuda" else torch.float32).eval()
+prompt = torch.randint(0, 32000, (4, 32), device=device)
 mask = torch.ones_like(prompt)
 times = []
 with torch.no_grad():
     for _ in range(n):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        model.generate(prompt, attention_mask=mask, max_new_tokens=64, min_new_tokens=64, do_sample=False,
-                       pad_token_id=0)
-        torch.cuda.synchronize()
+        model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=0)
+        sync()
         times.append(time.perf_counter() - t0)
 with open(out, "w") as f:
     json.dump(times, f)
@@ -106,7 +108,7 @@ def _options(mode: str, script: Path, args: list[str], root: Path):
     return o
 
 
-def run_mode(mode: str, script: Path, n: int, root: Path) -> list[float]:
+def run_mode(mode: str, script: Path, n: int, root: Path, extra: tuple[str, ...] = ()) -> list[float]:
     """The script's own measurements (per call, or per generate) for one run in `mode`."""
     import runpy
 
@@ -114,7 +116,7 @@ def run_mode(mode: str, script: Path, n: int, root: Path) -> list[float]:
     from attnprof.capture.session import trace_script
 
     out = root / f"{mode}.json"
-    args = [str(out), str(n)]
+    args = [str(out), str(n), *extra]
     if mode in ("bare", "inert"):
         patcher = patching.Patcher() if mode == "inert" else None
         saved = sys.argv
@@ -170,12 +172,16 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
     return head + "\n\n" + table(added, "µs")
 
 
-def gpu(rounds: int, generates: int, modes: tuple[str, ...]) -> str:
+def gpu(rounds: int, generates: int, modes: tuple[str, ...], dry: bool = False) -> str:
+    """`dry`: the same runs on the CPU with a 2-layer model and 4 new tokens, to check the code path without a GPU
+    (its figures mean nothing)."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs CUDA")
-    calls_per_generate = 8 * 64  # layers x new tokens (the prompt's forward is the first token's)
+    if not dry and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs CUDA (--gpu --dry runs its code path on the CPU)")
+    layers, width, new_tokens = (2, 64, 4) if dry else (8, 512, 64)
+    extra = ("cpu" if dry else "cuda", str(layers), str(width), str(new_tokens))
+    calls_per_generate = layers * new_tokens  # the prompt's forward is the first token's
     added: dict[str, list[float]] = {m: [] for m in modes if m != "bare"}
     bare_s: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,15 +193,17 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...]) -> str:
             for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
                 # the first generate: the window, warm-up; profiling every call of more than one takes long to save
                 n = 2 if mode == "profiled" else generates
-                times = run_mode(mode, script, n, root)[1:]
+                times = run_mode(mode, script, n, root, extra)[1:]
                 medians[mode] = statistics.median(times)
             bare_s.append(medians["bare"])
             for mode in added:
                 added[mode].append((medians[mode] - medians["bare"]) * 1e6 / calls_per_generate)
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {medians[m] * 1e3:.1f}" for m in modes)
                   + " ms/generate", file=sys.stderr)
-    head = (f"GPU ({torch.cuda.get_device_name()}, torch {torch.__version__}): GPT-2 from a config (8 layers, "
-            f"d=512, bf16, sdpa), generate() of 64 new tokens at batch 4 = {calls_per_generate} attention calls; "
+    where = "CPU, --dry: not a measurement" if dry else torch.cuda.get_device_name()
+    head = (f"GPU ({where}, torch {torch.__version__}): GPT-2 from a config ({layers} layers, d={width}, "
+            f"{'fp32' if dry else 'bf16'}, sdpa), generate() of {new_tokens} new tokens at batch 4 = "
+            f"{calls_per_generate} attention calls; "
             f"bare generate {statistics.median(bare_s) * 1e3:.1f} ms (median of rounds)")
     return head + "\n\n" + table(added, "µs")
 
@@ -203,6 +211,7 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="the GPU decode loop (default: the CPU loop)")
+    p.add_argument("--dry", action="store_true", help="with --gpu: its code path on the CPU, tiny (no figures)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
     p.add_argument("--generates", type=int, default=3, help="GPU: generate() calls per run (the first not counted)")
@@ -213,7 +222,7 @@ def main(argv=None) -> None:
         modes = ("bare", *modes)
     started = time.perf_counter()
     if a.gpu:
-        text = gpu(a.rounds or 2, a.generates, modes)
+        text = gpu(a.rounds or 2, a.generates, modes, dry=a.dry)
     else:
         text = cpu(a.rounds or 5, a.calls, modes)
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)

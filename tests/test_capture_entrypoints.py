@@ -332,13 +332,16 @@ def test_nvtx_range_around_every_call(trace, monkeypatch):
     monkeypatch.setattr(nvtx, "push_range", lambda message=None, color=None, domain=None, **kw:
                         log.append(("push", message, domain)))
     monkeypatch.setattr(nvtx, "pop_range", lambda domain=None: log.append(("pop", None, domain)))
+    from attnprof.capture import session
+
+    monkeypatch.setattr(session, "_nvtx_listening", lambda: True)  # as under nsys: ranges pushed only then
     r = trace("""\
         import torch
         import torch.nn.functional as F
         q = torch.randn(1, 2, 4, 8)
         for i in range(4):
             F.scaled_dot_product_attention(q, q, q)
-        """, warmup=1, timed=1, active=1)
+        """, warmup=1, timed=1, active=1, after="nvtx")
     assert log == [entry for i in range(1, 5)
                    for entry in (("push", f"sdpa script.py:5 #{i}", "attnprof"), ("pop", None, "attnprof"))]
     (profiled,) = r.runinfo.calls  # NVTX for all calls, the profiler range for the window's only

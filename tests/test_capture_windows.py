@@ -95,7 +95,7 @@ for i in range(6):
 
 
 def test_iteration_without_a_module_is_the_recurrence_of_the_first_site(trace):
-    r = trace(SITES, warmup=1, timed=1, active=2, step_on="auto")
+    r = trace(SITES, warmup=1, timed=1, active=2, step_on="auto", after="nvtx")  # steps counted to the end
     s = r.runinfo.steps
     assert (s.unit, s.boundary, s.seen, s.profiled) == ("iteration", "one pass through script.py:6", 6, [2, 3])
     assert [(c.id, c.step, c.site) for c in r.runinfo.calls] == [
@@ -117,7 +117,7 @@ for i in range(N):
 
 
 def test_call_steps(trace):
-    r = trace(CALLS.replace("N", "8"), warmup=2, timed=1, active=2, step_on="call")
+    r = trace(CALLS.replace("N", "8"), warmup=2, timed=1, active=2, step_on="call", after="nvtx")
     s = r.runinfo.steps
     assert (s.unit, s.seen, s.profiled, s.profiled_calls) == ("call", 8, [3, 4], 2)
     assert [(c.id, c.step) for c in r.runinfo.calls] == [(4, 3), (5, 4)]

@@ -469,7 +469,7 @@ sys.exit(3)
 def runs(tmp_path_factory) -> dict[str, Run]:
     """Every case of this file that needs a process of its own (a crash, a signal), run side by side."""
     trace_threads = ["-m", "attnprof", "trace", "--out", "run", "--warmup", "0", "--timed", "2", "--active", "12",
-                     "--step-on", "call", "threads.py"]
+                     "--step-on", "call", "--after", "time", "threads.py"]
     cases = {
         "four-threads": (trace_threads, {"threads.py": FOUR_THREADS}, None),
         "handover": (["-c", HANDOVER_DRIVER], {"handover.py": HANDOVER}, None),

@@ -71,6 +71,11 @@ def _from_env() -> _Selection | None:
 _selection = _from_env()
 
 
+def selecting() -> bool:
+    """Whether this process runs under `attnprof ncu` (calls after the warm-up steps may be selected)."""
+    return _selection is not None
+
+
 def enter(after_warmup: bool, resolver: SiteResolver | None = None) -> bool:
     """At an attention call's entry: open the `call` range if this is one of the calls to profile; start marking
     copies at the first of them, stop at the first call after the last."""

@@ -1,8 +1,9 @@
 """Where a call comes from in the user's code, and the source-line ranges put around layout copies.
 
 The call site of an attention call is the first frame outside attnprof, torch, the attention libraries, einops
-and the import machinery. Frames are classified once per code object and sites are cached per (code, line), so
-the unprofiled path pays a few dictionary lookups per call.
+and the import machinery. Frames are classified once per code object and a call's site is found once per path of
+frames to it (`SitePath`): a later call on the same path compares code objects by identity, one dictionary lookup in
+all.
 """
 from __future__ import annotations
 
@@ -97,6 +98,18 @@ class Place(NamedTuple):
     module_class: str | None  # that module's class
 
 
+class SitePath:
+    """One way out from a call's first frame (`code`) to its site: the frames further out, each as (code, instruction
+    offset or -1 where any will do), up to the user frame's caller or to where the search for it stops (code None:
+    the end of the stack), and the site it names."""
+
+    __slots__ = ("code", "function", "memo", "site", "steps", "user_at")
+
+    def __init__(self, code: CodeType, user_at: int, steps: tuple, site: str, function: str):
+        self.code, self.user_at, self.steps, self.site, self.function = code, user_at, steps, site, function
+        self.memo: Any = None  # what the session keeps per path (its quiet path's counters), None until it does
+
+
 class SiteResolver:
     """Finds the user frame behind a call and names it `path:line` (cached)."""
 
@@ -106,7 +119,8 @@ class SiteResolver:
         # hashing a code object hashes its bytecode and constants on every lookup (several us per frame).
         self._kinds: dict[int, tuple[CodeType, int]] = {}
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
-        self._call_sites: dict[tuple, tuple[CodeType, CodeType | None, str, str]] = {}
+        #: instruction offset of a call's first frame -> the paths seen from there (see site_path)
+        self._site_paths: dict[int, tuple[SitePath, ...]] = {}
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -114,13 +128,8 @@ class SiteResolver:
     def user_frame(self, frame: FrameType | None, through_attention: bool = True) -> FrameType | None:
         """The first user frame from `frame` outwards; None if there is none (or, unless `through_attention`,
         if an attention library's frame comes first)."""
-        kinds = self._kinds
         while frame is not None:
-            code = frame.f_code
-            found = kinds.get(id(code))
-            if found is None or found[0] is not code:
-                found = kinds[id(code)] = (code, _classify(frame))
-            kind = found[1]
+            kind = self._kind(frame)
             if kind == USER:
                 return frame
             if kind == ATTENTION and not through_attention:
@@ -131,15 +140,10 @@ class SiteResolver:
     def _caller(self, frame: FrameType | None) -> FrameType | None:
         """The user frame that called the call site's function, stopping at attnprof's runner: frames below the
         script are not the user's (whoever ran `attnprof trace`)."""
-        kinds = self._kinds
         while frame is not None:
-            code = frame.f_code
-            if code.co_filename.startswith(_ATTNPROF_DIR):
+            if frame.f_code.co_filename.startswith(_ATTNPROF_DIR):
                 return None
-            found = kinds.get(id(code))
-            if found is None or found[0] is not code:
-                found = kinds[id(code)] = (code, _classify(frame))
-            if found[1] == USER:
+            if self._kind(frame) == USER:
                 return frame
             frame = frame.f_back
         return None
@@ -161,25 +165,90 @@ class SiteResolver:
         """(site, function, frame) of an attention call: its line and the user line that called that function
         (`model.py:40 via :55`), so one helper used for two variants gives two sites, while the layers of a model,
         which all come through the same two lines, share one."""
+        if frame is None:
+            return UNKNOWN_SITE, "?", None
+        path = self.site_path(frame)
+        if path is None:
+            return UNKNOWN_SITE, "?", None
+        return path.site, path.function, self.user_of(path, frame)
+
+    def site_path(self, frame: FrameType) -> SitePath | None:
+        """The path from `frame` to its call site (None: no user frame). Found once per path: a later call on the
+        same path compares code objects by identity and two instruction offsets, one dictionary lookup in all."""
+        code = frame.f_code
+        lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
+        for path in self._site_paths.get(lasti, ()):
+            if path.code is not code:
+                continue
+            f = frame.f_back
+            for step_code, step_lasti in path.steps:
+                if f is None:
+                    if step_code is None:  # the path ran off the stack there too
+                        return path
+                    break
+                if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
+                    break
+                f = f.f_back
+            else:
+                return path
         user = self.user_frame(frame)
         if user is None:
-            return UNKNOWN_SITE, "?", None
-        caller = None if user.f_code.co_name == "<module>" else self._caller(user.f_back)
-        # keyed by instruction offsets, not lines: f_lineno scans the code's line table on every read (~5 us in a
-        # large forward); an offset maps to one line, read only on a miss
-        caller_code = caller.f_code if caller is not None else None
-        key = (id(user.f_code), user.f_lasti, id(caller_code), caller.f_lasti if caller is not None else -1)
-        found = self._call_sites.get(key)
-        if found is None or found[0] is not user.f_code or found[1] is not caller_code:
-            site, function = self.site(user)
-            if caller is not None:
-                caller_site = self.site(caller)[0]
-                path = site.rpartition(":")[0]
-                caller_path, _, caller_line = caller_site.rpartition(":")
-                site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
-            found = self._call_sites[key] = (user.f_code, caller_code, site, function)
-        return found[2], found[3], user
+            return None
+        path = self._new_path(frame, user)
+        # replaced, never mutated: other threads may be iterating it
+        self._site_paths[lasti] = (*self._site_paths.get(lasti, ()), path)
+        return path
 
+    @staticmethod
+    def user_of(path: SitePath, frame: FrameType) -> FrameType | None:
+        """The user frame of `path`, from the frame it was found from."""
+        f: FrameType | None = frame
+        for _ in range(path.user_at):
+            f = f.f_back if f is not None else None
+        return f
+
+    def _kind(self, frame: FrameType) -> int:
+        code = frame.f_code
+        found = self._kinds.get(id(code))
+        if found is None or found[0] is not code:
+            found = self._kinds[id(code)] = (code, _classify(frame))
+        return found[1]
+
+    def _new_path(self, frame: FrameType, user: FrameType) -> SitePath:
+        """The path from `frame` to its site, as `site_path` compares it: every frame up to the user frame `user`,
+        then up to the user frame's caller (or to where `_caller` stops: attnprof's runner, the end of the stack)."""
+        steps: list[tuple[CodeType | None, int]] = []
+        f: FrameType | None = frame
+        while f is not user and f is not None:
+            f = f.f_back
+            steps.append((f.f_code if f is not None else None, -1))
+        if steps:
+            steps[-1] = (user.f_code, user.f_lasti)
+        user_at = len(steps)
+        caller = None
+        if user.f_code.co_name != "<module>":
+            f = user.f_back
+            while True:
+                if f is None:
+                    steps.append((None, -1))
+                    break
+                code = f.f_code
+                if code.co_filename.startswith(_ATTNPROF_DIR):
+                    steps.append((code, -1))
+                    break
+                if self._kind(f) == USER:
+                    caller = f
+                    steps.append((code, f.f_lasti))
+                    break
+                steps.append((code, -1))
+                f = f.f_back
+        site, function = self.site(user)
+        if caller is not None:
+            caller_site = self.site(caller)[0]
+            path = site.rpartition(":")[0]
+            caller_path, _, caller_line = caller_site.rpartition(":")
+            site += f" via :{caller_line}" if caller_path == path else f" via {caller_site}"
+        return SitePath(frame.f_code, user_at, tuple(steps), site, function)
 
     def place(self, frame: FrameType | None, user: FrameType | None) -> Place:
         """The caller of the site's function (`user`, call_site's frame) and the innermost nn.Module running the call

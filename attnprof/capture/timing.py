@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,6 +68,8 @@ class Timer:
         self._lock = threading.RLock()
         self._calls = 0
         self.devices: set[int] = set()
+        #: (what, error) of a measurement lost to an error; the session notes it in runinfo
+        self.on_error: Callable[[str, BaseException], None] | None = None
 
     # --- sites ----------------------------------------------------------------------------------------------------
 
@@ -89,46 +92,59 @@ class Timer:
 
     # --- one measurement --------------------------------------------------------------------------------------------
 
-    def _events(self, device: int) -> tuple[Any, Any]:
-        """A start and an end event from `device`'s pool (new ones when it is empty)."""
+    def pair(self, device: int) -> tuple[Any, Any, Any]:
+        """(start, end, stream) for one call on `device`: two events from its pool (new ones when it is empty) and
+        the current stream, taken before the call so that nothing but the call runs between the two records."""
         with self._lock:
             pool = self._pools.get(device)
             if pool and len(pool) >= 2:
-                return pool.pop(), pool.pop()
-        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                return pool.pop(), pool.pop(), torch.cuda.current_stream(device)
+        return (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                torch.cuda.current_stream(device))
 
-    def start(self, device: int | None) -> tuple:
-        """A token for `stop`: the start event recorded now on `device`'s current stream (the end goes on the same
-        stream, taken from the pool here too, so that `stop` records it first thing), or the host clock."""
-        if device is None:
-            return (None, time.perf_counter_ns(), None, None)
-        stream = torch.cuda.current_stream(device)
-        start, end = self._events(device)
-        start.record(stream)
-        return (device, start, stream, end)
+    def host_done(self, clock: SiteClock, phase: str, us: float) -> None:
+        with self._lock:
+            clock.store(phase, us)
 
-    def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
-        device, start, stream, end = token
-        if device is None:
-            us = (time.perf_counter_ns() - start) / 1000.0
-            with self._lock:
-                clock.store(phase, us)
-            return
-        end.record(stream)
+    def events_done(self, device: int, start: Any, end: Any, clock: SiteClock, phase: str) -> None:
+        """Both events recorded around a call: resolved later (`poll`), never waited for here."""
         with self._lock:
             clock.timing.clock = "cuda_event"
             clock.pending[phase] += 1
             self._pending.append((device, start, end, clock, phase))
             self.devices.add(device)
 
+    def start(self, device: int | None) -> tuple:
+        """A token for `stop` (a backward, whose two ends are hooks): the start event recorded now on `device`'s
+        current stream (the end comes from the pool here too, so that `stop` records it first thing), or the host
+        clock."""
+        if device is None:
+            return (None, time.perf_counter_ns(), None, None)
+        start, end, stream = self.pair(device)
+        start.record(stream)
+        return (device, start, stream, end)
+
+    def stop(self, token: tuple, clock: SiteClock, phase: str) -> None:
+        device, start, stream, end = token
+        if device is None:
+            self.host_done(clock, phase, (time.perf_counter_ns() - start) / 1000.0)
+            return
+        end.record(stream)
+        self.events_done(device, start, end, clock, phase)
+
     def cancel(self, token: tuple) -> None:
         device, start, _, end = token
         if device is not None:
-            self._release(device, start, end)
+            self.release(device, start, end)
 
-    def _release(self, device: int, *events: Any) -> None:
+    def release(self, device: int, *events: Any) -> None:
         with self._lock:
             self._pools.setdefault(device, []).extend(events)
+
+    def failed(self, what: str, e: BaseException) -> None:
+        """A measurement lost to an error: told to the session (runinfo's note), never raised into the script."""
+        if self.on_error is not None:
+            self.on_error(what, e)
 
     def tick(self) -> None:
         # no lock: a count lost to a race only moves the next poll (the pending queue itself is locked)
@@ -149,7 +165,7 @@ class Timer:
                     end.synchronize()
                 clock.pending[phase] -= 1
                 clock.store(phase, start.elapsed_time(end) * 1000.0)
-                self._release(device, start, end)
+                self.release(device, start, end)
 
     def finish(self) -> None:
         """Synchronize once and resolve everything still pending."""
@@ -202,6 +218,22 @@ class Timer:
             node.register_prehook(_Counter(clock).hit)
 
 
+def host_timed(fn: Any, args: tuple, kwargs: dict) -> tuple[Any, float]:
+    """fn(*args, **kwargs) and its µs on the host clock, read right before and right after it."""
+    t0 = time.perf_counter_ns()
+    result = fn(*args, **kwargs)
+    t1 = time.perf_counter_ns()
+    return result, (t1 - t0) / 1000.0
+
+
+def event_timed(fn: Any, args: tuple, kwargs: dict, start: Any, end: Any, stream: Any) -> Any:
+    """fn(*args, **kwargs) between two CUDA events recorded on `stream`: nothing else runs between them."""
+    start.record(stream)
+    result = fn(*args, **kwargs)
+    end.record(stream)
+    return result
+
+
 class _Counter:
     __slots__ = ("clock",)
 
@@ -228,8 +260,9 @@ class _Backward:
                 self.timer.cancel(self.token)
             self.left = self.parts
             self.token = self.timer.start(self.device)
-        except Exception:
+        except Exception as e:
             self.token = None
+            self.timer.failed("could not time a backward call", e)
         return None
 
     def _part_done(self) -> None:
@@ -240,8 +273,8 @@ class _Backward:
             token, self.token = self.token, None
             try:
                 self.timer.stop(token, self.clock, self.phase)
-            except Exception:
-                pass
+            except Exception as e:
+                self.timer.failed("could not time a backward call", e)
 
     def node_done(self, grad_inputs, grad_outputs):
         self._part_done()

@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(one forward), or every attention call; auto picks optimizer if the script steps one")
     p.add_argument("--max-calls", type=int, default=512, metavar="N",
                    help="stop profiling after this many attention calls, to bound the trace (default: 512)")
-    p.add_argument("--after", choices=["none", "nvtx", "time"], default="time",
-                   help="after the profiled window: time (NVTX and a timing per call, as in the timed steps; "
-                        "default), nvtx (an NVTX range per call and the step count), none (the original functions "
-                        "put back: nothing added)")
+    p.add_argument("--after", choices=["none", "nvtx", "time"], default="none",
+                   help="after the profiled window: none (the original functions put back: nothing added; default), "
+                        "nvtx (an NVTX range per call and the step count), time (NVTX and a timing per call, as in "
+                        "the timed steps: the profiler's aftermath)")
     p.add_argument("--no-source-lines", dest="source_lines", action="store_false",
                    help="do not mark layout-prep torch calls with their source line while profiling")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
