@@ -192,18 +192,21 @@ class TraceIndex:
         return None
 
     @cached_property
-    def _py_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(Python frame ids, sorted; their rows): a lookup without a dict entry per frame (millions of them)."""
+    def _py_parent_row(self) -> np.ndarray:
+        """Per host row: the row of its Python parent frame (the last one if the id repeats), or -1; found for all
+        frames at once, so that walking a chain is indexing, not a search per frame."""
         h = self.trace.host
+        out = np.full(len(h), -1, dtype=np.int64)
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
+        if not len(rows):
+            return out
         order = np.argsort(h.py_id[rows], kind="stable")
-        return h.py_id[rows][order], rows[order]
-
-    def _py_row(self, py_id: int) -> int:
-        """The row of the Python frame with this id (the last one if repeated), or -1."""
-        ids, rows = self._py_ids
-        i = int(np.searchsorted(ids, py_id, side="right")) - 1
-        return int(rows[i]) if i >= 0 and ids[i] == py_id else -1
+        ids, id_rows = h.py_id[rows][order], rows[order]
+        wanted = h.py_parent[rows]
+        at = np.searchsorted(ids, wanted, side="right") - 1
+        found = (at >= 0) & (ids[np.maximum(at, 0)] == wanted)
+        out[rows[found]] = id_rows[at[found]]
+        return out
 
     def python_chain(self, row: int) -> list[int]:
         """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
@@ -215,13 +218,13 @@ class TraceIndex:
         i = int(np.searchsorted(starts, t, side="right")) - 1
         if i < 0:
             return []
-        parent = self.trace.host.py_parent
+        parent = self._py_parent_row
         frame = int(rows[i])
         chain = []
         while frame >= 0:
             if self.end[frame] >= t:
                 chain.append(frame)
-            frame = self._py_row(int(parent[frame]))
+            frame = int(parent[frame])
         return chain
 
     def python_span(self, tid: int) -> tuple[float, float]:
@@ -253,14 +256,14 @@ class TraceIndex:
         i = int(np.searchsorted(starts, t, side="right")) - 1
         if i < 0:
             return None
-        h = self.trace.host
+        parent = self._py_parent_row
         frame = int(rows[i])
         while frame >= 0 and self.end[frame] < t:
-            frame = self._py_row(int(h.py_parent[frame]))
+            frame = int(parent[frame])
         while frame >= 0:
             parsed = parse_python_frame(self.name(frame))
             if parsed and not _LIBRARY_PATH_RE.search(parsed[0]):
                 file, line, func = parsed
                 return f"{short_path(file)}:{line}", func
-            frame = self._py_row(int(h.py_parent[frame]))
+            frame = int(parent[frame])
         return None

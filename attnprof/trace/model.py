@@ -37,24 +37,15 @@ class StringTable:
         self.values: list[str] = []
         self._index: dict[str, int] = {}
 
-    def intern(self, s: str) -> int:
-        i = self._index.get(s)
-        if i is None:
-            i = self._index[s] = len(self.values)
-            self.values.append(s)
-        return i
-
     def intern_many(self, names: list[str]) -> np.ndarray:
-        index = self._index
-        values = self.values
-        out = np.empty(len(names), dtype=np.int32)
-        for j, s in enumerate(names):
-            i = index.get(s)
-            if i is None:
-                i = index[s] = len(values)
+        """Their ids, new names added in order of first appearance. Python runs once per distinct name, the rest is
+        two C-level passes (a loop per name cost more than decoding the trace)."""
+        index, values = self._index, self.values
+        for s in dict.fromkeys(names):
+            if s not in index:
+                index[s] = len(values)
                 values.append(s)
-            out[j] = i
-        return out
+        return np.fromiter(map(index.__getitem__, names), dtype=np.int32, count=len(names))
 
     def ids_where(self, predicate) -> np.ndarray:
         """Ids of all strings for which predicate(str) is true (to select events by name, vectorised)."""
@@ -79,12 +70,18 @@ class RawColumn:
         self.ends = ends
 
     @classmethod
-    def from_rows(cls, values: list) -> "RawColumn":
-        """From bytes-like values (bytes, msgspec.Raw; empty or None for none), one per row."""
-        lengths = np.fromiter(map(len, [v or b"" for v in values]), dtype=np.int64, count=len(values))
-        rows = np.flatnonzero(lengths)
-        ends = np.cumsum(lengths[rows])
-        return cls(len(values), b"".join(v for v in values if v), rows, ends - lengths[rows], ends)
+    def from_rows(cls, values: list, n: int | None = None, at: np.ndarray | None = None) -> "RawColumn":
+        """From bytes-like values (bytes, msgspec.Raw; empty or None for none): one per row, or, given `at`, those
+        of rows `at` (ascending) of `n`, the other rows none."""
+        try:
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        except TypeError:  # a None among them
+            values = [v or b"" for v in values]
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        have = np.flatnonzero(lengths)
+        ends = np.cumsum(lengths[have])
+        rows = have if at is None else np.asarray(at, dtype=np.int64)[have]
+        return cls(len(values) if n is None else n, b"".join(values), rows, ends - lengths[have], ends)
 
     @classmethod
     def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":

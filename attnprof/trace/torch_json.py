@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import re
 from collections import Counter, deque
+from itertools import repeat
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from operator import attrgetter
@@ -29,7 +30,7 @@ from attnprof.trace.model import (NO_ID, DeviceEvents, DeviceKind, HostEvents, H
 _EMPTY = msgspec.Raw(b"")
 
 
-class _Args(msgspec.Struct, gc=False):
+class _Args(msgspec.Struct, gc=False, frozen=True):
     external_id: int = msgspec.field(name="External id", default=NO_ID)
     correlation: int = NO_ID
     seq: int = msgspec.field(name="Sequence number", default=NO_ID)
@@ -45,6 +46,9 @@ class _Args(msgspec.Struct, gc=False):
     concrete_inputs: msgspec.Raw = msgspec.field(name="Concrete Inputs", default=_EMPTY)
 
 
+_NO_ARGS = _Args()
+
+
 class _Event(msgspec.Struct, gc=False):
     ph: str = ""
     cat: str = ""
@@ -53,7 +57,7 @@ class _Event(msgspec.Struct, gc=False):
     dur: float = math.nan
     pid: Union[int, str] = 0
     tid: Union[int, str] = 0
-    args: Optional[_Args] = None
+    args: Optional[_Args] = _NO_ARGS
 
 
 class _TraceFile(msgspec.Struct):
@@ -342,9 +346,13 @@ def _index(value, limit: int) -> int | None:
 
 
 def _ids(values: list, what: str, repaired: Counter) -> np.ndarray:
-    """An int64 id column; ids that do not fit become NO_ID (with a note) instead of an OverflowError."""
+    """An int64 id column (None: NO_ID); ids that do not fit become NO_ID (with a note) instead of an
+    OverflowError."""
     try:
         return np.array(values, dtype=np.int64)
+    except TypeError:  # a null id
+        values = [NO_ID if v is None else v for v in values]
+        return _ids(values, what, repaired)
     except OverflowError:
         bad = sum(1 for v in values if not -_INT64_MAX <= v <= _INT64_MAX)
         repaired[f"{what} outside the 64-bit range (ignored)"] += bad
@@ -395,88 +403,96 @@ class _Columns:
         self.raw: dict[str, list[RawColumn]] = {attr: [] for attr, _ in _ARG_COLUMNS}
 
     def take(self, events: list[_Event]) -> None:
+        """Add these events' columns. Each column is one C-level pass (map + fromiter) over the events of the kinds
+        that carry it (Python frames only their ids, the other host events the rest): a Python loop per event, or a
+        pass per column over every event, cost more than decoding them."""
         self.decoded += len(events)
         skipped, repaired = self.skipped, self.repaired
-        host_ev, host_kind, dev_ev, dev_kind = [], [], [], []
-        untimed = negative = 0
-        code_of, isfinite = _CODE.get, math.isfinite
-        for e in events:  # one pass: this loop runs over every event of the trace
-            if e.ph != "X":
-                continue
-            c = code_of(e.cat, -1)
-            if c < 0:
-                continue
-            # a complete event needs a start and a duration: without them it would count as zero (or NaN) time
-            if not (isfinite(e.ts) and isfinite(e.dur)):
-                untimed += 1
-            elif e.dur < 0:
-                negative += 1
-            elif c < 16:
-                host_ev.append(e)
-                host_kind.append(c)
-            else:
-                dev_ev.append(e)
-                dev_kind.append(c - 16)
-        skipped["no numeric ts or dur"] += untimed
-        skipped["negative duration"] += negative
-        kept_ev, kept_kind, device_column = [], [], []
-        for e, c in zip(dev_ev, dev_kind):
-            args = e.args
+        code = np.fromiter(map(_CODE.get, map(_CAT, events), repeat(-1)), dtype=np.int8, count=len(events))
+        code[np.fromiter(map(_COMPLETE.__ne__, map(_PH, events)), dtype=bool, count=len(events))] = -1
+        picked = np.flatnonzero(code >= 0)
+        events, code = _pick(events, picked), code[picked]
+        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=len(events))
+        dur = np.fromiter(map(_DUR, events), dtype=np.float64, count=len(events))
+        # a complete event needs a start and a duration: without them it would count as zero (or NaN) time
+        timed = np.isfinite(ts) & np.isfinite(dur)
+        negative = timed & (dur < 0)
+        skipped["no numeric ts or dur"] += int(len(events) - timed.sum())
+        skipped["negative duration"] += int(negative.sum())
+        keep = timed & ~negative
+        on_host = np.flatnonzero(keep & (code < 16))
+        on_device = np.flatnonzero(keep & (code >= 16))
+        self._take_host(_pick(events, on_host), code[on_host], ts[on_host], dur[on_host])
+        self._take_device(_pick(events, on_device), code[on_device] - 16, ts[on_device], dur[on_device])
+
+    def _take_host(self, events: list[_Event], kind: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> None:
+        repaired, n = self.repaired, len(events)
+        thread_keys = list(map(_THREAD_KEY, events))
+        thread_index = self.thread_index
+        for k in dict.fromkeys(thread_keys):
+            if k not in thread_index:
+                thread_index[k] = len(thread_index)
+        python = kind == HostKind.PYTHON
+        frames, others = np.flatnonzero(python), np.flatnonzero(~python)
+        frame_args, other_args = _args_of(_pick(events, frames)), _args_of(_pick(events, others))
+
+        def ids(field: str, label: str, rows: np.ndarray, args: list[_Args]) -> np.ndarray:
+            out = np.full(n, NO_ID, dtype=np.int64)
+            out[rows] = _ids(list(map(attrgetter(field), args)), label, repaired)
+            return out
+
+        host = {
+            "ts": ts,
+            "dur": dur,
+            "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
+            "kind": kind,
+            "name": self.strings.intern_many(list(map(_NAME, events))),
+            "ext_id": ids("external_id", "External id", others, other_args),
+            "correlation": ids("correlation", "correlation", others, other_args),
+            "py_id": ids("py_id", "Python id", frames, frame_args),
+            "seq": ids("seq", "Sequence number", others, other_args),
+            "fwd_tid": ids("fwd_tid", "Fwd thread id", others, other_args),
+            "py_parent": ids("py_parent", "Python parent id", frames, frame_args),
+        }
+        for attr, label in _ARG_COLUMNS:
+            column = RawColumn.from_rows(list(map(attrgetter(attr), other_args)), n, others)
+            bad = np.flatnonzero(column.first_bytes() != ord("["))
+            if len(bad):  # analysis reads these as lists, one entry per input
+                repaired[f"{label} not a list (ignored)"] += len(bad)
+                column.drop(bad)
+            self.raw[attr].append(column)
+        for k, v in host.items():
+            self.host[k].append(v)
+
+    def _take_device(self, events: list[_Event], kind: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> None:
+        skipped, repaired = self.skipped, self.repaired
+        args = _args_of(events)
+        kept, device_column = [], []
+        for j, (e, a) in enumerate(zip(events, args)):
             # Kineto puts the device index in pid and the stream in tid as well as in args
-            device = args.device if args is not None and args.device != NO_ID else e.pid
+            device = a.device if a.device != NO_ID else e.pid
             d = _index(device, _INT16_MAX)
             if d is None:
                 skipped[f"device work whose device is not a device index ({device!r})"] += 1
                 continue
             if d != device:
                 repaired[f"device read from {device!r}"] += 1
-            kept_ev.append(e)
-            kept_kind.append(c)
+            kept.append(j)
             device_column.append(d)
-        dev_ev, dev_kind = kept_ev, kept_kind
-        none = _Args()
-        h_args = [e.args or none for e in host_ev]
-        thread_index = self.thread_index
-        thread_keys = list(map(_THREAD_KEY, host_ev))
-        for k in dict.fromkeys(thread_keys):
-            if k not in thread_index:
-                thread_index[k] = len(thread_index)
-        n = len(host_ev)
-        host = {
-            "ts": np.fromiter(map(_TS, host_ev), dtype=np.float64, count=n),
-            "dur": np.fromiter(map(_DUR, host_ev), dtype=np.float64, count=n),
-            "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
-            "kind": np.array(host_kind, dtype=np.int8),
-            "name": self.strings.intern_many(list(map(_NAME, host_ev))),
-            "ext_id": _ids(list(map(attrgetter("external_id"), h_args)), "External id", repaired),
-            "correlation": _ids(list(map(attrgetter("correlation"), h_args)), "correlation", repaired),
-            "py_id": _ids([NO_ID if a.py_id is None else a.py_id for a in h_args], "Python id", repaired),
-            "seq": _ids(list(map(attrgetter("seq"), h_args)), "Sequence number", repaired),
-            "fwd_tid": _ids(list(map(attrgetter("fwd_tid"), h_args)), "Fwd thread id", repaired),
-            "py_parent": _ids([NO_ID if a.py_parent is None else a.py_parent for a in h_args], "Python parent id",
-                              repaired),
-        }
-        for attr, label in _ARG_COLUMNS:
-            column = RawColumn.from_rows(list(map(attrgetter(attr), h_args)))
-            bad = np.flatnonzero(column.first_bytes() != ord("["))
-            if len(bad):  # analysis reads these as lists, one entry per input
-                repaired[f"{label} not a list (ignored)"] += len(bad)
-                column.drop(bad)
-            self.raw[attr].append(column)
-        d_args = [e.args or none for e in dev_ev]
+        if len(kept) < len(events):
+            events, args, kind, ts, dur = (_pick(events, kept), _pick(args, kept), kind[kept], ts[kept],
+                                           dur[kept])
         device = {
-            "ts": np.array([e.ts for e in dev_ev], dtype=np.float64),
-            "dur": np.array([e.dur for e in dev_ev], dtype=np.float64),
+            "ts": ts,
+            "dur": dur,
             "device": np.array(device_column, dtype=np.int16),
             "stream": _ids([a.stream if a.stream != NO_ID else (_index(e.tid, _INT64_MAX) or NO_ID)
-                            for e, a in zip(dev_ev, d_args)], "stream", repaired),
-            "kind": np.array(dev_kind, dtype=np.int8),
-            "name": self.strings.intern_many([e.name for e in dev_ev]),
-            "correlation": _ids([a.correlation for a in d_args], "correlation", repaired),
-            "nbytes": _nbytes([a.nbytes for a in d_args], repaired),
+                            for e, a in zip(events, args)], "stream", repaired),
+            "kind": kind,
+            "name": self.strings.intern_many(list(map(_NAME, events))),
+            "correlation": _ids(list(map(attrgetter("correlation"), args)), "correlation", repaired),
+            "nbytes": _nbytes(list(map(attrgetter("nbytes"), args)), repaired),
         }
-        for k, v in host.items():
-            self.host[k].append(v)
         for k, v in device.items():
             self.device[k].append(v)
 
@@ -546,7 +562,22 @@ class _Columns:
         )
 
 
-_TS, _DUR, _NAME, _THREAD_KEY = attrgetter("ts"), attrgetter("dur"), attrgetter("name"), attrgetter("pid", "tid")
+_TS, _DUR, _NAME, _CAT, _PH = (attrgetter(k) for k in ("ts", "dur", "name", "cat", "ph"))
+_THREAD_KEY = attrgetter("pid", "tid")
+_ARGS = attrgetter("args")
+_COMPLETE = "X"  # the phase of an event with a start and a duration; analysis reads no other
+
+
+def _pick(items: list, at) -> list:
+    """items[at] for a list (one C-level pass)."""
+    return list(map(items.__getitem__, at.tolist() if isinstance(at, np.ndarray) else at))
+
+
+def _args_of(events: list[_Event]) -> list[_Args]:
+    args = list(map(_ARGS, events))
+    if None in args:  # "args": null
+        args = [a if a is not None else _NO_ARGS for a in args]
+    return args
 _HOST_KEYS = ("ts", "dur", "tid", "kind", "name", "ext_id", "correlation", "py_id", "seq", "fwd_tid", "py_parent")
 _DEVICE_KEYS = ("ts", "dur", "device", "stream", "kind", "name", "correlation", "nbytes")
 
