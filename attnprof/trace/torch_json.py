@@ -95,6 +95,8 @@ _CODE.update({k.capitalize(): v for k, v in _CODE.items()})  # pre-2.0 Kineto wr
 #: Events are decoded and turned into columns this many bytes at a time, so that memory holds the columns and one
 #: block, never the whole file nor a Python object per event.
 BLOCK_BYTES = 16 << 20
+#: Blocks read before they are cut off the front: a few, so that what is left after them is moved once.
+_BLOCKS_PER_FILL = 4
 
 
 def load_torch_trace(path: Path, data: bytes | bytearray | None = None,
@@ -228,23 +230,20 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
     a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
     follows) is decoded at the end. Returns that rest, whose events are in `columns` too."""
     buf = bytearray()
+    fill = _BLOCKS_PER_FILL * BLOCK_BYTES
+    at = 0  # buf[at:] is not cut yet: what precedes is moved out once per fill, not once per block
     head = b""  # the document up to the array's "[", once cut off
     streaming = True
-    pending: deque = deque()  # (block's columns or the future of them, the block's bytes and separator, its end)
+    pending: deque = deque()  # (block's columns or the future of them, the block "[...]", the separator after it)
     pool = None
     try:
-        waiting: list = []  # pieces not yet in buf: appended a block at a time (each append may copy buf)
-        waiting_bytes = 0
         for piece in itertools.chain(pieces, [None]):
             last = piece is None  # the whole document is in: cut the rest too, down to its last event
             if not last:
-                waiting.append(piece)
-                waiting_bytes += len(piece)
-                if waiting_bytes < BLOCK_BYTES:
+                buf += piece
+                if len(buf) < fill:
                     continue
-            buf += b"".join(waiting)
-            waiting, waiting_bytes = [], 0
-            if not streaming or (len(buf) <= BLOCK_BYTES and not last):
+            if not streaming:
                 continue
             if not head:
                 start = _events_start(path, buf)
@@ -252,27 +251,32 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
                     streaming = False
                     continue
                 head = bytes(buf[:start])
-                del buf[:start]
+                at = start
                 pool = _worker_pool() if last is False else None
-            while streaming and len(buf) > (0 if last else BLOCK_BYTES):
-                cut = _cut(buf, min(BLOCK_BYTES, len(buf)))
+            while streaming and len(buf) - at > (0 if last else BLOCK_BYTES):
+                cut = _cut(buf, min(at + BLOCK_BYTES, len(buf)), at)
                 if cut is None:
                     break  # the last event: decoded with what follows the array
                 end, next_start = cut
-                raw = bytes(buf[:next_start])
-                del buf[:next_start]
-                block = b"".join((b"[", memoryview(raw)[:end], b"]"))
+                block = bytearray(b"[")  # the block's one copy: decoded as an array, kept in case it is not
+                with memoryview(buf) as view, view[at:end] as events:
+                    block += events
+                block += b"]"
+                separator = bytes(buf[end:next_start])
+                at = next_start
                 part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
-                pending.append((part, raw))
+                pending.append((part, block, separator))
                 while streaming and pending and (not pool or len(pending) > pool._max_workers):
                     streaming = _merge(columns, pending, buf)
+            del buf[:at]
+            at = 0
         while pending and streaming:
             streaming = _merge(columns, pending, buf)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for _, raw in reversed(pending):  # a cut that was not between two events: decode that part with the rest
-        buf[:0] = raw
+    for _, block, separator in reversed(pending):  # a cut not between two events: decode that part with the rest
+        buf[:0] = block[1:-1] + separator
     if head:
         buf[:0] = head
     doc = _decode(path, buf, columns.skipped)
@@ -284,7 +288,7 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
 
 def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
     """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
-    part, _ = pending[0]
+    part = pending[0][0]
     if isinstance(part, Future):
         try:
             part = part.result()
@@ -317,11 +321,11 @@ def _block_columns(path: Path, block: bytes) -> "_Columns | None":
     return part
 
 
-def _cut(buf: bytearray, limit: int) -> tuple[int, int] | None:
-    """(end of the last event before `limit`, start of the next) where `}, {` is found there, else None."""
+def _cut(buf: bytearray, limit: int, lo: int = 0) -> tuple[int, int] | None:
+    """(end of the last event in buf[lo:limit], start of the next) where `}, {` is found there, else None."""
     pos = limit
     for _ in range(1000):
-        pos = buf.rfind(b"}", 0, pos)
+        pos = buf.rfind(b"}", lo, pos)
         if pos < 0:
             return None
         m = _BETWEEN_EVENTS.match(buf, pos)
@@ -374,12 +378,23 @@ def _duplicates(*columns: np.ndarray) -> np.ndarray:
     dup = np.zeros(n, dtype=bool)
     if n < 2:
         return dup
-    order = np.lexsort(columns[::-1])
-    same = np.ones(n - 1, dtype=bool)
-    for c in columns:
+    # only rows whose first column (the start time) another row shares can be duplicates: one sort finds them,
+    # and the sort on every column runs on those few (in row order within a start time, as the stable sorts keep)
+    by_first = np.argsort(columns[0], kind="stable")
+    first = columns[0][by_first]
+    shared = np.zeros(n, dtype=bool)
+    shared[1:] = first[1:] == first[:-1]
+    shared[:-1] |= shared[1:]
+    candidates = by_first[shared]
+    if len(candidates) < 2:
+        return dup
+    picked = [c[candidates] for c in columns]
+    order = np.lexsort(picked[::-1])
+    same = np.ones(len(candidates) - 1, dtype=bool)
+    for c in picked:
         sc = c[order]
         same &= sc[1:] == sc[:-1]
-    dup[order[1:][same]] = True
+    dup[candidates[order[1:][same]]] = True
     return dup
 
 
