@@ -6,6 +6,7 @@ names interned in a string table), never as one Python object each. Times are fl
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -14,7 +15,6 @@ import msgspec
 import numpy as np
 
 NO_ID = -1
-_NESTING_SLICE = 1 << 16
 
 
 class HostKind(IntEnum):
@@ -236,32 +236,31 @@ class Trace:
         parent = np.full(len(h), -1, dtype=np.int64)
         nested = (h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION)
         order = self.host_order[nested[self.host_order]]
-        stack_rows: list[int] = []
-        stack_ends: list[float] = []
-        current_tid = None
-        out = np.full(len(order), -1, dtype=np.int64)
-        for at in range(0, len(order), _NESTING_SLICE):  # a slice at a time: no Python list of every row at once
-            part = order[at:at + _NESTING_SLICE]
-            tids = h.tid[part].tolist()
-            starts = h.ts[part].tolist()
-            ends = (h.ts[part] + h.dur[part]).tolist()
-            rows = part.tolist()
-            found = [-1] * len(rows)
-            for j in range(len(rows)):
-                if tids[j] != current_tid:
-                    current_tid = tids[j]
-                    stack_rows.clear()
-                    stack_ends.clear()
-                s = starts[j]
-                while stack_ends and stack_ends[-1] <= s:
-                    stack_rows.pop()
-                    stack_ends.pop()
-                if stack_rows:
-                    found[j] = stack_rows[-1]
-                stack_rows.append(rows[j])
-                stack_ends.append(ends[j])
-            out[at:at + len(rows)] = found
-        parent[order] = out
+        n = len(order)
+        if n == 0:
+            return parent
+        # In this order a row's parent is the latest earlier row of its thread still running at its start (what a
+        # stack of open rows gives): its predecessor, or one of the predecessor's ancestors.
+        starts = h.ts[order]
+        ends = starts + h.dur[order]
+        same_thread = h.tid[order][1:] == h.tid[order][:-1]
+        inside_previous = np.zeros(n, dtype=bool)
+        inside_previous[1:] = same_thread & (ends[:-1] > starts[1:])
+        found = np.full(n, -1, dtype=np.int64)  # positions in `order`
+        found[inside_previous] = np.flatnonzero(inside_previous) - 1
+        # the rest (a later sibling, a row after a deeper one) walk up from their predecessor's parent, in order
+        walk = np.zeros(n, dtype=bool)
+        walk[1:] = same_thread & ~inside_previous[1:]
+        found_list = array("q", found.tobytes())
+        end_list = array("d", ends.tobytes())
+        for k, s in zip(np.flatnonzero(walk).tolist(), starts[walk].tolist()):
+            p = found_list[k - 1]
+            while p >= 0 and end_list[p] <= s:
+                p = found_list[p]
+            found_list[k] = p
+        found = np.frombuffer(found_list, dtype=np.int64)
+        has = found >= 0
+        parent[order[has]] = order[found[has]]
         return parent
 
     @cached_property
