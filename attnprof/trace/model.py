@@ -223,7 +223,24 @@ class Trace:
     def host_order(self) -> np.ndarray:
         """Host event rows sorted by thread, then start time, outer before inner (longer first on ties)."""
         h = self.host
-        return np.lexsort((-h.dur, h.ts, h.tid))
+        # lexsort on the three keys would sort three times; sorting by start, then by thread (a counting sort when
+        # the thread numbers fit 16 bits), then only the runs that share thread and start by duration, gives the
+        # same order (each sort stable) in about a third of the time.
+        order = np.argsort(h.ts, kind="stable")
+        tid = h.tid[order]
+        if len(tid) and 0 <= tid.min() and tid.max() < 1 << 15:
+            tid = tid.astype(np.int16)
+        order = order[np.argsort(tid, kind="stable")]
+        tid, ts = h.tid[order], h.ts[order]
+        tie = (tid[1:] == tid[:-1]) & (ts[1:] == ts[:-1])
+        if tie.any():
+            in_run = np.zeros(len(order), dtype=bool)
+            in_run[1:] = tie
+            in_run[:-1] |= tie
+            run = np.concatenate(([0], np.cumsum(~tie)))[in_run]
+            rows = order[in_run]
+            order[in_run] = rows[np.lexsort((-h.dur[rows], run))]
+        return order
 
     @cached_property
     def op_parent(self) -> np.ndarray:
