@@ -74,8 +74,8 @@ class TraceIndex:
     def subtree(self, row: int) -> np.ndarray:
         """Ops and ranges nested in `row` (itself included), in start order."""
         rows, starts = self._nested.get(int(self.trace.host.tid[row]), (np.empty(0, np.int64), np.empty(0)))
-        lo = np.searchsorted(starts, self.ts[row], side="left")
-        hi = np.searchsorted(starts, self.end[row], side="right")
+        lo = starts.searchsorted(self.ts[row], side="left")
+        hi = starts.searchsorted(self.end[row], side="right")
         sub = rows[lo:hi]
         return sub[self.end[sub] <= self.end[row] + 1e-3]
 
@@ -87,13 +87,13 @@ class TraceIndex:
             tid, p = key
             rows, starts = self._nested.get(tid, (np.empty(0, np.int64), np.empty(0)))
             if p >= 0:
-                lo = np.searchsorted(starts, self.ts[p], side="left")
-                hi = np.searchsorted(starts, self.end[p], side="right")
+                lo = starts.searchsorted(self.ts[p], side="left")
+                hi = starts.searchsorted(self.end[p], side="right")
                 rows = rows[lo:hi]
             sib = rows[self.parent[rows] == p]
             cached = self._siblings[key] = (sib, self.ts[sib])
         sib, starts = cached
-        pos = int(np.searchsorted(starts, self.ts[row], side="left"))
+        pos = int(starts.searchsorted(self.ts[row], side="left"))
         while sib[pos] != row:  # equal start times: step to the row itself
             pos += 1
         return sib, starts, pos
@@ -112,13 +112,12 @@ class TraceIndex:
         if entry is None:
             return []
         rows, starts = entry
-        lo = np.searchsorted(starts, self.ts[row], side="left")
-        hi = np.searchsorted(starts, self.end[row], side="right")
+        lo = starts.searchsorted(self.ts[row], side="left")
+        hi = starts.searchsorted(self.end[row], side="right")
         by_corr = self.trace.device_by_correlation
-        corr = self.trace.host.correlation
+        inside = rows[lo:hi]
         out = []
-        for r in rows[lo:hi].tolist():
-            c = int(corr[r])
+        for r, c in zip(inside.tolist(), self.trace.host.correlation[inside].tolist()):
             if c != NO_ID:
                 out.extend((r, d) for d in by_corr.get(c, ()))
         return out
@@ -159,8 +158,8 @@ class TraceIndex:
         for (dev, stream), (rows, starts, ends, ends_so_far) in self._device_timelines.items():
             if stream is None or (device is not None and dev != device):
                 continue
-            lo = int(np.searchsorted(ends_so_far, start, side="right"))  # every row before lo ended by `start`
-            hi = int(np.searchsorted(starts, end, side="right"))
+            lo = int(ends_so_far.searchsorted(start, side="right"))  # every row before lo ended by `start`
+            hi = int(starts.searchsorted(end, side="right"))
             self.device_rows_examined += max(hi - lo, 0)
             found.append(rows[lo:hi][ends[lo:hi] > start])
         if not found:
@@ -177,7 +176,7 @@ class TraceIndex:
         if timeline is None:
             return -np.inf
         _, starts, _, ends_so_far = timeline
-        hi = int(np.searchsorted(starts, t, side="left"))
+        hi = int(starts.searchsorted(t, side="left"))
         self.device_rows_examined += 1
         return float(ends_so_far[hi - 1]) if hi else -np.inf
 
@@ -203,7 +202,7 @@ class TraceIndex:
         order = np.argsort(h.py_id[rows], kind="stable")
         ids, id_rows = h.py_id[rows][order], rows[order]
         wanted = h.py_parent[rows]
-        at = np.searchsorted(ids, wanted, side="right") - 1
+        at = ids.searchsorted(wanted, side="right") - 1
         found = (at >= 0) & (ids[np.maximum(at, 0)] == wanted)
         out[rows[found]] = id_rows[at[found]]
         return out
@@ -215,7 +214,7 @@ class TraceIndex:
             return []
         rows, starts = entry
         t = self.ts[row]
-        i = int(np.searchsorted(starts, t, side="right")) - 1
+        i = int(starts.searchsorted(t, side="right")) - 1
         if i < 0:
             return []
         parent = self._py_parent_row
@@ -253,7 +252,7 @@ class TraceIndex:
             return None
         rows, starts = entry
         t = self.ts[row]
-        i = int(np.searchsorted(starts, t, side="right")) - 1
+        i = int(starts.searchsorted(t, side="right")) - 1
         if i < 0:
             return None
         parent = self._py_parent_row

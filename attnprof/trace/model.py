@@ -111,7 +111,7 @@ class RawColumn:
         self.rows, self.starts, self.ends = self.rows[keep], self.starts[keep], self.ends[keep]
 
     def __getitem__(self, i: int) -> bytes | None:
-        j = int(np.searchsorted(self.rows, i))
+        j = int(self.rows.searchsorted(i))
         if j < len(self.rows) and self.rows[j] == i:
             return self.blob[self.starts[j]:self.ends[j]]
         return None
