@@ -95,6 +95,8 @@ _CODE.update({k.capitalize(): v for k, v in _CODE.items()})  # pre-2.0 Kineto wr
 #: Events are decoded and turned into columns this many bytes at a time, so that memory holds the columns and one
 #: block, never the whole file nor a Python object per event.
 BLOCK_BYTES = 16 << 20
+#: Blocks read before they are cut off the front: a few, so that what is left after them is moved once.
+_BLOCKS_PER_FILL = 4
 
 
 def load_torch_trace(path: Path, data: bytes | bytearray | None = None,
@@ -227,10 +229,10 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
     BLOCK_BYTES, each block is turned into columns (by worker processes when there is more than one: both cores of
     a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
     follows) is decoded at the end. Returns that rest, whose events are in `columns` too."""
-    head = None  # the document up to the array's "[", once found
-    rest: bytes | memoryview = b""  # what follows the last cut
-    waiting: list = []  # pieces read since: joined with `rest` a block at a time (a buffer grown by each piece would
-    waiting_bytes = 0  # be copied again and again; one of two blocks or less is reused by malloc, no fresh pages)
+    buf = bytearray()
+    fill = _BLOCKS_PER_FILL * BLOCK_BYTES
+    at = 0  # buf[at:] is not cut yet: what precedes is moved out once per fill, not once per block
+    head = b""  # the document up to the array's "[", once cut off
     streaming = True
     pending: deque = deque()  # (block's columns or the future of them, the block "[...]", the separator after it)
     pool = None
@@ -238,52 +240,53 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
         for piece in itertools.chain(pieces, [None]):
             last = piece is None  # the whole document is in: cut the rest too, down to its last event
             if not last:
-                waiting.append(piece)
-                waiting_bytes += len(piece)
-                if waiting_bytes < BLOCK_BYTES or not streaming:
+                buf += piece
+                if len(buf) < fill:
                     continue
-            elif not streaming:
-                break
-            buf = b"".join([rest, *waiting])
-            waiting, waiting_bytes, at = [], 0, 0
-            if head is None:
+            if not streaming:
+                continue
+            if not head:
                 start = _events_start(path, buf)
                 if start is None:
                     streaming = False
-                    rest = buf
                     continue
-                head, at = buf[:start], start
-                pool = _worker_pool() if not last else None
+                head = bytes(buf[:start])
+                at = start
+                pool = _worker_pool() if last is False else None
             while streaming and len(buf) - at > (0 if last else BLOCK_BYTES):
                 cut = _cut(buf, min(at + BLOCK_BYTES, len(buf)), at)
                 if cut is None:
                     break  # the last event: decoded with what follows the array
                 end, next_start = cut
-                block = b"".join((b"[", memoryview(buf)[at:end], b"]"))  # the block's one copy
-                separator = buf[end:next_start]
+                block = bytearray(b"[")  # the block's one copy: decoded as an array, kept in case it is not
+                with memoryview(buf) as view, view[at:end] as events:
+                    block += events
+                block += b"]"
+                separator = bytes(buf[end:next_start])
                 at = next_start
                 part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
                 pending.append((part, block, separator))
                 while streaming and pending and (not pool or len(pending) > pool._max_workers):
-                    streaming = _merge(columns, pending)
-            rest = memoryview(buf)[at:]
+                    streaming = _merge(columns, pending, buf)
+            del buf[:at]
+            at = 0
         while pending and streaming:
-            streaming = _merge(columns, pending)
+            streaming = _merge(columns, pending, buf)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    # what was not turned into columns: the head, blocks whose cut was not between two events, and what follows
-    undone = [piece for _, block, separator in pending for piece in (memoryview(block)[1:-1], separator)]
-    document = b"".join([head or b"", *undone, rest, *waiting])
-    del undone, rest, waiting, pending
-    doc = _decode(path, document, columns.skipped)
-    del document
+    for _, block, separator in reversed(pending):  # a cut not between two events: decode that part with the rest
+        buf[:0] = block[1:-1] + separator
+    if head:
+        buf[:0] = head
+    doc = _decode(path, buf, columns.skipped)
+    del buf
     columns.take(doc.traceEvents)
     doc.traceEvents = []
     return doc
 
 
-def _merge(columns: "_Columns", pending: deque) -> bool:
+def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
     """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
     part = pending[0][0]
     if isinstance(part, Future):
