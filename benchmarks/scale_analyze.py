@@ -204,7 +204,7 @@ def _markdown(table: list, load: tuple) -> str:
         cell = f"{ours[0]:.1f} s ({ours[3]:.1f} s CPU), {ours[1]:,.0f} MB" + (" (failed)" if ours[2] else "")
         other = f"{hta[0]:.1f} s ({hta[3]:.1f} s CPU), {hta[1]:,.0f} MB" + (" (failed)" if hta[2] else "") \
             if hta else "—"
-        ratio = f"{hta[0] / ours[0]:.1f}× time, {hta[1] / ours[1]:.1f}× RSS" if hta else "—"
+        ratio = f"{hta[0] / ours[0]:.1f}× wall, {hta[3] / ours[3]:.1f}× CPU, {hta[1] / ours[1]:.1f}× RSS" if hta else "—"
         lines.append(f"| {label} | {n:,} | {cell} | {other} | {ratio} |")
     return "\n".join(lines)
 
