@@ -126,3 +126,13 @@ def test_only_exact_repeats_are_dropped_as_duplicates(tmp_path):
     assert sorted(zip(t.host.ts.tolist(), t.host.dur.tolist(), t.host.tid.tolist())) == [
         (0.0, 2.0, 0), (0.0, 2.0, 1), (0.0, 3.0, 0), (4.0, 1.0, 0)]
     assert any("1 duplicate of an earlier event" in n for n in t.notes)
+
+
+@pytest.mark.parametrize("odd_phase", ["B", "XX", ""], ids=["begin", "two-letters", "empty"])
+def test_only_complete_events_are_read(tmp_path, odd_phase):
+    # a begin/end pair or any other phase of a known category is not a complete event (no duration of its own);
+    # a phase that is not one letter takes the slower reading of phases, with the same outcome
+    events = [_x("cpu_op", "kept", 1, 2), {**_x("cpu_op", "other", 3, 4), "ph": odd_phase},
+              {**_x("kernel", "k", 5, 1), "ph": "E"}, _x("cpu_op", "kept too", 7, 1)]
+    t = load_torch_trace(_write(tmp_path, {"traceEvents": events}))
+    assert sorted(t.names(t.host.name)) == ["kept", "kept too"] and len(t.device) == 0
