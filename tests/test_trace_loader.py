@@ -99,15 +99,17 @@ def _ops(tmp_path, spans, cat="cpu_op"):
 
 
 def test_parent_is_the_latest_earlier_op_still_running(tmp_path):
-    # A holds B (holding C, then D) and E; F starts when E ends (ended rows never hold one starting at their end);
+    # A holds B (holding C, then D) and E; F starts when E ends (ended rows never hold one starting at their end,
+    # nor does F, holding F1, hold L: walking up from F1 passes F too);
     # G overlaps B without nesting in it: B still runs at H's start, so H's parent is B's sibling G (the latest
     # still running), not B; I is on another thread.
     spans = {"A": (0, 100, 1), "B": (10, 30, 1), "C": (11, 5, 1), "D": (20, 5, 1), "G": (25, 30, 1),
-             "H": (35, 2, 1), "E": (60, 10, 1), "F": (70, 5, 1), "I": (12, 1, 2)}
+             "H": (35, 2, 1), "E": (60, 10, 1), "F": (70, 5, 1), "F1": (71, 1, 1), "L": (75, 3, 1), "I": (12, 1, 2)}
     t = _ops(tmp_path, spans)
     row = {n: i for i, n in enumerate(t.names(t.host.name))}
     parent = {n: (t.names([t.op_parent[r]])[0] if t.op_parent[r] >= 0 else None) for n, r in row.items()}
-    assert parent == {"A": None, "B": "A", "C": "B", "D": "B", "G": "B", "H": "G", "E": "A", "F": "A", "I": None}
+    assert parent == {"A": None, "B": "A", "C": "B", "D": "B", "G": "B", "H": "G", "E": "A", "F": "A", "F1": "F",
+                      "L": "A", "I": None}
 
 
 def test_host_order_is_thread_then_start_then_longer_first(tmp_path):
