@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--dense-source", type=Path, default=DENSE_SOURCE)
     p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the best is reported")
     p.add_argument("--hta-python", help="a Python with holistictraceanalysis installed, to time it side by side")
-    p.add_argument("--hta-max-mb", type=float, default=float("inf"), help="skip HTA on traces larger than this")
+    p.add_argument("--hta-max-mb", type=float, default=float("inf"),
+                   help="skip HTA on traces larger than this (uncompressed)")
     p.add_argument("--workdir", type=Path, help="keep (and reuse) the built traces in this folder")
     args = p.parse_args(argv)
 
@@ -156,6 +158,7 @@ def main(argv=None) -> int:
              for gz in ([False, True] if args.gzip else [False])]
     cases += [(f"{n}calls", dict(source=args.dense_source, calls=n, drop=frozenset({"python_function"})), False)
               for n in args.dense_calls]
+    table: list = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
@@ -166,6 +169,11 @@ def main(argv=None) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             trace = folder / ("rank0.pt.trace.json" + (".gz" if gz else ""))
             marker = folder / "built.json"
+            plain = work / name / "rank0.pt.trace.json"
+            if not marker.exists() and gz and (work / name / "built.json").exists():  # the same trace, gzipped
+                with open(plain, "rb") as src, gzip.open(trace, "wb", compresslevel=1) as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+                marker.write_text((work / name / "built.json").read_text())
             if not marker.exists():
                 copies, n = build(out=trace, **spec)
                 marker.write_text(json.dumps({"copies": copies, "events": n}))
@@ -176,12 +184,31 @@ def main(argv=None) -> int:
             ours = _best([_timed_run(cmd) for _ in range(args.repeat)])
             print(f"{label:<28} {n:>10,} {'attnprof':<10} {ours[0]:>8.2f} {ours[3]:>7.1f} {ours[1]:>12.0f} "
                   f"{ours[2]:>5}", flush=True)
-            if args.hta_python and size <= args.hta_max_mb:
+            hta = None
+            unpacked = plain.stat().st_size / 1e6 if gz and plain.exists() else size  # what HTA holds in memory
+            if args.hta_python and unpacked <= args.hta_max_mb:
                 cmd = [args.hta_python, "-c", _HTA_SNIPPET, str(folder)]
                 hta = _best([_timed_run(cmd) for _ in range(args.repeat)])
                 print(f"{'':<28} {'':>10} {'HTA load':<10} {hta[0]:>8.2f} {hta[3]:>7.1f} {hta[1]:>12.0f} {hta[2]:>5} "
                       f"{hta[0] / ours[0]:>17.1f}x {hta[1] / ours[1]:>5.1f}x", flush=True)
+            table.append((label, n, ours, hta))
+    print()
+    print(_markdown(table, os.getloadavg()))
     return 0
+
+
+def _markdown(table: list, load: tuple) -> str:
+    """The results as the README's table: wall and CPU seconds (CPU says what wall time would be on an idle machine
+    when others share it), peak RSS, and HTA's load beside them."""
+    lines = [f"(load average {load[0]:.1f} on {os.cpu_count()} CPUs at the end)", "",
+             "| trace | events | attnprof analyze --json | HTA load | HTA / attnprof |", "|---|---|---|---|---|"]
+    for label, n, ours, hta in table:
+        cell = f"{ours[0]:.1f} s ({ours[3]:.1f} s CPU), {ours[1]:,.0f} MB" + (" (failed)" if ours[2] else "")
+        other = f"{hta[0]:.1f} s ({hta[3]:.1f} s CPU), {hta[1]:,.0f} MB" + (" (failed)" if hta[2] else "") \
+            if hta else "—"
+        ratio = f"{hta[0] / ours[0]:.1f}× wall, {hta[3] / ours[3]:.1f}× CPU, {hta[1] / ours[1]:.1f}× RSS" if hta else "—"
+        lines.append(f"| {label} | {n:,} | {cell} | {other} | {ratio} |")
+    return "\n".join(lines)
 
 
 def _best(runs: list[tuple[float, float, int, float]]) -> tuple[float, float, int, float]:

@@ -106,7 +106,7 @@ def test_blockwise_load_is_the_whole_load(tmp_path, monkeypatch, workers, odd):
         assert any("1 duplicate of an earlier event" in n for n in whole.notes)
     cuts = []
     real_cut = torch_json._cut
-    monkeypatch.setattr(torch_json, "_cut", lambda buf, limit: cuts.append(real_cut(buf, limit)) or cuts[-1])
+    monkeypatch.setattr(torch_json, "_cut", lambda buf, limit, lo=0: cuts.append(real_cut(buf, limit, lo)) or cuts[-1])
     monkeypatch.setattr(torch_json, "BLOCK_BYTES", 16 << 10)
     monkeypatch.setattr(torch_json, "_worker_pool", lambda: ProcessPoolExecutor(workers, mp_context=get_context(
         "fork")) if workers else None)
@@ -124,13 +124,13 @@ def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, insid
         whole = load_torch_trace(path)
     real_cut, bad = torch_json._cut, []
 
-    def cut(buf, limit):  # the first cut lands on the `}, {` that is not between two events
-        found = re.search(inside, buf)
+    def cut(buf, limit, lo=0):  # the first cut lands on the `}, {` that is not between two events
+        found = re.compile(inside).search(buf, lo)
         if not bad and found:
             bad.append(found)
             brace = buf.index(b"}", found.start())
             return brace + 1, buf.index(b"{", brace)
-        return real_cut(buf, limit)
+        return real_cut(buf, limit, lo)
 
     monkeypatch.setattr(torch_json, "_cut", cut)
     monkeypatch.setattr(torch_json, "BLOCK_BYTES", 16 << 10)

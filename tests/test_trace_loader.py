@@ -90,3 +90,51 @@ def test_bad_input_is_one_clear_error(tmp_path, content, message):
 def test_unreadable_file(tmp_path):
     with pytest.raises(AttnprofError, match="cannot read"):
         load_torch_trace(tmp_path / "missing.json")
+
+
+def _ops(tmp_path, spans, cat="cpu_op"):
+    """A trace of ops named by their (start, duration, thread) spans."""
+    events = [_x(cat, name, ts, dur, tid=tid) for name, (ts, dur, tid) in spans.items()]
+    return load_torch_trace(_write(tmp_path, {"traceEvents": events}))
+
+
+def test_parent_is_the_latest_earlier_op_still_running(tmp_path):
+    # A holds B (holding C, then D) and E; F starts when E ends (ended rows never hold one starting at their end,
+    # nor does F, holding F1, hold L: walking up from F1 passes F too);
+    # G overlaps B without nesting in it: B still runs at H's start, so H's parent is B's sibling G (the latest
+    # still running), not B; I is on another thread.
+    spans = {"A": (0, 100, 1), "B": (10, 30, 1), "C": (11, 5, 1), "D": (20, 5, 1), "G": (25, 30, 1),
+             "H": (35, 2, 1), "E": (60, 10, 1), "F": (70, 5, 1), "F1": (71, 1, 1), "L": (75, 3, 1), "I": (12, 1, 2)}
+    t = _ops(tmp_path, spans)
+    row = {n: i for i, n in enumerate(t.names(t.host.name))}
+    parent = {n: (t.names([t.op_parent[r]])[0] if t.op_parent[r] >= 0 else None) for n, r in row.items()}
+    assert parent == {"A": None, "B": "A", "C": "B", "D": "B", "G": "B", "H": "G", "E": "A", "F": "A", "F1": "F",
+                      "L": "A", "I": None}
+
+
+def test_host_order_is_thread_then_start_then_longer_first(tmp_path):
+    spans = {"a": (5, 1, 1), "b": (5, 9, 1), "c": (5, 3, 1), "d": (1, 1, 1), "e": (5, 9, 2), "f": (0, 1, 2)}
+    t = _ops(tmp_path, spans)
+    names = t.names(t.host.name)
+    # threads are numbered in order of appearance: tid 1 first; "b" before "c" before "a" (longer first)
+    assert [names[r] for r in t.host_order] == ["d", "b", "c", "a", "f", "e"]
+
+
+def test_only_exact_repeats_are_dropped_as_duplicates(tmp_path):
+    # three events start at 5: one written twice, the others differ in duration or in thread
+    events = [_x("cpu_op", "op", 5, 2), _x("cpu_op", "op", 5, 3), _x("cpu_op", "op", 9, 1), _x("cpu_op", "op", 5, 2),
+              _x("cpu_op", "op", 5, 2, tid=2)]
+    t = load_torch_trace(_write(tmp_path, {"traceEvents": events}))
+    assert sorted(zip(t.host.ts.tolist(), t.host.dur.tolist(), t.host.tid.tolist())) == [
+        (0.0, 2.0, 0), (0.0, 2.0, 1), (0.0, 3.0, 0), (4.0, 1.0, 0)]
+    assert any("1 duplicate of an earlier event" in n for n in t.notes)
+
+
+@pytest.mark.parametrize("odd_phase", ["B", "XX", ""], ids=["begin", "two-letters", "empty"])
+def test_only_complete_events_are_read(tmp_path, odd_phase):
+    # a begin/end pair or any other phase of a known category is not a complete event (no duration of its own);
+    # a phase that is not one letter takes the slower reading of phases, with the same outcome
+    events = [_x("cpu_op", "kept", 1, 2), {**_x("cpu_op", "other", 3, 4), "ph": odd_phase},
+              {**_x("kernel", "k", 5, 1), "ph": "E"}, _x("cpu_op", "kept too", 7, 1)]
+    t = load_torch_trace(_write(tmp_path, {"traceEvents": events}))
+    assert sorted(t.names(t.host.name)) == ["kept", "kept too"] and len(t.device) == 0

@@ -74,8 +74,8 @@ class TraceIndex:
     def subtree(self, row: int) -> np.ndarray:
         """Ops and ranges nested in `row` (itself included), in start order."""
         rows, starts = self._nested.get(int(self.trace.host.tid[row]), (np.empty(0, np.int64), np.empty(0)))
-        lo = np.searchsorted(starts, self.ts[row], side="left")
-        hi = np.searchsorted(starts, self.end[row], side="right")
+        lo = starts.searchsorted(self.ts[row], side="left")
+        hi = starts.searchsorted(self.end[row], side="right")
         sub = rows[lo:hi]
         return sub[self.end[sub] <= self.end[row] + 1e-3]
 
@@ -87,13 +87,13 @@ class TraceIndex:
             tid, p = key
             rows, starts = self._nested.get(tid, (np.empty(0, np.int64), np.empty(0)))
             if p >= 0:
-                lo = np.searchsorted(starts, self.ts[p], side="left")
-                hi = np.searchsorted(starts, self.end[p], side="right")
+                lo = starts.searchsorted(self.ts[p], side="left")
+                hi = starts.searchsorted(self.end[p], side="right")
                 rows = rows[lo:hi]
             sib = rows[self.parent[rows] == p]
             cached = self._siblings[key] = (sib, self.ts[sib])
         sib, starts = cached
-        pos = int(np.searchsorted(starts, self.ts[row], side="left"))
+        pos = int(starts.searchsorted(self.ts[row], side="left"))
         while sib[pos] != row:  # equal start times: step to the row itself
             pos += 1
         return sib, starts, pos
@@ -112,13 +112,12 @@ class TraceIndex:
         if entry is None:
             return []
         rows, starts = entry
-        lo = np.searchsorted(starts, self.ts[row], side="left")
-        hi = np.searchsorted(starts, self.end[row], side="right")
+        lo = starts.searchsorted(self.ts[row], side="left")
+        hi = starts.searchsorted(self.end[row], side="right")
         by_corr = self.trace.device_by_correlation
-        corr = self.trace.host.correlation
+        inside = rows[lo:hi]
         out = []
-        for r in rows[lo:hi].tolist():
-            c = int(corr[r])
+        for r, c in zip(inside.tolist(), self.trace.host.correlation[inside].tolist()):
             if c != NO_ID:
                 out.extend((r, d) for d in by_corr.get(c, ()))
         return out
@@ -159,8 +158,8 @@ class TraceIndex:
         for (dev, stream), (rows, starts, ends, ends_so_far) in self._device_timelines.items():
             if stream is None or (device is not None and dev != device):
                 continue
-            lo = int(np.searchsorted(ends_so_far, start, side="right"))  # every row before lo ended by `start`
-            hi = int(np.searchsorted(starts, end, side="right"))
+            lo = int(ends_so_far.searchsorted(start, side="right"))  # every row before lo ended by `start`
+            hi = int(starts.searchsorted(end, side="right"))
             self.device_rows_examined += max(hi - lo, 0)
             found.append(rows[lo:hi][ends[lo:hi] > start])
         if not found:
@@ -177,7 +176,7 @@ class TraceIndex:
         if timeline is None:
             return -np.inf
         _, starts, _, ends_so_far = timeline
-        hi = int(np.searchsorted(starts, t, side="left"))
+        hi = int(starts.searchsorted(t, side="left"))
         self.device_rows_examined += 1
         return float(ends_so_far[hi - 1]) if hi else -np.inf
 
@@ -192,18 +191,21 @@ class TraceIndex:
         return None
 
     @cached_property
-    def _py_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(Python frame ids, sorted; their rows): a lookup without a dict entry per frame (millions of them)."""
+    def _py_parent_row(self) -> np.ndarray:
+        """Per host row: the row of its Python parent frame (the last one if the id repeats), or -1; found for all
+        frames at once, so that walking a chain is indexing, not a search per frame."""
         h = self.trace.host
+        out = np.full(len(h), -1, dtype=np.int64)
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
+        if not len(rows):
+            return out
         order = np.argsort(h.py_id[rows], kind="stable")
-        return h.py_id[rows][order], rows[order]
-
-    def _py_row(self, py_id: int) -> int:
-        """The row of the Python frame with this id (the last one if repeated), or -1."""
-        ids, rows = self._py_ids
-        i = int(np.searchsorted(ids, py_id, side="right")) - 1
-        return int(rows[i]) if i >= 0 and ids[i] == py_id else -1
+        ids, id_rows = h.py_id[rows][order], rows[order]
+        wanted = h.py_parent[rows]
+        at = ids.searchsorted(wanted, side="right") - 1
+        found = (at >= 0) & (ids[np.maximum(at, 0)] == wanted)
+        out[rows[found]] = id_rows[at[found]]
+        return out
 
     def python_chain(self, row: int) -> list[int]:
         """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
@@ -212,16 +214,16 @@ class TraceIndex:
             return []
         rows, starts = entry
         t = self.ts[row]
-        i = int(np.searchsorted(starts, t, side="right")) - 1
+        i = int(starts.searchsorted(t, side="right")) - 1
         if i < 0:
             return []
-        parent = self.trace.host.py_parent
+        parent = self._py_parent_row
         frame = int(rows[i])
         chain = []
         while frame >= 0:
             if self.end[frame] >= t:
                 chain.append(frame)
-            frame = self._py_row(int(parent[frame]))
+            frame = int(parent[frame])
         return chain
 
     def python_span(self, tid: int) -> tuple[float, float]:
@@ -250,17 +252,17 @@ class TraceIndex:
             return None
         rows, starts = entry
         t = self.ts[row]
-        i = int(np.searchsorted(starts, t, side="right")) - 1
+        i = int(starts.searchsorted(t, side="right")) - 1
         if i < 0:
             return None
-        h = self.trace.host
+        parent = self._py_parent_row
         frame = int(rows[i])
         while frame >= 0 and self.end[frame] < t:
-            frame = self._py_row(int(h.py_parent[frame]))
+            frame = int(parent[frame])
         while frame >= 0:
             parsed = parse_python_frame(self.name(frame))
             if parsed and not _LIBRARY_PATH_RE.search(parsed[0]):
                 file, line, func = parsed
                 return f"{short_path(file)}:{line}", func
-            frame = self._py_row(int(h.py_parent[frame]))
+            frame = int(parent[frame])
         return None

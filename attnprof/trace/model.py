@@ -6,6 +6,7 @@ names interned in a string table), never as one Python object each. Times are fl
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -14,7 +15,6 @@ import msgspec
 import numpy as np
 
 NO_ID = -1
-_NESTING_SLICE = 1 << 16
 
 
 class HostKind(IntEnum):
@@ -37,24 +37,15 @@ class StringTable:
         self.values: list[str] = []
         self._index: dict[str, int] = {}
 
-    def intern(self, s: str) -> int:
-        i = self._index.get(s)
-        if i is None:
-            i = self._index[s] = len(self.values)
-            self.values.append(s)
-        return i
-
     def intern_many(self, names: list[str]) -> np.ndarray:
-        index = self._index
-        values = self.values
-        out = np.empty(len(names), dtype=np.int32)
-        for j, s in enumerate(names):
-            i = index.get(s)
-            if i is None:
-                i = index[s] = len(values)
+        """Their ids, new names added in order of first appearance. Python runs once per distinct name, the rest is
+        two C-level passes (a loop per name cost more than decoding the trace)."""
+        index, values = self._index, self.values
+        for s in dict.fromkeys(names):
+            if s not in index:
+                index[s] = len(values)
                 values.append(s)
-            out[j] = i
-        return out
+        return np.fromiter(map(index.__getitem__, names), dtype=np.int32, count=len(names))
 
     def ids_where(self, predicate) -> np.ndarray:
         """Ids of all strings for which predicate(str) is true (to select events by name, vectorised)."""
@@ -79,12 +70,18 @@ class RawColumn:
         self.ends = ends
 
     @classmethod
-    def from_rows(cls, values: list) -> "RawColumn":
-        """From bytes-like values (bytes, msgspec.Raw; empty or None for none), one per row."""
-        lengths = np.fromiter(map(len, [v or b"" for v in values]), dtype=np.int64, count=len(values))
-        rows = np.flatnonzero(lengths)
-        ends = np.cumsum(lengths[rows])
-        return cls(len(values), b"".join(v for v in values if v), rows, ends - lengths[rows], ends)
+    def from_rows(cls, values: list, n: int | None = None, at: np.ndarray | None = None) -> "RawColumn":
+        """From bytes-like values (bytes, msgspec.Raw; empty or None for none): one per row, or, given `at`, those
+        of rows `at` (ascending) of `n`, the other rows none."""
+        try:
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        except TypeError:  # a None among them
+            values = [v or b"" for v in values]
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        have = np.flatnonzero(lengths)
+        ends = np.cumsum(lengths[have])
+        rows = have if at is None else np.asarray(at, dtype=np.int64)[have]
+        return cls(len(values) if n is None else n, b"".join(values), rows, ends - lengths[have], ends)
 
     @classmethod
     def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":
@@ -114,7 +111,7 @@ class RawColumn:
         self.rows, self.starts, self.ends = self.rows[keep], self.starts[keep], self.ends[keep]
 
     def __getitem__(self, i: int) -> bytes | None:
-        j = int(np.searchsorted(self.rows, i))
+        j = int(self.rows.searchsorted(i))
         if j < len(self.rows) and self.rows[j] == i:
             return self.blob[self.starts[j]:self.ends[j]]
         return None
@@ -226,7 +223,24 @@ class Trace:
     def host_order(self) -> np.ndarray:
         """Host event rows sorted by thread, then start time, outer before inner (longer first on ties)."""
         h = self.host
-        return np.lexsort((-h.dur, h.ts, h.tid))
+        # lexsort on the three keys would sort three times; sorting by start, then by thread (a counting sort when
+        # the thread numbers fit 16 bits), then only the runs that share thread and start by duration, gives the
+        # same order (each sort stable) in about a third of the time.
+        order = np.argsort(h.ts, kind="stable")
+        tid = h.tid[order]
+        if len(tid) and 0 <= tid.min() and tid.max() < 1 << 15:
+            tid = tid.astype(np.int16)
+        order = order[np.argsort(tid, kind="stable")]
+        tid, ts = h.tid[order], h.ts[order]
+        tie = (tid[1:] == tid[:-1]) & (ts[1:] == ts[:-1])
+        if tie.any():
+            in_run = np.zeros(len(order), dtype=bool)
+            in_run[1:] = tie
+            in_run[:-1] |= tie
+            run = np.concatenate(([0], np.cumsum(~tie)))[in_run]
+            rows = order[in_run]
+            order[in_run] = rows[np.lexsort((-h.dur[rows], run))]
+        return order
 
     @cached_property
     def op_parent(self) -> np.ndarray:
@@ -239,32 +253,31 @@ class Trace:
         parent = np.full(len(h), -1, dtype=np.int64)
         nested = (h.kind == HostKind.OP) | (h.kind == HostKind.ANNOTATION)
         order = self.host_order[nested[self.host_order]]
-        stack_rows: list[int] = []
-        stack_ends: list[float] = []
-        current_tid = None
-        out = np.full(len(order), -1, dtype=np.int64)
-        for at in range(0, len(order), _NESTING_SLICE):  # a slice at a time: no Python list of every row at once
-            part = order[at:at + _NESTING_SLICE]
-            tids = h.tid[part].tolist()
-            starts = h.ts[part].tolist()
-            ends = (h.ts[part] + h.dur[part]).tolist()
-            rows = part.tolist()
-            found = [-1] * len(rows)
-            for j in range(len(rows)):
-                if tids[j] != current_tid:
-                    current_tid = tids[j]
-                    stack_rows.clear()
-                    stack_ends.clear()
-                s = starts[j]
-                while stack_ends and stack_ends[-1] <= s:
-                    stack_rows.pop()
-                    stack_ends.pop()
-                if stack_rows:
-                    found[j] = stack_rows[-1]
-                stack_rows.append(rows[j])
-                stack_ends.append(ends[j])
-            out[at:at + len(rows)] = found
-        parent[order] = out
+        n = len(order)
+        if n == 0:
+            return parent
+        # In this order a row's parent is the latest earlier row of its thread still running at its start (what a
+        # stack of open rows gives): its predecessor, or one of the predecessor's ancestors.
+        starts = h.ts[order]
+        ends = starts + h.dur[order]
+        same_thread = h.tid[order][1:] == h.tid[order][:-1]
+        inside_previous = np.zeros(n, dtype=bool)
+        inside_previous[1:] = same_thread & (ends[:-1] > starts[1:])
+        found = np.full(n, -1, dtype=np.int64)  # positions in `order`
+        found[inside_previous] = np.flatnonzero(inside_previous) - 1
+        # the rest (a later sibling, a row after a deeper one) walk up from their predecessor's parent, in order
+        walk = np.zeros(n, dtype=bool)
+        walk[1:] = same_thread & ~inside_previous[1:]
+        found_list = array("q", found.tobytes())
+        end_list = array("d", ends.tobytes())
+        for k, s in zip(np.flatnonzero(walk).tolist(), starts[walk].tolist()):
+            p = found_list[k - 1]
+            while p >= 0 and end_list[p] <= s:
+                p = found_list[p]
+            found_list[k] = p
+        found = np.frombuffer(found_list, dtype=np.int64)
+        has = found >= 0
+        parent[order[has]] = order[found[has]]
         return parent
 
     @cached_property

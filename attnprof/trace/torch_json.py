@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import re
 from collections import Counter, deque
+from itertools import repeat
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from operator import attrgetter
@@ -29,7 +30,7 @@ from attnprof.trace.model import (NO_ID, DeviceEvents, DeviceKind, HostEvents, H
 _EMPTY = msgspec.Raw(b"")
 
 
-class _Args(msgspec.Struct, gc=False):
+class _Args(msgspec.Struct, gc=False, frozen=True):
     external_id: int = msgspec.field(name="External id", default=NO_ID)
     correlation: int = NO_ID
     seq: int = msgspec.field(name="Sequence number", default=NO_ID)
@@ -45,6 +46,9 @@ class _Args(msgspec.Struct, gc=False):
     concrete_inputs: msgspec.Raw = msgspec.field(name="Concrete Inputs", default=_EMPTY)
 
 
+_NO_ARGS = _Args()
+
+
 class _Event(msgspec.Struct, gc=False):
     ph: str = ""
     cat: str = ""
@@ -53,7 +57,7 @@ class _Event(msgspec.Struct, gc=False):
     dur: float = math.nan
     pid: Union[int, str] = 0
     tid: Union[int, str] = 0
-    args: Optional[_Args] = None
+    args: Optional[_Args] = _NO_ARGS
 
 
 class _TraceFile(msgspec.Struct):
@@ -91,6 +95,8 @@ _CODE.update({k.capitalize(): v for k, v in _CODE.items()})  # pre-2.0 Kineto wr
 #: Events are decoded and turned into columns this many bytes at a time, so that memory holds the columns and one
 #: block, never the whole file nor a Python object per event.
 BLOCK_BYTES = 16 << 20
+#: Blocks read before they are cut off the front: a few, so that what is left after them is moved once.
+_BLOCKS_PER_FILL = 4
 
 
 def load_torch_trace(path: Path, data: bytes | bytearray | None = None,
@@ -224,23 +230,20 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
     a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
     follows) is decoded at the end. Returns that rest, whose events are in `columns` too."""
     buf = bytearray()
+    fill = _BLOCKS_PER_FILL * BLOCK_BYTES
+    at = 0  # buf[at:] is not cut yet: what precedes is moved out once per fill, not once per block
     head = b""  # the document up to the array's "[", once cut off
     streaming = True
-    pending: deque = deque()  # (block's columns or the future of them, the block's bytes and separator, its end)
+    pending: deque = deque()  # (block's columns or the future of them, the block "[...]", the separator after it)
     pool = None
     try:
-        waiting: list = []  # pieces not yet in buf: appended a block at a time (each append may copy buf)
-        waiting_bytes = 0
         for piece in itertools.chain(pieces, [None]):
             last = piece is None  # the whole document is in: cut the rest too, down to its last event
             if not last:
-                waiting.append(piece)
-                waiting_bytes += len(piece)
-                if waiting_bytes < BLOCK_BYTES:
+                buf += piece
+                if len(buf) < fill:
                     continue
-            buf += b"".join(waiting)
-            waiting, waiting_bytes = [], 0
-            if not streaming or (len(buf) <= BLOCK_BYTES and not last):
+            if not streaming:
                 continue
             if not head:
                 start = _events_start(path, buf)
@@ -248,27 +251,32 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
                     streaming = False
                     continue
                 head = bytes(buf[:start])
-                del buf[:start]
+                at = start
                 pool = _worker_pool() if last is False else None
-            while streaming and len(buf) > (0 if last else BLOCK_BYTES):
-                cut = _cut(buf, min(BLOCK_BYTES, len(buf)))
+            while streaming and len(buf) - at > (0 if last else BLOCK_BYTES):
+                cut = _cut(buf, min(at + BLOCK_BYTES, len(buf)), at)
                 if cut is None:
                     break  # the last event: decoded with what follows the array
                 end, next_start = cut
-                raw = bytes(buf[:next_start])
-                del buf[:next_start]
-                block = b"".join((b"[", memoryview(raw)[:end], b"]"))
+                block = bytearray(b"[")  # the block's one copy: decoded as an array, kept in case it is not
+                with memoryview(buf) as view, view[at:end] as events:
+                    block += events
+                block += b"]"
+                separator = bytes(buf[end:next_start])
+                at = next_start
                 part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
-                pending.append((part, raw))
+                pending.append((part, block, separator))
                 while streaming and pending and (not pool or len(pending) > pool._max_workers):
                     streaming = _merge(columns, pending, buf)
+            del buf[:at]
+            at = 0
         while pending and streaming:
             streaming = _merge(columns, pending, buf)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for _, raw in reversed(pending):  # a cut that was not between two events: decode that part with the rest
-        buf[:0] = raw
+    for _, block, separator in reversed(pending):  # a cut not between two events: decode that part with the rest
+        buf[:0] = block[1:-1] + separator
     if head:
         buf[:0] = head
     doc = _decode(path, buf, columns.skipped)
@@ -280,7 +288,7 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
 
 def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
     """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
-    part, _ = pending[0]
+    part = pending[0][0]
     if isinstance(part, Future):
         try:
             part = part.result()
@@ -313,11 +321,11 @@ def _block_columns(path: Path, block: bytes) -> "_Columns | None":
     return part
 
 
-def _cut(buf: bytearray, limit: int) -> tuple[int, int] | None:
-    """(end of the last event before `limit`, start of the next) where `}, {` is found there, else None."""
+def _cut(buf: bytearray, limit: int, lo: int = 0) -> tuple[int, int] | None:
+    """(end of the last event in buf[lo:limit], start of the next) where `}, {` is found there, else None."""
     pos = limit
     for _ in range(1000):
-        pos = buf.rfind(b"}", 0, pos)
+        pos = buf.rfind(b"}", lo, pos)
         if pos < 0:
             return None
         m = _BETWEEN_EVENTS.match(buf, pos)
@@ -342,9 +350,13 @@ def _index(value, limit: int) -> int | None:
 
 
 def _ids(values: list, what: str, repaired: Counter) -> np.ndarray:
-    """An int64 id column; ids that do not fit become NO_ID (with a note) instead of an OverflowError."""
+    """An int64 id column (None: NO_ID); ids that do not fit become NO_ID (with a note) instead of an
+    OverflowError."""
     try:
         return np.array(values, dtype=np.int64)
+    except TypeError:  # a null id
+        values = [NO_ID if v is None else v for v in values]
+        return _ids(values, what, repaired)
     except OverflowError:
         bad = sum(1 for v in values if not -_INT64_MAX <= v <= _INT64_MAX)
         repaired[f"{what} outside the 64-bit range (ignored)"] += bad
@@ -366,12 +378,23 @@ def _duplicates(*columns: np.ndarray) -> np.ndarray:
     dup = np.zeros(n, dtype=bool)
     if n < 2:
         return dup
-    order = np.lexsort(columns[::-1])
-    same = np.ones(n - 1, dtype=bool)
-    for c in columns:
+    # only rows whose first column (the start time) another row shares can be duplicates: one sort finds them,
+    # and the sort on every column runs on those few (in row order within a start time, as the stable sorts keep)
+    by_first = np.argsort(columns[0], kind="stable")
+    first = columns[0][by_first]
+    shared = np.zeros(n, dtype=bool)
+    shared[1:] = first[1:] == first[:-1]
+    shared[:-1] |= shared[1:]
+    candidates = by_first[shared]
+    if len(candidates) < 2:
+        return dup
+    picked = [c[candidates] for c in columns]
+    order = np.lexsort(picked[::-1])
+    same = np.ones(len(candidates) - 1, dtype=bool)
+    for c in picked:
         sc = c[order]
         same &= sc[1:] == sc[:-1]
-    dup[order[1:][same]] = True
+    dup[candidates[order[1:][same]]] = True
     return dup
 
 
@@ -395,88 +418,96 @@ class _Columns:
         self.raw: dict[str, list[RawColumn]] = {attr: [] for attr, _ in _ARG_COLUMNS}
 
     def take(self, events: list[_Event]) -> None:
-        self.decoded += len(events)
+        """Add these events' columns. Each column is one C-level pass (map + fromiter) over the events of the kinds
+        that carry it (Python frames only their ids, the other host events the rest): a Python loop per event, or a
+        pass per column over every event, cost more than decoding them."""
+        n = len(events)
+        self.decoded += n
+        skipped = self.skipped
+        code = np.fromiter(map(_CODE.get, map(_CAT, events), repeat(-1)), dtype=np.int8, count=n)
+        code[_phases(list(map(_PH, events))) != ord(_COMPLETE)] = -1
+        ts = np.fromiter(map(_TS, events), dtype=np.float64, count=n)
+        dur = np.fromiter(map(_DUR, events), dtype=np.float64, count=n)
+        # a complete event needs a start and a duration: without them it would count as zero (or NaN) time
+        known = code >= 0
+        timed = np.isfinite(ts) & np.isfinite(dur)
+        negative = timed & (dur < 0)
+        skipped["no numeric ts or dur"] += int((known & ~timed).sum())
+        skipped["negative duration"] += int((known & negative).sum())
+        keep = known & timed & ~negative
+        on_host = np.flatnonzero(keep & (code < 16))
+        on_device = np.flatnonzero(keep & (code >= 16))
+        self._take_host(_pick(events, on_host), code[on_host], ts[on_host], dur[on_host])
+        self._take_device(_pick(events, on_device), code[on_device] - 16, ts[on_device], dur[on_device])
+
+    def _take_host(self, events: list[_Event], kind: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> None:
+        repaired, n = self.repaired, len(events)
+        thread_keys = list(map(_THREAD_KEY, events))
+        thread_index = self.thread_index
+        for k in dict.fromkeys(thread_keys):
+            if k not in thread_index:
+                thread_index[k] = len(thread_index)
+        python = kind == HostKind.PYTHON
+        frames, others = np.flatnonzero(python), np.flatnonzero(~python)
+        frame_args, other_args = _args_of(_pick(events, frames)), _args_of(_pick(events, others))
+
+        def ids(field: str, label: str, rows: np.ndarray, args: list[_Args]) -> np.ndarray:
+            out = np.full(n, NO_ID, dtype=np.int64)
+            out[rows] = _ids(list(map(attrgetter(field), args)), label, repaired)
+            return out
+
+        host = {
+            "ts": ts,
+            "dur": dur,
+            "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
+            "kind": kind,
+            "name": self.strings.intern_many(list(map(_NAME, events))),
+            "ext_id": ids("external_id", "External id", others, other_args),
+            "correlation": ids("correlation", "correlation", others, other_args),
+            "py_id": ids("py_id", "Python id", frames, frame_args),
+            "seq": ids("seq", "Sequence number", others, other_args),
+            "fwd_tid": ids("fwd_tid", "Fwd thread id", others, other_args),
+            "py_parent": ids("py_parent", "Python parent id", frames, frame_args),
+        }
+        for attr, label in _ARG_COLUMNS:
+            column = RawColumn.from_rows(list(map(attrgetter(attr), other_args)), n, others)
+            bad = np.flatnonzero(column.first_bytes() != ord("["))
+            if len(bad):  # analysis reads these as lists, one entry per input
+                repaired[f"{label} not a list (ignored)"] += len(bad)
+                column.drop(bad)
+            self.raw[attr].append(column)
+        for k, v in host.items():
+            self.host[k].append(v)
+
+    def _take_device(self, events: list[_Event], kind: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> None:
         skipped, repaired = self.skipped, self.repaired
-        host_ev, host_kind, dev_ev, dev_kind = [], [], [], []
-        untimed = negative = 0
-        code_of, isfinite = _CODE.get, math.isfinite
-        for e in events:  # one pass: this loop runs over every event of the trace
-            if e.ph != "X":
-                continue
-            c = code_of(e.cat, -1)
-            if c < 0:
-                continue
-            # a complete event needs a start and a duration: without them it would count as zero (or NaN) time
-            if not (isfinite(e.ts) and isfinite(e.dur)):
-                untimed += 1
-            elif e.dur < 0:
-                negative += 1
-            elif c < 16:
-                host_ev.append(e)
-                host_kind.append(c)
-            else:
-                dev_ev.append(e)
-                dev_kind.append(c - 16)
-        skipped["no numeric ts or dur"] += untimed
-        skipped["negative duration"] += negative
-        kept_ev, kept_kind, device_column = [], [], []
-        for e, c in zip(dev_ev, dev_kind):
-            args = e.args
+        args = _args_of(events)
+        kept, device_column = [], []
+        for j, (e, a) in enumerate(zip(events, args)):
             # Kineto puts the device index in pid and the stream in tid as well as in args
-            device = args.device if args is not None and args.device != NO_ID else e.pid
+            device = a.device if a.device != NO_ID else e.pid
             d = _index(device, _INT16_MAX)
             if d is None:
                 skipped[f"device work whose device is not a device index ({device!r})"] += 1
                 continue
             if d != device:
                 repaired[f"device read from {device!r}"] += 1
-            kept_ev.append(e)
-            kept_kind.append(c)
+            kept.append(j)
             device_column.append(d)
-        dev_ev, dev_kind = kept_ev, kept_kind
-        none = _Args()
-        h_args = [e.args or none for e in host_ev]
-        thread_index = self.thread_index
-        thread_keys = list(map(_THREAD_KEY, host_ev))
-        for k in dict.fromkeys(thread_keys):
-            if k not in thread_index:
-                thread_index[k] = len(thread_index)
-        n = len(host_ev)
-        host = {
-            "ts": np.fromiter(map(_TS, host_ev), dtype=np.float64, count=n),
-            "dur": np.fromiter(map(_DUR, host_ev), dtype=np.float64, count=n),
-            "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
-            "kind": np.array(host_kind, dtype=np.int8),
-            "name": self.strings.intern_many(list(map(_NAME, host_ev))),
-            "ext_id": _ids(list(map(attrgetter("external_id"), h_args)), "External id", repaired),
-            "correlation": _ids(list(map(attrgetter("correlation"), h_args)), "correlation", repaired),
-            "py_id": _ids([NO_ID if a.py_id is None else a.py_id for a in h_args], "Python id", repaired),
-            "seq": _ids(list(map(attrgetter("seq"), h_args)), "Sequence number", repaired),
-            "fwd_tid": _ids(list(map(attrgetter("fwd_tid"), h_args)), "Fwd thread id", repaired),
-            "py_parent": _ids([NO_ID if a.py_parent is None else a.py_parent for a in h_args], "Python parent id",
-                              repaired),
-        }
-        for attr, label in _ARG_COLUMNS:
-            column = RawColumn.from_rows(list(map(attrgetter(attr), h_args)))
-            bad = np.flatnonzero(column.first_bytes() != ord("["))
-            if len(bad):  # analysis reads these as lists, one entry per input
-                repaired[f"{label} not a list (ignored)"] += len(bad)
-                column.drop(bad)
-            self.raw[attr].append(column)
-        d_args = [e.args or none for e in dev_ev]
+        if len(kept) < len(events):
+            events, args, kind, ts, dur = (_pick(events, kept), _pick(args, kept), kind[kept], ts[kept],
+                                           dur[kept])
         device = {
-            "ts": np.array([e.ts for e in dev_ev], dtype=np.float64),
-            "dur": np.array([e.dur for e in dev_ev], dtype=np.float64),
+            "ts": ts,
+            "dur": dur,
             "device": np.array(device_column, dtype=np.int16),
             "stream": _ids([a.stream if a.stream != NO_ID else (_index(e.tid, _INT64_MAX) or NO_ID)
-                            for e, a in zip(dev_ev, d_args)], "stream", repaired),
-            "kind": np.array(dev_kind, dtype=np.int8),
-            "name": self.strings.intern_many([e.name for e in dev_ev]),
-            "correlation": _ids([a.correlation for a in d_args], "correlation", repaired),
-            "nbytes": _nbytes([a.nbytes for a in d_args], repaired),
+                            for e, a in zip(events, args)], "stream", repaired),
+            "kind": kind,
+            "name": self.strings.intern_many(list(map(_NAME, events))),
+            "correlation": _ids(list(map(attrgetter("correlation"), args)), "correlation", repaired),
+            "nbytes": _nbytes(list(map(attrgetter("nbytes"), args)), repaired),
         }
-        for k, v in host.items():
-            self.host[k].append(v)
         for k, v in device.items():
             self.device[k].append(v)
 
@@ -546,7 +577,31 @@ class _Columns:
         )
 
 
-_TS, _DUR, _NAME, _THREAD_KEY = attrgetter("ts"), attrgetter("dur"), attrgetter("name"), attrgetter("pid", "tid")
+_TS, _DUR, _NAME, _CAT, _PH = (attrgetter(k) for k in ("ts", "dur", "name", "cat", "ph"))
+_THREAD_KEY = attrgetter("pid", "tid")
+_ARGS = attrgetter("args")
+_COMPLETE = "X"  # the phase of an event with a start and a duration; analysis reads no other
+
+
+def _pick(items: list, at) -> list:
+    """items[at] for a list (one C-level pass)."""
+    return list(map(items.__getitem__, at.tolist() if isinstance(at, np.ndarray) else at))
+
+
+def _phases(phases: list[str]) -> np.ndarray:
+    """Each event's phase as a code point (0 where it is not one character): joined and read as an array, which
+    costs less than comparing each."""
+    joined = "".join(phases)
+    if len(joined) == len(phases) and max(map(len, phases), default=1) == 1:
+        return np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    return np.fromiter((ord(p) if len(p) == 1 else 0 for p in phases), dtype=np.uint32, count=len(phases))
+
+
+def _args_of(events: list[_Event]) -> list[_Args]:
+    args = list(map(_ARGS, events))
+    if None in args:  # "args": null
+        args = [a if a is not None else _NO_ARGS for a in args]
+    return args
 _HOST_KEYS = ("ts", "dur", "tid", "kind", "name", "ext_id", "correlation", "py_id", "seq", "fwd_tid", "py_parent")
 _DEVICE_KEYS = ("ts", "dur", "device", "stream", "kind", "name", "correlation", "nbytes")
 
