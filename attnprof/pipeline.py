@@ -24,6 +24,7 @@ from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
 from attnprof.trace.compare import COMPARE_FILE
+from attnprof.capture.nsight import export_report
 from attnprof.trace.load import load_path, load_trace
 from attnprof.trace.runinfo import CallInfo, RunInfo
 
@@ -57,7 +58,7 @@ def analyze_run(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> AnalyzedRun
         facts = analyze_ranks(ranks, str(path))
         runinfo = next(r.runinfo for r in ranks if r.files)
         return AnalyzedRun(job_report(facts, str(path), ranks), runinfo, [f.report for f in facts[1:]])
-    run = load_path(Path(path), max_mb)
+    run = load_path(Path(path), max_mb, export=export_report)
     compare = read_compare(run.folder) if run.folder else None
     cases = case_labels_by_trace(compare.rows) if compare else None
     report = analyze(run.traces, run.runinfo, run.source, run.ncu, cases)

@@ -353,3 +353,29 @@ def test_dashboard_speed_of_light_chart(tmp_path):
     # medians of the CSV's two calls per site, by hand: SM (39.977180 + 39.642677) / 2, DRAM (46.058466 + 45.290218) / 2
     assert sm["x"][2] == pytest.approx(39.8099285) and dram["x"][2] == pytest.approx(45.674342)
     assert "gmma 294,912" in sm["customdata"][2][5]
+
+
+def test_an_ncu_report_is_read_through_the_export_beside_it_and_exported_by_capture_when_stale(tmp_path):
+    """The trace stage reads an .ncu-rep through the raw CSV beside it; running ncu to make that CSV is capture's,
+    passed in by the pipeline: without it a stale export is a one-line error, with it the export is made."""
+    from attnprof.trace.load import load_path
+
+    report, csv = tmp_path / "seed.ncu-rep", tmp_path / "seed.raw.csv"
+    report.write_bytes(b"not read: the CSV beside it is")
+    csv.write_bytes(CSV.read_bytes())
+    os.utime(report, (1_000_000, 1_000_000))  # the report older than its export: the export is current
+    kernels = len(load_path(report).ncu.kernels)
+    assert kernels == len(load_ncu_csv(CSV).kernels) > 0
+    os.utime(report, None)
+    os.utime(csv, (1_000_000, 1_000_000))  # now the export is older than the report
+    with pytest.raises(AttnprofError, match="without its export"):
+        load_path(report)
+    exported = []
+
+    def export(rep: Path, out: Path) -> Path:
+        exported.append((rep, out))
+        out.write_bytes(CSV.read_bytes())
+        return out
+
+    assert len(load_path(report, export=export).ncu.kernels) == kernels
+    assert exported == [(report, csv)]

@@ -1,8 +1,8 @@
 """The Nsight binaries: finding `nsys` and `ncu`, and exporting what they recorded into files the trace stage reads
 (`nsys export` -> SQLite, `ncu --import` -> the raw CSV).
 
-Imports nothing heavy (no torch): the loader calls `sqlite_for_report` / `csv_for_report` when it is handed an
-Nsight report that was never exported, on a machine that has only attnprof's analysis.
+Imports nothing heavy (no torch): the pipeline hands `export_report` to the loader, which calls it when it is given
+an Nsight report that was never exported, on a machine that has only attnprof's analysis.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, find_executable
-from attnprof.trace.ncu_csv import NCU_CSV_SUFFIX, NCU_REPORT_SUFFIX
+from attnprof.trace.ncu_csv import NCU_REPORT_SUFFIX
 
 #: Where Nsight Systems installs its binary when it is not on PATH.
 NSYS_SEARCH = (
@@ -50,25 +50,13 @@ def export_csv(ncu: str, report: Path, out: Path) -> Path:
     return atomic_write(out, proc.stdout)
 
 
-def sqlite_for_report(report: Path) -> Path:
-    """The SQLite export beside an .nsys-rep (`x.nsys-rep` -> `x.sqlite`), exported with nsys when missing or
-    older."""
-    out = report.with_suffix(".sqlite")
-    if _stale(out, report):
-        export_sqlite(find_nsys(), report, out)
-    return out
-
-
-def csv_for_report(report: Path) -> Path:
-    """The raw CSV beside an .ncu-rep (`x.ncu-rep` -> `x.raw.csv`), exported with ncu when missing or older."""
-    out = report.with_name(report.name.removesuffix(NCU_REPORT_SUFFIX) + NCU_CSV_SUFFIX)
-    if _stale(out, report):
-        export_csv(find_ncu(), report, out)
-    return out
-
-
-def _stale(export: Path, report: Path) -> bool:
-    return not export.is_file() or export.stat().st_mtime < report.stat().st_mtime
+def export_report(report: Path, out: Path) -> Path:
+    """Export an Nsight report into `out` with the tool that recorded it: an .nsys-rep as SQLite (nsys), an
+    .ncu-rep as the raw CSV (ncu). What trace/load.py calls (through the pipeline) when a report's export is missing
+    or older than it."""
+    if report.suffix == NCU_REPORT_SUFFIX:
+        return export_csv(find_ncu(), report, out)
+    return export_sqlite(find_nsys(), report, out)
 
 
 def _run(cmd: list[str], binary: str) -> subprocess.CompletedProcess:

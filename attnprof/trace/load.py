@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from attnprof.capture.nsight import csv_for_report, sqlite_for_report
 from attnprof.errors import AttnprofError
 from attnprof.files import DEFAULT_MAX_INPUT_MB, is_regular_file, read_bytes
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import (
-    NCU_REPORT_SUFFIX, NcuReport, is_ncu_csv, load_ncu_csv, ncu_csv_in, ncu_report_in,
+    NCU_CSV_SUFFIX, NCU_REPORT_SUFFIX, NcuReport, is_ncu_csv, load_ncu_csv, ncu_csv_in, ncu_report_in,
 )
 from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.nsys_sqlite import load_nsys_sqlite
@@ -22,6 +22,11 @@ TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 NSYS_SUFFIXES = (".sqlite", ".sqlite.gz")
 #: Files attnprof writes next to the original trace; never inputs.
 DERIVED_MARK = ".attnprof."
+
+#: (Nsight report, the file to export it to) -> that file. Running nsys / ncu is capture's work
+#: (capture/nsight.py: `export_report`): the caller passes it in; without one, a report is read only through the
+#: export beside it.
+ReportExporter = Callable[[Path, Path], Path]
 
 
 @dataclass
@@ -44,14 +49,14 @@ def trace_files_in(folder: Path) -> list[Path]:
     return files
 
 
-def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
+def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB, export: ReportExporter | None = None) -> LoadedRun:
     """A run folder (its traces and runinfo.json) or one trace file. A folder with damaged pieces loads with what is
     readable, and `notes` says what was left out; nothing readable is an AttnprofError."""
     path = Path(path)
     if not path.exists():
         raise AttnprofError(f"{path}: no such file or folder")
     if not path.is_dir():
-        return _load_file(path, max_mb)
+        return _load_file(path, max_mb, export)
     notes = []
     try:
         runinfo = read_runinfo(path)
@@ -65,7 +70,7 @@ def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
         raise AttnprofError(f"cannot list {path}: {e.strerror or e}") from None
     ncu_csv = ncu_csv_in(path)
     if ncu_csv is None and (ncu_report := ncu_report_in(path)) is not None:
-        ncu_csv = csv_for_report(ncu_report)
+        ncu_csv = _ncu_csv_of(ncu_report, export)
     ncu = load_ncu_csv(ncu_csv) if ncu_csv else None
     if not files and ncu is not None:  # an `attnprof ncu` run: counters, no timeline
         return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=path, notes=notes, ncu=ncu)
@@ -76,7 +81,7 @@ def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
     traces, failures = [], []
     for f in files:
         try:
-            traces.append(load_trace(f, max_mb))
+            traces.append(load_trace(f, max_mb, export))
         except AttnprofError as e:
             failures.append(str(e))
     if not traces:
@@ -85,25 +90,25 @@ def load_path(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> LoadedRun:
     return LoadedRun(source=str(path), traces=traces, runinfo=runinfo, folder=path, notes=notes, ncu=ncu)
 
 
-def _load_file(path: Path, max_mb: float) -> LoadedRun:
+def _load_file(path: Path, max_mb: float, export: ReportExporter | None) -> LoadedRun:
     """One file: a trace, or Nsight Compute's report / raw CSV (its folder's runinfo.json, if any, names the
     phases)."""
     if path.suffix == NCU_REPORT_SUFFIX:
-        path = csv_for_report(path)
+        path = _ncu_csv_of(path, export)
     if is_regular_file(path) and is_ncu_csv(path):
         try:
             runinfo = read_runinfo(path.parent)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, OSError):
             runinfo = None
         return LoadedRun(source=str(path), traces=[], runinfo=runinfo, folder=None, ncu=load_ncu_csv(path))
-    return LoadedRun(source=str(path), traces=[load_trace(path, max_mb)], runinfo=None, folder=None)
+    return LoadedRun(source=str(path), traces=[load_trace(path, max_mb, export)], runinfo=None, folder=None)
 
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
+def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB, export: ReportExporter | None = None) -> Trace:
     """A torch.profiler trace (.json / .json.gz) or an Nsight Systems SQLite export, told apart by content.
 
     A pipe or process substitution (`<(zcat trace.json.gz)`) is read once and told apart from what was read."""
@@ -122,8 +127,23 @@ def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
     if head.startswith(b"\x1f\x8b") and Path(path).name.endswith(".sqlite.gz"):
         return _load_sqlite_bytes(read_bytes(path, max_mb), Path(path))
     if Path(path).suffix == ".nsys-rep":
-        return load_nsys_sqlite(sqlite_for_report(Path(path)))
+        return load_nsys_sqlite(_exported(Path(path), Path(path).with_suffix(".sqlite"), export))
     return load_torch_trace(path, max_mb=max_mb)
+
+
+def _ncu_csv_of(report: Path, export: ReportExporter | None) -> Path:
+    """The raw CSV beside an .ncu-rep (`x.ncu-rep` -> `x.raw.csv`)."""
+    return _exported(report, report.with_name(report.name.removesuffix(NCU_REPORT_SUFFIX) + NCU_CSV_SUFFIX), export)
+
+
+def _exported(report: Path, out: Path, export: ReportExporter | None) -> Path:
+    """`out`, the export of an Nsight report: the one beside it when it is at least as new, else made by `export`."""
+    if out.is_file() and out.stat().st_mtime >= report.stat().st_mtime:
+        return out
+    if export is None:
+        raise AttnprofError(f"{report} is an Nsight report without its export ({out.name}): open it with the attnprof "
+                            "command, which exports it with Nsight")
+    return export(report, out)
 
 
 def _load_sqlite_bytes(data: bytes, path: Path) -> Trace:
