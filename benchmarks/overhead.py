@@ -22,6 +22,7 @@ attention calls per generate.
     python benchmarks/overhead.py                       # this machine (a few minutes on 2 loaded cores)
     python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, ~2-3 min
     python benchmarks/overhead.py --gpu --dry           # the GPU run's code path on the CPU, tiny (a check, no figures)
+    python benchmarks/overhead.py --loop-device cuda    # the paired loop of tiny SDPA calls, on the GPU
 """
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ import torch
 import torch.nn.functional as F
 
 out, n = sys.argv[1], int(sys.argv[2])
+device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
 torch.set_num_threads(1)  # a tiny op gains nothing from threads, and a loaded machine makes them stall
 torch.manual_seed(0)
-q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+q, k, v = (torch.randn(1, 2, 8, 16, device=device) for _ in range(3))
 bare = torch._C._nn.scaled_dot_product_attention  # what F.scaled_dot_product_attention is without attnprof
 clock = time.perf_counter_ns
 pairs = []
@@ -146,9 +148,11 @@ def table(rows: dict[str, list[float]], unit: str) -> str:
     return "\n".join(lines)
 
 
-def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
+def cpu(rounds: int, calls: int, modes: tuple[str, ...], device: str = "cpu") -> str:
     """Each iteration of the script calls the bare op, then the (wrapped) F.scaled_dot_product_attention: the
-    difference of their medians in one run is what attnprof added, under the same load (this machine is shared)."""
+    difference of their medians in one run is what attnprof added, under the same load (this machine is shared).
+    `device` "cuda": the same loop on the GPU (each call launches its kernel; the host time per call is what the
+    wrapper adds to a launch-bound loop such as decoding, measured pair by pair instead of across runs)."""
     added: dict[str, list[float]] = {m: [] for m in modes}
     bare_us: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +162,7 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
         for r in range(rounds):
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
             for mode in order:
-                pairs = run_mode(mode, script, calls, root)[calls // 5:]  # the first fifth: window, settling
+                pairs = run_mode(mode, script, calls, root, (device,))[calls // 5:]  # first fifth: window, settling
                 bare = statistics.median(p[0] for p in pairs) / 1000.0
                 added[mode].append(statistics.median(p[1] for p in pairs) / 1000.0 - bare)
                 bare_us.append(bare)
@@ -166,7 +170,9 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...]) -> str:
                   file=sys.stderr)
     import torch
 
-    head = (f"CPU ({os.cpu_count()} cores, torch {torch.__version__}): SDPA on (1, 2, 8, 16) float32, {calls} calls "
+    where = (f"GPU loop ({torch.cuda.get_device_name()}, host clock per call)" if device == "cuda"
+             else f"CPU ({os.cpu_count()} cores")
+    head = (f"{where}, torch {torch.__version__}): SDPA on (1, 2, 8, 16) float32, {calls} calls "
             f"per run, each beside a bare call, {rounds} rounds; bare call {statistics.median(bare_us):.1f} µs "
             f"(median)")
     return head + "\n\n" + table(added, "µs")
@@ -204,7 +210,9 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...], dry: bool = False) 
     head = (f"GPU ({where}, torch {torch.__version__}): GPT-2 from a config ({layers} layers, d={width}, "
             f"{'fp32' if dry else 'bf16'}, sdpa), generate() of {new_tokens} new tokens at batch 4 = "
             f"{calls_per_generate} attention calls; "
-            f"bare generate {statistics.median(bare_s) * 1e3:.1f} ms (median of rounds)")
+            f"bare generate {statistics.median(bare_s) * 1e3:.1f} ms (median of rounds; rounds "
+            f"{min(bare_s) * 1e3:.1f}–{max(bare_s) * 1e3:.1f} ms: across runs, differences under "
+            f"{(max(bare_s) - min(bare_s)) * 1e6 / calls_per_generate:.0f} µs per call are noise)")
     return head + "\n\n" + table(added, "µs")
 
 
@@ -212,6 +220,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="the GPU decode loop (default: the CPU loop)")
     p.add_argument("--dry", action="store_true", help="with --gpu: its code path on the CPU, tiny (no figures)")
+    p.add_argument("--loop-device", default="cpu", choices=("cpu", "cuda"),
+                   help="the loop of tiny SDPA calls on this device (cuda: the per-call host cost beside a GPU launch)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
     p.add_argument("--generates", type=int, default=3, help="GPU: generate() calls per run (the first not counted)")
@@ -224,7 +234,7 @@ def main(argv=None) -> None:
     if a.gpu:
         text = gpu(a.rounds or 2, a.generates, modes, dry=a.dry)
     else:
-        text = cpu(a.rounds or 5, a.calls, modes)
+        text = cpu(a.rounds or 5, a.calls, modes, a.loop_device)
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     print(text)
 
