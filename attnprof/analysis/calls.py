@@ -29,8 +29,8 @@ from attnprof.analysis.records import (
     COMPUTE, COPY, OTHER, CallSplit, Category, CopyRecord, FoundBy, KernelSlice, Part, Phase, Position, Segment,
     UnattributedCopy,
 )
-from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
 from attnprof.textenum import TextEnum
+from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange, unescape_name,
 )
@@ -77,6 +77,8 @@ class Verdict(TextEnum):
 class Sibling(NamedTuple):
     verdict: Verdict
     mover: int  # the op that moved data (inside an attnprof.src range when there is one), else the row itself
+
+
 _EDGE_US = 1.0  # a Python frame starting or ending this close to the trace's first or last frame was cut off
 
 
