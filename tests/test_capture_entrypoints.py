@@ -319,10 +319,10 @@ def test_aten_flash_attention_forward_is_wrapped_and_described(trace):
     result = (torch.empty(2, 128, 8, 64, device="meta"), torch.empty(2, 8, 128, device="meta"))
     f = describe_call(entry, Binder(entry, torch.ops.aten._flash_attention_forward),
                       (q, k, k, None, None, 128, 96, 0.1, True, False), {"scale": 0.125}, result)
-    assert (f["layout"], f["batch"], f["seqlen_q"], f["seqlen_k"], f["heads_q"], f["heads_kv"], f["gqa_ratio"]) == (
+    assert (f.layout, f.batch, f.seqlen_q, f.seqlen_k, f.heads_q, f.heads_kv, f.gqa_ratio) == (
         "BLHD", 2, 128, 96, 8, 2, 4.0)
-    assert (f["causal"], f["dropout_p"], f["scale"]) == (True, 0.1, 0.125)
-    assert f["tensors"]["lse"].shape == [2, 8, 128] and f["tensors"]["q"].device == "meta"
+    assert (f.causal, f.dropout_p, f.scale) == (True, 0.1, 0.125)
+    assert f.tensors["lse"].shape == [2, 8, 128] and f.tensors["q"].device == "meta"
 
 
 def test_nvtx_range_around_every_call(trace, monkeypatch):

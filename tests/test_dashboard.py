@@ -90,12 +90,12 @@ def test_timeline_picks_the_median_call_of_each_site():
 def test_roofline_points_and_ceilings():
     r, _, _ = seed_vs_sdpa()
     points = roofline_points(r, CEILINGS)
-    kernels = next(p for p in points if p["site"] == "model.py:9" and p["what"] == "kernels")
+    kernels = next(p for p in points if p.site == "model.py:9" and p.basis == "kernels")
     # q, k, v (B, H, L, D) = (2, 16, 256, 64) in float16, not causal, the kernel 41 µs: by hand
     flops = 4 * 2 * 16 * 256 * 256 * 64  # QK^T and PV: 2 matmuls of 2·B·H·Lq·Lk·D
     nbytes = 4 * (2 * 16 * 256 * 64) * 2  # q, k, v read and out written once, 2 bytes each
-    assert flops / nbytes == 128.0 and kernels["intensity"] == pytest.approx(128.0)
-    assert kernels["tflops"] == pytest.approx(flops / 41.0 / 1e6)  # 13.09 TFLOP/s
+    assert flops / nbytes == 128.0 and kernels.intensity == pytest.approx(128.0)
+    assert kernels.tflops == pytest.approx(flops / 41.0 / 1e6)  # 13.09 TFLOP/s
     fig = db.roofline_figure(points, CEILINGS).to_plotly_json()
     ceiling = next(t for t in fig["data"] if t["name"].startswith("ceilings"))
     assert max(ceiling["y"]) == pytest.approx(790.0)

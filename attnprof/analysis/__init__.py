@@ -5,7 +5,7 @@ from pathlib import Path
 
 from attnprof.analysis.calls import find_calls
 from attnprof.analysis.kernel_counters import counters_section
-from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, Report
+from attnprof.analysis.records import SCHEMA_VERSION, CallSplit, FoundBy, Report
 from attnprof.analysis.sites import summarize_sites
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import NcuReport
@@ -29,9 +29,9 @@ def analyze(traces: list[Trace], runinfo: RunInfo | None, source: str, ncu: NcuR
     if first is not None:
         # A trace of the whole run (Nsight under `attnprof nsys`) holds the warm-up calls too: autotuning, cuDNN's
         # first-call planning. They are not what the site costs.
-        warm = [c for c in calls if c.found_by == "attnprof" and c.id < first]
+        warm = [c for c in calls if c.found_by == FoundBy.ATTNPROF and c.id < first]
         if warm:
-            calls = [c for c in calls if not (c.found_by == "attnprof" and c.id < first)]
+            calls = [c for c in calls if not (c.found_by == FoundBy.ATTNPROF and c.id < first)]
             notes.append(f"{len({c.id for c in warm})} calls of the warm-up steps left out")
     if not calls and traces:
         notes.append("no attention call found (no attnprof range and no attention op in the trace)")

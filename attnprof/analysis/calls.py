@@ -13,8 +13,11 @@ For each call (an attnprof range, or else the outermost attention op):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,8 +26,10 @@ from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.decomposition import FOREIGN, IDLE, check_call, split_window
 from attnprof.analysis.index import TraceIndex
 from attnprof.analysis.records import (
-    COMPUTE, COPY, OTHER, CallSplit, CopyRecord, KernelSlice, Segment, UnattributedCopy,
+    COMPUTE, COPY, OTHER, CallSplit, Category, CopyRecord, FoundBy, KernelSlice, Part, Phase, Position, Segment,
+    UnattributedCopy,
 )
+from attnprof.textenum import TextEnum
 from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
 from attnprof.trace.runinfo import (
     RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange, unescape_name,
@@ -44,10 +49,36 @@ _GPU_PRIORITY = (COMPUTE, COPY, OTHER, FOREIGN)
 _CPU_PRIORITY = (COPY, OTHER, COMPUTE, FOREIGN)  # host ops nest: the innermost, more specific category wins
 
 
-#: What says a copy is a call's, strongest last. From the Python frames: see CallFinder._evidence. From the storages
-#: capture recorded: IDENTITY, the copy writes what the call reads / reads the call's output; CHAINED, through
-#: another of the call's copies (`.contiguous().to(dtype)`).
-UNSURE, ELSEWHERE, NO_FRAMES, NEAR, OWN, CHAINED, IDENTITY = -1, 0, 1, 2, 3, 4, 5
+class Evidence(IntEnum):
+    """What says a copy is a call's, strongest last. From the Python frames: see CallFinder._evidence. From the
+    storages capture recorded: IDENTITY, the copy writes what the call reads / reads the call's output; CHAINED,
+    through another of the call's copies (`.contiguous().to(dtype)`)."""
+
+    UNSURE = -1
+    ELSEWHERE = 0
+    NO_FRAMES = 1
+    NEAR = 2
+    OWN = 3
+    CHAINED = 4
+    IDENTITY = 5
+
+
+UNSURE, ELSEWHERE, NO_FRAMES, NEAR, OWN, CHAINED, IDENTITY = Evidence  # short names for the walk's comparisons
+
+
+class Verdict(TextEnum):
+    """What an op next to a call is to the walk that looks for the call's layout copies."""
+
+    VIEW = "view"  # moves no data: walked past
+    PREP = "prep"  # a copy that may feed the call (or read its output)
+    BARRIER = "barrier"  # real work: the walk stops
+
+
+class Sibling(NamedTuple):
+    verdict: Verdict
+    mover: int  # the op that moved data (inside an attnprof.src range when there is one), else the row itself
+
+
 _EDGE_US = 1.0  # a Python frame starting or ending this close to the trace's first or last frame was cut off
 
 
@@ -55,8 +86,8 @@ _EDGE_US = 1.0  # a Python frame starting or ending this close to the trace's fi
 class _Prep:
     row: int  # the op that moved data (inside an attnprof.src range when there is one)
     top: int  # the sibling row it was found as (the range itself, or the op)
-    position: str  # before | after
-    evidence: int = IDENTITY  # why it is the call's (IDENTITY ... NO_FRAMES); data flow (nsys) is IDENTITY
+    position: Position  # before | after
+    evidence: Evidence = IDENTITY  # why it is the call's (IDENTITY ... NO_FRAMES); data flow (nsys) is IDENTITY
 
 
 @dataclass
@@ -75,6 +106,47 @@ class _Phase:
     anchor_rows: list[int]  # the attention op (fwd) or its autograd nodes (bwd)
     preps: list[_Prep] = field(default_factory=list)
     views: list[int] = field(default_factory=list)  # views between the prep ops and the call: its, not foreign
+
+
+@dataclass
+class _Anchor:
+    """A call as found (its range, or its outermost attention op), before its copies are looked for."""
+
+    row: int
+    call_id: int
+    op: str
+    site: str
+    found_by: FoundBy
+    info: CallInfo | None  # capture's record of it (attnprof range), else None
+    attn_ops: list[int]  # the attention ops inside it
+    inputs: list[_Layout]  # its tensors, to match layout copies against
+    outputs: list[_Layout]
+
+
+class _Work(NamedTuple):
+    """One piece of device work of a phase of a call."""
+
+    row: int  # device row
+    category: Category
+    position: Position
+    op_row: int | None  # the host op that launched it, for copies (their lines); else None
+
+
+@dataclass
+class _CopyTotal:
+    """One copy op's device work, summed over its kernels."""
+
+    position: Position
+    dur_us: float = 0.0
+    nbytes: int = 0
+
+
+class _HostCopy(NamedTuple):
+    """A copy op of a CPU-only call."""
+
+    row: int
+    position: Position
+    own_line: bool = False  # made by the entry point's own code (repeat_kv): reported at its line, as inside
 
 
 def _numel(dims) -> int:
@@ -192,29 +264,28 @@ class CallFinder:
         name = self.ix.name(row)
         return name in _CPU_DATA_OPS or any(self.ix.name(r) in _CPU_DATA_OPS for r in self.ix.subtree(row).tolist())
 
-    def _classify_sibling(self, row: int) -> tuple[str, int]:
-        """("view" | "prep" | "barrier", the row that moved data)."""
+    def _classify_sibling(self, row: int) -> Sibling:
         name = self.ix.name(row)
         if self.trace.host.kind[row] == HostKind.ANNOTATION:
             if not name.startswith(SOURCE_PREFIX):
-                return "barrier", row
+                return Sibling(Verdict.BARRIER, row)
             children = [r for r in self.ix.subtree(row).tolist() if self.ix.parent[r] == row]
             verdicts = [self._classify_sibling(c) for c in children]
-            preps = [v for v in verdicts if v[0] == "prep"]
+            preps = [v for v in verdicts if v.verdict == Verdict.PREP]
             if preps:
                 return preps[0]
-            if all(v[0] == "view" for v in verdicts):
-                return "view", row
-            return "barrier", row
+            if all(v.verdict == Verdict.VIEW for v in verdicts):
+                return Sibling(Verdict.VIEW, row)
+            return Sibling(Verdict.BARRIER, row)
         if int(self.trace.host.name[row]) in self.fwd_ids:
-            return "barrier", row
+            return Sibling(Verdict.BARRIER, row)
         if tx.is_view_op(name):
-            return "view", row
+            return Sibling(Verdict.VIEW, row)
         if tx.is_prep_op(name):
-            return ("prep", row) if self._moves_data(row) else ("view", row)
-        return "barrier", row
+            return Sibling(Verdict.PREP if self._moves_data(row) else Verdict.VIEW, row)
+        return Sibling(Verdict.BARRIER, row)
 
-    def _feeds(self, prep_row: int, targets: list[_Layout], position: str) -> bool:
+    def _feeds(self, prep_row: int, targets: list[_Layout], position: Position) -> bool:
         """Could this copy produce one of the call's inputs (before) / read the call's output (after)?
 
         A trace records each op's input shapes and strides, not its tensors, so this compares layouts in memory
@@ -230,7 +301,7 @@ class CallFinder:
         if not dims:
             return False
         strides = h.strides(prep_row)
-        if position == "after":
+        if position == Position.AFTER:
             src = 1 if name == "aten::copy_" else 0  # copy_(dst, src) reads src
             if src >= len(dims):
                 return False
@@ -260,7 +331,7 @@ class CallFinder:
             return _Layout(dims[0], _stride_at(strides, 0))
         return None
 
-    def _evidence(self, anchor: int, call_stack: list[int], prep_row: int) -> int:
+    def _evidence(self, anchor: int, call_stack: list[int], prep_row: int) -> Evidence:
         """How strongly the Python frames (with_stack) say a copy was made by the code that made the call.
 
         OWN: the copy ran in a function on the call's own stack (the seed wrapper's copies). NEAR: in a helper
@@ -300,7 +371,7 @@ class CallFinder:
     def _source(self, row: int) -> SourceRange | None:
         return self.ix.source_annotation(row) if self.trace.host.kind[row] == HostKind.ANNOTATION else None
 
-    def _identity(self, row: int, position: str, storages: dict[int, int] | None) -> int | None:
+    def _identity(self, row: int, position: Position, storages: dict[int, Evidence] | None) -> Evidence | None:
         """IDENTITY when this copy writes a storage the call reads (before) / reads one the call wrote (after),
         CHAINED when it does so for another of the call's copies, else ELSEWHERE; None when capture did not record
         both sides. `storages` (address -> IDENTITY | CHAINED) grows along the chain as the walk finds copies."""
@@ -308,13 +379,13 @@ class CallFinder:
         if src is None or storages is None:
             return None
         written = self.copy_writes.get(src.number) if src.number is not None else None
-        mine, theirs = (written, src.read) if position == "before" else (src.read, written)
+        mine, theirs = (written, src.read) if position == Position.BEFORE else (src.read, written)
         if mine is None:
             return None
         found = storages.get(mine)
         if found is None:
             return ELSEWHERE
-        if position == "before":
+        if position == Position.BEFORE:
             del storages[mine]  # its latest writer found: an earlier one wrote a storage since freed
         if theirs is not None:
             storages.setdefault(theirs, CHAINED)
@@ -329,7 +400,7 @@ class CallFinder:
         found: list[_Prep] = []
         views: list[int] = []
         pending_views: list[int] = []
-        position = "before" if direction < 0 else "after"
+        position = Position.BEFORE if direction < 0 else Position.AFTER
         storages = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
         unsure = False
         i = pos + direction
@@ -337,9 +408,9 @@ class CallFinder:
         while 0 <= i < len(sib) and steps < MAX_WALK:
             row = int(sib[i])
             verdict, mover = self._classify_sibling(row)
-            if verdict == "barrier":
+            if verdict == Verdict.BARRIER:
                 break
-            if verdict == "view":
+            if verdict == Verdict.VIEW:
                 pending_views.append(row)
                 i += direction
                 steps += 1
@@ -351,11 +422,11 @@ class CallFinder:
             claim = claims.get(row) if claims is not None else None
             if claim is not None and not self._settle(claim, anchor, evidence, mover):
                 break
-            if position == "after" and evidence == ELSEWHERE:
+            if position == Position.AFTER and evidence == ELSEWHERE:
                 break  # what follows the call without reading its output ends its after-copies
             if evidence == UNSURE or (unsure and NO_FRAMES <= evidence <= OWN):
                 self.unsure.setdefault(row, set()).add(anchor)
-                unsure = position == "after"  # past a copy of unknown owner, what else follows is unknown too
+                unsure = position == Position.AFTER  # past a copy of unknown owner, what else follows is unknown too
             elif evidence != ELSEWHERE:
                 found.append(_Prep(row=mover, top=row, position=position, evidence=evidence))
                 views.extend(pending_views)
@@ -367,7 +438,7 @@ class CallFinder:
             found.reverse()
         return found, views
 
-    def _settle(self, claim: _Claim, anchor: int, evidence: int, row: int) -> bool:
+    def _settle(self, claim: _Claim, anchor: int, evidence: Evidence, row: int) -> bool:
         """A copy between two calls, claimed as input by the later one, read by the earlier one's walk: whose is it?
         The stronger evidence wins. A copy of the earlier call's output that the later call reads (IDENTITY both
         ways) is the code's that made it, by the frames. As strong on both sides (only shapes, or both in the same
@@ -391,7 +462,7 @@ class CallFinder:
     def _has_flow(self, attn_ops: list[int]) -> bool:
         return bool(attn_ops) and bool(self.row_by_op) and self.trace.host.op_id[attn_ops[0]] != NO_ID
 
-    def _flow_walk(self, start: list[int], step, position: str) -> list[_Prep]:
+    def _flow_walk(self, start: list[int], step, position: Position) -> list[_Prep]:
         """Follow the data flow from `start` through views and copies: the copies found are the call's."""
         found: list[_Prep] = []
         seen: set[int] = set()
@@ -422,10 +493,10 @@ class CallFinder:
         return [c for c in self.consumers.get(int(self.trace.host.op_id[row]), ()) if self.trace.host.tid[c] == tid]
 
     def _producers(self, attn_op: int) -> list[_Prep]:
-        return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, "before")
+        return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, Position.BEFORE)
 
     def _consumers(self, attn_op: int) -> list[_Prep]:
-        return self._flow_walk(self._outputs_of(attn_op), self._outputs_of, "after")
+        return self._flow_walk(self._outputs_of(attn_op), self._outputs_of, Position.AFTER)
 
     # --- inputs and outputs of a call ------------------------------------------------------------------------------
 
@@ -456,47 +527,54 @@ class CallFinder:
 
     # --- splitting ---------------------------------------------------------------------------------------------------
 
+    def _anchor(self, row: int, next_id: int) -> _Anchor:
+        """The call at `row`: by its attnprof range, else numbered `next_id`."""
+        m = RANGE_RE.match(self.ix.name(row))
+        if m:
+            call_id, op, site, found_by = int(m["id"]), m["op"], unescape_name(m["site"]), FoundBy.ATTNPROF
+            info = self.call_info.get(call_id)
+        else:
+            call_id, op, found_by, info = next_id, self.ix.name(row), compiled.found_by(self.ix, row), None
+            located = self.ix.python_site(row)
+            site = located[0] if located else "unknown"
+        attn_ops = self._attention_ops(row)
+        inputs, outputs = self._io_layouts(info, attn_ops)
+        return _Anchor(row=row, call_id=call_id, op=op, site=site, found_by=found_by, info=info, attn_ops=attn_ops,
+                       inputs=inputs, outputs=outputs)
+
     def build(self) -> list[CallSplit]:
-        anchors = []
+        anchors: list[_Anchor] = []
         next_id = max(self.call_info, default=0) + 1
-        for anchor in self.anchors():
-            m = RANGE_RE.match(self.ix.name(anchor))
-            if m:
-                call_id, op, site, found_by = int(m["id"]), m["op"], unescape_name(m["site"]), "attnprof"
-                info = self.call_info.get(call_id)
-            else:
-                call_id, op, found_by, info = next_id, self.ix.name(anchor), compiled.found_by(self.ix, anchor), None
+        for row in self.anchors():
+            anchors.append(self._anchor(row, next_id))
+            if anchors[-1].found_by != FoundBy.ATTNPROF:
                 next_id += 1
-                located = self.ix.python_site(anchor)
-                site = located[0] if located else "unknown"
-            attn_ops = self._attention_ops(anchor)
-            anchors.append((anchor, call_id, op, site, found_by, info, attn_ops, *self._io_layouts(info, attn_ops)))
-        self._anchor_rows = [a[0] for a in anchors]
+        self._anchor_rows = [a.row for a in anchors]
         self._anchor_starts = [float(self.ix.ts[a]) for a in self._anchor_rows]
         # Copies feeding a call are claimed first; the walk after the previous call then settles each copy both
         # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
         claims: dict[int, _Claim] = {}
-        before = {}
-        for anchor, call_id, op, site, found_by, info, attn_ops, ins, _outs in anchors:
-            if self._has_flow(attn_ops):
-                before[anchor] = (self._producers(attn_ops[0]), [])
+        before: dict[int, tuple[list[_Prep], list[int]]] = {}
+        for a in anchors:
+            if self._has_flow(a.attn_ops):
+                before[a.row] = (self._producers(a.attn_ops[0]), [])
             else:
-                before[anchor] = self._walk(anchor, -1, ins, _storages(info, "in"))
-            for prep in before[anchor][0]:
-                claims[prep.top] = _Claim(anchor=anchor, preps=before[anchor][0], prep=prep)
+                before[a.row] = self._walk(a.row, -1, a.inputs, _storages(a.info, "in"))
+            for prep in before[a.row][0]:
+                claims[prep.top] = _Claim(anchor=a.row, preps=before[a.row][0], prep=prep)
         calls: list[CallSplit] = []
         phases: list[_Phase] = []
-        for anchor, call_id, op, site, found_by, info, attn_ops, _ins, outs in anchors:
-            after, after_views = (self._consumers(attn_ops[0]), []) if self._has_flow(attn_ops) else \
-                self._walk(anchor, +1, outs, _storages(info, "out"), claims)
-            fwd = _Phase(anchor_rows=[anchor], preps=before[anchor][0] + after, views=before[anchor][1] + after_views)
+        for a in anchors:
+            after, after_views = (self._consumers(a.attn_ops[0]), []) if self._has_flow(a.attn_ops) else \
+                self._walk(a.row, +1, a.outputs, _storages(a.info, "out"), claims)
+            fwd = _Phase(anchor_rows=[a.row], preps=before[a.row][0] + after, views=before[a.row][1] + after_views)
             phases.append(fwd)
-            base = self._base_record(call_id, op, site, found_by, info, attn_ops)
-            calls.append(self._split(base, "fwd", fwd, attn_ops, info))
-            bwd = self._backward_phase([anchor], fwd)
+            base = self._base_record(a.call_id, a.op, a.site, a.found_by, a.info, a.attn_ops)
+            calls.append(self._split(base, Phase.FWD, fwd, a.attn_ops, a.info))
+            bwd = self._backward_phase([a.row], fwd)
             if bwd is not None:
-                calls.append(self._split(base, "bwd", bwd, attn_ops, info))
-        ids = {a[0]: a[1] for a in anchors}
+                calls.append(self._split(base, Phase.BWD, bwd, a.attn_ops, a.info))
+        ids = {a.row: a.call_id for a in anchors}
         owned = {p.top for phase in phases for p in phase.preps}
         unsure = [(row, between) for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.ts[kv[0]])
                   if row not in owned]
@@ -519,14 +597,15 @@ class CallFinder:
                                 bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=float(self.ix.ts[top]),
                                 calls=call_ids)
 
-    def _base_record(self, call_id, op, site, found_by, info: CallInfo | None, attn_ops: list[int]) -> CallSplit:
+    def _base_record(self, call_id: int, op: str, site: str, found_by: FoundBy, info: CallInfo | None,
+                     attn_ops: list[int]) -> CallSplit:
         h = self.trace.host
         if info is not None:
             shapes = {k: list(t.shape) for k, t in info.tensors.items()}
             tensor = next(iter(info.tensors.values()), None)
             dtype = tensor.dtype if tensor else None
             device = tensor.device if tensor else ("cuda" if self.on_device else "cpu")
-            return CallSplit(id=call_id, op=op, backend="unknown", phase="fwd", site=site, found_by=found_by,
+            return CallSplit(id=call_id, op=op, backend="unknown", phase=Phase.FWD, site=site, found_by=found_by,
                              device=device, step=info.step, shapes=shapes, dtype=dtype, layout=info.layout, causal=info.causal,
                              gqa_ratio=info.gqa_ratio)
         shapes, dtype, gqa = {}, None, None
@@ -539,7 +618,7 @@ class CallFinder:
             if len(dims) >= 2 and len(dims[0]) == 4 and dims[1][1]:
                 heads_axis = 1 if self.ix.name(attn_ops[0]) not in ("aten::_flash_attention_forward",) else 2
                 gqa = dims[0][heads_axis] / dims[1][heads_axis]
-        return CallSplit(id=call_id, op=op, backend="unknown", phase="fwd", site=site, found_by=found_by,
+        return CallSplit(id=call_id, op=op, backend="unknown", phase=Phase.FWD, site=site, found_by=found_by,
                          device="cuda" if self.on_device else "cpu", shapes=shapes, dtype=dtype, gqa_ratio=gqa,
                          layout=None)
 
@@ -557,12 +636,12 @@ class CallFinder:
             for s in seqs:
                 for node in self.nodes_by_seq.get(s, ()):
                     if self._moves_data(node):
-                        position = "before" if self.ix.ts[node] < self.ix.ts[attn_nodes[0]] else "after"
+                        position = Position.BEFORE if self.ix.ts[node] < self.ix.ts[attn_nodes[0]] else Position.AFTER
                         phase.preps.append(_Prep(row=node, top=node, position=position))
         return phase
 
-    def _device_work(self, phase: _Phase) -> list[tuple[int, str, str, int | None]]:
-        """(device row, category, position, prep row or None) for every piece of device work of the phase."""
+    def _device_work(self, phase: _Phase) -> list[_Work]:
+        """Every piece of device work of the phase."""
         out = []
         d = self.trace.device
         strings = self.trace.strings.values
@@ -578,16 +657,15 @@ class CallFinder:
                     cat = COPY
                 else:
                     cat = COMPUTE
-                out.append((drow, cat, "inside", launcher if cat == COPY else None))
+                out.append(_Work(drow, cat, Position.INSIDE, launcher if cat == COPY else None))
         for prep in phase.preps:
             for _, drow in self.ix.launches(prep.row):
-                cat = OTHER if d.kind[drow] == DeviceKind.MEMSET else COPY
-                out.append((drow, cat, prep.position, prep.row))
+                out.append(_Work(drow, OTHER if d.kind[drow] == DeviceKind.MEMSET else COPY, prep.position, prep.row))
         return out
 
-    def _split(self, base: CallSplit, phase_name: str, phase: _Phase, attn_ops: list[int],
+    def _split(self, base: CallSplit, phase_name: Phase, phase: _Phase, attn_ops: list[int],
                info: CallInfo | None) -> CallSplit:
-        call = CallSplit(**{**base.__dict__, "phase": phase_name, "kernels": [], "copies": []})
+        call = dataclasses.replace(base, phase=phase_name, kernels=[], copies=[])
         ix = self.ix
         # a copy starts at its own op, not at the attnprof.src range around it (attnprof's cost of opening it)
         host_rows = phase.anchor_rows + [p.row for p in phase.preps]
@@ -600,7 +678,7 @@ class CallFinder:
         else:
             outermost = [r for r in attn_ops if not any(a in attn_ops for a in ix.ancestors(r))]
             own_copies: list[int] = []
-            if phase_name != "fwd":
+            if phase_name != Phase.FWD:
                 compute = phase.anchor_rows
             elif outermost:
                 compute = outermost
@@ -630,46 +708,47 @@ class CallFinder:
             return 0
         return 2 * _numel(dims[0]) * tx.itemsize(types[0])
 
-    def _split_device(self, call: CallSplit, work, host_start: float) -> None:
+    def _split_device(self, call: CallSplit, work: list[_Work], host_start: float) -> None:
         d = self.trace.device
         strings = self.trace.strings.values
-        ours = {w[0] for w in work}
-        first = float(min(d.ts[w[0]] for w in work))
-        end = float(max(d.ts[w[0]] + d.dur[w[0]] for w in work))
-        device = int(d.device[work[0][0]])
+        ours = {w.row for w in work}
+        first = float(min(d.ts[w.row] for w in work))
+        end = float(max(d.ts[w.row] + d.dur[w.row] for w in work))
+        device = int(d.device[work[0].row])
         # The GPU may still be busy with earlier work when the first prep op is issued: that wait is not launch time.
         busy_until = self.ix.last_device_end_before(first, device)
         start = min(max(host_start, busy_until), first)
-        intervals = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, _, _ in work]
+        intervals = [(float(d.ts[w.row]), float(d.ts[w.row] + d.dur[w.row]), w.category) for w in work]
         for r in self.ix.device_rows_between(start, end, device).tolist():
             if r not in ours:
                 intervals.append((float(d.ts[r]), float(d.ts[r] + d.dur[r]), FOREIGN))
         s = split_window(start, end, intervals, _GPU_PRIORITY)
-        call.segments = _segments(s, idle="launch")
+        call.segments = _segments(s, idle=Part.LAUNCH)
         call.device = f"cuda:{device}"
         call.start_us, call.window_us = float(start), s.window_us
         call.compute_us, call.copy_us, call.other_us, call.launch_us = s.compute_us, s.copy_us, s.other_us, s.idle_us
         call.interleaved_us = s.span_us - s.window_us
-        inside = [(float(d.ts[r]), float(d.ts[r] + d.dur[r]), cat) for r, cat, position, _ in work
-                  if position == "inside"]
+        inside = [(float(d.ts[w.row]), float(d.ts[w.row] + d.dur[w.row]), w.category) for w in work
+                  if w.position == Position.INSIDE]
         if inside:
             first_op, last_end = min(a for a, _, _ in inside), max(b for _, b, _ in inside)
             busy = split_window(first_op, last_end, inside, _GPU_PRIORITY)
             call.entry_busy_us = busy.compute_us + busy.copy_us + busy.other_us
             call.projected_us = last_end - first_op
-        call.kernels = [KernelSlice(name=strings[d.name[r]], category=cat, start_us=float(d.ts[r]),
-                                    dur_us=float(d.dur[r]), stream=int(d.stream[r]))
-                        for r, cat, _, _ in sorted(work, key=lambda w: d.ts[w[0]])]
-        by_op: dict[int, list] = {}
-        for r, cat, position, op_row in work:
-            if cat == COPY and op_row is not None:
-                by_op.setdefault(op_row, [position, 0.0, 0])
-                by_op[op_row][1] += float(d.dur[r])
-                by_op[op_row][2] += int(d.nbytes[r])
-        for op_row, (position, dur, nbytes) in sorted(by_op.items(), key=lambda kv: self.ix.ts[kv[0]]):
+        call.kernels = [KernelSlice(name=strings[d.name[w.row]], category=w.category, start_us=float(d.ts[w.row]),
+                                    dur_us=float(d.dur[w.row]), stream=int(d.stream[w.row]))
+                        for w in sorted(work, key=lambda w: d.ts[w.row])]
+        by_op: dict[int, _CopyTotal] = {}
+        for w in work:
+            if w.category == COPY and w.op_row is not None:
+                total = by_op.setdefault(w.op_row, _CopyTotal(w.position))
+                total.dur_us += float(d.dur[w.row])
+                total.nbytes += int(d.nbytes[w.row])
+        for op_row, total in sorted(by_op.items(), key=lambda kv: self.ix.ts[kv[0]]):
             call.copies.append(CopyRecord(
-                site=call.site if position == "inside" else self._copy_site(op_row),
-                op=self.ix.name(op_row), bytes=nbytes or self._copy_bytes(op_row), dur_us=dur, position=position))
+                site=call.site if total.position == Position.INSIDE else self._copy_site(op_row),
+                op=self.ix.name(op_row), bytes=total.nbytes or self._copy_bytes(op_row), dur_us=total.dur_us,
+                position=total.position))
 
     def _entry_work(self, anchors: list[int]) -> tuple[list[int], list[int]]:
         """(compute rows, copy rows) of entry points with no attention op inside: each op the entry point runs
@@ -681,9 +760,9 @@ class CallFinder:
                 if self.ix.parent[child] != anchor:
                     continue
                 verdict, mover = self._classify_sibling(child)
-                if verdict == "prep":
+                if verdict == Verdict.PREP:
                     copies.append(mover)
-                elif verdict == "barrier":
+                elif verdict == Verdict.BARRIER:
                     compute.append(child)
         return compute, copies
 
@@ -694,7 +773,7 @@ class CallFinder:
         ix = self.ix
         intervals = []
         kernels = []
-        copy_rows = [(r, "own") for r in own_copies]
+        copy_rows = [_HostCopy(r, Position.INSIDE, own_line=True) for r in own_copies]
         intervals += [(ix.ts[r], ix.end[r], COPY) for r in own_copies]
         for r in compute_rows:
             intervals.append((ix.ts[r], ix.end[r], COMPUTE))
@@ -706,12 +785,12 @@ class CallFinder:
                 scalar = not _tensor_dims(ix.trace.host.dims(inner))
                 if inner != r and outermost_copy and self._moves_data(inner) and not scalar:
                     intervals.append((ix.ts[inner], ix.end[inner], COPY))
-                    copy_rows.append((inner, "inside"))
+                    copy_rows.append(_HostCopy(inner, Position.INSIDE))
                 elif inner != r and n in _FILL_OPS:
                     intervals.append((ix.ts[inner], ix.end[inner], OTHER))
         for p in phase.preps:
             intervals.append((ix.ts[p.row], ix.end[p.row], COPY))  # the op's own time, not its attnprof.src range
-            copy_rows.append((p.row, p.position))
+            copy_rows.append(_HostCopy(p.row, p.position))
         ours = set(phase.anchor_rows) | {p.top for p in phase.preps} | set(phase.views)
         for anchor in phase.anchor_rows:
             sib, starts, _ = ix.siblings(anchor)
@@ -722,7 +801,7 @@ class CallFinder:
                 if r not in ours and ix.end[r] > host_start:
                     intervals.append((float(ix.ts[r]), float(ix.end[r]), FOREIGN))
         s = split_window(host_start, host_end, intervals, _CPU_PRIORITY)
-        call.segments = _segments(s, idle=OTHER)  # CPU: time between ops is other, there is no launch
+        call.segments = _segments(s, idle=Part.OTHER)  # CPU: time between ops is other, there is no launch
         call.device = "cpu"
         call.start_us, call.window_us = float(host_start), s.window_us
         call.compute_us, call.copy_us = s.compute_us, s.copy_us
@@ -730,19 +809,19 @@ class CallFinder:
         call.interleaved_us = s.span_us - s.window_us
         call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=float(ix.ts[r]),
                                     dur_us=float(ix.end[r] - ix.ts[r])) for r, cat in kernels]
-        for r, position in copy_rows:
+        for r, position, own_line in copy_rows:
             call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.ts[r]),
                                             dur_us=float(ix.end[r] - ix.ts[r])))
-            own = position == "own"  # made by the entry point's own code: its line is known
-            call.copies.append(CopyRecord(site=call.site if position == "inside" else (self._copy_site(r) or call.site),
+            inside_op = position == Position.INSIDE and not own_line  # the attention op's own copy: the call's line
+            call.copies.append(CopyRecord(site=call.site if inside_op else (self._copy_site(r) or call.site),
                                           op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
-                                          position="inside" if own else position))
+                                          position=position))
         call.kernels.sort(key=lambda k: k.start_us)
 
 
-def _segments(split, idle: str) -> list[Segment]:
-    names = {FOREIGN: "interleaved", IDLE: idle}
-    return [Segment(start_us=float(a), dur_us=float(b - a), part=names.get(c, c)) for a, b, c in split.segments]
+def _segments(split, idle: Part) -> list[Segment]:
+    names = {FOREIGN: Part.INTERLEAVED, IDLE: idle}
+    return [Segment(start_us=float(a), dur_us=float(b - a), part=names.get(c) or Part(c)) for a, b, c in split.segments]
 
 
 def _storages(info: CallInfo | None, which: str) -> set[int]:

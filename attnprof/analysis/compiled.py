@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.index import TraceIndex
+from attnprof.analysis.records import FoundBy
 from attnprof.trace.model import NO_ID
 
 
@@ -25,9 +26,9 @@ def in_backward(ix: TraceIndex, row: int) -> bool:
                for a in ix.ancestors(row))
 
 
-def found_by(ix: TraceIndex, row: int) -> str:
-    """"compiled" for an op of a compiled graph, else "aten" (found by op name)."""
-    return "compiled" if graph_call(ix, row) is not None else "aten"
+def found_by(ix: TraceIndex, row: int) -> FoundBy:
+    """COMPILED for an op of a compiled graph, else ATEN (found by op name)."""
+    return FoundBy.COMPILED if graph_call(ix, row) is not None else FoundBy.ATEN
 
 
 def _outermost(ix: TraceIndex, rows: list[int], match) -> list[int]:

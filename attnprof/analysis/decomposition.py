@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attnprof.analysis.records import COMPUTE, COPY, OTHER, CallSplit
+from attnprof.analysis.records import CallSplit, Part
 from attnprof.errors import AttnprofError
 
 FOREIGN = "foreign"  # other code's work inside the span: not the call's, left out of its window
@@ -101,8 +101,8 @@ def check_call(call: CallSplit) -> None:
     if abs(t - (call.start_us + span)) > tol:
         raise SplitInvariantError(f"internal error: {where}: segments end at {t:.3f} µs, the span at "
                                   f"{call.start_us + span:.3f} µs")
-    expected = {COMPUTE: call.compute_us, COPY: call.copy_us, "interleaved": call.interleaved_us,
-                OTHER: call.other_us, "launch": launch}
+    expected = {Part.COMPUTE: call.compute_us, Part.COPY: call.copy_us, Part.INTERLEAVED: call.interleaved_us,
+                Part.OTHER: call.other_us, Part.LAUNCH: launch}
     for part in [*expected, *(p for p in by_part if p not in expected)]:  # a fixed order: one message per fault
         total = by_part.get(part, 0.0)
         if part not in expected or abs(total - expected[part]) > tol:

@@ -9,13 +9,40 @@ from dataclasses import dataclass, field
 
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis import taxonomy as tx
-from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.analysis.records import CallSplit, Phase, Report, SiteSummary
 from attnprof.analysis.roofline import roofline, shape_of_call
+from attnprof.textenum import TextEnum
 from attnprof.trace.ceilings import Ceilings
 from attnprof.trace.runinfo import CallInfo
 
 #: A site's key in Insights.splits: (site, op, phase), one SiteSummary each.
 SiteKey = tuple[str, str, str]
+
+
+class Basis(TextEnum):
+    """The time a roofline point divides the work by."""
+
+    KERNELS = "kernels"  # the attention kernels alone (compute_us)
+    WHOLE_CALL = "whole call"  # the call end to end: true µs where timed, else the window
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """One site and phase on the roofline, on one basis."""
+
+    site: str
+    phase: Phase
+    basis: Basis
+    backend: str
+    shapes: dict[str, list[int]]
+    dtype: str | None
+    layout: str | None
+    us: float  # µs per call on that basis
+    intensity: float  # FLOP / byte (minimum bytes)
+    tflops: float  # achieved
+    gbps: float  # achieved, on the minimum bytes
+    pct_of_peak: float | None  # of the ceiling of `bound`; None without ceilings
+    bound: str | None  # "compute" | "memory"; None without ceilings
 
 
 @dataclass
@@ -25,9 +52,7 @@ class Insights:
     splits: dict[SiteKey, dg.SiteSplit] = field(default_factory=dict)  # µs per call: true basis where timed
     diagnoses: list[dg.Diagnosis] = field(default_factory=list)  # per call site, slowest in total first
     explanations: list[dg.Explanation] = field(default_factory=list)  # the waterfalls, in order
-    #: per site and phase, "kernels" (compute_us) and "whole call" (true or window µs): site, phase, what, backend,
-    #: shapes, dtype, layout, us, intensity (FLOP/byte), tflops, gbps, pct_of_peak, bound
-    roofline: list[dict] = field(default_factory=list)
+    roofline: list[RooflinePoint] = field(default_factory=list)  # per site and phase, on both bases
     ceilings: Ceilings | None = None  # those the roofline used
 
 
@@ -44,7 +69,7 @@ def site_splits(report: Report) -> dict[SiteKey, dg.SiteSplit]:
             for s in report.sites}
 
 
-def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[dict]:
+def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[RooflinePoint]:
     """Per site and phase: arithmetic intensity and achieved TFLOP/s, of the kernels alone and of the whole call."""
     points = []
     for s in report.sites:
@@ -54,16 +79,15 @@ def roofline_points(report: Report, ceilings: Ceilings | None = None) -> list[di
         if shape is None or not itemsize:
             continue
         whole = s.true_us if s.true_us is not None else s.window_us
-        for what, us in (("kernels", s.compute_us), ("whole call", whole)):
+        for basis, us in ((Basis.KERNELS, s.compute_us), (Basis.WHOLE_CALL, whole)):
             if not us or us <= 0:
                 continue
-            r = roofline(shape, itemsize, s.phase == "bwd", us, ceilings)
+            r = roofline(shape, itemsize, s.phase == Phase.BWD, us, ceilings)
             if not r.min_bytes:  # a degenerate recorded shape (a 0 or negative size): no point to place
                 continue
-            points.append({"site": s.site, "phase": s.phase, "what": what, "backend": s.backend,
-                           "shapes": s.shapes, "dtype": s.dtype, "layout": s.layout, "us": us,
-                           "intensity": r.flops / r.min_bytes, "tflops": r.tflops, "gbps": r.gbps,
-                           "pct_of_peak": r.pct_of_peak, "bound": r.bound})
+            points.append(RooflinePoint(site=s.site, phase=s.phase, basis=basis, backend=s.backend, shapes=s.shapes,
+                                        dtype=s.dtype, layout=s.layout, us=us, intensity=r.flops / r.min_bytes,
+                                        tflops=r.tflops, gbps=r.gbps, pct_of_peak=r.pct_of_peak, bound=r.bound))
     return points
 
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from attnprof.analysis import compiled
 from attnprof.analysis import taxonomy as tx
-from attnprof.analysis.calls import CallFinder, _Layout, _numel, _Phase, _Prep, _stride_at, _tensor_dims
-from attnprof.analysis.records import CallSplit
+from attnprof.analysis.calls import CallFinder, Verdict, _Layout, _numel, _Phase, _Prep, _stride_at, _tensor_dims
+from attnprof.analysis.records import CallSplit, FoundBy, Phase, Position
 from attnprof.trace.model import HostKind
 from attnprof.trace.runinfo import RANGE_PREFIX
 
@@ -222,7 +222,7 @@ def _generated_output_copy(finder: CallFinder, m: Match) -> list[_Prep]:
     name = finder.ix.name(row)
     dims = _tensor_dims(finder.trace.host.dims(row))
     if tx.is_generated_kernel(name) and tx.is_copy_kernel_name(name) and dims and dims[0] == m.out.dims:
-        return [_Prep(row=row, top=row, position="after")]
+        return [_Prep(row=row, top=row, position=Position.AFTER)]
     return []
 
 
@@ -243,10 +243,10 @@ def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[C
         work, inside, views = [], [], []
         for r in m.rows:  # between its GEMMs: its ops, the copies its code made (a v.contiguous()), views
             verdict, mover = finder._classify_sibling(r)
-            if verdict == "view":
+            if verdict == Verdict.VIEW:
                 views.append(r)
-            elif verdict == "prep":
-                inside.append(_Prep(row=mover, top=r, position="before"))
+            elif verdict == Verdict.PREP:
+                inside.append(_Prep(row=mover, top=r, position=Position.BEFORE))
             else:
                 work.append(r)
         # no storages recorded for a pattern (capture never saw it as a call): the walk decides on the trace's
@@ -262,18 +262,18 @@ def manual_calls(finder: CallFinder, claimed: set[int], first_id: int) -> list[C
         fwd = _Phase(anchor_rows=work, preps=before + inside + after, views=before_views + views + after_views)
         located = ix.python_site(m.rows[0])
         shapes = {"q": m.q.dims, "k": m.k.dims, "v": m.v.dims, "scores": m.scores}
-        base = CallSplit(id=first_id + n, op=OP, backend=BACKEND, phase="fwd",
+        base = CallSplit(id=first_id + n, op=OP, backend=BACKEND, phase=Phase.FWD,
                          site=located[0] if located else "unknown",
-                         found_by="compiled" if m.fused else "pattern",
+                         found_by=FoundBy.COMPILED if m.fused else FoundBy.PATTERN,
                          device="cuda" if finder.on_device else "cpu", shapes=shapes,
                          dtype=_dtype(finder, m.rows), layout=_layout(m))
         backend = FUSED_BACKEND if m.fused else BACKEND
-        call = finder._split(base, "fwd", fwd, work, None)
+        call = finder._split(base, Phase.FWD, fwd, work, None)
         call.backend = backend
         calls.append(call)
         bwd = finder._backward_phase(work + views, fwd)
         if bwd is not None:
-            call = finder._split(base, "bwd", bwd, work, None)
+            call = finder._split(base, Phase.BWD, bwd, work, None)
             call.backend = backend
             calls.append(call)
     return calls

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnprof.analysis.records import CallSplit, Report
+from attnprof.analysis.records import CallSplit, Phase, Report
 from attnprof.trace.model import HostKind, Trace
 
 #: Host ranges PyTorch puts around a collective's work (`gloo:all_reduce`, `nccl:all_reduce`, ...) and the NCCL
@@ -340,7 +340,7 @@ def _fix(phase: str, collectives: list[str]) -> str:
     if any(n.startswith("gloo:") for n in collectives):
         return ("gloo runs collectives on CPU threads that compete with the attention ops for cores: leave cores "
                 "free for them (fewer intra-op threads, OMP_NUM_THREADS) or use NCCL on GPUs")
-    if phase == "bwd":
+    if phase == Phase.BWD:
         return ("gradient all-reduce runs beside the backward attention kernels: larger DDP buckets "
                 "(bucket_cap_mb) or FSDP's backward_prefetch=BACKWARD_PRE move it off the attention kernels; if the "
                 "overlap is wanted, give the compute stream the higher priority")

@@ -11,10 +11,52 @@ if TYPE_CHECKING:
     from attnprof.analysis.ranks import RanksSummary
 
 from attnprof.analysis.kernel_counters import KernelCountersSection
+from attnprof.textenum import TextEnum
 
 SCHEMA_VERSION = 1
 
-COMPUTE, COPY, OTHER = "compute", "copy", "other"
+
+class Category(TextEnum):
+    """What a kernel (on CPU runs: a host op) attributed to a call does."""
+
+    COMPUTE = "compute"  # the attention kernels
+    COPY = "copy"  # copy / transpose / cast / pad / memcpy
+    OTHER = "other"  # memsets, fills
+
+
+COMPUTE, COPY, OTHER = Category.COMPUTE, Category.COPY, Category.OTHER
+
+
+class Part(TextEnum):
+    """Who owns a stretch of a call's window: a category, the GPU's idle, or other code's work."""
+
+    COMPUTE = "compute"
+    COPY = "copy"
+    OTHER = "other"
+    LAUNCH = "launch"  # the GPU idle, waiting for the CPU (on CPU runs the gaps are other)
+    INTERLEAVED = "interleaved"  # other code's device work inside the span, left out of the window
+
+
+class Phase(TextEnum):
+    FWD = "fwd"
+    BWD = "bwd"
+
+
+class Position(TextEnum):
+    """Where a layout copy runs, relative to the attention op it is charged to."""
+
+    BEFORE = "before"
+    INSIDE = "inside"
+    AFTER = "after"
+
+
+class FoundBy(TextEnum):
+    """How a call was found in the trace."""
+
+    ATTNPROF = "attnprof"  # its attnprof range
+    ATEN = "aten"  # an attention op's name alone
+    COMPILED = "compiled"  # an op of a torch.compile'd graph
+    PATTERN = "pattern"  # hand-written attention, by its op pattern (manual.py)
 
 
 @dataclass
@@ -22,7 +64,7 @@ class KernelSlice:
     """One piece of device work attributed to a call (on CPU runs: one host op)."""
 
     name: str
-    category: str  # compute | copy | other
+    category: Category
     start_us: float  # relative to the trace's t=0
     dur_us: float
     stream: int | None = None
@@ -34,7 +76,7 @@ class Segment:
 
     start_us: float
     dur_us: float
-    part: str  # compute | copy | other | launch | interleaved
+    part: Part
 
 
 @dataclass
@@ -45,7 +87,7 @@ class CopyRecord:
     op: str  # aten::contiguous, aten::_to_copy, ...
     bytes: int  # bytes read + written
     dur_us: float  # its kernels' busy time (host op time on CPU)
-    position: str  # before | inside | after  (relative to the attention op)
+    position: Position
 
 
 @dataclass
@@ -65,10 +107,9 @@ class CallSplit:
     id: int
     op: str  # entry point (sdpa, flash_attn_func, ...) or the aten op name for traces without attnprof ranges
     backend: str  # cudnn | flash | flash-attn2 | fa3 | fa4 | efficient | math | cpu-flash | flex | manual | unknown
-    phase: str  # fwd | bwd
+    phase: Phase
     site: str
-    found_by: str  # "attnprof" (its range) | "aten" (op names only) | "compiled" (an op of a compiled graph)
-    #               | "pattern" (hand-written attention, manual.py)
+    found_by: FoundBy
     device: str  # "cuda:0" | "cpu"
     step: int | None = None  # the step it ran in (attnprof runs)
     shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -103,7 +144,7 @@ class CopySummary:
 class SiteSummary:
     site: str
     op: str
-    phase: str
+    phase: Phase
     backend: str
     calls: int
     shapes: dict[str, list[int]]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from attnprof.analysis.records import CallSplit, CopySummary, SiteSummary
+from attnprof.analysis.records import CallSplit, CopySummary, Position, SiteSummary
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import CallInfo, RunInfo, SiteTiming
 
@@ -98,11 +99,30 @@ def _location(site: str) -> str:
     return re.sub(r"[^\s:]*/", "", site)
 
 
-def _place(site: str, infos: list[CallInfo]) -> dict:
+class Place(NamedTuple):
+    """Where a site's calls run, as a person reads it (SiteSummary's fields of the same names)."""
+
+    label: str
+    function: str | None = None
+    caller: str | None = None
+    module: str | None = None
+    module_class: str | None = None
+
+
+@dataclass
+class _CopyTotal:
+    """One copy (site, op, position) summed over a site's calls."""
+
+    bytes: int = 0
+    dur_us: float = 0.0
+    count: int = 0
+
+
+def _place(site: str, infos: list[CallInfo]) -> Place:
     """The label a person reads, and its parts: in a model, the module path (layers collapsed) and class; outside
     one, the calling function and the site's function; without capture's records (a plain trace), the site."""
     if not infos:
-        return {"label": site}
+        return Place(label=site)
     first = infos[0]
     function = first.function if first.function not in ("?", "<module>") else None
     caller = first.caller if first.caller != "<module>" else None
@@ -117,7 +137,7 @@ def _place(site: str, infos: list[CallInfo]) -> dict:
         label = f"{caller} → {function}" if caller else function
     else:
         label = _location(site)
-    return {"label": label, "function": function, "caller": caller, "module": module, "module_class": module_class}
+    return Place(label=label, function=function, caller=caller, module=module, module_class=module_class)
 
 
 def _mean(values: list[float]) -> float:
@@ -165,13 +185,14 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
         inflation = profiled_us / true_us if (true_us and profiled_us) else None
         launch_true = _launch_without_profiler(launch, true_us, _mean([c.entry_busy_us for c in group]))
         first = group[0]
-        copies: dict[tuple, list] = {}
+        copies: dict[tuple[str | None, str, Position], _CopyTotal] = {}
         for c in group:
             for cp in c.copies:
-                acc = copies.setdefault((cp.site, cp.op, cp.position), [0, 0.0, 0])
-                acc[0] += cp.bytes
-                acc[1] += cp.dur_us
-                acc[2] += 1
+                total = copies.setdefault((cp.site, cp.op, cp.position), _CopyTotal())
+                total.bytes += cp.bytes
+                total.dur_us += cp.dur_us
+                total.count += 1
+        place = _place(site, [infos[c.id] for c in group if c.id in infos])
         out.append(SiteSummary(
             site=site, op=op, phase=phase,
             backend=Counter(c.backend for c in group).most_common(1)[0][0],
@@ -187,9 +208,10 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
                             true_us + _mean([c.compute_us + c.copy_us + c.other_us - c.entry_busy_us for c in group])),
             other_us=_mean([c.other_us for c in group]),
             interleaved_us=_mean([c.interleaved_us for c in group]),
-            copies=[CopySummary(site=s, op=o, bytes=int(b / n), dur_us=d / n, count=k)
-                    for (s, o, _pos), (b, d, k) in copies.items()],
-            **_place(site, [infos[c.id] for c in group if c.id in infos]),
+            copies=[CopySummary(site=s, op=o, bytes=int(t.bytes / n), dur_us=t.dur_us / n, count=t.count)
+                    for (s, o, _pos), t in copies.items()],
+            label=place.label, function=place.function, caller=place.caller, module=place.module,
+            module_class=place.module_class,
             true_q1_us=true.q1, true_q3_us=true.q3, profiled_q1_us=profiled.q1, profiled_q3_us=profiled.q3,
             noise=true.relative_iqr, warnings=timing_warnings(true, profiled) if timing else [],
         ))

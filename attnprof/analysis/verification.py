@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from attnprof.analysis.diagnosis import BLHD_BACKENDS, LAUNCH, LAYOUT_COPY, Diagnosis
-from attnprof.analysis.records import CallSplit, Report
+from attnprof.analysis.records import CallSplit, Phase, Report
 from attnprof.trace.runinfo import CallInfo
 from attnprof.trace.verify import ReplaySpec, SiteReplay, VariantTiming
 
@@ -71,7 +71,7 @@ def replay_specs(diagnoses: list[Diagnosis], report: Report,
     specs, skipped = [], []
     for d in diagnoses:
         sites = set(d.subject.sites)
-        calls = [c for c in report.calls if c.site in sites and c.phase == "fwd"]
+        calls = [c for c in report.calls if c.site in sites and c.phase == Phase.FWD]
         if not calls:
             skipped.append(f"{d.subject.label}: no forward call to replay")
             continue
@@ -118,11 +118,11 @@ def verified(d: Diagnosis, replay: SiteReplay) -> Diagnosis:
         saving = f.saving_us if f.saving_us > f.noise_us else 0.0
         causes.append(dataclasses.replace(
             c, measured_saving_us=saving, measured_by=f.fix if saving else None,
-            measured_note=_note(c.kind, f.saving_us, f.noise_us, c.by_phase.get("fwd"), comparable)))
+            measured_note=_note(c.kind, f.saving_us, f.noise_us, c.by_phase.get(Phase.FWD), comparable)))
     notes = list(d.notes) + [f"verify: replayed on {replay.device}: {replay.method}",
                              "verify: forward µs per call: " + "; ".join(_variant_text(v) for v in replay.variants)]
     notes += [f"verify: {n}" for n in replay.notes]
-    if any(p != "fwd" for c in d.causes for p in c.by_phase):
+    if any(p != Phase.FWD for c in d.causes for p in c.by_phase):
         notes.append("verify: the replay measures the forward call; the causes' µs include the backward")
     return dataclasses.replace(d, causes=causes, notes=notes)
 

@@ -1,23 +1,65 @@
 """Every attention entry point attnprof wraps, and how each call's arguments become `CallInfo` fields.
 
 One `EntryPoint` per function: where it lives (modules that hold it as an attribute; the first one defines it),
-its short op name, its library, and `describe(args, result) -> dict` over the call's bound arguments. Arguments
-are bound by name with the function's own signature where it has one, else with the parameter list given here
-(builtins). `describe` may raise on an unexpected call: the session then records the call without details.
+its short op name, its library, and `describe(args, result) -> CallDescription` over the call's bound arguments.
+Arguments are bound by name with the function's own signature where it has one, else with the parameter list given
+here (builtins). `describe` may raise on an unexpected call: the session then records the call without details.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
-from attnprof.trace.runinfo import TensorInfo
+from attnprof.trace.runinfo import CallInfo, TensorInfo
 
 Args = Mapping[str, Any]
-Describe = Callable[[Args, Any], dict]
+
+
+@dataclass(slots=True)  # slots: a misspelt field is an error, not a new attribute
+class CallDescription:
+    """What one call's arguments (and result) say about it: the CallInfo fields capture fills from them."""
+
+    layout: str = "unknown"  # BHLD | BLHD | qkvpacked | kvpacked | varlen | ... (CallInfo.layout)
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    batch: int | None = None
+    heads_q: int | None = None
+    heads_kv: int | None = None
+    seqlen_q: int | None = None
+    seqlen_k: int | None = None
+    head_dim: int | None = None
+    head_dim_v: int | None = None
+    gqa_ratio: float | None = None
+    causal: bool | None = None
+    dropout_p: float = 0.0
+    scale: float | None = None
+    mask: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, info: CallInfo) -> None:
+        """Fill `info` (made before the arguments are read, so that a call whose arguments cannot be read is still
+        recorded) with this description."""
+        info.layout = self.layout
+        info.tensors = self.tensors
+        info.batch = self.batch
+        info.heads_q = self.heads_q
+        info.heads_kv = self.heads_kv
+        info.seqlen_q = self.seqlen_q
+        info.seqlen_k = self.seqlen_k
+        info.head_dim = self.head_dim
+        info.head_dim_v = self.head_dim_v
+        info.gqa_ratio = self.gqa_ratio
+        info.causal = self.causal
+        info.dropout_p = self.dropout_p
+        info.scale = self.scale
+        info.mask = self.mask
+        info.extra = self.extra
+
+
+Describe = Callable[[Args, Any], CallDescription]
 _NO_DEFAULT = inspect.Parameter.empty
 
 
@@ -173,25 +215,25 @@ def _extras(a: Args, names: tuple[str, ...] = _FLASH_EXTRAS) -> dict[str, str]:
     return out
 
 
-def _blhd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> dict:
-    """(B, L, H, D) inputs."""
+def _blhd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None) -> CallDescription:
+    """The sizes of (B, L, H, D) inputs."""
     B, Lq, Hq, D = shape(q)[-4:]
     _, Lk, Hk, _ = shape(k)[-4:]
-    return dict(batch=B, heads_q=Hq, heads_kv=Hk, seqlen_q=Lq, seqlen_k=Lk, head_dim=D,
-                head_dim_v=shape(v)[-1] if v is not None else D)
+    return CallDescription(batch=B, heads_q=Hq, heads_kv=Hk, seqlen_q=Lq, seqlen_k=Lk, head_dim=D,
+                           head_dim_v=shape(v)[-1] if v is not None else D)
 
 
 def _varlen(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, cu_q: Any, max_q: Any,
-            max_k: Any) -> dict:
-    """(total, H, D) inputs with cumulative sequence lengths (B + 1,)."""
+            max_k: Any) -> CallDescription:
+    """The sizes of (total, H, D) inputs with cumulative sequence lengths (B + 1,)."""
     qs = shape(q)
-    out: dict = dict(heads_q=qs[-2], head_dim=qs[-1], seqlen_q=_int(max_q), seqlen_k=_int(max_k))
+    out = CallDescription(heads_q=qs[-2], head_dim=qs[-1], seqlen_q=_int(max_q), seqlen_k=_int(max_k))
     if isinstance(cu_q, torch.Tensor) and cu_q.dim() == 1:
-        out["batch"] = shape(cu_q)[0] - 1
+        out.batch = shape(cu_q)[0] - 1
     if k is not None:
-        out["heads_kv"] = shape(k)[-2]
+        out.heads_kv = shape(k)[-2]
     if v is not None:
-        out["head_dim_v"] = shape(v)[-1]
+        out.head_dim_v = shape(v)[-1]
     return out
 
 
@@ -201,22 +243,22 @@ SDPA_PARAMS = (("query", _NO_DEFAULT), ("key", _NO_DEFAULT), ("value", _NO_DEFAU
                ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False))
 
 
-def describe_sdpa(a: Args, result: Any) -> dict:
+def describe_sdpa(a: Args, result: Any) -> CallDescription:
     q, k, v, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
     qs, ks, vs = shape(q), shape(k), shape(v)
-    out: dict = dict(
+    out = CallDescription(
         layout="BHLD", tensors=_tensors(q=q, k=k, v=v, mask=mask),
         seqlen_q=qs[-2], seqlen_k=ks[-2], head_dim=qs[-1], head_dim_v=vs[-1], batch=qs[0] if len(qs) >= 3 else 1,
         causal=bool(a.get("is_causal")), dropout_p=_float(a.get("dropout_p")) or 0.0, scale=_float(a.get("scale")),
     )
     if len(qs) >= 4:
-        out["heads_q"], out["heads_kv"] = qs[-3], ks[-3]
+        out.heads_q, out.heads_kv = qs[-3], ks[-3]
         if len(qs) > 4:
-            out["batch"] = math.prod(qs[:-3])
+            out.batch = math.prod(qs[:-3])
     if isinstance(mask, torch.Tensor):
-        out["mask"] = tensor_text(mask)
+        out.mask = tensor_text(mask)
     if a.get("enable_gqa"):
-        out["extra"] = {"enable_gqa": "True"}
+        out.extra["enable_gqa"] = "True"
     return out
 
 
@@ -228,24 +270,24 @@ NATIVE_MHA_PARAMS = (
 )
 
 
-def describe_native_mha(a: Args, result: Any) -> dict:
+def describe_native_mha(a: Args, result: Any) -> CallDescription:
     """nn.MultiheadAttention's inference fast path: (B, L, E) inputs, projections included."""
     q, k, v, mask = a["query"], a["key"], a["value"], a.get("mask")
     heads = _int(a.get("num_head"))
     qs, ks = shape(q), shape(k)
     E = qs[-1]
-    out: dict = dict(
+    out = CallDescription(
         layout="BLE", tensors=_tensors(q=q, k=k, v=v, mask=mask), batch=qs[0] if len(qs) == 3 else 1,
         seqlen_q=qs[-2], seqlen_k=ks[-2], heads_q=heads, heads_kv=heads,
         head_dim=E // heads if heads else None, head_dim_v=E // heads if heads else None, causal=None,
         extra={"includes": "qkv and output projections"},
     )
     if isinstance(mask, torch.Tensor):
-        out["mask"] = tensor_text(mask)
+        out.mask = tensor_text(mask)
     if a.get("mask_type") is not None:
-        out["extra"]["mask_type"] = str(a.get("mask_type"))
+        out.extra["mask_type"] = str(a.get("mask_type"))
     if a.get("need_weights"):
-        out["extra"]["need_weights"] = "True"
+        out.extra["need_weights"] = "True"
     return out
 
 
@@ -256,14 +298,14 @@ def mha_records(args: tuple, kwargs: dict) -> bool:
     return bool(need_weights)
 
 
-def describe_mha_python(a: Args, result: Any) -> dict:
+def describe_mha_python(a: Args, result: Any) -> CallDescription:
     """F.multi_head_attention_forward with need_weights=True: (L, B, E) or unbatched (L, E), projections included."""
     q, k, v = a["query"], a["key"], a["value"]
     heads = _int(a.get("num_heads"))
     qs, ks = shape(q), shape(k)
     E = qs[-1]
     mask, kpm = a.get("attn_mask"), a.get("key_padding_mask")
-    out: dict = dict(
+    out = CallDescription(
         layout="LBE", tensors=_tensors(q=q, k=k, v=v, mask=mask, key_padding_mask=kpm),
         batch=qs[1] if len(qs) == 3 else 1, seqlen_q=qs[0], seqlen_k=ks[0], heads_q=heads, heads_kv=heads,
         head_dim=E // heads if heads else None, head_dim_v=E // heads if heads else None,
@@ -271,9 +313,9 @@ def describe_mha_python(a: Args, result: Any) -> dict:
         extra={"includes": "input and output projections", "need_weights": "True"},
     )
     if isinstance(mask, torch.Tensor):
-        out["mask"] = tensor_text(mask)
+        out.mask = tensor_text(mask)
     if isinstance(kpm, torch.Tensor):
-        out["extra"]["key_padding_mask"] = tensor_text(kpm)
+        out.extra["key_padding_mask"] = tensor_text(kpm)
     return out
 
 
@@ -286,94 +328,102 @@ ATEN_FLASH_KWONLY = (("scale", None), ("window_size_left", None), ("window_size_
                      ("seqused_k", None), ("alibi_slopes", None), ("block_table", None), ("num_splits", None))
 
 
-def describe_aten_flash(a: Args, result: Any) -> dict:
+def describe_aten_flash(a: Args, result: Any) -> CallDescription:
     """torch.ops.aten._flash_attention_forward: (B, L, H, D), or (total, H, D) with cum_seq_q."""
     q, k, v = a["query"], a["key"], a["value"]
     cu_q = a.get("cum_seq_q")
-    out: dict = dict(tensors=_tensors(q=q, k=k, v=v, cum_seq_q=cu_q, cum_seq_k=a.get("cum_seq_k")),
-                     causal=bool(a.get("is_causal")), dropout_p=_float(a.get("dropout_p")) or 0.0,
-                     scale=_float(a.get("scale")), extra=_extras(a))
     if isinstance(cu_q, torch.Tensor):
-        out.update(layout="varlen", **_varlen(q, k, v, cu_q, a.get("max_q"), a.get("max_k")))
+        out = _varlen(q, k, v, cu_q, a.get("max_q"), a.get("max_k"))
+        out.layout = "varlen"
     else:
-        out.update(layout="BLHD", **_blhd(q, k, v))
+        out = _blhd(q, k, v)
+        out.layout = "BLHD"
+    out.tensors = _tensors(q=q, k=k, v=v, cum_seq_q=cu_q, cum_seq_k=a.get("cum_seq_k"))
+    out.causal, out.dropout_p = bool(a.get("is_causal")), _float(a.get("dropout_p")) or 0.0
+    out.scale, out.extra = _float(a.get("scale")), _extras(a)
     return out
 
 
 # --- flash-attn 2, FA3 (flash_attn_interface), FA4 (flash_attn.cute) -----------------------------------------------
 
 
-def _flash_common(a: Args) -> dict:
-    return dict(causal=bool(a.get("causal")), dropout_p=_float(a.get("dropout_p")) or 0.0,
-                scale=_float(a.get("softmax_scale")), extra=_extras(a))
+def _flash_common(out: CallDescription, a: Args) -> CallDescription:
+    """`out` with the arguments every flash-attn function takes (causal, dropout_p, softmax_scale, the extras)."""
+    out.causal, out.dropout_p = bool(a.get("causal")), _float(a.get("dropout_p")) or 0.0
+    out.scale, out.extra = _float(a.get("softmax_scale")), _extras(a)
+    return out
 
 
-def describe_flash_func(a: Args, result: Any) -> dict:
+def describe_flash_func(a: Args, result: Any) -> CallDescription:
     """flash_attn_func(q, k, v, ...): (B, L, H, D). FA4's varlen form passes (total, H, D) with cu_seqlens_q."""
     q, k, v = a["q"], a["k"], a["v"]
     if q.dim() == 3:
         return describe_flash_varlen(a, result)
-    return dict(layout="BLHD", tensors=_tensors(q=q, k=k, v=v), **_blhd(q, k, v), **_flash_common(a))
+    out = _flash_common(_blhd(q, k, v), a)
+    out.layout, out.tensors = "BLHD", _tensors(q=q, k=k, v=v)
+    return out
 
 
-def describe_flash_qkvpacked(a: Args, result: Any) -> dict:
+def describe_flash_qkvpacked(a: Args, result: Any) -> CallDescription:
     """qkv (B, L, 3, H, D); FA3 also takes (B, L, Hq + 2 Hk, D) with num_heads_q."""
     qkv = a["qkv"]
     s = shape(qkv)
-    out = dict(layout="qkvpacked", tensors=_tensors(qkv=qkv), batch=s[0], seqlen_q=s[1], seqlen_k=s[1],
-               head_dim=s[-1], head_dim_v=s[-1], **_flash_common(a))
+    out = _flash_common(CallDescription(layout="qkvpacked", tensors=_tensors(qkv=qkv), batch=s[0], seqlen_q=s[1],
+                                        seqlen_k=s[1], head_dim=s[-1], head_dim_v=s[-1]), a)
     if len(s) == 5:
-        out.update(heads_q=s[3], heads_kv=s[3])
+        out.heads_q, out.heads_kv = s[3], s[3]
     elif len(s) == 4:
         hq = _int(a.get("num_heads_q")) or s[2] // 3
-        out.update(heads_q=hq, heads_kv=(s[2] - hq) // 2)
+        out.heads_q, out.heads_kv = hq, (s[2] - hq) // 2
     return out
 
 
-def describe_flash_kvpacked(a: Args, result: Any) -> dict:
+def describe_flash_kvpacked(a: Args, result: Any) -> CallDescription:
     """q (B, Lq, H, D), kv (B, Lk, 2, Hk, D)."""
     q, kv = a["q"], a["kv"]
     qs, kvs = shape(q), shape(kv)
-    return dict(layout="kvpacked", tensors=_tensors(q=q, kv=kv), batch=qs[0], seqlen_q=qs[1], seqlen_k=kvs[1],
-                heads_q=qs[2], heads_kv=kvs[3], head_dim=qs[3], head_dim_v=kvs[4], **_flash_common(a))
+    return _flash_common(CallDescription(layout="kvpacked", tensors=_tensors(q=q, kv=kv), batch=qs[0],
+                                         seqlen_q=qs[1], seqlen_k=kvs[1], heads_q=qs[2], heads_kv=kvs[3],
+                                         head_dim=qs[3], head_dim_v=kvs[4]), a)
 
 
-def describe_flash_varlen(a: Args, result: Any) -> dict:
+def describe_flash_varlen(a: Args, result: Any) -> CallDescription:
     """q (total_q, H, D), k/v (total_k, Hk, D), cu_seqlens_q/k (B + 1,), max_seqlen_q/k."""
     q, k, v = a["q"], a["k"], a["v"]
     cu_q, cu_k = a.get("cu_seqlens_q"), a.get("cu_seqlens_k")
-    out = dict(layout="varlen", tensors=_tensors(q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k),
-               **_varlen(q, k, v, cu_q, a.get("max_seqlen_q"), a.get("max_seqlen_k")), **_flash_common(a))
-    out["extra"]["total_q"] = str(shape(q)[0])
+    out = _flash_common(_varlen(q, k, v, cu_q, a.get("max_seqlen_q"), a.get("max_seqlen_k")), a)
+    out.layout, out.tensors = "varlen", _tensors(q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out.extra["total_q"] = str(shape(q)[0])
     return out
 
 
-def describe_flash_varlen_qkvpacked(a: Args, result: Any) -> dict:
+def describe_flash_varlen_qkvpacked(a: Args, result: Any) -> CallDescription:
     """qkv (total, 3, H, D), cu_seqlens (B + 1,), max_seqlen."""
     qkv, cu = a["qkv"], a.get("cu_seqlens")
     s = shape(qkv)
-    out = dict(layout="varlen-qkvpacked", tensors=_tensors(qkv=qkv, cu_seqlens=cu), heads_q=s[-2], heads_kv=s[-2],
-               head_dim=s[-1], head_dim_v=s[-1], seqlen_q=_int(a.get("max_seqlen")),
-               seqlen_k=_int(a.get("max_seqlen")), **_flash_common(a))
+    out = _flash_common(CallDescription(
+        layout="varlen-qkvpacked", tensors=_tensors(qkv=qkv, cu_seqlens=cu), heads_q=s[-2], heads_kv=s[-2],
+        head_dim=s[-1], head_dim_v=s[-1], seqlen_q=_int(a.get("max_seqlen")), seqlen_k=_int(a.get("max_seqlen"))), a)
     if isinstance(cu, torch.Tensor):
-        out["batch"] = shape(cu)[0] - 1
-    out["extra"]["total_q"] = str(s[0])
+        out.batch = shape(cu)[0] - 1
+    out.extra["total_q"] = str(s[0])
     return out
 
 
-def describe_flash_varlen_kvpacked(a: Args, result: Any) -> dict:
+def describe_flash_varlen_kvpacked(a: Args, result: Any) -> CallDescription:
     """q (total_q, H, D), kv (total_k, 2, Hk, D)."""
     q, kv = a["q"], a["kv"]
     cu_q, cu_k = a.get("cu_seqlens_q"), a.get("cu_seqlens_k")
     kvs = shape(kv)
-    out = dict(layout="varlen-kvpacked", tensors=_tensors(q=q, kv=kv, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k),
-               **_varlen(q, None, None, cu_q, a.get("max_seqlen_q"), a.get("max_seqlen_k")), **_flash_common(a))
-    out.update(heads_kv=kvs[-2], head_dim_v=kvs[-1])
-    out["extra"]["total_q"] = str(shape(q)[0])
+    out = _flash_common(_varlen(q, None, None, cu_q, a.get("max_seqlen_q"), a.get("max_seqlen_k")), a)
+    out.layout = "varlen-kvpacked"
+    out.tensors = _tensors(q=q, kv=kv, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out.heads_kv, out.head_dim_v = kvs[-2], kvs[-1]
+    out.extra["total_q"] = str(shape(q)[0])
     return out
 
 
-def describe_flash_kvcache(a: Args, result: Any) -> dict:
+def describe_flash_kvcache(a: Args, result: Any) -> CallDescription:
     """q (B, Lq, H, D), k_cache/v_cache (B, L_cache, Hk, D) or paged (blocks, page, Hk, D) with a block table."""
     q, kc, vc = a["q"], a["k_cache"], a["v_cache"]
     k_new, v_new = a.get("k"), a.get("v")
@@ -385,47 +435,48 @@ def describe_flash_kvcache(a: Args, result: Any) -> dict:
     if isinstance(table, torch.Tensor) and table.dim() == 2:
         seqlen_k = shape(table)[1] * ks[1]
     lens = a.get("cache_seqlens")
-    out = dict(layout="kvcache", tensors=_tensors(q=q, k_cache=kc, v_cache=vc, k=k_new, v=v_new,
-                                                  cache_seqlens=lens, block_table=table),
-               batch=qs[0], seqlen_q=qs[1], seqlen_k=seqlen_k, heads_q=qs[2], heads_kv=ks[2], head_dim=qs[3],
-               head_dim_v=shape(vc)[-1], **_flash_common(a))
+    out = _flash_common(CallDescription(
+        layout="kvcache", tensors=_tensors(q=q, k_cache=kc, v_cache=vc, k=k_new, v=v_new, cache_seqlens=lens,
+                                           block_table=table),
+        batch=qs[0], seqlen_q=qs[1], seqlen_k=seqlen_k, heads_q=qs[2], heads_kv=ks[2], head_dim=qs[3],
+        head_dim_v=shape(vc)[-1]), a)
     if isinstance(k_new, torch.Tensor):
-        out["extra"]["new_tokens"] = str(shape(k_new)[1])
+        out.extra["new_tokens"] = str(shape(k_new)[1])
     if lens is not None and not isinstance(lens, torch.Tensor):
-        out["extra"]["cache_seqlens"] = str(lens)
+        out.extra["cache_seqlens"] = str(lens)
     return out
 
 
 # --- xformers -----------------------------------------------------------------------------------------------------
 
 
-def describe_xformers(a: Args, result: Any) -> dict:
+def describe_xformers(a: Args, result: Any) -> CallDescription:
     """query (B, M, H, K) [BMHK = BLHD], (B, M, K), or (B, M, G, H, K) for grouped (GQA) attention, where k and v
     are expanded over H (stride 0)."""
     q, k, v = a["query"], a["key"], a["value"]
     bias = a.get("attn_bias")
     qs, ks, vs = shape(q), shape(k), shape(v)
-    out: dict = dict(layout="BLHD", tensors=_tensors(q=q, k=k, v=v, mask=bias), batch=qs[0], seqlen_q=qs[1],
-                     seqlen_k=ks[1], head_dim=qs[-1], head_dim_v=vs[-1], dropout_p=_float(a.get("p")) or 0.0,
-                     scale=_float(a.get("scale")), causal=False, extra={})
+    out = CallDescription(layout="BLHD", tensors=_tensors(q=q, k=k, v=v, mask=bias), batch=qs[0], seqlen_q=qs[1],
+                          seqlen_k=ks[1], head_dim=qs[-1], head_dim_v=vs[-1], dropout_p=_float(a.get("p")) or 0.0,
+                          scale=_float(a.get("scale")), causal=False)
     kstride = list(k.stride()) if k.layout == torch.strided else []
     if len(qs) == 4:
-        out["heads_q"] = qs[2]
-        out["heads_kv"] = 1 if (kstride and kstride[2] == 0 and ks[2] > 1) else ks[2]
+        out.heads_q = qs[2]
+        out.heads_kv = 1 if (kstride and kstride[2] == 0 and ks[2] > 1) else ks[2]
     elif len(qs) == 5:
-        out["heads_q"] = qs[2] * qs[3]
-        out["heads_kv"] = ks[2] * (1 if (kstride and kstride[3] == 0 and ks[3] > 1) else ks[3])
-        out["extra"]["layout"] = "BMGHK"
+        out.heads_q = qs[2] * qs[3]
+        out.heads_kv = ks[2] * (1 if (kstride and kstride[3] == 0 and ks[3] > 1) else ks[3])
+        out.extra["layout"] = "BMGHK"
     else:
-        out["layout"] = "BLD"
+        out.layout = "BLD"
     if isinstance(bias, torch.Tensor):
-        out["mask"] = tensor_text(bias)
+        out.mask = tensor_text(bias)
     elif bias is not None:
         name = type(bias).__name__
-        out["extra"]["attn_bias"] = name
-        out["causal"] = "Causal" in name or "LowerTriangular" in name
+        out.extra["attn_bias"] = name
+        out.causal = "Causal" in name or "LowerTriangular" in name
     if a.get("op") is not None:
-        out["extra"]["op"] = _text(a.get("op"))
+        out.extra["op"] = _text(a.get("op"))
     return out
 
 
@@ -461,26 +512,26 @@ def _function_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def describe_flex(a: Args, result: Any) -> dict:
+def describe_flex(a: Args, result: Any) -> CallDescription:
     """torch.nn.attention.flex_attention.flex_attention(query, key, value, score_mod, block_mask, scale, enable_gqa,
     ...): (B, H, L, D); the score_mod and the block mask's mask_mod are user functions, named in extra."""
     q, k, v = a["query"], a["key"], a["value"]
     qs, ks, vs = shape(q), shape(k), shape(v)
-    out: dict = dict(layout="BHLD", tensors=_tensors(q=q, k=k, v=v), batch=qs[0], heads_q=qs[1], heads_kv=ks[1],
-                     seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3], scale=_float(a.get("scale")),
-                     causal=None, extra={})
+    out = CallDescription(layout="BHLD", tensors=_tensors(q=q, k=k, v=v), batch=qs[0], heads_q=qs[1],
+                          heads_kv=ks[1], seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3],
+                          scale=_float(a.get("scale")), causal=None)
     score_mod, block_mask = a.get("score_mod"), a.get("block_mask")
     if score_mod is not None:
-        out["extra"]["score_mod"] = _function_name(score_mod)
+        out.extra["score_mod"] = _function_name(score_mod)
     if block_mask is not None:
         lengths = getattr(block_mask, "seq_lengths", None)
         block = getattr(block_mask, "BLOCK_SIZE", None)
-        out["extra"]["block_mask"] = f"seq_lengths={_text(tuple(lengths or ()))} block={_text(tuple(block or ()))}"
+        out.extra["block_mask"] = f"seq_lengths={_text(tuple(lengths or ()))} block={_text(tuple(block or ()))}"
         mask_mod = getattr(block_mask, "mask_mod", None)
         if mask_mod is not None:
-            out["extra"]["mask_mod"] = _function_name(mask_mod)
+            out.extra["mask_mod"] = _function_name(mask_mod)
     if a.get("enable_gqa"):
-        out["extra"]["enable_gqa"] = "True"
+        out.extra["enable_gqa"] = "True"
     return out
 
 
@@ -517,33 +568,33 @@ def _arg(a: Args, *names: str) -> Any:
     return None
 
 
-def describe_hf(a: Args, result: Any) -> dict:
+def describe_hf(a: Args, result: Any) -> CallDescription:
     """transformers' attention signature: q, k, v (B, H, L, D), k/v with fewer heads under GQA (the function expands
     them). Causal when the model says so and no mask is passed (what HF's sdpa and flash paths then run); None when
     a mask is passed (the mask decides)."""
     q, k, v = _arg(a, "query", "query_states"), _arg(a, "key", "key_states"), _arg(a, "value", "value_states")
     mask, module = a.get("attention_mask"), a.get("module")
     qs, ks, vs = shape(q), shape(k), shape(v)
-    out: dict = dict(
+    out = CallDescription(
         layout="BHLD", tensors=_tensors(q=q, k=k, v=v, mask=mask), batch=qs[0], heads_q=qs[1], heads_kv=ks[1],
         seqlen_q=qs[2], seqlen_k=ks[2], head_dim=qs[3], head_dim_v=vs[3], dropout_p=_float(a.get("dropout")) or 0.0,
-        scale=_float(a.get("scaling")), causal=None, extra={},
+        scale=_float(a.get("scaling")), causal=None,
     )
     if isinstance(mask, torch.Tensor):
-        out["mask"] = tensor_text(mask)
+        out.mask = tensor_text(mask)
     elif mask is not None:
-        out["extra"]["attention_mask"] = type(mask).__name__  # flex_attention's BlockMask
+        out.extra["attention_mask"] = type(mask).__name__  # flex_attention's BlockMask
     elif qs[2] > 1:
         causal = a.get("is_causal")
         causal = getattr(module, "is_causal", None) if causal is None else causal
-        out["causal"] = causal if isinstance(causal, bool) else None
+        out.causal = causal if isinstance(causal, bool) else None
     for name in ("sliding_window", "softcap"):
         if not _boring(a.get(name)):
-            out["extra"][name] = _text(a.get(name))
+            out.extra[name] = _text(a.get(name))
     config = getattr(module, "config", None)
     implementation = getattr(config, "_attn_implementation", None)
     if isinstance(implementation, str):
-        out["extra"]["attn_implementation"] = implementation
+        out.extra["attn_implementation"] = implementation
     return out
 
 
@@ -607,20 +658,16 @@ def first_tensor(x: Any) -> torch.Tensor | None:
     return None
 
 
-def describe_call(entry: EntryPoint, binder: Binder, args: tuple, kwargs: dict, result: Any) -> dict:
-    """CallInfo fields of one call: the entry point's own reading plus the output (and lse) and the GQA ratio."""
-    a = binder.bind(args, kwargs)
-    fields = entry.describe(a, result)
-    tensors = fields.setdefault("tensors", {})
+def describe_call(entry: EntryPoint, binder: Binder, args: tuple, kwargs: dict, result: Any) -> CallDescription:
+    """One call described: the entry point's own reading plus the output (and lse) and the GQA ratio."""
+    described = entry.describe(binder.bind(args, kwargs), result)
     out = first_tensor(result)
     if out is not None:
-        tensors["out"] = tensor_info(out)
+        described.tensors["out"] = tensor_info(out)
         if entry.returns_lse:
             if isinstance(result, (tuple, list)) and len(result) > 1 and isinstance(result[1], torch.Tensor):
-                tensors["lse"] = tensor_info(result[1])
-    hq, hk = fields.get("heads_q"), fields.get("heads_kv")
+                described.tensors["lse"] = tensor_info(result[1])
+    hq, hk = described.heads_q, described.heads_kv
     if isinstance(hq, int) and isinstance(hk, int) and hq > 0 and hk > 0:
-        fields["gqa_ratio"] = hq / hk
-    fields.setdefault("extra", {})
-    fields.setdefault("layout", "unknown")
-    return fields
+        described.gqa_ratio = hq / hk
+    return described

@@ -710,9 +710,8 @@ class Session:
             if binder is None:
                 binder = self._binders[id(original)] = Binder(entry, original)
             with torch._C.DisableTorchFunction():  # our own reads must not go through the source-line mode
-                fields = describe_call(entry, binder, args, kwargs, result)
-            for k, v in fields.items():
-                setattr(info, k, v)
+                described = describe_call(entry, binder, args, kwargs, result)
+            described.apply(info)
             if call.place is not None:
                 info.caller, info.module, info.module_class = call.place
         except Exception as e:

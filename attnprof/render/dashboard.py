@@ -35,9 +35,9 @@ from plotly.offline import get_plotlyjs
 
 from attnprof.analysis.compare import CompareDocument, CompareRow
 from attnprof.analysis.diagnosis import KIND_TITLES, Cause, Diagnosis, Explanation, SiteSplit
-from attnprof.analysis.insights import Insights
+from attnprof.analysis.insights import Basis, Insights, RooflinePoint
 from attnprof.analysis.kernel_counters import CEILING_PCT, KernelCountersSection, kernel_label, tensor_path
-from attnprof.analysis.records import CallSplit, Report, SiteSummary
+from attnprof.analysis.records import CallSplit, Phase, Report, SiteSummary
 from attnprof.files import atomic_write
 from attnprof.render.base import Renderer
 from attnprof.trace.ceilings import Ceilings
@@ -381,21 +381,21 @@ def timeline_figure(report: Report) -> go.Figure | None:
 # --- roofline ----------------------------------------------------------------------------------------------------
 
 
-def _point_labels(points: list[dict]) -> tuple[list[str], list[str]]:
+def _point_labels(points: list[RooflinePoint]) -> tuple[list[str], list[str]]:
     """Each point's name and where it goes. Points at one intensity (sites of one shape) get theirs above, beside
     and below, highest first, so the names do not print over each other; past three at one intensity, names would
     pile up: those points are named on hover only."""
     at: dict[float, list[int]] = {}
     for i, p in enumerate(points):
-        at.setdefault(round(p["intensity"], 6), []).append(i)
+        at.setdefault(round(p.intensity, 6), []).append(i)
     texts, positions = [""] * len(points), ["middle right"] * len(points)
     for group in at.values():
         if len(group) > 3:
             continue
-        for k, i in enumerate(sorted(group, key=lambda i: -points[i]["tflops"])):
+        for k, i in enumerate(sorted(group, key=lambda i: -points[i].tflops)):
             p = points[i]
-            name = p["site"] if len(p["site"]) <= 32 else p["site"][:31] + "…"
-            texts[i] = name + ("" if p["phase"] == "fwd" else f" · {p['phase']}")
+            name = p.site if len(p.site) <= 32 else p.site[:31] + "…"
+            texts[i] = name + ("" if p.phase == Phase.FWD else f" · {p.phase}")
             positions[i] = ("top right", "middle right", "bottom right")[k] if len(group) > 1 else "middle right"
     return texts, positions
 
@@ -404,34 +404,34 @@ def _rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
-def roofline_figure(points: list[dict], ceilings: Ceilings | None = None) -> go.Figure | None:
+def roofline_figure(points: list[RooflinePoint], ceilings: Ceilings | None = None) -> go.Figure | None:
     """`points`: Insights.roofline; `ceilings`: those the points were computed under (dashed lines)."""
     if not points:
         return None
     fig = _figure(height=480, xaxis=dict(title="arithmetic intensity (FLOP / byte, minimum bytes)", type="log"),
                   yaxis=dict(title="achieved TFLOP/s", type="log"))
-    for what, symbol in (("kernels", "circle"), ("whole call", "square-open")):
-        pts = [p for p in points if p["what"] == what]
+    for basis, symbol in ((Basis.KERNELS, "circle"), (Basis.WHOLE_CALL, "square-open")):
+        pts = [p for p in points if p.basis == basis]
         if not pts:
             continue
+        kernels = basis == Basis.KERNELS
         fig.add_trace(go.Scatter(
-            name=f"{what} ({'compute_us' if what == 'kernels' else 'true or window µs'})",
-            x=[p["intensity"] for p in pts], y=[p["tflops"] for p in pts],
+            name=f"{basis} ({'compute_us' if kernels else 'true or window µs'})",
+            x=[p.intensity for p in pts], y=[p.tflops for p in pts],
             # the kernels' points carry the site's name; the whole call's point sits right under it
-            mode="markers+text" if what == "kernels" else "markers",
+            mode="markers+text" if kernels else "markers",
             text=_point_labels(pts)[0], textposition=_point_labels(pts)[1], textfont=dict(size=11),
-            marker=dict(symbol=symbol, size=12, color=COLORS["compute" if what == "kernels" else "copy"],
-                        line=dict(width=2, color=COLORS["compute" if what == "kernels" else "copy"])),
-            customdata=[[p["site"], p["phase"], p["backend"], _shape_label(p["shapes"], p["dtype"], p["layout"]),
-                         us_text(p["us"]), p["gbps"],
-                         "n/a" if p["pct_of_peak"] is None else f"{p['pct_of_peak']:.0f}% ({p['bound']}-bound)"]
+            marker=dict(symbol=symbol, size=12, color=COLORS["compute" if kernels else "copy"],
+                        line=dict(width=2, color=COLORS["compute" if kernels else "copy"])),
+            customdata=[[p.site, str(p.phase), p.backend, _shape_label(p.shapes, p.dtype, p.layout), us_text(p.us), p.gbps,
+                         "n/a" if p.pct_of_peak is None else f"{p.pct_of_peak:.0f}% ({p.bound}-bound)"]
                         for p in pts],
             hovertemplate=("<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} · %{customdata[3]}<br>"
                            "%{customdata[4]}: %{y:,.2f} TFLOP/s, %{customdata[5]:,.0f} GB/s<br>intensity "
                            "%{x:,.1f} FLOP/B · %{customdata[6]} of peak<extra></extra>")))
     if ceilings is not None and ceilings.matmul_tflops > 0 and ceilings.copy_gbps > 0:
         ridge = ceilings.matmul_tflops * 1e3 / ceilings.copy_gbps  # FLOP/byte where the two ceilings meet
-        xs = [p["intensity"] for p in points]
+        xs = [p.intensity for p in points]
         lo, hi = min(xs + [ridge]) / 4, max(xs + [ridge]) * 4
         fig.add_trace(go.Scatter(
             name=f"ceilings: {_rate(ceilings.copy_gbps)} GB/s copy, {_rate(ceilings.matmul_tflops)} TFLOP/s "
