@@ -16,7 +16,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from collections.abc import Callable, Iterable, Iterator
 
 from attnprof.errors import AttnprofError
 
@@ -140,7 +140,7 @@ def stream_open(stream) -> bool:
 
 # --- writing ------------------------------------------------------------------------------------------------------
 
-Payload = Union[bytes, bytearray, str, Callable[[object], None]]
+Payload = bytes | bytearray | str | Callable[[object], None]
 
 
 def atomic_write(path: Path, data: Payload) -> Path:

@@ -121,7 +121,7 @@ class _Layout:
         pairs.sort(key=lambda p: -p[1])  # stable: equal strides keep their order
         return tuple(d for d, _ in pairs if d != 1)
 
-    def same_memory_shape(self, other: "_Layout") -> bool:
+    def same_memory_shape(self, other: _Layout) -> bool:
         return self.numel == other.numel and self.memory_shape() == other.memory_shape()
 
 
@@ -477,7 +477,7 @@ class CallFinder:
         # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
         claims: dict[int, _Claim] = {}
         before = {}
-        for anchor, call_id, op, site, found_by, info, attn_ops, ins, _outs in anchors:
+        for anchor, _call_id, _op, _site, _found_by, info, attn_ops, ins, _outs in anchors:
             if self._has_flow(attn_ops):
                 before[anchor] = (self._producers(attn_ops[0]), [])
             else:

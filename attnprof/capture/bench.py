@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from functools import lru_cache
-from typing import Callable
+from functools import cache
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +24,7 @@ CALIBRATION_CYCLES, CALIBRATION_RUNS = 1_000_000, 5
 HEAD_START_FACTOR = 2.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spin_cycles_per_us(device: torch.device) -> float:
     """The spin kernel's cycles per µs at the GPU's fastest clock seen: a head start in cycles then lasts at least
     as long as intended at any clock."""

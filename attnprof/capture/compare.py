@@ -22,11 +22,12 @@ import re
 import sys
 import tempfile
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ class Backend:
     version: str | None = None  # the library's version, when it has one
     # torch's own verdict before running, for backends torch can judge (SDPA's fused kernels on CUDA)
     precheck: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], str | None] | None = None
-    context: Callable[[], ContextManager] = nullcontext  # entered around timing and profiling, outside the range
+    context: Callable[[], AbstractContextManager] = nullcontext  # entered around timing and profiling, outside the range
 
 
 @dataclass
@@ -78,7 +79,7 @@ class CompareOptions:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
     """SDPA on (B, H, L, D); GQA (fewer k/v heads) through enable_gqa."""
-    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    gqa: dict[str, Any] = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
 
 
@@ -99,7 +100,7 @@ def _sdpa_params(q, k, v, causal):
     try:
         return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal, q.shape[1] != k.shape[1])
     except TypeError:
-        return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal)
+        return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal)  # type: ignore[call-arg]  # torch < 2.5
 
 
 def _sdpa_precheck(predicate_name: str):
@@ -131,7 +132,7 @@ def _native_warnings():
     messages: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    captured = tempfile.TemporaryFile()
+    captured = tempfile.TemporaryFile()  # noqa: SIM115  # closed in the finally, once fd 2 is restored
     os.dup2(captured.fileno(), 2)
     try:
         yield messages
@@ -223,23 +224,25 @@ def variants_of(backend: Backend) -> tuple[str, ...]:
 
 def _variant(backend: Backend, variant: str, causal: bool):
     """(q, k, v, around_call) -> out: the backend called as a user would; `around_call` wraps only the call."""
+    call = backend.call
+    assert call is not None, f"{backend.name} is unavailable: it is never run"
     if variant == NATIVE:
         def run(q, k, v, around_call):
             with around_call():
-                return backend.call(q, k, v, causal)
+                return call(q, k, v, causal)
     else:
         def run(q, k, v, around_call):
             # the seed's wrapper: (B, H, L, D) copied to (B, L, H, D) for the kernel, and the output copied back
             q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
             with around_call():
-                out = backend.call(q, k, v, causal)
+                out = call(q, k, v, causal)
             return out.transpose(1, 2).contiguous()
     return run
 
 
 # --- reasons ------------------------------------------------------------------------------------------------------
 
-def _short(text: str) -> str:
+def _short(text: object) -> str:
     line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
     if len(line) > MAX_REASON_LINE and ". " in line:
         line = line[:line.index(". ") + 1]
@@ -434,7 +437,7 @@ class _Runner:
         o = self.options
         run = _variant(backend, variant, case.causal)
         sets, grads, n = inputs.sets, inputs.grads, len(inputs.sets)
-        base = dict(case=index, backend=backend.name, variant=variant, reps=o.reps, input_sets=n)
+        base: dict[str, Any] = dict(case=index, backend=backend.name, variant=variant, reps=o.reps, input_sets=n)
         reason = backend.precheck(*sets[0], case.causal) if backend.precheck else None
         reason = reason or _attempt(lambda: run(*sets[0], nullcontext))
         if reason:
@@ -542,7 +545,7 @@ def run_compare(options: CompareOptions, progress: Callable[[str, int, int], Non
 
 
 def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.device, folder: Path,
-             progress: Callable[[str], None] | None) -> CompareRun:
+             progress: Callable[[str, int, int], None] | None) -> CompareRun:
     runner = _Runner(options, device, folder)
     clock = ("a CUDA event pair on the stream, the host given a head start (GPU time)" if device.type == "cuda"
              else "the host clock (time.perf_counter)")
@@ -572,7 +575,7 @@ def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.devic
             done += 1
         measured.append(runner.time(index, case, backend, variant))
     total += sum(1 for ms in measured if any(m.unsupported is None for m in ms))
-    for (index, case, backend, variant), ms in zip(plan, measured):
+    for (_index, case, backend, variant), ms in zip(plan, measured):
         if any(m.unsupported is None for m in ms):
             if progress:
                 progress(f"profiling {_case_label(case)} {backend.name} {variant}", done, total)

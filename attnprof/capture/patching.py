@@ -16,7 +16,8 @@ import importlib.abc
 import sys
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 

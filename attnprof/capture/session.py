@@ -24,7 +24,8 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from weakref import WeakSet
 
 import torch
@@ -37,8 +38,8 @@ from attnprof.capture.kineto import quiet_kineto
 from attnprof.capture.runner import (
     Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
 )
-from attnprof.capture.sources import SiteResolver, SourceLines
-from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer
+from attnprof.capture.sources import Place, SiteResolver, SourceLines
+from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, SiteClock, Timer
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError
 from attnprof.files import atomic_write, say
@@ -149,6 +150,17 @@ class _Call:
     """What `dispatch` needs between the entry and the exit of one call."""
 
     __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "token", "device", "name", "ncu", "place")
+    call_id: int
+    step: int
+    phase: str
+    site: str
+    function: str
+    clock: SiteClock
+    token: tuple | None
+    device: int | None
+    name: str
+    ncu: bool
+    place: Place | None
 
 
 class Session:
@@ -180,7 +192,7 @@ class Session:
         self._profiled_calls = InFlight()
         self._spans = 0
         self._tls = threading.local()
-        self._optimizer_hook = None
+        self._optimizer_hook: torch.utils.hooks.RemovableHandle | None = None
         self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
         self._cuda_device: int | None = None
@@ -219,6 +231,10 @@ class Session:
             _active = None
         return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
                          trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
+
+    def _run_folder(self) -> Path:
+        assert self.folder is not None, "the run folder is made first, before anything is traced or saved"
+        return self.folder
 
     def _new_folder(self) -> Path:
         if self.options.out is not None:
@@ -271,7 +287,7 @@ class Session:
 
         def save() -> None:
             self._final = self.runinfo(exit_code, outcome)
-            write_runinfo(self._final, self.folder)
+            write_runinfo(self._final, self._run_folder())
 
         if self._save_step("runinfo.json", save):
             self._say(f"run saved to {self.folder}{os.sep}")
@@ -354,7 +370,7 @@ class Session:
     def _export(self, prof: Any) -> None:
         self._spans += 1
         name = trace_file_name(self.worker) if self._spans == 1 else trace_file_name(self.worker, self._spans)
-        path = self.folder / name
+        path = self._run_folder() / name
         try:
             self._on_profiler_thread(lambda: _export_trace(prof, path))
             self.trace_files.append(path)
@@ -365,7 +381,7 @@ class Session:
             self._note_error(f"could not save the trace of {which} ({name})", e)
             return
         try:  # in case the process dies before the end (killed): the calls are known already
-            write_runinfo(self.runinfo(exit_code=0, outcome="running"), self.folder)
+            write_runinfo(self.runinfo(exit_code=0, outcome="running"), self._run_folder())
         except Exception:
             pass
 
@@ -927,7 +943,8 @@ class UserProfilerWatch:
 
         if self._saved:
             return
-        kinds = {autograd_profiler.profile: ("torch.profiler", ("_prepare_trace", "_start_trace"))}
+        kinds: dict[type, tuple[str, tuple[str, ...]]] = {
+            autograd_profiler.profile: ("torch.profiler", ("_prepare_trace", "_start_trace"))}
         for name in ("emit_nvtx", "emit_itt"):
             cls = getattr(autograd_profiler, name, None)
             if cls is not None:

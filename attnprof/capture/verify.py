@@ -28,7 +28,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

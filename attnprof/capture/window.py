@@ -28,7 +28,8 @@ import linecache
 import os
 import threading
 from types import CodeType, FrameType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -151,10 +152,8 @@ class StepWindow:
     def exit_call(self) -> None:
         if self.state != WAITING or self.step != self.first - 1:
             return
-        if self.unit == "call":
-            self._open()
-        elif (self.unit == "iteration" and self.root is None and self.period is not None
-              and self.calls_in_step >= self.period):
+        if self.unit == "call" or (self.unit == "iteration" and self.root is None and self.period is not None
+                                   and self.calls_in_step >= self.period):
             self._open()
 
     def optimizer_step(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import msgspec
 
@@ -48,9 +47,9 @@ class _Event(msgspec.Struct, gc=False):
     name: str = ""
     ts: float = 0.0
     dur: float = 0.0
-    pid: Union[int, str, None] = None
-    tid: Union[int, str, None] = None
-    id: Union[int, str, None] = None
+    pid: int | str | None = None
+    tid: int | str | None = None
+    id: int | str | None = None
 
 
 @dataclass

@@ -83,7 +83,7 @@ class AttnprofPlugin(base_plugin.TBPlugin):
         name = request.args.get("run")
         return dict(self._walk_runs()).get(name) if name is not None else None
 
-    def _analysed(self, folder: Path) -> "_Analysed":
+    def _analysed(self, folder: Path) -> _Analysed:
         """The folder's report document and dashboard: attnprof's own files when newer than every input, else
         analysed now; kept until a file of the folder changes."""
         stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))

@@ -79,7 +79,7 @@ class RawColumn:
         self.ends = ends
 
     @classmethod
-    def from_rows(cls, values: list) -> "RawColumn":
+    def from_rows(cls, values: list) -> RawColumn:
         """From bytes-like values (bytes, msgspec.Raw; empty or None for none), one per row."""
         lengths = np.fromiter(map(len, [v or b"" for v in values]), dtype=np.int64, count=len(values))
         rows = np.flatnonzero(lengths)
@@ -87,7 +87,7 @@ class RawColumn:
         return cls(len(values), b"".join(v for v in values if v), rows, ends - lengths[rows], ends)
 
     @classmethod
-    def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":
+    def concatenate(cls, parts: list[RawColumn]) -> RawColumn:
         blob_shift = np.cumsum([0] + [len(p.blob) for p in parts[:-1]], dtype=np.int64)
         row_shift = np.cumsum([0] + [p.n for p in parts[:-1]], dtype=np.int64)
         empty = [np.empty(0, np.int64)]
@@ -96,7 +96,7 @@ class RawColumn:
                    np.concatenate(empty + [p.starts + s for p, s in zip(parts, blob_shift)]),
                    np.concatenate(empty + [p.ends + s for p, s in zip(parts, blob_shift)]))
 
-    def take(self, keep: np.ndarray) -> "RawColumn":
+    def take(self, keep: np.ndarray) -> RawColumn:
         """The column of rows `keep` (ascending row numbers)."""
         kept = np.isin(self.rows, keep)
         return RawColumn(len(keep), self.blob, np.searchsorted(keep, self.rows[kept]), self.starts[kept],

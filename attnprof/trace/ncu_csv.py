@@ -166,7 +166,7 @@ def load_ncu_csv(path: Path) -> NcuReport:
         if len(row) != len(header):
             raise AttnprofError(f"{path}: row {n} has {len(row)} cells, the header {len(header)}")
 
-        def value(metric: str) -> float | None:
+        def value(metric: str, row: list[str] = row) -> float | None:
             i = col.get(metric)
             return None if i is None else _number(row[i], units[i])
 

@@ -16,7 +16,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from operator import attrgetter
 from pathlib import Path
-from typing import Optional, Union
 
 import msgspec
 import numpy as np
@@ -34,11 +33,11 @@ class _Args(msgspec.Struct, gc=False):
     correlation: int = NO_ID
     seq: int = msgspec.field(name="Sequence number", default=NO_ID)
     fwd_tid: int = msgspec.field(name="Fwd thread id", default=NO_ID)
-    py_id: Optional[int] = msgspec.field(name="Python id", default=NO_ID)
-    py_parent: Optional[int] = msgspec.field(name="Python parent id", default=NO_ID)
+    py_id: int | None = msgspec.field(name="Python id", default=NO_ID)
+    py_parent: int | None = msgspec.field(name="Python parent id", default=NO_ID)
     device: int = NO_ID
     stream: int = NO_ID
-    nbytes: Union[int, float] = msgspec.field(name="bytes", default=0)
+    nbytes: int | float = msgspec.field(name="bytes", default=0)
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_EMPTY)
     input_types: msgspec.Raw = msgspec.field(name="Input type", default=_EMPTY)
     input_strides: msgspec.Raw = msgspec.field(name="Input Strides", default=_EMPTY)
@@ -51,19 +50,19 @@ class _Event(msgspec.Struct, gc=False):
     name: str = ""
     ts: float = math.nan  # NaN: missing (an event without a time is skipped, not put at 0)
     dur: float = math.nan
-    pid: Union[int, str] = 0
-    tid: Union[int, str] = 0
-    args: Optional[_Args] = None
+    pid: int | str = 0
+    tid: int | str = 0
+    args: _Args | None = None
 
 
 class _TraceFile(msgspec.Struct):
     traceEvents: list[_Event]
     deviceProperties: list[dict] = []
-    with_stack: Optional[int] = None
-    record_shapes: Optional[int] = None
-    schemaVersion: Optional[int] = None
-    distributedInfo: Optional[dict] = None
-    baseTimeNanoseconds: Optional[int] = None
+    with_stack: int | None = None
+    record_shapes: int | None = None
+    schemaVersion: int | None = None
+    distributedInfo: dict | None = None
+    baseTimeNanoseconds: int | None = None
 
 
 _HOST = {
@@ -152,10 +151,10 @@ def _decode(path: Path, data, skipped: Counter) -> _TraceFile:
     return _TraceFile(
         traceEvents=_each(loose.traceEvents, skipped),
         deviceProperties=field(loose.deviceProperties, list[dict], []),
-        with_stack=field(loose.with_stack, Optional[int], None),
-        record_shapes=field(loose.record_shapes, Optional[int], None),
-        schemaVersion=field(loose.schemaVersion, Optional[int], None),
-        distributedInfo=field(loose.distributedInfo, Optional[dict], None),
+        with_stack=field(loose.with_stack, int | None, None),
+        record_shapes=field(loose.record_shapes, int | None, None),
+        schemaVersion=field(loose.schemaVersion, int | None, None),
+        distributedInfo=field(loose.distributedInfo, dict | None, None),
     )
 
 
@@ -218,7 +217,7 @@ def _block_events(path: Path, block, skipped: Counter) -> list[_Event] | None:
     return _each(raws, skipped)
 
 
-def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
+def _decode_streaming(path: Path, pieces, columns: _Columns) -> _TraceFile:
     """Decode the document as its pieces arrive: the traceEvents array is cut between two events every
     BLOCK_BYTES, each block is turned into columns (by worker processes when there is more than one: both cores of
     a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
@@ -278,7 +277,7 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
     return doc
 
 
-def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
+def _merge(columns: _Columns, pending: deque, buf: bytearray) -> bool:
     """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
     part, _ = pending[0]
     if isinstance(part, Future):
@@ -302,7 +301,7 @@ def _worker_pool() -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
 
 
-def _block_columns(path: Path, block: bytes) -> "_Columns | None":
+def _block_columns(path: Path, block: bytes) -> _Columns | None:
     """One block's columns (names and threads numbered within the block), or None if the cut was not between
     two events."""
     part = _Columns()
@@ -480,7 +479,7 @@ class _Columns:
         for k, v in device.items():
             self.device[k].append(v)
 
-    def add(self, part: "_Columns") -> None:
+    def add(self, part: _Columns) -> None:
         """Append another block's columns (its names and threads renumbered into this table's)."""
         self.decoded += part.decoded
         self.skipped.update(part.skipped)
