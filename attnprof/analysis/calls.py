@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -330,7 +331,7 @@ class CallFinder:
         views: list[int] = []
         pending_views: list[int] = []
         position = "before" if direction < 0 else "after"
-        storages = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
+        identities = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
         unsure = False
         i = pos + direction
         steps = 0
@@ -344,7 +345,7 @@ class CallFinder:
                 i += direction
                 steps += 1
                 continue
-            evidence = self._identity(row, position, storages)
+            evidence = self._identity(row, position, identities)
             if evidence is None:
                 evidence = self._evidence(anchor, call_stack, mover) if self._feeds(mover, targets, position) \
                     else ELSEWHERE
@@ -389,7 +390,8 @@ class CallFinder:
     # --- data flow, where the trace records it ---------------------------------------------------------------------
 
     def _has_flow(self, attn_ops: list[int]) -> bool:
-        return bool(attn_ops) and bool(self.row_by_op) and self.trace.host.op_id[attn_ops[0]] != NO_ID
+        op_id = self.trace.host.op_id
+        return bool(attn_ops) and bool(self.row_by_op) and op_id is not None and op_id[attn_ops[0]] != NO_ID
 
     def _flow_walk(self, start: list[int], step, position: str) -> list[_Prep]:
         """Follow the data flow from `start` through views and copies: the copies found are the call's."""
@@ -414,12 +416,14 @@ class CallFinder:
         return found
 
     def _inputs_of(self, row: int) -> list[int]:
+        assert self.trace.host.input_ops is not None, "walked only where the trace records data flow"
         inputs = self.trace.host.input_ops[row] or ()
         return [self.row_by_op[p] for p, _ in inputs if p in self.row_by_op]
 
     def _outputs_of(self, row: int) -> list[int]:
-        tid = self.trace.host.tid[row]
-        return [c for c in self.consumers.get(int(self.trace.host.op_id[row]), ()) if self.trace.host.tid[c] == tid]
+        tid, op_id = self.trace.host.tid[row], self.trace.host.op_id
+        assert op_id is not None, "walked only where the trace records data flow"
+        return [c for c in self.consumers.get(int(op_id[row]), ()) if self.trace.host.tid[c] == tid]
 
     def _producers(self, attn_op: int) -> list[_Prep]:
         return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, "before")
@@ -476,7 +480,7 @@ class CallFinder:
         # Copies feeding a call are claimed first; the walk after the previous call then settles each copy both
         # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
         claims: dict[int, _Claim] = {}
-        before = {}
+        before: dict[int, tuple[list[_Prep], list[int]]] = {}  # anchor -> (its preps, the views between)
         for anchor, _call_id, _op, _site, _found_by, info, attn_ops, ins, _outs in anchors:
             if self._has_flow(attn_ops):
                 before[anchor] = (self._producers(attn_ops[0]), [])
@@ -688,7 +692,7 @@ class CallFinder:
         return compute, copies
 
     def _split_host(self, call: CallSplit, phase: _Phase, compute_rows: list[int], host_start: float,
-                    host_end: float, own_copies: list[int] = ()) -> None:
+                    host_end: float, own_copies: Sequence[int] = ()) -> None:
         """CPU-only: the ops are the work; gaps between them (Python, dispatcher) count as other. `own_copies`:
         copies the entry point made itself, reported with their own lines."""
         ix = self.ix

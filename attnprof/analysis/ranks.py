@@ -187,7 +187,7 @@ def _steps_and_span(trace: Trace, runinfo_steps: int | None) -> tuple[int, float
     the trace has them, else the trace's span over the steps attnprof profiled (one if unknown)."""
     h = trace.host
     ids = trace.strings.ids_where(lambda s: bool(_PROFILER_STEP.match(s)))
-    rows = np.flatnonzero(np.isin(h.name, ids) & (h.kind == HostKind.ANNOTATION)) if len(ids) else []
+    rows = np.flatnonzero(np.isin(h.name, ids) & (h.kind == HostKind.ANNOTATION)) if len(ids) else np.empty(0, int)
     if len(rows):
         return len(rows), float(np.mean(h.dur[rows])), "ProfilerStep"
     ends = [h.ts + h.dur] if len(h) else []

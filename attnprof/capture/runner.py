@@ -154,6 +154,7 @@ def script_environment(target: Target, args: list[str]) -> Iterator[None]:
     if target.kind == "module":
         first, argv0 = os.getcwd(), target.name  # runpy puts the module's file in argv[0] while it runs
     else:
+        assert target.path is not None, "a script or an archive is resolved to its path"
         first, argv0 = os.path.dirname(os.path.realpath(target.path)), target.name
         if target.kind == "archive":
             first = target.path
@@ -173,6 +174,7 @@ def _execute(target: Target) -> None:
     if target.kind == "module":
         runpy.run_module(target.name, run_name="__main__", alter_sys=True)
         return
+    assert target.path is not None, "a script or an archive is resolved to its path"
     if target.kind == "archive":
         runpy.run_path(target.path, run_name="__main__")
         return
@@ -183,6 +185,7 @@ def _execute(target: Target) -> None:
     )
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
+    assert target.code is not None, "a script that did not compile is never run"
     try:
         exec(target.code, main.__dict__)
     finally:
@@ -353,8 +356,8 @@ def signals_held(redeliver: bool) -> Iterator[list[int]]:
             except (ValueError, OSError):
                 pass
         if redeliver:
-            for sig in dict.fromkeys(got):
-                signal.raise_signal(sig)
+            for signum in dict.fromkeys(got):
+                signal.raise_signal(signum)
 
 
 class AttnprofInterrupted(BaseException):

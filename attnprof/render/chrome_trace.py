@@ -84,6 +84,7 @@ def write_overlay(trace_path: Path, report: Report, out_path: Path | None = None
     data = read_bytes(trace_path)
     try:
         # Each original event stays its raw bytes (copied verbatim); a second pass reads the few fields we need.
+        events_json: bytes | bytearray | msgspec.Raw
         if data.lstrip()[:1] == b"[":
             header, events_json = None, data
         else:

@@ -75,7 +75,7 @@ def rank_split_figure(summary: RanksSummary):
     import plotly.graph_objects as go
 
     ranks = [f"rank {r.rank}" for r in summary.ranks]
-    parts = {"compute": [], "copy": [], "launch": [], "other": []}
+    parts: dict[str, list[float]] = {"compute": [], "copy": [], "launch": [], "other": []}
     for r in summary.ranks:
         totals = dict.fromkeys(parts, 0.0)
         for s in summary.sites:

@@ -123,7 +123,7 @@ def load_trace(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Trace:
     return load_torch_trace(path, max_mb=max_mb)
 
 
-def _load_sqlite_bytes(data: bytes, path: Path) -> Trace:
+def _load_sqlite_bytes(data: bytes | bytearray, path: Path) -> Trace:
     """A gzipped (how small fixtures are kept) or piped Nsight export: SQLite needs a file, so unpack to a
     temporary one."""
     with tempfile.TemporaryDirectory(prefix="attnprof-") as tmp:
