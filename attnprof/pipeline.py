@@ -1,6 +1,7 @@
 """The stages end to end, for the CLI and for library users: load -> analyze -> render."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -142,7 +143,8 @@ def write_reports(run: AnalyzedRun, folder: Path, console: bool = True) -> list[
     ]
     for rank_report in run.other_ranks:  # a job: every rank's Perfetto overlay
         overlay_of = Path(rank_report.trace_files[0]).name if rank_report.trace_files else "a rank"
-        pieces.append((folder / f"Perfetto overlay of {overlay_of}", lambda r=rank_report: write_overlays(r, folder)))
+        pieces.append((folder / f"Perfetto overlay of {overlay_of}",
+                       functools.partial(write_overlays, rank_report, folder)))
     missing = []
     for path, write in pieces:
         try:

@@ -259,7 +259,7 @@ class _Parts:
 
     @property
     def backend(self) -> str | None:
-        return max(self.backend_us, key=self.backend_us.get) if self.backend_us else None
+        return max(self.backend_us, key=self.backend_us.__getitem__) if self.backend_us else None
 
 
 def _forward_calls(sites: list[SiteSummary]) -> int:
@@ -356,9 +356,8 @@ def _side(sel: Selection, parts: dict[str, _Parts]) -> Side:
             backends[b] += us
     launches = [p.launch for p in parts.values()]
     n = _forward_calls(sel.sites)
-    true_us = None
-    if all(s.true_us is not None for s in sel.sites):
-        true_us = sum(s.true_us * s.calls / n for s in sel.sites)
+    trues = [(s.true_us, s.calls) for s in sel.sites if s.true_us is not None]
+    true_us = sum(us * calls / n for us, calls in trues) if len(trues) == len(sel.sites) else None
     first = sel.sites[0]
     return Side(
         label=sel.label,
@@ -385,10 +384,12 @@ NOTCH = 1.57
 
 def _noise_us(sites: list[SiteSummary]) -> float | None:
     """Each site's notch half-width (NOTCH IQR / sqrt(timed samples)), weighted per call like Side.true_us."""
-    if not sites or any(s.true_q1_us is None or s.true_q3_us is None or not s.timed_calls for s in sites):
+    spreads = [(s.true_q1_us, s.true_q3_us, s.timed_calls, s.calls) for s in sites
+               if s.true_q1_us is not None and s.true_q3_us is not None and s.timed_calls]
+    if not sites or len(spreads) < len(sites):
         return None
     n = _forward_calls(sites)
-    return sum(NOTCH * (s.true_q3_us - s.true_q1_us) / math.sqrt(s.timed_calls) * s.calls / n for s in sites)
+    return sum(NOTCH * (q3 - q1) / math.sqrt(timed) * calls / n for q1, q3, timed, calls in spreads)
 
 
 def _mark_noise(causes: list[Cause], noise_us: float | None) -> list[Cause]:
@@ -546,7 +547,7 @@ def fallback_reasons(call: CallSplit, info: CallInfo | None = None) -> list[str]
     mask = info.mask if info else None
     mask_shape = call.shapes.get("mask") or call.shapes.get("attn_mask")
     if mask or mask_shape:
-        shown = mask or "x".join(map(str, mask_shape))
+        shown = mask or "x".join(map(str, mask_shape or ()))
         reasons.append(f"an explicit attn_mask ({shown}): the flash kernel takes none (use is_causal=True for a "
                        "causal mask, or cuDNN on a GPU that has it)")
     if info and info.dropout_p > 0:

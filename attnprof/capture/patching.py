@@ -105,7 +105,7 @@ def _make_wrapper(entry: EntryPoint, original: Any) -> Any:
     try:
         functools.update_wrapper(wrapper, original)
     except Exception:
-        wrapper.__wrapped__ = original
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]  # a function takes any attribute
     op = TORCHSCRIPT_BUILTINS.get(entry.attr) if entry.library == "torch" else None
     if op is not None:
         try:
@@ -140,7 +140,7 @@ class Patcher:
         self._replaced: list[tuple[dict, str, Any, Any]] = []  # (module globals, name, original, wrapper)
         self._finder: _PostImportFinder | None = None
         self._packets: list[Any] = []
-        self._interface: tuple[type, Any, Any] | None = None  # (AttentionInterface, its own __getitem__, ours)
+        self._interface: tuple[type[Any], Any, Any] | None = None  # (AttentionInterface, its own __getitem__, ours)
         self.errors: list[str] = []
 
     def install(self) -> None:
@@ -188,7 +188,7 @@ class Patcher:
 
     def patch_hf_interface(self, module: Any) -> None:
         """`AttentionInterface[key]` (what `get_interface` and every model use) returns a wrapper named after key."""
-        cls = getattr(module, "AttentionInterface", None)
+        cls: type[Any] | None = getattr(module, "AttentionInterface", None)
         if not isinstance(cls, type) or self._interface is not None:
             return
         try:
@@ -271,7 +271,7 @@ class Patcher:
                         d[key] = o
         for packet in self._packets:
             if type(packet) is _WatchedPacket:
-                packet.__class__ = torch._ops.OpOverloadPacket
+                packet.__class__ = torch._ops.OpOverloadPacket  # type: ignore[assignment]  # back to what it was
             _packet_wrappers.pop(id(packet), None)
         self._packets.clear()
         self._patched.clear()

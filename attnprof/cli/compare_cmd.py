@@ -97,7 +97,7 @@ def run(ns: argparse.Namespace) -> int:
     from attnprof.files import atomic_write, write_failure
     from attnprof.render.compare_table import compare_document, print_compare, rows_json
     from attnprof.render.console import table_console
-    from attnprof.trace.ceilings import load_ceilings
+    from attnprof.trace.ceilings import Ceilings, load_ceilings
     from attnprof.trace.compare import COMPARE_FILE, CompareCase
     from attnprof.trace.load import load_trace
 
@@ -112,6 +112,7 @@ def run(ns: argparse.Namespace) -> int:
 
     with _progress_bar() as step:
         result = run_compare(options, progress=step)
+    ceilings: Ceilings | None
     if ns.remeasure or any(m.unsupported is None for m in result.measurements):
         ceilings = device_ceilings(torch.device(device), remeasure=ns.remeasure, progress=_progress)
     else:  # nothing ran: no percentage to divide, so no minute spent measuring the device

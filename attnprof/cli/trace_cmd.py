@@ -137,7 +137,7 @@ def run(ns: argparse.Namespace) -> int:
         return _finish_rank(job, result, ns)
     if result.trace_files and result.late_signals:
         print(f"attnprof: not analysed (interrupted while saving): attnprof analyze {result.folder}", file=sys.stderr)
-    elif result.trace_files:
+    elif result.trace_files and result.folder is not None:  # a folder is None only when nothing ran
         try:
             with signals_stop_attnprof():
                 _analyze_run_folder(result.folder, quiet=ns.quiet)

@@ -259,7 +259,9 @@ def _decode_streaming(path: Path, pieces, columns: _Columns) -> _TraceFile:
                 block = b"".join((b"[", memoryview(raw)[:end], b"]"))
                 part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
                 pending.append((part, raw))
-                while streaming and pending and (not pool or len(pending) > pool._max_workers):
+                # _max_workers: the size the pool was made with (CPython keeps it there since 3.2)
+                workers = pool._max_workers if pool else 0  # type: ignore[attr-defined]
+                while streaming and pending and (not pool or len(pending) > workers):
                     streaming = _merge(columns, pending, buf)
         while pending and streaming:
             streaming = _merge(columns, pending, buf)
@@ -437,11 +439,11 @@ class _Columns:
         h_args = [e.args or none for e in host_ev]
         thread_index = self.thread_index
         thread_keys = list(map(_THREAD_KEY, host_ev))
-        for k in dict.fromkeys(thread_keys):
-            if k not in thread_index:
-                thread_index[k] = len(thread_index)
+        for key in dict.fromkeys(thread_keys):
+            if key not in thread_index:
+                thread_index[key] = len(thread_index)
         n = len(host_ev)
-        host = {
+        host: dict[str, np.ndarray] = {
             "ts": np.fromiter(map(_TS, host_ev), dtype=np.float64, count=n),
             "dur": np.fromiter(map(_DUR, host_ev), dtype=np.float64, count=n),
             "tid": np.fromiter(map(thread_index.__getitem__, thread_keys), dtype=np.int32, count=n),
@@ -463,7 +465,7 @@ class _Columns:
                 column.drop(bad)
             self.raw[attr].append(column)
         d_args = [e.args or none for e in dev_ev]
-        device = {
+        dev: dict[str, np.ndarray] = {
             "ts": np.array([e.ts for e in dev_ev], dtype=np.float64),
             "dur": np.array([e.dur for e in dev_ev], dtype=np.float64),
             "device": np.array(device_column, dtype=np.int16),
@@ -476,7 +478,7 @@ class _Columns:
         }
         for k, v in host.items():
             self.host[k].append(v)
-        for k, v in device.items():
+        for k, v in dev.items():
             self.device[k].append(v)
 
     def add(self, part: _Columns) -> None:
@@ -491,8 +493,8 @@ class _Columns:
                 self.host[k].append(names[c] if k == "name" else np.array(threads, np.int32)[c] if k == "tid" else c)
         for k, columns in part.device.items():
             self.device[k].extend(names[c] if k == "name" else c for c in columns)
-        for k, columns in part.raw.items():
-            self.raw[k].extend(columns)
+        for k, raw_columns in part.raw.items():
+            self.raw[k].extend(raw_columns)
 
     def trace(self, path: Path, doc: _TraceFile) -> Trace:
         skipped, repaired = self.skipped, self.repaired
@@ -535,7 +537,7 @@ class _Columns:
             source=str(path),
             format="torch.profiler",
             strings=self.strings,
-            host=HostEvents(**h, **raw),
+            host=HostEvents(**h, **raw),  # type: ignore[arg-type]  # h: the array fields, raw: the RawColumn ones
             device=DeviceEvents(**d),
             threads=[f"{pid}/{tid}" for pid, tid in self.thread_index],
             base_us=float(base),
