@@ -15,9 +15,9 @@ import stat
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
 
 from attnprof.errors import AttnprofError
 
@@ -141,7 +141,7 @@ def stream_open(stream) -> bool:
 
 # --- writing ------------------------------------------------------------------------------------------------------
 
-Payload = Union[bytes, bytearray, str, Callable[[object], None]]
+Payload = bytes | bytearray | str | Callable[[object], None]
 
 
 def atomic_write(path: Path, data: Payload) -> Path:

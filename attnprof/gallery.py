@@ -205,6 +205,7 @@ def build_gallery(traces: Path = DEFAULT_TRACES, out: Path = DEFAULT_OUT) -> lis
                                    plotly_src=SHARED_PLOTLY_FILE)
         entries.append(GalleryEntry(path, run.name, _run_lines(run)))
     for base, other in pairs:
+        assert base.report is not None and other.report is not None, "gallery_pairs pairs runs with a report"
         a = dg.select(base.report, call_info=base.call_info, label=base.name)
         b = dg.select(other.report, call_info=other.call_info, label=other.name)
         e = dg.explain(a, b)

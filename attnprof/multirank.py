@@ -12,6 +12,8 @@ import gzip
 import json
 import multiprocessing
 import os
+import sys
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +107,11 @@ def analyze_ranks(inputs: list[RankInput], source: str, workers: int | None = No
     # threads under `attnprof trace`); one task per worker so each trace's memory goes back when it is done.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["attnprof.multirank"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
+    if sys.version_info >= (3, 11):
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1)
+    else:  # Python 3.10 has no max_tasks_per_child: there a worker keeps its heap from one trace to the next
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    with pool:
         return list(pool.map(analyze_rank, inputs, [source] * len(inputs)))
 
 
@@ -132,7 +138,7 @@ def _workers_that_fit(inputs: list[RankInput]) -> int:
     return max(1, int(available // largest)) if largest > 0 else len(inputs)
 
 
-def job_report(facts: list[RankFacts], source: str, inputs: list[RankInput] = ()) -> Report:
+def job_report(facts: list[RankFacts], source: str, inputs: Sequence[RankInput] = ()) -> Report:
     """The job's Report: the lowest rank's calls and sites, with every rank in `ranks`; `inputs` (rank_inputs) adds
     a note for each rank that left no trace."""
     facts = sorted(facts, key=lambda f: f.rank)

@@ -18,13 +18,13 @@ from attnprof.analysis.compare import CompareDocument, CompareRow, Comparison, c
 from attnprof.analysis.diagnosis import Explanation
 from attnprof.analysis.insights import insights
 from attnprof.analysis.records import Report
+from attnprof.capture.nsight import export_report
 from attnprof.errors import AttnprofError
 from attnprof.files import DEFAULT_MAX_INPUT_MB, write_failure
 from attnprof.render.console import ConsoleRenderer, table_console
 from attnprof.render.json_report import JsonRenderer
 from attnprof.trace.ceilings import Ceilings, load_ceilings
 from attnprof.trace.compare import COMPARE_FILE
-from attnprof.capture.nsight import export_report
 from attnprof.trace.load import load_path, load_trace
 from attnprof.trace.runinfo import CallInfo, RunInfo
 

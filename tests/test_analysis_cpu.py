@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+from trace_truth import call_truths, events  # noqa: E402
 
 from attnprof.analysis import analyze  # noqa: E402
 from attnprof.pipeline import analyze_path  # noqa: E402
 from attnprof.trace.runinfo import SOURCE_PREFIX, CallInfo, RunInfo, StepInfo, TensorInfo, range_name  # noqa: E402
 from attnprof.trace.torch_json import load_torch_trace  # noqa: E402
-from trace_truth import call_truths, events  # noqa: E402
 
 B, H, L, D = 2, 4, 64, 16
 

@@ -8,11 +8,10 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from trace_ranges import trace_names
 
 from attnprof.capture import timing as timing_mod
 from attnprof.capture.timing import Timer, _producers
-from trace_ranges import trace_names
-
 from attnprof.trace.runinfo import RANGE_RE, SOURCE_PREFIX, parse_source_range
 
 

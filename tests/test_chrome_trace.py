@@ -14,8 +14,7 @@ from seed_traces import H100_TRACES, h100_trace_files, profile_seed_case
 
 from attnprof.analysis.records import Report
 from attnprof.pipeline import analyze_path
-from attnprof.render.chrome_trace import (CATEGORY, INTERLEAVED, LAUNCH, PROCESS_NAME, TraceOverlayRenderer,
-                                          overlay_path)
+from attnprof.render.chrome_trace import CATEGORY, INTERLEAVED, LAUNCH, PROCESS_NAME, TraceOverlayRenderer, overlay_path
 from attnprof.trace.load import load_path
 
 PARTS = ("compute", "copy", LAUNCH, "other")

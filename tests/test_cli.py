@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from trace_truth import call_truths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +153,8 @@ cp "$FAKE_SQLITE" "$out"
 
 
 def test_nsys_not_found_is_one_error(tmp_path, monkeypatch):
-    from attnprof.errors import AttnprofError
     from attnprof.capture import nsight
+    from attnprof.errors import AttnprofError
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(nsight, "NSYS_SEARCH", (str(tmp_path / "nowhere" / "*" / "nsys"),))

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from trace_truth import events
 
 from attnprof.analysis.roofline import AttentionShape, shape_of_call
 from attnprof.capture.ceilings import device_name, measure_ceilings
@@ -16,7 +17,6 @@ from attnprof.errors import AttnprofError
 from attnprof.files import create_run_folder
 from attnprof.pipeline import analyze_path
 from attnprof.trace.ceilings import Ceilings, save_ceilings
-from trace_truth import events
 
 #: The --json row fields, as the README documents them.
 ROW_FIELDS = {"backend", "variant", "shape", "dtype", "causal", "phase", "median_us", "window_us", "compute_us",

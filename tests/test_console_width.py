@@ -54,7 +54,7 @@ def tokens(lines: list[str]) -> set[str]:
 @pytest.mark.parametrize("width", [80, 100, 160, 200])
 def test_no_line_is_wider_than_the_terminal_and_nothing_is_cut(seed_report, llama_report, width):
     for report in (seed_report, llama_report):
-        lines = render(width, lambda c: ConsoleRenderer(show_calls=True).print_to(c, report))
+        lines = render(width, lambda c, report=report: ConsoleRenderer(show_calls=True).print_to(c, report))
         assert max(len(line) for line in lines) <= width
         assert not any("…" in line for line in lines)
 

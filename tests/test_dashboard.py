@@ -6,6 +6,8 @@ import dataclasses
 import json
 
 import pytest
+from hand_records import CEILINGS, call, compare_doc, compare_rows, report, seed_vs_sdpa
+from seed_runs import H100_TRACES, bare_trace, h100_run_folders, seed_runs
 
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis.insights import insights, roofline_points, site_splits
@@ -14,8 +16,6 @@ from attnprof.cli.dashboard_cmd import write_for_path
 from attnprof.gallery import build_gallery, gallery_pairs, load_gallery_runs, run_identity
 from attnprof.pipeline import analyze_path, analyze_run, read_compare, write_dashboard_for
 from attnprof.render import dashboard as db
-from hand_records import CEILINGS, call, compare_doc, compare_rows, report, seed_vs_sdpa
-from seed_runs import H100_TRACES, bare_trace, h100_run_folders, seed_runs
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hand_records import compare_doc, seed_vs_sdpa
+from seed_runs import seed_runs
 
 from attnprof.pipeline import analyze_path, write_dashboard_for
 from attnprof.render import dashboard as db
-from seed_runs import seed_runs
-from hand_records import compare_doc, seed_vs_sdpa
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -124,8 +124,9 @@ def _overlap(a, b) -> bool:
 @pytest.fixture(scope="module")
 def h100_pages(tmp_path_factory):
     """The dashboards of the reference H100 runs a user opens first: a forward run and a two-shape compare."""
-    from attnprof.pipeline import analyze_run, read_compare
     from seed_runs import H100_TRACES
+
+    from attnprof.pipeline import analyze_run, read_compare
 
     out = tmp_path_factory.mktemp("pages")
     pages = {}
@@ -176,8 +177,9 @@ def test_headline_on_top_and_bars_scaled_by_the_users_time(browser, h100_pages, 
 def test_gallery_pages_draw_from_the_one_shared_plotly(browser, tmp_path):
     """The gallery's pages load plotly.js from the one plotly.min.js beside them (offline, no copy inside a page):
     each draws all its charts; a page copied away from that file draws none."""
-    from attnprof.gallery import build_gallery
     from seed_runs import H100_TRACES
+
+    from attnprof.gallery import build_gallery
 
     out = tmp_path / "gallery"
     entries = build_gallery(H100_TRACES, out)

@@ -8,15 +8,15 @@ import re
 import statistics
 
 import pytest
+from hand_records import call, report, seed_vs_sdpa
+from seed_runs import H100_TRACES, REPO, bare_trace, h100_run_folders, seed_runs
+from trace_truth import backward_copies_us, call_truths, mean_copy_us, median_true_us
 
 from attnprof.analysis import diagnosis as dg
 from attnprof.cli import explain_cmd
 from attnprof.errors import AttnprofError
 from attnprof.pipeline import analyze_path
 from attnprof.trace.runinfo import CallInfo, TensorInfo
-from hand_records import call, report, seed_vs_sdpa
-from seed_runs import H100_TRACES, REPO, bare_trace, h100_run_folders, seed_runs
-from trace_truth import backward_copies_us, call_truths, mean_copy_us, median_true_us
 
 #: the CPU stand-in's SDPA (examples/seed_case.py:37) called from the seed wrapper's line 47
 SEED_SITE = "examples/seed_case.py:37 via :47"

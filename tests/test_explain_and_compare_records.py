@@ -8,6 +8,8 @@ import json
 
 import msgspec
 import pytest
+from hand_records import call, compare_doc, report
+from seed_runs import H100_TRACES
 
 from attnprof.analysis import diagnosis as dg
 from attnprof.analysis.compare import CompareRow, Comparison
@@ -16,8 +18,6 @@ from attnprof.render.compare_table import CompareDocumentRenderer, CompareTableR
 from attnprof.render.explain import DiagnosesRenderer
 from attnprof.trace.ceilings import Ceilings
 from attnprof.trace.compare import CompareRun
-from hand_records import call, compare_doc, report
-from seed_runs import H100_TRACES
 
 
 def _kernels_beyond_true_time():

@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from attnprof.analysis.kernel_counters import (
-    LATENCY_BOUND, MEMORY_BOUND, COMPUTE_BOUND, OCCUPANCY_BOUND, classify_bound, counters_section,
-    kernel_choice_evidence, short_kernel_name,
+    COMPUTE_BOUND,
+    LATENCY_BOUND,
+    MEMORY_BOUND,
+    OCCUPANCY_BOUND,
+    classify_bound,
+    counters_section,
+    kernel_choice_evidence,
+    short_kernel_name,
 )
 from attnprof.errors import AttnprofError
 from attnprof.trace.ncu_csv import load_ncu_csv
@@ -320,8 +326,8 @@ def test_the_seed_wrappers_copies_are_profiled_and_tied_to_their_call():
 def test_a_copy_is_tied_to_the_neighbour_nearest_in_the_source():
     """Between FA2 on the wrapper (line 34 via :47) and FA2 native (34 via :84), a copy at line 48 is 1 line from
     the first and 14 from the second: after the first; a copy at line 80 is 4 lines from :84: before the second."""
-    from attnprof.analysis.kernel_counters import tie_copies
     from attnprof.analysis.kernel_counters import kernel_counters as counters
+    from attnprof.analysis.kernel_counters import tie_copies
     from attnprof.trace.ncu_csv import NcuKernel
 
     def kernel(i, call_id=None, site=None, copy_site=None):

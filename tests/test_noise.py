@@ -5,11 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-
-import re
 
 import pytest
 
@@ -62,11 +61,12 @@ def test_cpu_copies_of_the_seed_example_are_their_own_ops_time(tmp_path):
 
 # --- spread and warnings on known samples -----------------------------------------------------------------------
 
+from hand_records import call  # noqa: E402
+
 from attnprof.analysis import diagnosis as dg  # noqa: E402
 from attnprof.analysis.records import SCHEMA_VERSION, Report  # noqa: E402
 from attnprof.analysis.sites import NOISY_SPREAD, spread, summarize_sites, timing_warnings  # noqa: E402
 from attnprof.trace.runinfo import RunInfo, SiteTiming, StepInfo  # noqa: E402
-from hand_records import call  # noqa: E402
 
 #: the issue's busy CPU: raw values swinging 250-8,000 µs
 NOISY = [250.0, 900.0, 3000.0, 8000.0, 400.0, 5000.0, 700.0]

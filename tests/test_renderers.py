@@ -8,7 +8,9 @@ import json
 import re
 from pathlib import Path
 
+from hand_records import call, report
 from plotly.offline import get_plotlyjs
+from seed_runs import H100_TRACES
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import attnprof.render
@@ -21,8 +23,6 @@ from attnprof.render.dashboard import DashboardRenderer
 from attnprof.render.json_report import JsonRenderer
 from attnprof.render.kernel_counters import CountersRenderer
 from attnprof.render.tensorboard import ScalarsRenderer
-from hand_records import call, report
-from seed_runs import H100_TRACES
 
 H200_GPT2 = Path(__file__).resolve().parents[1] / "traces" / "h200" / "gpt2-eager"
 ASSETS = Path(attnprof.render.__file__).parent / "assets"

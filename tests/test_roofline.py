@@ -2,8 +2,15 @@
 import pytest
 
 from attnprof.analysis.records import CallSplit
-from attnprof.analysis.roofline import (BOTTOM_RIGHT, TOP_LEFT, AttentionShape, attention_flops, attention_min_bytes,
-                                        roofline, shape_of_call)
+from attnprof.analysis.roofline import (
+    BOTTOM_RIGHT,
+    TOP_LEFT,
+    AttentionShape,
+    attention_flops,
+    attention_min_bytes,
+    roofline,
+    shape_of_call,
+)
 from attnprof.trace.ceilings import Ceilings, load_ceilings, save_ceilings
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from seed_runs import seed_runs
 
 from attnprof.analysis.diagnosis import Cause, Diagnosis, Side, diagnose_sites
 from attnprof.analysis.verification import measured_after_fixes_us, replay_specs, verified
@@ -18,7 +19,6 @@ from attnprof.capture.verify import replay_site, scaled
 from attnprof.cli import main
 from attnprof.pipeline import analyze_run
 from attnprof.trace.verify import FixMeasurement, ReplaySpec, SiteReplay
-from seed_runs import seed_runs
 
 REPO = Path(__file__).resolve().parents[1]
 H100, H200 = REPO / "traces" / "h100", REPO / "traces" / "h200"

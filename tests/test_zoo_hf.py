@@ -8,6 +8,7 @@ through the same trace_script + analysis, sharing one run per model family and i
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -16,8 +17,6 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-
-import importlib.util
 
 import pytest
 
@@ -329,11 +328,10 @@ def test_a_registered_attention_function_is_one_call_named_after_its_key(tmp_pat
         [("hf.my_attention", "user")] * LAYERS + [("hf.my_other_attention", "user")] * LAYERS)
     assert [c["extra"]["attn_implementation"] for c in calls] == ["my_attention"] * 2 + ["my_other_attention"] * 2
     # all unpatched after the run
+    import transformers
     from transformers.models.gpt2 import modeling_gpt2
 
     from attnprof.capture import patching
-
-    import transformers
 
     assert "__getitem__" not in vars(transformers.AttentionInterface)
     assert not patching.is_wrapper(modeling_gpt2.eager_attention_forward)

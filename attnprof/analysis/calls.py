@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -26,13 +27,30 @@ from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.decomposition import FOREIGN, IDLE, check_call, split_window
 from attnprof.analysis.index import TraceIndex
 from attnprof.analysis.records import (
-    COMPUTE, COPY, OTHER, CallSplit, Category, CopyRecord, FoundBy, KernelSlice, Part, Phase, Position, Segment,
+    COMPUTE,
+    COPY,
+    OTHER,
+    CallSplit,
+    Category,
+    CopyRecord,
+    FoundBy,
+    KernelSlice,
+    Part,
+    Phase,
+    Position,
+    Segment,
     UnattributedCopy,
 )
 from attnprof.textenum import TextEnum
 from attnprof.trace.model import NO_ID, DeviceKind, HostKind, Trace
 from attnprof.trace.runinfo import (
-    RANGE_PREFIX, RANGE_RE, SOURCE_PREFIX, CallInfo, RunInfo, SourceRange, unescape_name,
+    RANGE_PREFIX,
+    RANGE_RE,
+    SOURCE_PREFIX,
+    CallInfo,
+    RunInfo,
+    SourceRange,
+    unescape_name,
 )
 
 #: How far to walk from a call to find its prep ops (siblings), so a pathological thread cannot stall analysis.
@@ -193,7 +211,7 @@ class _Layout:
         pairs.sort(key=lambda p: -p[1])  # stable: equal strides keep their order
         return tuple(d for d, _ in pairs if d != 1)
 
-    def same_memory_shape(self, other: "_Layout") -> bool:
+    def same_memory_shape(self, other: _Layout) -> bool:
         return self.numel == other.numel and self.memory_shape() == other.memory_shape()
 
 
@@ -401,7 +419,7 @@ class CallFinder:
         views: list[int] = []
         pending_views: list[int] = []
         position = Position.BEFORE if direction < 0 else Position.AFTER
-        storages = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
+        identities = dict.fromkeys(storages, IDENTITY) if storages else None  # None: capture recorded none
         unsure = False
         i = pos + direction
         steps = 0
@@ -415,7 +433,7 @@ class CallFinder:
                 i += direction
                 steps += 1
                 continue
-            evidence = self._identity(row, position, storages)
+            evidence = self._identity(row, position, identities)
             if evidence is None:
                 evidence = self._evidence(anchor, call_stack, mover) if self._feeds(mover, targets, position) \
                     else ELSEWHERE
@@ -460,7 +478,8 @@ class CallFinder:
     # --- data flow, where the trace records it ---------------------------------------------------------------------
 
     def _has_flow(self, attn_ops: list[int]) -> bool:
-        return bool(attn_ops) and bool(self.row_by_op) and self.trace.host.op_id[attn_ops[0]] != NO_ID
+        op_id = self.trace.host.op_id
+        return bool(attn_ops) and bool(self.row_by_op) and op_id is not None and op_id[attn_ops[0]] != NO_ID
 
     def _flow_walk(self, start: list[int], step, position: Position) -> list[_Prep]:
         """Follow the data flow from `start` through views and copies: the copies found are the call's."""
@@ -485,12 +504,14 @@ class CallFinder:
         return found
 
     def _inputs_of(self, row: int) -> list[int]:
+        assert self.trace.host.input_ops is not None, "walked only where the trace records data flow"
         inputs = self.trace.host.input_ops[row] or ()
         return [self.row_by_op[p] for p, _ in inputs if p in self.row_by_op]
 
     def _outputs_of(self, row: int) -> list[int]:
-        tid = self.trace.host.tid[row]
-        return [c for c in self.consumers.get(int(self.trace.host.op_id[row]), ()) if self.trace.host.tid[c] == tid]
+        tid, op_id = self.trace.host.tid[row], self.trace.host.op_id
+        assert op_id is not None, "walked only where the trace records data flow"
+        return [c for c in self.consumers.get(int(op_id[row]), ()) if self.trace.host.tid[c] == tid]
 
     def _producers(self, attn_op: int) -> list[_Prep]:
         return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, Position.BEFORE)
@@ -718,7 +739,8 @@ class CallFinder:
         # The GPU may still be busy with earlier work when the first prep op is issued: that wait is not launch time.
         busy_until = self.ix.last_device_end_before(first, device)
         start = min(max(host_start, busy_until), first)
-        intervals = [(float(d.ts[w.row]), float(d.ts[w.row] + d.dur[w.row]), w.category) for w in work]
+        intervals: list[tuple[float, float, str]] = [(float(d.ts[w.row]), float(d.ts[w.row] + d.dur[w.row]), w.category)
+                                                     for w in work]
         for r in self.ix.device_rows_between(start, end, device).tolist():
             if r not in ours:
                 intervals.append((float(d.ts[r]), float(d.ts[r] + d.dur[r]), FOREIGN))
@@ -767,11 +789,11 @@ class CallFinder:
         return compute, copies
 
     def _split_host(self, call: CallSplit, phase: _Phase, compute_rows: list[int], host_start: float,
-                    host_end: float, own_copies: list[int] = ()) -> None:
+                    host_end: float, own_copies: Sequence[int] = ()) -> None:
         """CPU-only: the ops are the work; gaps between them (Python, dispatcher) count as other. `own_copies`:
         copies the entry point made itself, reported with their own lines."""
         ix = self.ix
-        intervals = []
+        intervals: list[tuple[float, float, str]] = []
         kernels = []
         copy_rows = [_HostCopy(r, Position.INSIDE, own_line=True) for r in own_copies]
         intervals += [(ix.ts[r], ix.end[r], COPY) for r in own_copies]

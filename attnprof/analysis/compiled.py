@@ -39,7 +39,7 @@ def backward_ops(ix: TraceIndex, nodes_by_seq: dict[int, list[int]], anchor: int
     """The attention backward op paired with the forward attention op `anchor` of a compiled graph ([] if none)."""
     graph = graph_call(ix, anchor)
     seq = int(ix.trace.host.seq[graph]) if graph is not None else NO_ID
-    if seq == NO_ID:
+    if graph is None or seq == NO_ID:
         return []
     forwards = _outermost(ix, ix.subtree(graph).tolist(), tx.is_attention_fwd_op)
     if anchor not in forwards:

@@ -4,6 +4,7 @@ Pure arithmetic over intervals: no trace, no names. See DEVELOPERS.md for the de
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from attnprof.analysis.records import CallSplit, Part
@@ -26,7 +27,7 @@ class Split:
     segments: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, category or IDLE)
 
 
-def split_window(start: float, end: float, intervals: list[tuple[float, float, str]],
+def split_window(start: float, end: float, intervals: Sequence[tuple[float, float, str]],
                  priority: tuple[str, ...]) -> Split:
     """Assign every instant of [start, end] to the highest-priority category active then, or to idle.
 
@@ -101,7 +102,7 @@ def check_call(call: CallSplit) -> None:
     if abs(t - (call.start_us + span)) > tol:
         raise SplitInvariantError(f"internal error: {where}: segments end at {t:.3f} µs, the span at "
                                   f"{call.start_us + span:.3f} µs")
-    expected = {Part.COMPUTE: call.compute_us, Part.COPY: call.copy_us, Part.INTERLEAVED: call.interleaved_us,
+    expected: dict[str, float] = {Part.COMPUTE: call.compute_us, Part.COPY: call.copy_us, Part.INTERLEAVED: call.interleaved_us,
                 Part.OTHER: call.other_us, Part.LAUNCH: launch}
     for part in [*expected, *(p for p in by_part if p not in expected)]:  # a fixed order: one message per fault
         total = by_part.get(part, 0.0)

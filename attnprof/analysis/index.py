@@ -116,7 +116,7 @@ class TraceIndex:
         hi = starts.searchsorted(self.end[row], side="right")
         by_corr = self.trace.device_by_correlation
         inside = rows[lo:hi]
-        out = []
+        out: list[tuple[int, int]] = []
         for r, c in zip(inside.tolist(), self.trace.host.correlation[inside].tolist()):
             if c != NO_ID:
                 out.extend((r, d) for d in by_corr.get(c, ()))
@@ -140,7 +140,7 @@ class TraceIndex:
         """
         d = self.trace.device
         order = np.argsort(d.ts, kind="stable")
-        out = {}
+        out: dict[tuple[int, int | None], tuple[np.ndarray, ...]] = {}
         devices = d.device[order]
         for device in np.unique(devices).tolist():
             on_device = order[devices == device]
@@ -232,14 +232,17 @@ class TraceIndex:
         span = self._python_spans.get(tid)
         if span is None:
             entry = self._python.get(tid)
-            rows, starts = entry if entry is not None else (None, None)
-            span = (float(starts[0]), float(self.end[rows].max())) if entry else (float("-inf"), float("inf"))
+            if entry is None:
+                span = (float("-inf"), float("inf"))
+            else:
+                rows, starts = entry
+                span = (float(starts[0]), float(self.end[rows].max()))
             self._python_spans[tid] = span
         return span
 
     def is_user_frame(self, frame: int) -> bool:
         parsed = parse_python_frame(self.name(frame))
-        return bool(parsed) and not _LIBRARY_PATH_RE.search(parsed[0])
+        return parsed is not None and not _LIBRARY_PATH_RE.search(parsed[0])
 
     def python_site(self, row: int) -> tuple[str, str] | None:
         """(file:line, function) of the innermost user-code Python frame around `row`, from with_stack frames.

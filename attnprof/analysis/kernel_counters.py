@@ -187,7 +187,7 @@ def kernel_counters(kernel: NcuKernel, phases: dict[tuple[str, str], str] | None
     gbs = dram / (kernel.duration_us * 1e3) if dram is not None and kernel.duration_us else None
     return KernelCounters(
         call_id=kernel.call_id, site=kernel.site, op=kernel.op,
-        phase=(phases or {}).get((kernel.site, kernel.op)) if kernel.site else None,
+        phase=(phases or {}).get((kernel.site, kernel.op)) if kernel.site and kernel.op is not None else None,
         kernel=short_kernel_name(kernel.name), kernel_full=kernel.name,
         category="copy" if is_copy_kernel_name(kernel.name) else "compute", backend=backend_from_kernel(kernel.name),
         duration_us=kernel.duration_us, sm_pct=kernel.sm_pct, memory_pct=kernel.memory_pct, dram_pct=kernel.dram_pct,

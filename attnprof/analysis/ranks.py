@@ -187,7 +187,7 @@ def _steps_and_span(trace: Trace, runinfo_steps: int | None) -> tuple[int, float
     the trace has them, else the trace's span over the steps attnprof profiled (one if unknown)."""
     h = trace.host
     ids = trace.strings.ids_where(lambda s: bool(_PROFILER_STEP.match(s)))
-    rows = np.flatnonzero(np.isin(h.name, ids) & (h.kind == HostKind.ANNOTATION)) if len(ids) else []
+    rows = np.flatnonzero(np.isin(h.name, ids) & (h.kind == HostKind.ANNOTATION)) if len(ids) else np.empty(0, int)
     if len(rows):
         return len(rows), float(np.mean(h.dur[rows])), "ProfilerStep"
     ends = [h.ts + h.dur] if len(h) else []
@@ -265,7 +265,7 @@ def _sites(facts: list[RankFacts]) -> list[SiteAcrossRanks]:
     per_site: dict[tuple[str, str, str], list[RankSite]] = defaultdict(list)
     backend: dict[tuple[str, str, str], str] = {}
     for f in facts:
-        true_us = {(s.site, s.op, s.phase): s.true_us for s in f.report.sites}
+        true_us: dict[tuple[str, str, str], float | None] = {(s.site, s.op, s.phase): s.true_us for s in f.report.sites}
         groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         for i, c in enumerate(f.report.calls):
             groups[(c.site, c.op, c.phase)].append(i)
@@ -313,7 +313,7 @@ def _overlaps(facts: list[RankFacts]) -> list[OverlapCause]:
     names: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for f in facts:
         for i, c in enumerate(f.report.calls):
-            key = (c.site, c.op, c.phase)
+            key: tuple[str, str, str] = (c.site, c.op, c.phase)
             if i in f.call_overlap:
                 hit[key].append((c.window_us, f.call_overlap[i]))
                 names[key].update(f.call_collectives.get(i, []))

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from attnprof.analysis.records import CallSplit, CopySummary, Position, SiteSummary
+from attnprof.analysis.records import CallSplit, CopySummary, Phase, Position, SiteSummary
 from attnprof.errors import AttnprofError
 from attnprof.trace.runinfo import CallInfo, RunInfo, SiteTiming
 
@@ -30,7 +30,7 @@ class Spread(NamedTuple):
     @property
     def relative_iqr(self) -> float | None:
         """(q3 - q1) / median: how far apart the middle half of the samples lies, relative to their median."""
-        if self.q1 is None or not self.median:
+        if self.q1 is None or self.q3 is None or not self.median:
             return None
         return (self.q3 - self.q1) / self.median
 
@@ -174,7 +174,8 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
     for key, group in groups.items():
         site, op, phase = key
         n = len(group)
-        launch = None if any(c.launch_us is None for c in group) else _mean([c.launch_us for c in group])
+        launches = [c.launch_us for c in group if c.launch_us is not None]
+        launch = _mean(launches) if len(launches) == n else None  # null when any call has none (CPU)
         timing = timings.get(key)
         # before the window when timed there; after it (slowed by the profiler's aftermath) only as a fallback
         true = spread((timing.true_us or timing.after_us) if timing else [])
@@ -194,7 +195,7 @@ def summarize_sites(calls: list[CallSplit], runinfo: RunInfo | None) -> list[Sit
                 total.count += 1
         place = _place(site, [infos[c.id] for c in group if c.id in infos])
         out.append(SiteSummary(
-            site=site, op=op, phase=phase,
+            site=site, op=op, phase=Phase(phase),
             backend=Counter(c.backend for c in group).most_common(1)[0][0],
             calls=n, shapes=first.shapes, dtype=first.dtype, layout=first.layout,
             true_us=true_us, profiled_us=profiled_us, inflation=inflation, after_us=after_us,
@@ -265,7 +266,7 @@ def _part_matches(pattern: str, part: str) -> bool:
     if m:
         return int(m["lo"]) <= int(part) <= int(m["hi"])
     m = _LIST.match(pattern)
-    return bool(m) and part in m["items"].split(",")
+    return m is not None and part in m["items"].split(",")
 
 
 def _module_matches(module: str, selector: str) -> bool:

@@ -35,8 +35,9 @@ _WHY_DIFFERENT = {
 
 
 def _spec_from_info(info: CallInfo, split: CallSplit, kinds: list[str]) -> ReplaySpec | None:
-    if info.layout not in REPLAYABLE_LAYOUTS or "q" not in info.tensors or None in (
-            info.batch, info.heads_q, info.heads_kv, info.seqlen_q, info.seqlen_k, info.head_dim):
+    if (info.layout not in REPLAYABLE_LAYOUTS or "q" not in info.tensors or info.batch is None
+            or info.heads_q is None or info.heads_kv is None or info.seqlen_q is None or info.seqlen_k is None
+            or info.head_dim is None):
         return None
     mask = info.tensors.get("mask")
     backend = split.backend

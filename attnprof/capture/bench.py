@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -57,7 +57,7 @@ def event_times_us(fn: Callable[[], object], reps: int, warmup: int, spin_cycles
     return [us / batch for us in elapsed_us(pairs)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spin_cycles_per_us(device: torch.device) -> float:
     """The spin kernel's cycles per µs at the GPU's fastest clock seen: a head start in cycles then lasts at least
     as long as intended at any clock."""

@@ -6,9 +6,9 @@ machine, clocks and drivers included. Cached per device name and torch version (
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -34,6 +34,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({model})" if model else "cpu"
 
 
+# One function per measurement: its tensors are freed when it returns, before the next one allocates its own.
+def _copy_us(device: torch.device, copy_bytes: int, warmup: int, reps: int) -> float:
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device).random_(0, 256)
+    dst = torch.empty_like(src)
+    return median_us(lambda _: dst.copy_(src), device, warmup, reps)
+
+
+def _matmul_us(device: torch.device, n: int, dtype: torch.dtype, warmup: int, reps: int) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    return median_us(lambda _: torch.matmul(a, b, out=c), device, warmup, reps)
+
+
 def measure_ceilings(device: torch.device, copy_bytes: int | None = None, matmul_n: int | None = None,
                      warmup: int = WARMUP, reps: int = REPS) -> Ceilings:
     on_cuda = device.type == "cuda"
@@ -41,16 +55,8 @@ def measure_ceilings(device: torch.device, copy_bytes: int | None = None, matmul
     n = matmul_n or (CUDA_MATMUL_N if on_cuda else CPU_MATMUL_N)
     dtype = CUDA_MATMUL_DTYPE if on_cuda else CPU_MATMUL_DTYPE
 
-    src = torch.empty(copy_bytes, dtype=torch.uint8, device=device).random_(0, 256)
-    dst = torch.empty_like(src)
-    copy_us = median_us(lambda _: dst.copy_(src), device, warmup, reps)
-    del src, dst
-
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    matmul_us = median_us(lambda _: torch.matmul(a, b, out=c), device, warmup, reps)
-    del a, b, c
+    copy_us = _copy_us(device, copy_bytes, warmup, reps)
+    matmul_us = _matmul_us(device, n, dtype, warmup, reps)
     if on_cuda:
         torch.cuda.empty_cache()
 

@@ -22,11 +22,12 @@ import re
 import sys
 import tempfile
 import warnings
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class Backend:
     version: str | None = None  # the library's version, when it has one
     # torch's own verdict before running, for backends torch can judge (SDPA's fused kernels on CUDA)
     precheck: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], str | None] | None = None
-    context: Callable[[], ContextManager] = nullcontext  # entered around timing and profiling, outside the range
+    context: Callable[[], AbstractContextManager] = nullcontext  # entered around timing and profiling, outside the range
 
 
 @dataclass
@@ -77,7 +78,7 @@ class CompareOptions:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
     """SDPA on (B, H, L, D); GQA (fewer k/v heads) through enable_gqa."""
-    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    gqa: dict[str, Any] = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
 
 
@@ -98,7 +99,7 @@ def _sdpa_params(q, k, v, causal):
     try:
         return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal, q.shape[1] != k.shape[1])
     except TypeError:
-        return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal)
+        return torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal)  # type: ignore[call-arg]  # torch < 2.5
 
 
 def _sdpa_precheck(predicate_name: str):
@@ -130,7 +131,7 @@ def _native_warnings():
     messages: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    captured = tempfile.TemporaryFile()
+    captured = tempfile.TemporaryFile()  # noqa: SIM115  # closed in the finally, once fd 2 is restored
     os.dup2(captured.fileno(), 2)
     try:
         yield messages
@@ -222,16 +223,18 @@ def variants_of(backend: Backend) -> tuple[str, ...]:
 
 def _variant(backend: Backend, variant: str, causal: bool):
     """(q, k, v, around_call) -> out: the backend called as a user would; `around_call` wraps only the call."""
+    call = backend.call
+    assert call is not None, f"{backend.name} is unavailable: it is never run"
     if variant == NATIVE:
         def run(q, k, v, around_call):
             with around_call():
-                return backend.call(q, k, v, causal)
+                return call(q, k, v, causal)
     else:
         def run(q, k, v, around_call):
             # the seed's wrapper: (B, H, L, D) copied to (B, L, H, D) for the kernel, and the output copied back
             q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
             with around_call():
-                out = backend.call(q, k, v, causal)
+                out = call(q, k, v, causal)
             return out.transpose(1, 2).contiguous()
     return run
 
@@ -408,7 +411,7 @@ class _Runner:
         o = self.options
         run = _variant(backend, variant, case.causal)
         sets, grads, n = inputs.sets, inputs.grads, len(inputs.sets)
-        base = dict(case=index, backend=backend.name, variant=variant, reps=o.reps, input_sets=n)
+        base: dict[str, Any] = dict(case=index, backend=backend.name, variant=variant, reps=o.reps, input_sets=n)
         reason = backend.precheck(*sets[0], case.causal) if backend.precheck else None
         reason = reason or _attempt(lambda: run(*sets[0], nullcontext))
         if reason:
@@ -517,7 +520,7 @@ def run_compare(options: CompareOptions, progress: Callable[[str, int, int], Non
 
 
 def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.device, folder: Path,
-             started: datetime, progress: Callable[[str], None] | None) -> CompareRun:
+             started: datetime, progress: Callable[[str, int, int], None] | None) -> CompareRun:
     runner = _Runner(options, device, folder)
     clock = ("a CUDA event pair on the stream, the host given a head start (GPU time)" if device.type == "cuda"
              else "the host clock (time.perf_counter)")
@@ -547,7 +550,7 @@ def _run_all(options: CompareOptions, chosen: list[Backend], device: torch.devic
             done += 1
         measured.append(runner.time(index, case, backend, variant))
     total += sum(1 for ms in measured if any(m.unsupported is None for m in ms))
-    for (index, case, backend, variant), ms in zip(plan, measured):
+    for (_index, case, backend, variant), ms in zip(plan, measured):
         if any(m.unsupported is None for m in ms):
             if progress:
                 progress(f"profiling {_case_label(case)} {backend.name} {variant}", done, total)

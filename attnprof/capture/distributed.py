@@ -12,10 +12,11 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from attnprof.errors import AttnprofError
 from attnprof.files import create_run_folder

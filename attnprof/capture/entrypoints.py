@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -189,9 +190,7 @@ def _boring(v: Any) -> bool:
         return True
     if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
         return True
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and x == -1 for x in v):
-        return True
-    return False
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and x == -1 for x in v)
 
 
 #: Arguments worth keeping as text in CallInfo.extra when they are not at their neutral value.
@@ -614,10 +613,8 @@ _HF_IMPLEMENTATION_LIBRARY = {
 def hf_implementation_entry(key: str, fn: Any) -> EntryPoint:
     """What `AttentionInterface` holds under `key`, named after the key (the attn_implementation the user chose)."""
     module = getattr(fn, "__module__", None) or ""
-    if module.startswith("transformers."):
-        library = _HF_IMPLEMENTATION_LIBRARY.get(key, "transformers")
-    else:  # a function the user registered
-        library = "user"
+    # "user": a function the user registered
+    library = _HF_IMPLEMENTATION_LIBRARY.get(key, "transformers") if module.startswith("transformers.") else "user"
     return EntryPoint(f"hf.{key}", library, (), key, describe_hf, returns_lse=False)
 
 
@@ -664,9 +661,9 @@ def describe_call(entry: EntryPoint, binder: Binder, args: tuple, kwargs: dict, 
     out = first_tensor(result)
     if out is not None:
         described.tensors["out"] = tensor_info(out)
-        if entry.returns_lse:
-            if isinstance(result, (tuple, list)) and len(result) > 1 and isinstance(result[1], torch.Tensor):
-                described.tensors["lse"] = tensor_info(result[1])
+        if (entry.returns_lse and isinstance(result, (tuple, list)) and len(result) > 1
+                and isinstance(result[1], torch.Tensor)):
+            described.tensors["lse"] = tensor_info(result[1])
     hq, hk = described.heads_q, described.heads_kv
     if isinstance(hq, int) and isinstance(hk, int) and hq > 0 and hk > 0:
         described.gqa_ratio = hq / hk

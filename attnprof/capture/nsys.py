@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from attnprof.errors import AttnprofError
 from attnprof.capture.nsight import export_sqlite
+from attnprof.errors import AttnprofError
 
 #: Defaults that work (GPU.md): CPU sampling and context-switch tracing off (with them a 5-call script ran past
 #: 120 s into a 2.2 GB report); PyTorch's op ranges with their shapes on.

@@ -16,13 +16,20 @@ import importlib.abc
 import sys
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from attnprof.capture.entrypoints import (
-    ENTRY_POINTS, HF_INTERFACE_MODULE, HF_MODELS_PACKAGE, TORCHSCRIPT_BUILTINS, EntryPoint, hf_function_entry,
-    hf_implementation_entry, is_hf_attention_function,
+    ENTRY_POINTS,
+    HF_INTERFACE_MODULE,
+    HF_MODELS_PACKAGE,
+    TORCHSCRIPT_BUILTINS,
+    EntryPoint,
+    hf_function_entry,
+    hf_implementation_entry,
+    is_hf_attention_function,
 )
 from attnprof.errors import failure_reason
 
@@ -105,7 +112,7 @@ def _make_wrapper(entry: EntryPoint, original: Any, on_failure: Callable[[str], 
     try:
         functools.update_wrapper(wrapper, original)
     except Exception:
-        wrapper.__wrapped__ = original
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]  # a function takes any attribute
     op = TORCHSCRIPT_BUILTINS.get(entry.attr) if entry.library == "torch" else None
     if op is not None:
         try:
@@ -201,7 +208,7 @@ class Patcher:
 
     def patch_hf_interface(self, module: Any) -> None:
         """`AttentionInterface[key]` (what `get_interface` and every model use) returns a wrapper named after key."""
-        cls = getattr(module, "AttentionInterface", None)
+        cls: type[Any] | None = getattr(module, "AttentionInterface", None)
         if not isinstance(cls, type) or self._interface is not None:
             return
         try:
@@ -263,9 +270,9 @@ class Patcher:
             cls, own, ours = self._interface
             if cls.__dict__.get("__getitem__") is ours:
                 if own is None:
-                    del cls.__getitem__
+                    del cls.__getitem__  # type: ignore[index]  # the class attribute, not an item
                 else:
-                    cls.__getitem__ = own
+                    cls.__getitem__ = own  # type: ignore[index]
             self._interface = None
         for ns, attr, original, wrapper in reversed(self._patched):
             try:
@@ -291,7 +298,7 @@ class Patcher:
                         d[key] = o
         for packet in self._packets:
             if type(packet) is _WatchedPacket:
-                packet.__class__ = torch._ops.OpOverloadPacket
+                packet.__class__ = torch._ops.OpOverloadPacket  # type: ignore[assignment]  # back to what it was
             _packet_wrappers.pop(id(packet), None)
         self._packets.clear()
         self._patched.clear()

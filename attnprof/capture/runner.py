@@ -18,9 +18,9 @@ import sys
 import threading
 import types
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from attnprof.errors import AttnprofError
 from attnprof.files import run_folder_stem
@@ -155,6 +155,7 @@ def script_environment(target: Target, args: list[str]) -> Iterator[None]:
     if target.kind == "module":
         first, argv0 = os.getcwd(), target.name  # runpy puts the module's file in argv[0] while it runs
     else:
+        assert target.path is not None, "a script or an archive is resolved to its path"
         first, argv0 = os.path.dirname(os.path.realpath(target.path)), target.name
         if target.kind == "archive":
             first = target.path
@@ -174,6 +175,7 @@ def _execute(target: Target) -> None:
     if target.kind == "module":
         runpy.run_module(target.name, run_name="__main__", alter_sys=True)
         return
+    assert target.path is not None, "a script or an archive is resolved to its path"
     if target.kind == "archive":
         runpy.run_path(target.path, run_name="__main__")
         return
@@ -184,6 +186,7 @@ def _execute(target: Target) -> None:
     )
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
+    assert target.code is not None, "a script that did not compile is never run"
     try:
         exec(target.code, main.__dict__)
     finally:
@@ -354,8 +357,8 @@ def signals_held(redeliver: bool) -> Iterator[list[int]]:
             except (ValueError, OSError):
                 pass
         if redeliver:
-            for sig in dict.fromkeys(got):
-                signal.raise_signal(sig)
+            for signum in dict.fromkeys(got):
+                signal.raise_signal(signum)
 
 
 class AttnprofInterrupted(BaseException):

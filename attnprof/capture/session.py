@@ -19,28 +19,42 @@ import socket
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from weakref import WeakSet
 
 import torch
 
 from attnprof import __version__, files
 from attnprof.capture import distributed, ncu_select, patching
-from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.ceilings import device_name
+from attnprof.capture.entrypoints import Binder, EntryPoint, describe_call, first_tensor
 from attnprof.capture.kineto import export_trace, quiet_kineto
 from attnprof.capture.runner import (
-    Target, print_syntax_error, resolve_target, restore_default_sigterm, run_target, sigterm_raises, signals_held,
+    Target,
+    print_syntax_error,
+    resolve_target,
+    restore_default_sigterm,
+    run_target,
+    signals_held,
+    sigterm_raises,
 )
-from attnprof.capture.sources import UNKNOWN_SITE, SitePath, SiteResolver, SourceLines
-from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, Timer, event_timed, host_timed
+from attnprof.capture.sources import UNKNOWN_SITE, Place, SitePath, SiteResolver, SourceLines
+from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, SiteClock, Timer, event_timed, host_timed
 from attnprof.capture.window import StepWindow
 from attnprof.errors import AttnprofError, failure_reason
 from attnprof.files import say
 from attnprof.trace.runinfo import (
-    RANGE_PREFIX, RUNINFO_VERSION, CallInfo, RunInfo, StepInfo, ascii_name, range_name, write_runinfo,
+    RANGE_PREFIX,
+    RUNINFO_VERSION,
+    CallInfo,
+    RunInfo,
+    StepInfo,
+    ascii_name,
+    range_name,
+    write_runinfo,
 )
 
 try:
@@ -129,6 +143,18 @@ class _Call:
 
     __slots__ = ("call_id", "step", "phase", "site", "function", "clock", "events", "timed", "device", "name", "ncu",
                  "place")
+    call_id: int
+    step: int
+    phase: str
+    site: str
+    function: str
+    clock: SiteClock
+    events: tuple | None  # (start, end, stream) CUDA events of a timed GPU call
+    timed: bool
+    device: int | None
+    name: str  # the NVTX / record_function range's name ("" when none is pushed)
+    ncu: bool
+    place: Place | None
 
 
 class _ThreadState(threading.local):
@@ -167,7 +193,7 @@ class Session:
         self._profiled_calls = InFlight()
         self._spans = 0
         self._tls = _ThreadState()
-        self._optimizer_hook = None
+        self._optimizer_hook: Any = None  # torch's RemovableHandle, once registered
         self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
         self._cuda_device: int | None = None
@@ -208,6 +234,10 @@ class Session:
             _active = None
         return RunResult(folder=self.folder, exit_code=exit_code, outcome=outcome,
                          trace_files=list(self.trace_files), runinfo=self._final, late_signals=list(late))
+
+    def _run_folder(self) -> Path:
+        assert self.folder is not None, "the run folder is made first, before anything is traced or saved"
+        return self.folder
 
     def _new_folder(self) -> Path:
         return files.create_run_folder(self.options.out, Path(self.options.root), self.target.stem, self.started_at)
@@ -256,7 +286,7 @@ class Session:
 
         def save() -> None:
             self._final = self.runinfo(exit_code, outcome)
-            write_runinfo(self._final, self.folder)
+            write_runinfo(self._final, self._run_folder())
 
         if self._save_step("runinfo.json", save):
             self._say(f"run saved to {self.folder}{os.sep}")
@@ -339,7 +369,7 @@ class Session:
     def _export(self, prof: Any) -> None:
         self._spans += 1
         name = trace_file_name(self.worker) if self._spans == 1 else trace_file_name(self.worker, self._spans)
-        path = self.folder / name
+        path = self._run_folder() / name
         try:
             self._on_profiler_thread(lambda: export_trace(prof, path))
             self.trace_files.append(path)
@@ -350,7 +380,7 @@ class Session:
             self._note_error(f"could not save the trace of {which} ({name})", e)
             return
         try:  # in case the process dies before the end (killed): the calls are known already
-            write_runinfo(self.runinfo(exit_code=0, outcome="running"), self.folder)
+            write_runinfo(self.runinfo(exit_code=0, outcome="running"), self._run_folder())
         except Exception as e:
             self._note_error("could not save runinfo.json when the window closed", e,
                              "it is written at the end of the run only (a killed run keeps no record of its calls)")
@@ -526,7 +556,7 @@ class Session:
                 frame = getframe(2)  # the wrapper's caller
                 path = site_path(frame)
                 call_id, warm = quiet_call(path.site, session._quiet_after) if path is not None else (0, False)
-                if call_id:
+                if call_id and path is not None:
                     quiet = path.memo
                     if quiet is None or quiet[0] is not entry:
                         quiet = path.memo = session._quiet_memo(entry, path.site)
@@ -645,7 +675,7 @@ class Session:
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
-        call.name = (self._range_prefix(entry.op, site) + str(call.call_id)) if profiled or self._nvtx_on else None
+        call.name = (self._range_prefix(entry.op, site) + str(call.call_id)) if profiled or self._nvtx_on else ""
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
             self._cuda_device = call.device
@@ -668,7 +698,7 @@ class Session:
     def _exit(self, entry: EntryPoint, original: Any, call: _Call, args: tuple, kwargs: dict, result: Any,
               us: float | None) -> None:
         try:
-            if call.events is not None:
+            if call.events is not None and call.device is not None:
                 start, end, _ = call.events
                 self.timer.events_done(call.device, start, end, call.clock, call.phase)
             elif us is not None:
@@ -689,7 +719,7 @@ class Session:
 
     def _abort(self, call: _Call) -> None:
         try:
-            if call.events is not None:
+            if call.events is not None and call.device is not None:
                 start, end, _ = call.events
                 self.timer.release(call.device, start, end)
             if self._nvtx_on:
@@ -961,7 +991,8 @@ class UserProfilerWatch:
 
         if self._saved:
             return
-        kinds = {autograd_profiler.profile: ("torch.profiler", ("_prepare_trace", "_start_trace"))}
+        kinds: dict[type, tuple[str, tuple[str, ...]]] = {
+            autograd_profiler.profile: ("torch.profiler", ("_prepare_trace", "_start_trace"))}
         for name in ("emit_nvtx", "emit_itt"):
             cls = getattr(autograd_profiler, name, None)
             if cls is not None:

@@ -375,7 +375,7 @@ class SourceLines:
         self.mode = SourceLineMode(resolver)
         self.pending = False  # inert, waiting to come off the stack
         self._thread: int | None = None
-        self._original_htf = None
+        self._original_htf: Any = None  # torch.overrides.has_torch_function while it is shimmed
 
     def push(self) -> None:
         self.mode.active = True

@@ -250,7 +250,7 @@ class _Backward:
 
     def __init__(self, timer: Timer, clock: SiteClock, phase: str, device: int | None):
         self.timer, self.clock, self.phase, self.device = timer, clock, phase, device
-        self.token = None
+        self.token: tuple | None = None
         self.parts = 1
         self.left = 0
 

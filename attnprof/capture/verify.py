@@ -26,16 +26,17 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from attnprof.capture.bench import time_reps
-from attnprof.capture.compare import (BHLD, BLHD, _attempt, _last_level_cache_bytes, backends as compare_backends,
-                                      input_sets_needed)
+from attnprof.capture.compare import BHLD, BLHD, _attempt, _last_level_cache_bytes, input_sets_needed
+from attnprof.capture.compare import backends as compare_backends
 from attnprof.errors import AttnprofError
 from attnprof.trace.verify import DEFAULT_BUDGET_S, PACED_CLOCK, FixMeasurement, ReplaySpec, SiteReplay, VariantTiming
 
@@ -149,7 +150,7 @@ def _input_sets(spec: ReplaySpec, layout: str, recorded_strides: bool, device: t
 
 def _sdpa_call(spec: ReplaySpec) -> Callable:
     """SDPA on (B, H, L, D) with the call's own mask, causal flag, dropout, scale; GQA natively."""
-    kwargs = {"dropout_p": spec.dropout_p, "scale": spec.scale}
+    kwargs: dict[str, Any] = {"dropout_p": spec.dropout_p, "scale": spec.scale}
     if spec.heads_q != spec.heads_kv:
         kwargs["enable_gqa"] = True
 
@@ -195,12 +196,13 @@ class _Variant:
 def _library_variant(name: str, spec: ReplaySpec) -> _Variant:
     b = compare_backends([name])[0]
     what = f"{name} on (B, L, H, D) inputs"
-    if b.unavailable:
+    kernel = b.call
+    if b.unavailable or kernel is None:
         return _Variant(name, what, BLHD, None, unsupported=b.unavailable)
     if spec.mask_shape or spec.dropout_p or spec.scale is not None:
         return _Variant(name, what, BLHD, None, unsupported="the call has a mask, dropout or its own scale, which "
                                                            "attnprof compare's call of this kernel does not pass")
-    return _Variant(name, what, BLHD, lambda q, k, v, mask: b.call(q, k, v, spec.causal), b.context,
+    return _Variant(name, what, BLHD, lambda q, k, v, mask: kernel(q, k, v, spec.causal), b.context,
                     precheck=b.precheck, backend=name)
 
 
@@ -259,7 +261,7 @@ def _with_copies(recorded: _Variant) -> _Variant:
     """The seed wrapper around a (B, L, H, D) kernel: inputs arrive (B, H, L, D), copied in, the output back."""
     def call(q, k, v, mask):
         q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-        return recorded.call(q, k, v, mask).transpose(1, 2).contiguous()
+        return recorded.call(q, k, v, mask).transpose(1, 2).contiguous()  # type: ignore[misc]  # run only if set: below
     return _Variant(WITH_COPIES, "(B, H, L, D) inputs copied to (B, L, H, D) for the kernel, the output copied back "
                                  "(the copies the split charged)", BHLD, recorded.call and call, recorded.context,
                     unsupported=recorded.unsupported, precheck=None)
@@ -292,7 +294,8 @@ class _Replayer:
 
     def time(self, v: _Variant, share_s: float) -> VariantTiming:
         out = VariantTiming(name=v.name, what=v.what)
-        if v.call is None:
+        call = v.call
+        if call is None:
             out.unsupported = v.unsupported or "cannot run here"
             return out
         try:
@@ -306,14 +309,14 @@ class _Replayer:
             reason = v.precheck(q, k, vv, self.spec.causal) if v.precheck and mask is None else None
             self._sync()
             t0 = time.perf_counter()
-            reason = reason or _attempt(lambda: v.call(*sets[0]))
+            reason = reason or _attempt(lambda: call(*sets[0]))
             self._sync()
             once_s = time.perf_counter() - t0
             if reason:
                 out.unsupported = reason
                 return out
             reps = max(MIN_REPS, min(MAX_REPS, int(share_s / max(once_s, 1e-6))))
-            times = time_reps(lambda i: v.call(*sets[i % n]), self.device, warmup=min(3, reps), reps=reps)
+            times = time_reps(lambda i: call(*sets[i % n]), self.device, warmup=min(3, reps), reps=reps)
         out.median_us, out.spread_us, out.reps = statistics.median(times), _iqr(times), reps
         return out
 
@@ -336,7 +339,8 @@ class _Replayer:
         if self.device.type != "cuda":
             return [VariantTiming(CUDA_GRAPH, what_graph, unsupported="CUDA graphs need a GPU; on CPU there is no "
                                                                       "launch gap to remove")]
-        if v.call is None:
+        call = v.call
+        if call is None:
             return [VariantTiming(CUDA_GRAPH, what_graph, unsupported=v.unsupported)]
         q, k, vv, mask = self.inputs(v)[0]
         graph = torch.cuda.CUDAGraph()
@@ -346,19 +350,19 @@ class _Replayer:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     for _ in range(3):
-                        v.call(q, k, vv, mask)
+                        call(q, k, vv, mask)
                 torch.cuda.current_stream().wait_stream(side)
                 with torch.cuda.graph(graph):
-                    v.call(q, k, vv, mask)
+                    call(q, k, vv, mask)
             reason = _attempt(capture)
             if reason:
                 return [VariantTiming(CUDA_GRAPH, what_graph, unsupported=reason)]
             self._sync()
             t0 = time.perf_counter()
-            v.call(q, k, vv, mask)
+            call(q, k, vv, mask)
             self._sync()
             reps = max(MIN_REPS, min(MAX_REPS, int(share_s / PACED_BATCHES / max(time.perf_counter() - t0, 1e-6))))
-            eager = self.paced(EAGER_PACED, f"{v.name} launched eagerly, back to back", lambda: v.call(q, k, vv, mask),
+            eager = self.paced(EAGER_PACED, f"{v.name} launched eagerly, back to back", lambda: call(q, k, vv, mask),
                                reps)
             graphed = self.paced(CUDA_GRAPH, what_graph, graph.replay, reps)
         return [eager, graphed]
@@ -367,14 +371,14 @@ class _Replayer:
 # --- fixes --------------------------------------------------------------------------------------------------------
 
 def _saving(kind: str, base: VariantTiming | None, fixes: list[VariantTiming], reason: str) -> FixMeasurement:
-    ran = [f for f in fixes if f.median_us is not None]
+    ran = [(f.median_us, f) for f in fixes if f.median_us is not None]
     if base is None or base.median_us is None:
         why = base.unsupported if base is not None else None
         return FixMeasurement(kind, reason=f"the baseline could not run: {why}" if why else reason)
     if not ran:
         return FixMeasurement(kind, baseline=base.name, reason=reason)
-    best = min(ran, key=lambda f: f.median_us)
-    return FixMeasurement(kind, baseline=base.name, fix=best.name, saving_us=base.median_us - best.median_us,
+    best_us, best = min(ran, key=lambda pair: pair[0])
+    return FixMeasurement(kind, baseline=base.name, fix=best.name, saving_us=base.median_us - best_us,
                           noise_us=((base.spread_us or 0.0) + (best.spread_us or 0.0)) / 2)
 
 

@@ -28,8 +28,9 @@ import enum
 import linecache
 import os
 import threading
+from collections.abc import Callable
 from types import CodeType, FrameType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -212,10 +213,8 @@ class StepWindow:
     def exit_call(self) -> None:
         if self._state != WAITING or self.step != self.first - 1:
             return
-        if self.unit == "call":
-            self._open()
-        elif (self.unit == "iteration" and self.root is None and self.period is not None
-              and self.calls_in_step >= self.period):
+        if self.unit == "call" or (self.unit == "iteration" and self.root is None and self.period is not None
+                                   and self.calls_in_step >= self.period):
             self._open()
 
     def optimizer_step(self) -> None:

@@ -5,10 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnprof.capture.distributed import TORCHRUN_OPTIONS
 from attnprof.errors import AttnprofError
 from attnprof.files import check_run_folder_target, say, stream_open
-
-from attnprof.capture.distributed import TORCHRUN_OPTIONS
 
 _TAKES_VALUE = {"--out", "--root", "--warmup", "--timed", "--active", "--step-on", "--max-calls", "--after"} | {
     k for k, v in TORCHRUN_OPTIONS.items() if v}
@@ -137,7 +136,7 @@ def run(ns: argparse.Namespace) -> int:
         return _finish_rank(job, result, ns)
     if result.trace_files and result.late_signals:
         print(f"attnprof: not analysed (interrupted while saving): attnprof analyze {result.folder}", file=sys.stderr)
-    elif result.trace_files:
+    elif result.trace_files and result.folder is not None:  # a folder is None only when nothing ran
         try:
             with signals_stop_attnprof():
                 _analyze_run_folder(result.folder, quiet=ns.quiet)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import msgspec
 
@@ -49,9 +48,9 @@ class _Event(msgspec.Struct, gc=False):
     name: str = ""
     ts: float = 0.0
     dur: float = 0.0
-    pid: Union[int, str, None] = None
-    tid: Union[int, str, None] = None
-    id: Union[int, str, None] = None
+    pid: int | str | None = None
+    tid: int | str | None = None
+    id: int | str | None = None
 
 
 @dataclass
@@ -137,7 +136,8 @@ def _overlay_events(report: Report, base: float, events: list[_Event], single_tr
             continue  # a call of another worker's trace
         start = base + call.start_us
         end = start + call.window_us + call.interleaved_us
-        segments = [(base + g.start_us, base + g.start_us + g.dur_us, g.part) for g in call.segments]
+        segments: list[tuple[float, float, str]] = [(base + g.start_us, base + g.start_us + g.dur_us, g.part)
+                                                    for g in call.segments]
         copies = [ev for k, ev in zip(call.kernels, matched) if ev is not None and k.category == COPY]
         placed.append(_Placed(call, start, end, copies, segments))
     if not placed:

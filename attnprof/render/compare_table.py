@@ -52,20 +52,20 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
     console.print(Text(f"attnprof compare — {run.device}  [torch {run.versions.get('torch', '?')}]", style="bold"))
     on_cpu = all(r.launch_us is None for r in rows)
     for title, group in groupby(rows, key=_case_title):
-        group = list(group)
-        ran = [r for r in group if r.unsupported is None]
-        rows = []
+        case_rows = list(group)
+        ran = [r for r in case_rows if r.unsupported is None]
+        cells: list[list] = []  # the table's, one row per backend, variant and phase that ran
         for r in ran:
             window = r.window_us or 0.0
-            peak = "—" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}% {r.bound[0]}"
+            peak = "—" if r.pct_of_peak is None or r.bound is None else f"{r.pct_of_peak:.0f}% {r.bound[0]}"
             if compact(console):
-                parts = [pct_text(v, window) if r.window_us is not None else "—"
-                         for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
-                rows.append([r.backend, r.variant, r.phase, us_cell(r.median_us), *parts, peak])
+                parts: list[str | Text] = [pct_text(v, window) if r.window_us is not None else "—"
+                                           for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
+                cells.append([r.backend, r.variant, r.phase, us_cell(r.median_us), *parts, peak])
             else:
                 parts = [part_text(v, window) if r.window_us is not None else Text("—")
                          for v in (r.compute_us, r.copy_us, r.launch_us, r.other_us)]
-                rows.append([r.backend, r.variant, r.phase, r.kernels or "?", us_cell(r.median_us),
+                cells.append([r.backend, r.variant, r.phase, r.kernels or "?", us_cell(r.median_us),
                              us_cell(r.window_us), *parts, _rate(r.tflops), _rate(r.gbps), peak])
         if compact(console):
             headers = [("backend", "word"), ("variant", "word"), ("ph", "word"), ("median µs", "num"),
@@ -74,17 +74,18 @@ def print_compare(console: Console, run: CompareRun, rows: list[CompareRow], cei
             headers = [("backend", "word"), ("variant", "word"), ("phase", "word"), ("kernels", "text"),
                        ("median µs", "num"), ("window µs", "num"), ("compute", "num"), ("copy", "num"),
                        ("launch", "num"), ("other", "num"), ("TFLOP/s", "num"), ("GB/s", "num"), ("% peak", "num")]
-        table = grid(rows, headers, title=title)
+        table = grid(cells, headers, title=title)
         console.print(table)
         # one line per backend, variant and reason: the phases that share a reason are listed together
         skipped: dict[tuple[str, str, str], list[str]] = {}
-        for r in group:
+        for r in case_rows:
             if r.unsupported is not None:
                 skipped.setdefault((r.backend, r.variant, r.unsupported), []).append(r.phase)
         if skipped:
             console.print(Text("  not run here:", style="bold"))
-            rows = [[backend, variant, "+".join(phases), reason] for (backend, variant, reason), phases in skipped.items()]
-            console.print(Padding(grid(rows, [("backend", "word"), ("variant", "word"), ("phase", "word"),
+            cells = [[backend, variant, "+".join(phases), reason]
+                     for (backend, variant, reason), phases in skipped.items()]
+            console.print(Padding(grid(cells, [("backend", "word"), ("variant", "word"), ("phase", "word"),
                                               ("why", "text")]), (0, 0, 0, 4), expand=False))
     split_from = "launch is n/a on CPU; time between ops is in other" if on_cpu else \
         "launch = GPU idle inside the call's window"

@@ -182,7 +182,7 @@ class ConsoleRenderer(ConsoleView[Report]):
         small = compact(console)
         for s in report.sites:
             use_true = s.window_true_us is not None and s.true_us is not None
-            window = s.window_true_us if use_true else s.window_us
+            window = s.window_true_us if use_true and s.window_true_us is not None else s.window_us
             launch = s.launch_true_us if use_true else s.launch_us
             site = Text(site_label(s))
             if not small:  # narrow terminals: the name alone (location and op are in the wide table and the JSON)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import html
 import json
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -289,7 +289,7 @@ def compare_headlines(rows: list[CompareRow]) -> list[str]:
     for r in _ran(rows):
         cases.setdefault((tuple(r.shape), r.dtype, bool(r.causal), r.phase), []).append(r)
     for (shape, dtype, causal, phase), group in cases.items():
-        group.sort(key=lambda r: r.median_us)
+        group.sort(key=lambda r: r.median_us or 0.0)  # rows that ran have their median
         best, worst = group[0], group[-1]
         text = (f"{'×'.join(map(str, shape))} {dtype}{' causal' if causal else ''} {phase}: fastest {best.backend} "
                 f"{best.variant} {us_text(best.median_us)}")
@@ -297,7 +297,7 @@ def compare_headlines(rows: list[CompareRow]) -> list[str]:
         if wrapped:
             w = wrapped[0]
             native = next((r for r in group if r.backend == w.backend and r.variant == "native"), None)
-            if native:
+            if native and native.median_us is not None and w.median_us is not None:
                 text += (f"; the seed's wrapper makes {w.backend} {us_text(w.median_us - native.median_us)} "
                          f"slower ({us_text(native.median_us)} → {us_text(w.median_us)})")
         if worst is not best:
@@ -675,7 +675,7 @@ def dashboard_data(panels: list[Panel]) -> dict:
 
 def asset_text(name: str) -> str:
     """A file of attnprof/render/assets/ (the page's CSS and script), read from the installed package."""
-    return resources.files("attnprof.render").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("attnprof.render").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
 
 def _json_for_script(doc: dict) -> str:

@@ -83,7 +83,7 @@ class AttnprofPlugin(base_plugin.TBPlugin):
         name = request.args.get("run")
         return dict(self._walk_runs()).get(name) if name is not None else None
 
-    def _analysed(self, folder: Path) -> "_Analysed":
+    def _analysed(self, folder: Path) -> _Analysed:
         """The folder's report document and dashboard: attnprof's own files when newer than every input, else
         analysed now; kept until a file of the folder changes."""
         stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
@@ -102,16 +102,16 @@ class AttnprofPlugin(base_plugin.TBPlugin):
 
     # --- routes ---------------------------------------------------------------------------------------------------
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # typed for functions; a method works too
     def _serve_index_js(self, request):
-        return http_util.Respond(request, resources.files("attnprof.tbplugin").joinpath("static", "index.js").read_bytes(), "application/javascript")
+        return http_util.Respond(request, resources.files("attnprof.tbplugin").joinpath("static").joinpath("index.js").read_bytes(), "application/javascript")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # typed for functions; a method works too
     def _serve_runs(self, request):
         runs = [{"run": name} for name, _ in self._walk_runs()]
         return http_util.Respond(request, runs, "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # typed for functions; a method works too
     def _serve_report(self, request):
         folder = self._run_folder(request)
         if folder is None:
@@ -125,7 +125,7 @@ class AttnprofPlugin(base_plugin.TBPlugin):
             call.pop("kernels", None)  # the bulk of the file; the tables show calls and their copies
         return http_util.Respond(request, doc, "application/json; charset=utf-8")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # typed for functions; a method works too
     def _serve_dashboard(self, request):
         folder = self._run_folder(request)
         if folder is None:

@@ -12,10 +12,16 @@ from attnprof.errors import AttnprofError
 from attnprof.files import DEFAULT_MAX_INPUT_MB, is_regular_file, read_bytes
 from attnprof.trace.model import Trace
 from attnprof.trace.ncu_csv import (
-    NCU_CSV_SUFFIX, NCU_REPORT_SUFFIX, NcuReport, is_ncu_csv, load_ncu_csv, ncu_csv_in, ncu_report_in,
+    NCU_CSV_SUFFIX,
+    NCU_REPORT_SUFFIX,
+    NcuReport,
+    is_ncu_csv,
+    load_ncu_csv,
+    ncu_csv_in,
+    ncu_report_in,
 )
-from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.nsys_sqlite import load_nsys_sqlite
+from attnprof.trace.runinfo import RunInfo, read_runinfo
 from attnprof.trace.torch_json import load_torch_trace
 
 TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
@@ -146,7 +152,7 @@ def _exported(report: Path, out: Path, export: ReportExporter | None) -> Path:
     return export(report, out)
 
 
-def _load_sqlite_bytes(data: bytes, path: Path) -> Trace:
+def _load_sqlite_bytes(data: bytes | bytearray, path: Path) -> Trace:
     """A gzipped (how small fixtures are kept) or piped Nsight export: SQLite needs a file, so unpack to a
     temporary one."""
     with tempfile.TemporaryDirectory(prefix="attnprof-") as tmp:

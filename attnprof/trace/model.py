@@ -70,7 +70,7 @@ class RawColumn:
         self.ends = ends
 
     @classmethod
-    def from_rows(cls, values: list, n: int | None = None, at: np.ndarray | None = None) -> "RawColumn":
+    def from_rows(cls, values: list, n: int | None = None, at: np.ndarray | None = None) -> RawColumn:
         """From bytes-like values (bytes, msgspec.Raw; empty or None for none): one per row, or, given `at`, those
         of rows `at` (ascending) of `n`, the other rows none."""
         try:
@@ -84,7 +84,7 @@ class RawColumn:
         return cls(len(values) if n is None else n, b"".join(values), rows, ends - lengths[have], ends)
 
     @classmethod
-    def concatenate(cls, parts: list["RawColumn"]) -> "RawColumn":
+    def concatenate(cls, parts: list[RawColumn]) -> RawColumn:
         blob_shift = np.cumsum([0] + [len(p.blob) for p in parts[:-1]], dtype=np.int64)
         row_shift = np.cumsum([0] + [p.n for p in parts[:-1]], dtype=np.int64)
         empty = [np.empty(0, np.int64)]
@@ -93,7 +93,7 @@ class RawColumn:
                    np.concatenate(empty + [p.starts + s for p, s in zip(parts, blob_shift)]),
                    np.concatenate(empty + [p.ends + s for p, s in zip(parts, blob_shift)]))
 
-    def take(self, keep: np.ndarray) -> "RawColumn":
+    def take(self, keep: np.ndarray) -> RawColumn:
         """The column of rows `keep` (ascending row numbers)."""
         kept = np.isin(self.rows, keep)
         return RawColumn(len(keep), self.blob, np.searchsorted(keep, self.rows[kept]), self.starts[kept],
@@ -228,7 +228,7 @@ class Trace:
         # same order (each sort stable) in about a third of the time.
         order = np.argsort(h.ts, kind="stable")
         tid = h.tid[order]
-        if len(tid) and 0 <= tid.min() and tid.max() < 1 << 15:
+        if len(tid) and tid.min() >= 0 and tid.max() < 1 << 15:
             tid = tid.astype(np.int16)
         order = order[np.argsort(tid, kind="stable")]
         tid, ts = h.tid[order], h.ts[order]

@@ -138,7 +138,7 @@ def load_ncu_csv(path: Path) -> NcuReport:
         if len(row) != len(header):
             raise AttnprofError(f"{path}: row {n} has {len(row)} cells, the header {len(header)}")
 
-        def value(metric: str) -> float | None:
+        def value(metric: str, row: list[str] = row) -> float | None:
             i = col.get(metric)
             return None if i is None else _number(row[i], units[i])
 
@@ -150,9 +150,9 @@ def load_ncu_csv(path: Path) -> NcuReport:
                       device=_int(value("Device")) if "Device" in col else None,
                       stream=_int(value("Stream")) if "Stream" in col else None,
                       copy_site=copy.group("name").rsplit(" in=", 1)[0] if copy else None,
+                      occupancy_limits={what: v for what, metric in OCCUPANCY_LIMITS.items()
+                                        if (v := value(metric)) is not None},
                       **{attr: value(metric) for attr, metric in METRICS.items()})
-        k.occupancy_limits = {what: v for what, metric in OCCUPANCY_LIMITS.items()
-                              if (v := value(metric)) is not None}
         kernels.append(k)
     metrics = [h for h in header if "__" in h]
     return NcuReport(source=str(path), kernels=kernels, metrics=metrics)

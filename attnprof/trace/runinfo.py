@@ -28,8 +28,9 @@ RANGE_RE = re.compile(r"^attnprof:(?P<op>\S+) (?P<site>.+) #(?P<id>\d+)$")
 SOURCE_PREFIX = "attnprof.src:"
 SOURCE_STORAGE = "in="
 SOURCE_NUMBER = "#"
+# DOTALL: it matches any name, a newline in it included (a site's file name may hold one).
 _SOURCE_RE = re.compile(
-    rf"^(?P<site>.*?)(?: {SOURCE_STORAGE}(?P<read>[0-9a-f]+))?(?: {SOURCE_NUMBER}(?P<number>\d+))?$")
+    rf"^(?P<site>.*?)(?: {SOURCE_STORAGE}(?P<read>[0-9a-f]+))?(?: {SOURCE_NUMBER}(?P<number>\d+))?$", re.DOTALL)
 
 
 class SourceRange(NamedTuple):
@@ -41,6 +42,7 @@ class SourceRange(NamedTuple):
 def parse_source_range(name: str) -> SourceRange:
     """(site, storage read, copy number) of an `attnprof.src:` range name; the site as the user's file names it."""
     m = _SOURCE_RE.match(name[len(SOURCE_PREFIX):])
+    assert m is not None, "the pattern matches any text"
     read, number = m["read"], m["number"]
     return SourceRange(unescape_name(m["site"]), int(read, 16) if read else None, int(number) if number else None)
 

@@ -12,20 +12,18 @@ import multiprocessing as mp
 import os
 import re
 from collections import Counter, deque
-from itertools import repeat
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
-from typing import Optional, Union
 
 import msgspec
 import numpy as np
 
 from attnprof.errors import AttnprofError
 from attnprof.files import DEFAULT_MAX_INPUT_MB, read_pieces
-from attnprof.trace.model import (NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, RawColumn, StringTable,
-                                  Trace)
+from attnprof.trace.model import NO_ID, DeviceEvents, DeviceKind, HostEvents, HostKind, RawColumn, StringTable, Trace
 
 _EMPTY = msgspec.Raw(b"")
 
@@ -35,11 +33,11 @@ class _Args(msgspec.Struct, gc=False, frozen=True):
     correlation: int = NO_ID
     seq: int = msgspec.field(name="Sequence number", default=NO_ID)
     fwd_tid: int = msgspec.field(name="Fwd thread id", default=NO_ID)
-    py_id: Optional[int] = msgspec.field(name="Python id", default=NO_ID)
-    py_parent: Optional[int] = msgspec.field(name="Python parent id", default=NO_ID)
+    py_id: int | None = msgspec.field(name="Python id", default=NO_ID)
+    py_parent: int | None = msgspec.field(name="Python parent id", default=NO_ID)
     device: int = NO_ID
     stream: int = NO_ID
-    nbytes: Union[int, float] = msgspec.field(name="bytes", default=0)
+    nbytes: int | float = msgspec.field(name="bytes", default=0)
     input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=_EMPTY)
     input_types: msgspec.Raw = msgspec.field(name="Input type", default=_EMPTY)
     input_strides: msgspec.Raw = msgspec.field(name="Input Strides", default=_EMPTY)
@@ -55,19 +53,19 @@ class _Event(msgspec.Struct, gc=False):
     name: str = ""
     ts: float = math.nan  # NaN: missing (an event without a time is skipped, not put at 0)
     dur: float = math.nan
-    pid: Union[int, str] = 0
-    tid: Union[int, str] = 0
-    args: Optional[_Args] = _NO_ARGS
+    pid: int | str = 0
+    tid: int | str = 0
+    args: _Args | None = _NO_ARGS
 
 
 class _TraceFile(msgspec.Struct):
     traceEvents: list[_Event]
     deviceProperties: list[dict] = []
-    with_stack: Optional[int] = None
-    record_shapes: Optional[int] = None
-    schemaVersion: Optional[int] = None
-    distributedInfo: Optional[dict] = None
-    baseTimeNanoseconds: Optional[int] = None
+    with_stack: int | None = None
+    record_shapes: int | None = None
+    schemaVersion: int | None = None
+    distributedInfo: dict | None = None
+    baseTimeNanoseconds: int | None = None
 
 
 _HOST = {
@@ -158,10 +156,10 @@ def _decode(path: Path, data, skipped: Counter) -> _TraceFile:
     return _TraceFile(
         traceEvents=_each(loose.traceEvents, skipped),
         deviceProperties=field(loose.deviceProperties, list[dict], []),
-        with_stack=field(loose.with_stack, Optional[int], None),
-        record_shapes=field(loose.record_shapes, Optional[int], None),
-        schemaVersion=field(loose.schemaVersion, Optional[int], None),
-        distributedInfo=field(loose.distributedInfo, Optional[dict], None),
+        with_stack=field(loose.with_stack, int | None, None),
+        record_shapes=field(loose.record_shapes, int | None, None),
+        schemaVersion=field(loose.schemaVersion, int | None, None),
+        distributedInfo=field(loose.distributedInfo, dict | None, None),
     )
 
 
@@ -224,7 +222,7 @@ def _block_events(path: Path, block, skipped: Counter) -> list[_Event] | None:
     return _each(raws, skipped)
 
 
-def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
+def _decode_streaming(path: Path, pieces, columns: _Columns) -> _TraceFile:
     """Decode the document as its pieces arrive: the traceEvents array is cut between two events every
     BLOCK_BYTES, each block is turned into columns (by worker processes when there is more than one: both cores of
     a laptop) and its events dropped; the rest of the document (what precedes the array, its last block and what
@@ -266,7 +264,7 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
                 at = next_start
                 part = pool.submit(_block_columns, path, block) if pool else _block_columns(path, block)
                 pending.append((part, block, separator))
-                while streaming and pending and (not pool or len(pending) > pool._max_workers):
+                while streaming and pending and (not pool or len(pending) > pool._max_workers):  # type: ignore[attr-defined]  # the pool's size, as it was made
                     streaming = _merge(columns, pending, buf)
             del buf[:at]
             at = 0
@@ -286,7 +284,7 @@ def _decode_streaming(path: Path, pieces, columns: "_Columns") -> _TraceFile:
     return doc
 
 
-def _merge(columns: "_Columns", pending: deque, buf: bytearray) -> bool:
+def _merge(columns: _Columns, pending: deque, buf: bytearray) -> bool:
     """Add the oldest pending block's columns; False (and the block left pending) if it was not a list of events."""
     part = pending[0][0]
     if isinstance(part, Future):
@@ -310,7 +308,7 @@ def _worker_pool() -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
 
 
-def _block_columns(path: Path, block: bytes) -> "_Columns | None":
+def _block_columns(path: Path, block: bytes | bytearray) -> _Columns | None:
     """One block's columns (names and threads numbered within the block), or None if the cut was not between
     two events."""
     part = _Columns()
@@ -444,9 +442,9 @@ class _Columns:
         repaired, n = self.repaired, len(events)
         thread_keys = list(map(_THREAD_KEY, events))
         thread_index = self.thread_index
-        for k in dict.fromkeys(thread_keys):
-            if k not in thread_index:
-                thread_index[k] = len(thread_index)
+        for key in dict.fromkeys(thread_keys):
+            if key not in thread_index:
+                thread_index[key] = len(thread_index)
         python = kind == HostKind.PYTHON
         frames, others = np.flatnonzero(python), np.flatnonzero(~python)
         frame_args, other_args = _args_of(_pick(events, frames)), _args_of(_pick(events, others))
@@ -497,7 +495,7 @@ class _Columns:
         if len(kept) < len(events):
             events, args, kind, ts, dur = (_pick(events, kept), _pick(args, kept), kind[kept], ts[kept],
                                            dur[kept])
-        device = {
+        columns = {
             "ts": ts,
             "dur": dur,
             "device": np.array(device_column, dtype=np.int16),
@@ -508,10 +506,10 @@ class _Columns:
             "correlation": _ids(list(map(attrgetter("correlation"), args)), "correlation", repaired),
             "nbytes": _nbytes(list(map(attrgetter("nbytes"), args)), repaired),
         }
-        for k, v in device.items():
+        for k, v in columns.items():
             self.device[k].append(v)
 
-    def add(self, part: "_Columns") -> None:
+    def add(self, part: _Columns) -> None:
         """Append another block's columns (its names and threads renumbered into this table's)."""
         self.decoded += part.decoded
         self.skipped.update(part.skipped)
@@ -523,8 +521,8 @@ class _Columns:
                 self.host[k].append(names[c] if k == "name" else np.array(threads, np.int32)[c] if k == "tid" else c)
         for k, columns in part.device.items():
             self.device[k].extend(names[c] if k == "name" else c for c in columns)
-        for k, columns in part.raw.items():
-            self.raw[k].extend(columns)
+        for k, raw_columns in part.raw.items():
+            self.raw[k].extend(raw_columns)
 
     def trace(self, path: Path, doc: _TraceFile) -> Trace:
         skipped, repaired = self.skipped, self.repaired
@@ -567,7 +565,7 @@ class _Columns:
             source=str(path),
             format="torch.profiler",
             strings=self.strings,
-            host=HostEvents(**h, **raw),
+            host=HostEvents(**h, **raw),  # type: ignore[arg-type]  # h: the array fields, raw: the RawColumn ones
             device=DeviceEvents(**d),
             threads=[f"{pid}/{tid}" for pid, tid in self.thread_index],
             base_us=float(base),

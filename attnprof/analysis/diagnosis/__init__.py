@@ -30,16 +30,40 @@ pairing.py answers `explain`, single.py `diagnose`, site_groups.py the comparabl
 """
 from __future__ import annotations
 
-from attnprof.analysis.diagnosis.backends import (BLHD_BACKENDS, FA2_BACKENDS, FALLBACK_BACKENDS, UNFUSED_BACKENDS,
-                                                  is_hopper)
+from attnprof.analysis.diagnosis.backends import (
+                                                  BLHD_BACKENDS,
+                                                  FA2_BACKENDS,
+                                                  FALLBACK_BACKENDS,
+                                                  UNFUSED_BACKENDS,
+                                                  is_hopper,
+)
 from attnprof.analysis.diagnosis.causes_copy import compact_lines
 from attnprof.analysis.diagnosis.causes_kernel import SDPA_CALL, fallback_reasons
 from attnprof.analysis.diagnosis.copy_kinds import copy_kind, short_op
 from attnprof.analysis.diagnosis.pairing import explain
 from attnprof.analysis.diagnosis.parts import SiteSplit, prep_copy_us, site_split
-from attnprof.analysis.diagnosis.records import (CAST, COMPUTE, COPY_KINDS, EXPLAINED_TOLERANCE, FALLBACK, GQA_EXPAND,
-                                                 KERNEL, KIND_TITLES, LAUNCH, LAYOUT_COPY, OTHER, PAD, UNFUSED, UNIT,
-                                                 Cause, Diagnosis, Explanation, Selection, Side, is_explained)
+from attnprof.analysis.diagnosis.records import (
+                                                  CAST,
+                                                  COMPUTE,
+                                                  COPY_KINDS,
+                                                  EXPLAINED_TOLERANCE,
+                                                  FALLBACK,
+                                                  GQA_EXPAND,
+                                                  KERNEL,
+                                                  KIND_TITLES,
+                                                  LAUNCH,
+                                                  LAYOUT_COPY,
+                                                  OTHER,
+                                                  PAD,
+                                                  UNFUSED,
+                                                  UNIT,
+                                                  Cause,
+                                                  Diagnosis,
+                                                  Explanation,
+                                                  Selection,
+                                                  Side,
+                                                  is_explained,
+)
 from attnprof.analysis.diagnosis.selection import select, site_selection
 from attnprof.analysis.diagnosis.single import diagnose, diagnose_sites
 from attnprof.analysis.diagnosis.site_groups import comparable_site_groups, site_explanations

@@ -4,8 +4,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 from attnprof.analysis.diagnosis.accumulate import CauseSums, cause_sum
-from attnprof.analysis.diagnosis.backends import (BLHD_BACKENDS, EAGER_BACKEND, HEAD_DIM_MULTIPLE, MAX_FLASH_HEAD_DIM,
-                                                  UNFUSED_BACKENDS)
+from attnprof.analysis.diagnosis.backends import (
+    BLHD_BACKENDS,
+    EAGER_BACKEND,
+    HEAD_DIM_MULTIPLE,
+    MAX_FLASH_HEAD_DIM,
+    UNFUSED_BACKENDS,
+)
 from attnprof.analysis.diagnosis.copy_kinds import short_op
 from attnprof.analysis.diagnosis.parts import PhaseParts
 from attnprof.analysis.diagnosis.records import CAST, COPY_KINDS, GQA_EXPAND, PAD

@@ -6,9 +6,15 @@ from collections import defaultdict
 
 from attnprof.analysis import taxonomy as tx
 from attnprof.analysis.diagnosis.accumulate import CauseSums, cause_sum
-from attnprof.analysis.diagnosis.backends import (EAGER_BACKEND, FA2_BACKENDS, FALLBACK_BACKENDS,
-                                                  GPU_FLASH_UNSUPPORTED_DTYPES, HEAD_DIM_MULTIPLE, MAX_FLASH_HEAD_DIM,
-                                                  UNFUSED_BACKENDS)
+from attnprof.analysis.diagnosis.backends import (
+    EAGER_BACKEND,
+    FA2_BACKENDS,
+    FALLBACK_BACKENDS,
+    GPU_FLASH_UNSUPPORTED_DTYPES,
+    HEAD_DIM_MULTIPLE,
+    MAX_FLASH_HEAD_DIM,
+    UNFUSED_BACKENDS,
+)
 from attnprof.analysis.diagnosis.parts import PhaseParts, forward_calls, shape_text, work
 from attnprof.analysis.diagnosis.records import COMPUTE, FALLBACK, KERNEL, UNFUSED, Selection
 from attnprof.analysis.diagnosis.selection import work_key
@@ -164,7 +170,7 @@ def fallback_reasons(call: CallSplit, info: CallInfo | None = None) -> list[str]
     mask = info.mask if info else None
     mask_shape = call.shapes.get("mask") or call.shapes.get("attn_mask")
     if mask or mask_shape:
-        shown = mask or "x".join(map(str, mask_shape))
+        shown = mask or "x".join(map(str, mask_shape or ()))
         reasons.append(f"an explicit attn_mask ({shown}): the flash kernel takes none (use is_causal=True for a "
                        "causal mask, or cuDNN on a GPU that has it)")
     if info and info.dropout_p > 0:
@@ -187,7 +193,7 @@ def fallback_fix(reasons: list[str]) -> str:
     return f"{base}; {probe}" if not reasons else f"{base} (here: {'; '.join(reasons)}); {probe}"
 
 
-def kernel_fix(slower: str, faster: str, hopper: bool) -> str:
+def kernel_fix(slower: str | None, faster: str | None, hopper: bool) -> str:
     if hopper and slower in FA2_BACKENDS:
         return ("on Hopper, FlashAttention-2 uses neither wgmma nor TMA: call SDPA (its cuDNN backend) or "
                 "FlashAttention-3 (flash_attn_interface.flash_attn_func)")

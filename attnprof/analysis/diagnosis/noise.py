@@ -13,10 +13,15 @@ NOTCH = 1.57
 
 def noise_us(sites: list[SiteSummary], forward_calls: int) -> float | None:
     """Each site's notch half-width (NOTCH IQR / sqrt(timed samples)), weighted per call like Side.true_us."""
-    if not sites or any(s.true_q1_us is None or s.true_q3_us is None or not s.timed_calls for s in sites):
+    if not sites:
         return None
-    return sum(NOTCH * (s.true_q3_us - s.true_q1_us) / math.sqrt(s.timed_calls) * s.calls / forward_calls
-               for s in sites)
+    total = 0.0
+    for s in sites:
+        q1, q3 = s.true_q1_us, s.true_q3_us
+        if q1 is None or q3 is None or not s.timed_calls:
+            return None
+        total += NOTCH * (q3 - q1) / math.sqrt(s.timed_calls) * s.calls / forward_calls
+    return total
 
 
 def mark_noise(causes: list[Cause], noise: float | None) -> list[Cause]:

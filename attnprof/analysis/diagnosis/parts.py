@@ -139,7 +139,7 @@ def side(sel: Selection, parts: dict[str, PhaseParts]) -> Side:
     n = forward_calls(sel.sites)
     true_us = None
     if all(s.true_us is not None for s in sel.sites):
-        true_us = sum(s.true_us * s.calls / n for s in sel.sites)
+        true_us = sum((s.true_us or 0.0) * s.calls / n for s in sel.sites)  # all set: checked above
     first = sel.sites[0]
     return Side(
         label=sel.label,

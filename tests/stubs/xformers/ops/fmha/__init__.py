@@ -1,6 +1,5 @@
 """Stand-in for xformers.ops.fmha: memory_efficient_attention on BMHK (= BLHD) or BMGHK inputs."""
 import torch
-
 import torch.nn.functional as F
 
 from .attn_bias import AttentionBias, LowerTriangularMask  # noqa: F401
