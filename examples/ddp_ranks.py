@@ -49,8 +49,9 @@ class Block(nn.Module):
     def forward(self, x):
         B, L, D = x.shape
         if self.layer == 0 and args.overlap:  # before the call's first op: c10d's launch op would end its window
-            pending.append(dist.all_reduce(torch.ones(1 << 22, device=x.device), async_op=True))
-            time.sleep(0.01)  # gloo's thread can take a while to pick the work up: let it be running by the call
+            # 64 MB: tens of ms over gloo's loopback even on a fast machine, so it is still running during the call
+            pending.append(dist.all_reduce(torch.ones(1 << 24, device=x.device), async_op=True))
+            time.sleep(0.005)  # gloo's thread can take a while to pick the work up: let it be running by the call
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).unbind(2)
         q = q.transpose(1, 2).contiguous()
         if rank == args.straggler:

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from processes import sigint_as_in_a_terminal
 
 from attnprof import files
 from attnprof.capture.session import TraceOptions, trace_script
@@ -212,7 +213,7 @@ def _driver(tmp_path: Path, mode: str) -> subprocess.Popen:
     (tmp_path / "loop.py").write_text(LOOP)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-c", DRIVER, mode], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=sigint_as_in_a_terminal)
 
 
 def _wait_for(proc: subprocess.Popen, word: str) -> None:

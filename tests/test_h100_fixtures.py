@@ -186,10 +186,10 @@ def test_compare_traces_analysed_again_give_the_seed_table():
     medians against the FLOP and byte counts worked out by hand."""
     from attnprof.analysis.roofline import AttentionShape, roofline
     from attnprof.pipeline import read_compare
-    from attnprof.trace.ceilings import Ceilings
 
     doc = read_compare(H100 / "compare")
-    ceilings = Ceilings(**doc["ceilings"])
+    assert doc is not None and doc.ceilings is not None
+    ceilings = doc.ceilings
     truth = {tuple(r["shape_bhld"]): r for r in json.loads((H100 / "truth.json").read_text())["results"]}
     gpu_md = {(12, 64, 256, 64): (46.3, 71.6, 74.3, 227.2), (16, 128, 784, 128): (1596, 2335, 2378, 4569)}
     runs = [("sdpa-auto", "native"), ("sdpa-flash", "native"), ("aten-flash", "native"), ("aten-flash", "seed-wrapper")]
@@ -206,15 +206,15 @@ def test_compare_traces_analysed_again_give_the_seed_table():
                 assert s.copy_us == pytest.approx(truth[shape]["copies4_us"], rel=0.05)
             else:
                 assert s.copy_us == 0
-            (row,) = [r for r in doc["rows"] if r["shape"] == list(shape) and (r["backend"], r["variant"],
-                                                                               r["phase"]) == (backend, variant, "fwd")]
-            roof = roofline(AttentionShape(b, h, h, seqlen, seqlen, d, d, False), 2, False, row["median_us"], ceilings)
-            assert roof.tflops == pytest.approx(flops / row["median_us"] / 1e6)
+            (row,) = [r for r in doc.rows if list(r.shape) == list(shape) and (r.backend, r.variant,
+                                                                            r.phase) == (backend, variant, "fwd")]
+            roof = roofline(AttentionShape(b, h, h, seqlen, seqlen, d, d, False), 2, False, row.median_us, ceilings)
+            assert roof.tflops == pytest.approx(flops / row.median_us / 1e6)
             # intensity L/2 flops/byte against the ridge 795.8 TFLOP/s / 3009 GB/s = 264.5: memory-bound at L=256
             if seqlen == 256:
                 assert roof.bound == "memory"
-                assert roof.pct_of_peak == pytest.approx(100 * nbytes / row["median_us"] / 1e3 / 3008.9612931736447)
+                assert roof.pct_of_peak == pytest.approx(100 * nbytes / row.median_us / 1e3 / 3008.9612931736447)
             else:
                 assert roof.bound == "compute"
-                assert roof.pct_of_peak == pytest.approx(100 * flops / row["median_us"] / 1e6 / 795.8432854114967)
-            assert row["pct_of_peak"] == pytest.approx(roof.pct_of_peak, abs=1e-3)  # as recorded: unchanged
+                assert roof.pct_of_peak == pytest.approx(100 * flops / row.median_us / 1e6 / 795.8432854114967)
+            assert row.pct_of_peak == pytest.approx(roof.pct_of_peak, abs=1e-3)  # as recorded: unchanged

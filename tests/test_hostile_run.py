@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from processes import sigint_as_in_a_terminal
 
 from attnprof.cli import main as cli_main
 from attnprof.files import atomic_write
@@ -40,7 +41,7 @@ class Run:
         for name, text in self.files.items():
             (self.folder / name).write_text(text)
         proc = subprocess.Popen([sys.executable, *self.argv], cwd=self.folder, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=ENV)
+                                stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=sigint_as_in_a_terminal)
         seen = []
         try:
             if self.signal_at is not None:
