@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from trace_truth import events as trace_events
 
 from attnprof.capture.session import TraceOptions, trace_script
 from attnprof.pipeline import analyze_run
@@ -87,6 +88,12 @@ print(out.shape)
 class Run:
     runinfo: dict  # runinfo.json
     report: dict  # attnprof.json
+    folder: Path | None = None  # the run folder
+
+    def trace_file(self) -> Path:
+        assert self.folder is not None
+        (path,) = [p for p in self.folder.glob("*.pt.trace.json*") if ".attnprof." not in p.name]
+        return path
 
     def calls(self, phase: str) -> list[dict]:
         return [c for c in self.report["calls"] if c["phase"] == phase]
@@ -102,7 +109,7 @@ def cli_run(folder: Path, script: str, *args: str, options=("--warmup", "1", "--
     assert p.returncode == 0, p.stderr[-3000:]
     assert "trained" in p.stdout or "torch.Size" in p.stdout  # the script's own output, unchanged
     return Run(json.loads((folder / "run" / "runinfo.json").read_text()),
-               json.loads((folder / "run" / "attnprof.json").read_text()))
+               json.loads((folder / "run" / "attnprof.json").read_text()), folder / "run")
 
 
 def in_process_run(folder: Path, script: str, *args: str, warmup=1, timed=1, active=1) -> Run:
@@ -117,7 +124,7 @@ def in_process_run(folder: Path, script: str, *args: str, warmup=1, timed=1, act
                                            warmup=warmup, timed=timed, active=active, quiet=True))
     assert (result.exit_code, result.outcome) == (0, "completed")
     analyzed = analyze_run(folder / "run")
-    return Run(json.loads((folder / "run" / "runinfo.json").read_text()), asdict(analyzed.report))
+    return Run(json.loads((folder / "run" / "runinfo.json").read_text()), asdict(analyzed.report), folder / "run")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -206,8 +213,26 @@ def test_gpt2_trained_a_few_steps(runs, impl):
         assert "lse" not in c["tensors"]  # eager returns the attention weights, not a log-sum-exp
 
 
-def test_gpt2_eager_forward_has_compute(runs):
-    assert all(c["compute_us"] > 0 for c in runs("gpt2", "eager").calls("fwd"))
+def _outermost(evs: list[dict], outer: dict, name: str) -> list[dict]:
+    """The events named `name` within `outer`'s span and not inside another of them."""
+    found: list[dict] = []
+    for e in evs:
+        inside = e["name"] == name and outer["ts"] <= e["ts"] and e["ts"] + e["dur"] <= outer["ts"] + outer["dur"]
+        if inside and (not found or e["ts"] >= found[-1]["ts"] + found[-1]["dur"]):
+            found.append(e)
+    return found
+
+
+def test_gpt2_eager_forward_compute_holds_its_two_matmuls(runs):
+    """Eager attention is q·kᵀ and ·v as two aten::matmul inside the call's range (read from the trace file with
+    json): the call's compute holds both of them and fits its window."""
+    run = runs("gpt2", "eager")
+    evs = trace_events(run.trace_file())
+    ranges = {int(e["name"].rsplit("#", 1)[1]): e for e in evs if e["name"].startswith("attnprof:")}
+    for c in run.calls("fwd"):
+        matmuls = _outermost(evs, ranges[c["id"]], "aten::matmul")
+        assert len(matmuls) == 2, [m["name"] for m in matmuls]
+        assert sum(m["dur"] for m in matmuls) * (1 - 1e-6) <= c["compute_us"] <= c["window_us"]
 
 
 def test_gpt2_eager_output_copy_is_charged_with_its_line(runs):
@@ -217,7 +242,17 @@ def test_gpt2_eager_output_copy_is_charged_with_its_line(runs):
     line = f"{model_path(m)}:{line_of(m.GPT2Attention.forward, 'attn_output = attn_output.reshape(')}"
     for c in runs("gpt2", "eager").calls("fwd"):
         assert line in {cp["site"] for cp in c["copies"] if cp["position"] == "after"}, c["copies"]
-        assert c["copy_us"] > 0
+    # its time: the copy op inside that line's first range after the call, read from the trace file with json
+    run = runs("gpt2", "eager")
+    evs = trace_events(run.trace_file())
+    ranges = {int(e["name"].rsplit("#", 1)[1]): e for e in evs if e["name"].startswith("attnprof:")}
+    sources = [e for e in evs if e["name"].startswith(f"attnprof.src:{line} ") or e["name"] == f"attnprof.src:{line}"]
+    for c in run.calls("fwd"):
+        call = ranges[c["id"]]
+        src = min((s for s in sources if s["ts"] >= call["ts"] + call["dur"]), key=lambda s: s["ts"])
+        (copy,) = _outermost(evs, src, "aten::copy_")
+        (charged,) = [cp["dur_us"] for cp in c["copies"] if cp["site"] == line and cp["position"] == "after"]
+        assert copy["dur"] * (1 - 1e-6) <= charged <= src["dur"] * (1 + 1e-6)
 
 
 # --- Llama (GQA) ---------------------------------------------------------------------------------------------------
