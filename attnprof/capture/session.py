@@ -157,6 +157,16 @@ class _Call:
     place: Place | None
 
 
+def _run(call: _Call, original: Any, args: tuple, kwargs: dict) -> tuple[Any, float | None]:
+    """(the call's result, its host-clock µs when timed on the CPU): between CUDA events when timed on a GPU (their
+    µs come later), else as is."""
+    if call.events is not None:
+        return event_timed(original, args, kwargs, *call.events), None
+    if call.timed:
+        return host_timed(original, args, kwargs)
+    return original(*args, **kwargs), None
+
+
 class _ThreadState(threading.local):
     busy = False  # inside a followed attention call: nested ones pass straight through
 
@@ -614,18 +624,9 @@ class Session:
         try:
             if call.phase == PROFILED:
                 with self._profiled_calls, torch.profiler.record_function(RANGE_PREFIX + call.name):
-                    if call.events is not None:
-                        result = event_timed(original, args, kwargs, *call.events)
-                    elif call.timed:
-                        result, us = host_timed(original, args, kwargs)
-                    else:
-                        result = original(*args, **kwargs)
-            elif call.events is not None:
-                result = event_timed(original, args, kwargs, *call.events)
-            elif call.timed:
-                result, us = host_timed(original, args, kwargs)
+                    result, us = _run(call, original, args, kwargs)
             else:
-                result = original(*args, **kwargs)
+                result, us = _run(call, original, args, kwargs)
         except BaseException:
             tls.busy = False
             self._abort(call)
