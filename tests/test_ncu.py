@@ -385,3 +385,27 @@ def test_an_ncu_report_is_read_through_the_export_beside_it_and_exported_by_capt
 
     assert len(load_path(report, export=export).ncu.kernels) == kernels
     assert exported == [(report, csv)]
+
+
+def test_an_nsight_run_folder_that_cannot_take_a_file_says_so(tmp_path, monkeypatch, capsys):
+    """`attnprof ncu` and `attnprof nsys` end the same way (cli/nsight_args.report_run): analyse the folder, write
+    attnprof's files, print the table. A file that cannot be written is said on stderr, the others still written."""
+    import errno
+    import shutil
+
+    from attnprof import pipeline
+    from attnprof.cli.nsight_args import report_run
+
+    folder = tmp_path / "run"
+    shutil.copytree(SEED / "attnprof-ncu", folder)
+    (folder / "attnprof.json").unlink()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_dashboard_for", full_disk)
+    report_run(folder)
+    err = capsys.readouterr().err
+    assert f"could not write {folder / 'dashboard.html'}: no space left on the device (run folder kept: {folder})" \
+        in err
+    assert (folder / "attnprof.json").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnprof.cli.nsight_args import own_parser, parse, run_folder, split_script_argv
+from attnprof.cli.nsight_args import own_parser, parse, report_run, run_folder, split_script_argv, trace_argv
 from attnprof.errors import AttnprofError
 
 __all__ = ["register", "run", "split_script_argv"]
@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ns: argparse.Namespace) -> int:
     from attnprof.capture.ncu import SETS, run_under_ncu
     from attnprof.capture.nsight import find_ncu
-    from attnprof.pipeline import analyze_run, render_console, write_reports
 
     ns, ncu_opts, script = parse(ns, _own_parser(), "ncu")
     if ns.set not in SETS:
@@ -48,8 +47,7 @@ def run(ns: argparse.Namespace) -> int:
         raise AttnprofError("--calls must be 1 or more and --warmup 0 or more")
     ncu = find_ncu(ns.ncu)
     folder = run_folder(ns.out, ns.root, script, "ncu")
-    trace_argv = ["--warmup", str(ns.warmup), "--timed", "0", "--step-on", ns.step_on, *script]
-    code, reported = run_under_ncu(ncu, ns.set, ns.calls, trace_argv, folder, ncu_opts)
+    code, reported = run_under_ncu(ncu, ns.set, ns.calls, trace_argv(ns, script), folder, ncu_opts)
     if not reported:
         why = (f"no attention call ran after {ns.warmup} warm-up steps (--warmup), or ncu could not profile the "
                f"process")
@@ -57,10 +55,7 @@ def run(ns: argparse.Namespace) -> int:
             print(f"attnprof: ncu profiled no kernel: {why}", file=sys.stderr)
             return code
         raise AttnprofError(f"ncu profiled no kernel: {why}")
-    run_ = analyze_run(folder)
-    write_reports(run_, folder, console=False)
-    sys.stdout.flush()  # the script's own output first, then attnprof's tables
-    render_console(run_.report)
+    report_run(folder)
     print(f"attnprof: Nsight Compute run saved to {folder}/", file=sys.stderr)
     return code
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnprof.errors import AttnprofError
-from attnprof.files import check_run_folder_target, create_run_folder, run_folder_stem
+from attnprof.files import check_run_folder_target, create_run_folder, run_folder_stem, say
+
+if TYPE_CHECKING:
+    from attnprof.pipeline import AnalyzedRun
 
 
 def split_script_argv(argv: list[str]) -> list[str]:
@@ -72,6 +77,25 @@ def run_folder(out: Path | None, root: Path, script: list[str], tool: str) -> Pa
     folder = create_run_folder(out, root, f"{stem}-{tool}")
     folder.rmdir()
     return folder
+
+
+def trace_argv(ns: argparse.Namespace, script: list[str]) -> list[str]:
+    """`attnprof trace`'s arguments for the script run under the tool: warm-up steps, no timed steps (the tool's own
+    clock measures), the step unit, then the script and its arguments."""
+    return ["--warmup", str(ns.warmup), "--timed", "0", "--step-on", ns.step_on, *script]
+
+
+def report_run(folder: Path) -> AnalyzedRun:
+    """Analyse the run folder the tool left, write attnprof's files into it (one that cannot be written is said on
+    stderr) and print the table after the script's own output."""
+    from attnprof.pipeline import analyze_run, render_console, write_reports
+
+    run = analyze_run(folder)
+    for line in write_reports(run, folder, console=False):
+        say(f"attnprof: {line} (run folder kept: {folder})")
+    sys.stdout.flush()  # the script's own output first, then attnprof's tables
+    render_console(run.report)
+    return run
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:

@@ -5,8 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from attnprof.cli.nsight_args import own_parser, parse, run_folder, split_script_argv
-from attnprof.files import say
+from attnprof.cli.nsight_args import own_parser, parse, report_run, run_folder, split_script_argv, trace_argv
 
 __all__ = ["register", "run", "split_script_argv"]
 
@@ -37,18 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ns: argparse.Namespace) -> int:
     from attnprof.capture.nsight import find_nsys
     from attnprof.capture.nsys import run_under_nsys
-    from attnprof.pipeline import analyze_run, render_console, write_reports
+    from attnprof.pipeline import analyze_run
 
     ns, nsys_opts, script = parse(ns, _own_parser(), "nsys")
     nsys = find_nsys(ns.nsys)
     folder = run_folder(ns.out, ns.root, script, "nsys")
-    trace_argv = ["--warmup", str(ns.warmup), "--timed", "0", "--step-on", ns.step_on, *script]
-    code = run_under_nsys(nsys, nsys_opts, trace_argv, folder)
-    run_ = analyze_run(folder)
-    for line in write_reports(run_, folder, console=False):
-        say(f"attnprof: {line} (run folder kept: {folder})")
-    sys.stdout.flush()  # the script's own output first, then attnprof's tables
-    render_console(run_.report)
+    code = run_under_nsys(nsys, nsys_opts, trace_argv(ns, script), folder)
+    run_ = report_run(folder)
     if ns.beside is not None:
         from attnprof.render.console import table_console
         from attnprof.render.correlate import Correlation, CorrelationRenderer
