@@ -351,11 +351,7 @@ def signals_held(redeliver: bool) -> Iterator[list[int]]:
     try:
         yield got
     finally:
-        for sig, old in saved.items():
-            try:
-                signal.signal(sig, old)
-            except (ValueError, OSError):
-                pass
+        _restore_handlers(saved)
         if redeliver:
             for signum in dict.fromkeys(got):
                 signal.raise_signal(signum)
@@ -389,8 +385,13 @@ def signals_stop_attnprof() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, old in saved.items():
-            try:
-                signal.signal(sig, old)
-            except (ValueError, OSError):
-                pass
+        _restore_handlers(saved)
+
+
+def _restore_handlers(saved: dict) -> None:
+    """Put back the handlers a block replaced (signal number -> the handler it had)."""
+    for sig, old in saved.items():
+        try:
+            signal.signal(sig, old)
+        except (ValueError, OSError):
+            pass
