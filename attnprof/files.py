@@ -69,6 +69,21 @@ def read_pieces(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> Iterator[by
         raise AttnprofError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def plain_size(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> int | None:
+    """The size of a regular file that is not gzipped (it can be read at any offset), None for anything else (a
+    pipe, a gzip file, a file that cannot be read: `read_pieces` says why). Too big for the cap: AttnprofError."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or os.pread(f.fileno(), 2, 0) == _GZIP_MAGIC:
+                return None
+    except OSError:
+        return None
+    if info.st_size > int(max_mb * MB):
+        raise _too_big(path, max_mb, "")
+    return info.st_size
+
+
 def _read_some(f, n: int) -> bytes:
     """At least n bytes unless the input ends first (a pipe hands out what it has)."""
     data = b""

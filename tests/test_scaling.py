@@ -115,8 +115,11 @@ def test_blockwise_load_is_the_whole_load(tmp_path, monkeypatch, workers, odd):
     assert _columns(blocks) == _columns(whole)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("inside", [rb'weird\\"\}, \{', rb'"a": 1\s*\},\s*\{'], ids=["in-a-name", "in-an-event"])
-def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, inside):
+def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, inside, workers):
+    """Streamed (no workers), or read by the workers at the cuts (a plain file): either way the load gives up the
+    cut and decodes the whole again."""
     path = tmp_path / "t.pt.trace.json"
     path.write_text(json.dumps(_odd_seed(), indent=1))
     with monkeypatch.context() as m:
@@ -134,5 +137,6 @@ def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, insid
 
     monkeypatch.setattr(torch_json, "_cut", cut)
     monkeypatch.setattr(torch_json, "BLOCK_BYTES", 16 << 10)
-    monkeypatch.setattr(torch_json, "_worker_pool", lambda: None)
+    monkeypatch.setattr(torch_json, "_worker_pool", lambda: ProcessPoolExecutor(workers, mp_context=get_context(
+        "fork")) if workers else None)
     assert _columns(load_torch_trace(path)) == _columns(whole) and bad
