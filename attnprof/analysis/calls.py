@@ -64,6 +64,8 @@ _PAD_OPS = frozenset(("aten::constant_pad_nd", "aten::pad"))
 _SHAPE_KEEPING = frozenset(("aten::contiguous", "aten::clone", "aten::copy_", "aten::_to_copy", "aten::to",
                             "aten::type_as"))
 _GPU_PRIORITY = (COMPUTE, COPY, OTHER, FOREIGN)
+# plain ints for the per-row tests: an enum member's lookup costs more than the test
+_ANNOTATION, _MEMSET, _MEMCPY = int(HostKind.ANNOTATION), int(DeviceKind.MEMSET), int(DeviceKind.MEMCPY)
 _CPU_PRIORITY = (COPY, OTHER, COMPUTE, FOREIGN)  # host ops nest: the innermost, more specific category wins
 
 
@@ -271,7 +273,7 @@ class CallFinder:
         for r in ops.tolist():
             if not any(int(names[a]) in marks for a in self.ix.ancestors(r)):
                 out.append(r)
-        out.sort(key=lambda r: self.ix.ts[r])
+        out.sort(key=lambda r: self.ix.start_of[r])
         return out
 
     # --- classification of host rows -----------------------------------------------------------------------------
@@ -284,10 +286,10 @@ class CallFinder:
 
     def _classify_sibling(self, row: int) -> Sibling:
         name = self.ix.name(row)
-        if self.trace.host.kind[row] == HostKind.ANNOTATION:
+        if self.ix.kind_of[row] == _ANNOTATION:
             if not name.startswith(SOURCE_PREFIX):
                 return Sibling(Verdict.BARRIER, row)
-            children = [r for r in self.ix.subtree(row).tolist() if self.ix.parent[r] == row]
+            children = self.ix.children(row)
             verdicts = [self._classify_sibling(c) for c in children]
             preps = [v for v in verdicts if v.verdict == Verdict.PREP]
             if preps:
@@ -295,7 +297,7 @@ class CallFinder:
             if all(v.verdict == Verdict.VIEW for v in verdicts):
                 return Sibling(Verdict.VIEW, row)
             return Sibling(Verdict.BARRIER, row)
-        if int(self.trace.host.name[row]) in self.fwd_ids:
+        if self.ix.name_id_of[row] in self.fwd_ids:
             return Sibling(Verdict.BARRIER, row)
         if tx.is_view_op(name):
             return Sibling(Verdict.VIEW, row)
@@ -377,17 +379,17 @@ class CallFinder:
         return NEAR
 
     def _makes_another_call(self, frame: int, anchor: int) -> bool:
-        tid = self.trace.host.tid[frame]
-        lo = bisect.bisect_left(self._anchor_starts, self.ix.ts[frame])
-        hi = bisect.bisect_right(self._anchor_starts, self.ix.end[frame])
-        return any(a != anchor and self.trace.host.tid[a] == tid for a in self._anchor_rows[lo:hi])
+        tid = self.ix.tid_of[frame]
+        lo = bisect.bisect_left(self._anchor_starts, self.ix.start_of[frame])
+        hi = bisect.bisect_right(self._anchor_starts, self.ix.end_of[frame])
+        return any(a != anchor and self.ix.tid_of[a] == tid for a in self._anchor_rows[lo:hi])
 
     def _cut_off(self, frame: int) -> bool:
-        first, last = self.ix.python_span(int(self.trace.host.tid[frame]))
-        return self.ix.ts[frame] <= first + _EDGE_US or self.ix.end[frame] >= last - _EDGE_US
+        first, last = self.ix.python_span(int(self.ix.tid_of[frame]))
+        return self.ix.start_of[frame] <= first + _EDGE_US or self.ix.end_of[frame] >= last - _EDGE_US
 
     def _source(self, row: int) -> SourceRange | None:
-        return self.ix.source_annotation(row) if self.trace.host.kind[row] == HostKind.ANNOTATION else None
+        return self.ix.source_annotation(row) if self.ix.kind_of[row] == _ANNOTATION else None
 
     def _identity(self, row: int, position: Position, storages: dict[int, Evidence] | None) -> Evidence | None:
         """IDENTITY when this copy writes a storage the call reads (before) / reads one the call wrote (after),
@@ -492,7 +494,7 @@ class CallFinder:
                 continue
             seen.add(row)
             name = self.ix.name(row)
-            parent = self.ix.parent[row]
+            parent = self.ix.parent_of[row]
             if parent >= 0 and (tx.is_prep_op(self.ix.name(parent)) or tx.is_view_op(self.ix.name(parent))):
                 continue  # clone and copy_ inside contiguous(): the outer op is the one the code called
             if tx.is_view_op(name):
@@ -500,7 +502,7 @@ class CallFinder:
             elif tx.is_prep_op(name) and self._moves_data(row):
                 found.append(_Prep(row=row, top=row, position=position))
                 frontier.extend(step(row))
-        found.sort(key=lambda p: self.ix.ts[p.row])
+        found.sort(key=lambda p: self.ix.start_of[p.row])
         return found
 
     def _inputs_of(self, row: int) -> list[int]:
@@ -509,9 +511,9 @@ class CallFinder:
         return [self.row_by_op[p] for p, _ in inputs if p in self.row_by_op]
 
     def _outputs_of(self, row: int) -> list[int]:
-        tid, op_id = self.trace.host.tid[row], self.trace.host.op_id
+        tid, op_id = self.ix.tid_of[row], self.trace.host.op_id
         assert op_id is not None, "walked only where the trace records data flow"
-        return [c for c in self.consumers.get(int(op_id[row]), ()) if self.trace.host.tid[c] == tid]
+        return [c for c in self.consumers.get(int(op_id[row]), ()) if self.ix.tid_of[c] == tid]
 
     def _producers(self, attn_op: int) -> list[_Prep]:
         return self._flow_walk(self._inputs_of(attn_op), self._inputs_of, Position.BEFORE)
@@ -522,7 +524,7 @@ class CallFinder:
     # --- inputs and outputs of a call ------------------------------------------------------------------------------
 
     def _attention_ops(self, anchor: int) -> list[int]:
-        return [r for r in self.ix.subtree(anchor).tolist() if int(self.trace.host.name[r]) in self.fwd_ids]
+        return [r for r in self.ix.subtree(anchor).tolist() if self.ix.name_id_of[r] in self.fwd_ids]
 
     def _io_layouts(self, info: CallInfo | None, attn_ops: list[int]) -> tuple[list[_Layout], list[_Layout]]:
         """(the call's input tensors, its output tensors), to match prep copies against."""
@@ -571,7 +573,7 @@ class CallFinder:
             if anchors[-1].found_by != FoundBy.ATTNPROF:
                 next_id += 1
         self._anchor_rows = [a.row for a in anchors]
-        self._anchor_starts = [float(self.ix.ts[a]) for a in self._anchor_rows]
+        self._anchor_starts = [float(self.ix.start_of[a]) for a in self._anchor_rows]
         # Copies feeding a call are claimed first; the walk after the previous call then settles each copy both
         # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
         claims: dict[int, _Claim] = {}
@@ -597,7 +599,7 @@ class CallFinder:
                 calls.append(self._split(base, Phase.BWD, bwd, a.attn_ops, a.info))
         ids = {a.row: a.call_id for a in anchors}
         owned = {p.top for phase in phases for p in phase.preps}
-        unsure = [(row, between) for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.ts[kv[0]])
+        unsure = [(row, between) for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.start_of[kv[0]])
                   if row not in owned]
         self.unattributed = [self._unattributed(row, sorted(ids[a] for a in between)) for row, between in unsure]
         from attnprof.analysis.manual import manual_calls  # manual.py builds on this module
@@ -613,9 +615,9 @@ class CallFinder:
             dur = float(sum(d.dur[r] for r in work))
             nbytes = int(sum(d.nbytes[r] for r in work))
         else:
-            dur, nbytes = float(self.ix.end[row] - self.ix.ts[row]), 0
+            dur, nbytes = float(self.ix.end_of[row] - self.ix.start_of[row]), 0
         return UnattributedCopy(site=self._copy_site(row), op=self.ix.name(row),
-                                bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=float(self.ix.ts[top]),
+                                bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=float(self.ix.start_of[top]),
                                 calls=call_ids)
 
     def _base_record(self, call_id: int, op: str, site: str, found_by: FoundBy, info: CallInfo | None,
@@ -646,7 +648,7 @@ class CallFinder:
     def _backward_phase(self, anchors: list[int], fwd: _Phase) -> _Phase | None:
         h = self.trace.host
         attn_seqs = {int(h.seq[r]) for a in anchors for r in self.ix.subtree(a).tolist() if h.seq[r] != NO_ID}
-        attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.ts[r])
+        attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.start_of[r])
         if not attn_nodes and len(anchors) == 1:  # ops of a compiled graph carry no sequence number
             attn_nodes = compiled.backward_ops(self.ix, self.nodes_by_seq, anchors[0])
         if not attn_nodes:
@@ -657,7 +659,7 @@ class CallFinder:
             for s in seqs:
                 for node in self.nodes_by_seq.get(s, ()):
                     if self._moves_data(node):
-                        position = Position.BEFORE if self.ix.ts[node] < self.ix.ts[attn_nodes[0]] else Position.AFTER
+                        position = Position.BEFORE if self.ix.start_of[node] < self.ix.start_of[attn_nodes[0]] else Position.AFTER
                         phase.preps.append(_Prep(row=node, top=node, position=position))
         return phase
 
@@ -670,18 +672,18 @@ class CallFinder:
             sub = self.ix.subtree(anchor)
             for runtime, drow in self.ix.launches(anchor):
                 kname = strings[d.name[drow]]
-                launcher = self.ix.innermost_op(sub, self.ix.ts[runtime])
+                launcher = self.ix.innermost_op(sub, self.ix.start_of[runtime])
                 lname = self.ix.name(launcher) if launcher >= 0 else ""
-                if d.kind[drow] == DeviceKind.MEMSET or lname in _FILL_OPS:
+                if d.kind[drow] == _MEMSET or lname in _FILL_OPS:
                     cat = OTHER
-                elif d.kind[drow] == DeviceKind.MEMCPY or tx.is_copy_op(lname) or tx.is_copy_kernel_name(kname):
+                elif d.kind[drow] == _MEMCPY or tx.is_copy_op(lname) or tx.is_copy_kernel_name(kname):
                     cat = COPY
                 else:
                     cat = COMPUTE
                 out.append(_Work(drow, cat, Position.INSIDE, launcher if cat == COPY else None))
         for prep in phase.preps:
             for _, drow in self.ix.launches(prep.row):
-                out.append(_Work(drow, OTHER if d.kind[drow] == DeviceKind.MEMSET else COPY, prep.position, prep.row))
+                out.append(_Work(drow, OTHER if d.kind[drow] == _MEMSET else COPY, prep.position, prep.row))
         return out
 
     def _split(self, base: CallSplit, phase_name: Phase, phase: _Phase, attn_ops: list[int],
@@ -690,8 +692,8 @@ class CallFinder:
         ix = self.ix
         # a copy starts at its own op, not at the attnprof.src range around it (attnprof's cost of opening it)
         host_rows = phase.anchor_rows + [p.row for p in phase.preps]
-        host_start = float(min(ix.ts[r] for r in host_rows))
-        host_end = float(max(ix.end[r] for r in host_rows))
+        host_start = float(min(ix.start_of[r] for r in host_rows))
+        host_end = float(max(ix.end_of[r] for r in host_rows))
         op_names = [ix.name(r) for a in phase.anchor_rows for r in ix.subtree(a).tolist()]
         work = self._device_work(phase) if self.on_device else []
         if work:
@@ -766,7 +768,7 @@ class CallFinder:
                 total = by_op.setdefault(w.op_row, _CopyTotal(w.position))
                 total.dur_us += float(d.dur[w.row])
                 total.nbytes += int(d.nbytes[w.row])
-        for op_row, total in sorted(by_op.items(), key=lambda kv: self.ix.ts[kv[0]]):
+        for op_row, total in sorted(by_op.items(), key=lambda kv: self.ix.start_of[kv[0]]):
             call.copies.append(CopyRecord(
                 site=call.site if total.position == Position.INSIDE else self._copy_site(op_row),
                 op=self.ix.name(op_row), bytes=total.nbytes or self._copy_bytes(op_row), dur_us=total.dur_us,
@@ -779,7 +781,7 @@ class CallFinder:
         compute, copies = [], []
         for anchor in anchors:
             for child in self.ix.subtree(anchor).tolist():
-                if self.ix.parent[child] != anchor:
+                if self.ix.parent_of[child] != anchor:
                     continue
                 verdict, mover = self._classify_sibling(child)
                 if verdict == Verdict.PREP:
@@ -796,22 +798,22 @@ class CallFinder:
         intervals: list[tuple[float, float, str]] = []
         kernels = []
         copy_rows = [_HostCopy(r, Position.INSIDE, own_line=True) for r in own_copies]
-        intervals += [(ix.ts[r], ix.end[r], COPY) for r in own_copies]
+        intervals += [(ix.start_of[r], ix.end_of[r], COPY) for r in own_copies]
         for r in compute_rows:
-            intervals.append((ix.ts[r], ix.end[r], COMPUTE))
+            intervals.append((ix.start_of[r], ix.end_of[r], COMPUTE))
             kernels.append((r, COMPUTE))
             for inner in ix.subtree(r).tolist():
                 n = ix.name(inner)
-                outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent[inner]))
+                outermost_copy = tx.is_copy_op(n) and not tx.is_copy_op(ix.name(ix.parent_of[inner]))
                 # a Python scalar wrapped as a 0-d tensor (x * 0.125) is no layout copy
                 scalar = not _tensor_dims(ix.trace.host.dims(inner))
                 if inner != r and outermost_copy and self._moves_data(inner) and not scalar:
-                    intervals.append((ix.ts[inner], ix.end[inner], COPY))
+                    intervals.append((ix.start_of[inner], ix.end_of[inner], COPY))
                     copy_rows.append(_HostCopy(inner, Position.INSIDE))
                 elif inner != r and n in _FILL_OPS:
-                    intervals.append((ix.ts[inner], ix.end[inner], OTHER))
+                    intervals.append((ix.start_of[inner], ix.end_of[inner], OTHER))
         for p in phase.preps:
-            intervals.append((ix.ts[p.row], ix.end[p.row], COPY))  # the op's own time, not its attnprof.src range
+            intervals.append((ix.start_of[p.row], ix.end_of[p.row], COPY))  # the op's own time, not its attnprof.src range
             copy_rows.append(_HostCopy(p.row, p.position))
         ours = set(phase.anchor_rows) | {p.top for p in phase.preps} | set(phase.views)
         for anchor in phase.anchor_rows:
@@ -820,8 +822,8 @@ class CallFinder:
             lo = max(int(np.searchsorted(starts, host_start, side="right")) - 1, 0)
             hi = int(np.searchsorted(starts, host_end, side="left"))
             for r in sib[lo:hi].tolist():
-                if r not in ours and ix.end[r] > host_start:
-                    intervals.append((float(ix.ts[r]), float(ix.end[r]), FOREIGN))
+                if r not in ours and ix.end_of[r] > host_start:
+                    intervals.append((float(ix.start_of[r]), float(ix.end_of[r]), FOREIGN))
         s = split_window(host_start, host_end, intervals, _CPU_PRIORITY)
         call.segments = _segments(s, idle=Part.OTHER)  # CPU: time between ops is other, there is no launch
         call.device = "cpu"
@@ -829,14 +831,14 @@ class CallFinder:
         call.compute_us, call.copy_us = s.compute_us, s.copy_us
         call.other_us, call.launch_us = s.other_us + s.idle_us, None
         call.interleaved_us = s.span_us - s.window_us
-        call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=float(ix.ts[r]),
-                                    dur_us=float(ix.end[r] - ix.ts[r])) for r, cat in kernels]
+        call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=float(ix.start_of[r]),
+                                    dur_us=float(ix.end_of[r] - ix.start_of[r])) for r, cat in kernels]
         for r, position, own_line in copy_rows:
-            call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.ts[r]),
-                                            dur_us=float(ix.end[r] - ix.ts[r])))
+            call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.start_of[r]),
+                                            dur_us=float(ix.end_of[r] - ix.start_of[r])))
             inside_op = position == Position.INSIDE and not own_line  # the attention op's own copy: the call's line
             call.copies.append(CopyRecord(site=call.site if inside_op else (self._copy_site(r) or call.site),
-                                          op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end[r] - ix.ts[r]),
+                                          op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end_of[r] - ix.start_of[r]),
                                           position=position))
         call.kernels.sort(key=lambda k: k.start_us)
 

@@ -8,7 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from attnprof.trace.model import NO_ID, HostKind, Trace
+from attnprof.trace.model import HostKind, Trace
 from attnprof.trace.runinfo import SOURCE_PREFIX, SourceRange, parse_source_range
 
 _PY_FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>.*)$")
@@ -25,6 +25,9 @@ def parse_python_frame(name: str) -> tuple[str, int, str] | None:
     if not m:
         return None
     return m["file"], int(m["line"]), m["func"]
+
+
+_NO_ROWS = (np.empty(0, np.int64), np.empty(0))
 
 
 def short_path(path: str) -> str:
@@ -49,8 +52,17 @@ class TraceIndex:
         self._nested = self._per_thread(order[(kinds == HostKind.OP) | (kinds == HostKind.ANNOTATION)])
         self._runtime = self._per_thread(order[kinds == HostKind.RUNTIME])
         self._python = self._per_thread(order[kinds == HostKind.PYTHON])
+        # Scalar reads of one row: a memoryview item is a Python number; a numpy scalar costs several times more, and
+        # the walks read a few hundred thousand of them on a large trace.
+        self.start_of = memoryview(np.ascontiguousarray(h.ts))
+        self.end_of = memoryview(self.end)
+        self.kind_of = memoryview(np.ascontiguousarray(h.kind))
+        self.tid_of = memoryview(np.ascontiguousarray(h.tid))
+        self.parent_of = memoryview(np.ascontiguousarray(self.parent))
+        self.name_id_of = memoryview(np.ascontiguousarray(h.name))
         self._siblings: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._python_spans: dict[int, tuple[float, float]] = {}
+        self._source_ranges: dict[int, SourceRange | None] = {}  # name id -> its parse (None: not a source range)
         #: device rows the device-work queries have looked at: a cost measure (tests check it stays per-call local)
         self.device_rows_examined = 0
 
@@ -69,15 +81,21 @@ class TraceIndex:
     # --- host tree ---------------------------------------------------------------------------------------------
 
     def name(self, row: int) -> str:
-        return self.names[self.trace.host.name[row]]
+        return self.names[self.name_id_of[row]]
 
     def subtree(self, row: int) -> np.ndarray:
         """Ops and ranges nested in `row` (itself included), in start order."""
-        rows, starts = self._nested.get(int(self.trace.host.tid[row]), (np.empty(0, np.int64), np.empty(0)))
-        lo = starts.searchsorted(self.ts[row], side="left")
-        hi = starts.searchsorted(self.end[row], side="right")
+        rows, starts = self._nested.get(self.tid_of[row], _NO_ROWS)
+        end = self.end_of[row]
+        lo = starts.searchsorted(self.start_of[row], side="left")
+        hi = starts.searchsorted(end, side="right")
         sub = rows[lo:hi]
-        return sub[self.end[sub] <= self.end[row] + 1e-3]
+        return sub[self.end[sub] <= end + 1e-3]
+
+    def children(self, row: int) -> list[int]:
+        """Ops and ranges whose parent is `row`, in start order."""
+        sub = self.subtree(row)
+        return sub[self.parent[sub] == row].tolist()
 
     def siblings(self, row: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Ops and ranges with the same parent on the same thread, in start order; their starts; `row`'s position."""
@@ -99,33 +117,38 @@ class TraceIndex:
         return sib, starts, pos
 
     def ancestors(self, row: int):
-        p = self.parent[row]
+        parent = self.parent_of
+        p = parent[row]
         while p >= 0:
-            yield int(p)
-            p = self.parent[p]
+            yield p
+            p = parent[p]
 
     # --- device work ---------------------------------------------------------------------------------------------
 
     def launches(self, row: int) -> list[tuple[int, int]]:
         """(runtime row, device row) for every piece of device work launched inside `row`'s time on its thread."""
-        entry = self._runtime.get(int(self.trace.host.tid[row]))
+        entry = self._runtime.get(self.tid_of[row])
         if entry is None:
             return []
         rows, starts = entry
-        lo = starts.searchsorted(self.ts[row], side="left")
-        hi = starts.searchsorted(self.end[row], side="right")
+        lo = starts.searchsorted(self.start_of[row], side="left")
+        hi = starts.searchsorted(self.end_of[row], side="right")
+        if lo == hi:
+            return []
         by_corr = self.trace.device_by_correlation
         inside = rows[lo:hi]
         out: list[tuple[int, int]] = []
         for r, c in zip(inside.tolist(), self.trace.host.correlation[inside].tolist()):
-            if c != NO_ID:
-                out.extend((r, d) for d in by_corr.get(c, ()))
+            launched = by_corr.get(c)
+            if launched is not None:
+                out.extend((r, d) for d in launched)
         return out
 
     def innermost_op(self, candidates: np.ndarray, t: float) -> int:
         """The latest-starting row among `candidates` (start-ordered) whose interval contains t, or -1."""
+        start, end = self.start_of, self.end_of
         for r in candidates[::-1].tolist():
-            if self.ts[r] <= t <= self.end[r]:
+            if start[r] <= t <= end[r]:
                 return r
         return -1
 
@@ -185,9 +208,13 @@ class TraceIndex:
     def source_annotation(self, row: int) -> SourceRange | None:
         """(site, storage read, copy number) of the `attnprof.src:` range put around the torch call that ran `row`."""
         for a in [row, *self.ancestors(row)]:
-            n = self.name(a)
-            if n.startswith(SOURCE_PREFIX):
-                return parse_source_range(n)
+            name_id = self.name_id_of[a]
+            if name_id not in self._source_ranges:
+                n = self.names[name_id]
+                self._source_ranges[name_id] = parse_source_range(n) if n.startswith(SOURCE_PREFIX) else None
+            found = self._source_ranges[name_id]
+            if found is not None:
+                return found
         return None
 
     @cached_property
@@ -199,8 +226,12 @@ class TraceIndex:
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
         if not len(rows):
             return out
-        order = np.argsort(h.py_id[rows], kind="stable")
-        ids, id_rows = h.py_id[rows][order], rows[order]
+        ids = h.py_id[rows]
+        if len(ids) > 1 and (ids[1:] >= ids[:-1]).all():  # Kineto numbers frames as it records them
+            id_rows = rows
+        else:
+            order = np.argsort(ids, kind="stable")
+            ids, id_rows = ids[order], rows[order]
         wanted = h.py_parent[rows]
         at = ids.searchsorted(wanted, side="right") - 1
         found = (at >= 0) & (ids[np.maximum(at, 0)] == wanted)
@@ -209,22 +240,26 @@ class TraceIndex:
 
     def python_chain(self, row: int) -> list[int]:
         """Python frame rows active when `row` started on its thread, innermost first (empty without with_stack)."""
-        entry = self._python.get(int(self.trace.host.tid[row]))
+        entry = self._python.get(self.tid_of[row])
         if entry is None:
             return []
         rows, starts = entry
-        t = self.ts[row]
+        t = self.start_of[row]
         i = int(starts.searchsorted(t, side="right")) - 1
         if i < 0:
             return []
-        parent = self._py_parent_row
+        parent, end = self._py_parent_of, self.end_of
         frame = int(rows[i])
         chain = []
         while frame >= 0:
-            if self.end[frame] >= t:
+            if end[frame] >= t:
                 chain.append(frame)
-            frame = int(parent[frame])
+            frame = parent[frame]
         return chain
+
+    @cached_property
+    def _py_parent_of(self) -> memoryview:
+        return memoryview(self._py_parent_row)
 
     def python_span(self, tid: int) -> tuple[float, float]:
         """(first start, last end) of the Python frames recorded on a thread: frames still running when the profiler
