@@ -138,3 +138,33 @@ def test_only_complete_events_are_read(tmp_path, odd_phase):
               {**_x("kernel", "k", 5, 1), "ph": "E"}, _x("cpu_op", "kept too", 7, 1)]
     t = load_torch_trace(_write(tmp_path, {"traceEvents": events}))
     assert sorted(t.names(t.host.name)) == ["kept", "kept too"] and len(t.device) == 0
+
+
+# Frames of one thread: main (0-100) calls model (10-90), which calls attn (20-40) and then mlp (50-80); an op at 30
+# runs inside attn, one at 60 inside mlp. Ids as Kineto writes them (1, 2, 3, ... in recording order), or out of
+# order with a gap and an id written twice (the later row is the one its children name).
+_FRAMES = {
+    "in order": [("main.py(1): main", 0, 100, 1, 0), ("main.py(5): model", 10, 80, 2, 1),
+                 ("main.py(9): attn", 20, 20, 3, 2), ("main.py(12): mlp", 50, 30, 4, 2)],
+    "out of order": [("main.py(1): main", 0, 100, 40, 0), ("stale.py(1): old", 1, 1, 25, 40),
+                     ("main.py(5): model", 10, 80, 25, 40), ("main.py(9): attn", 20, 20, 7, 25),
+                     ("main.py(12): mlp", 50, 30, 900, 25)],
+}
+
+
+@pytest.mark.parametrize("ids", list(_FRAMES))
+def test_an_ops_python_frames_are_found_by_their_parent_ids(tmp_path, ids):
+    from attnprof.analysis.index import TraceIndex
+
+    frames = [_x("python_function", name, ts, dur, **{"Python id": i, "Python parent id": p})
+              for name, ts, dur, i, p in _FRAMES[ids]]
+    ops = [_x("cpu_op", "aten::bmm", 30.0, 2.0), _x("cpu_op", "aten::mm", 60.0, 2.0)]
+    trace = load_torch_trace(_write(tmp_path, {"traceEvents": frames + ops}))
+    ix = TraceIndex(trace)
+    by_name = {trace.strings[trace.host.name[r]]: r for r in range(len(trace.host))}
+
+    def chain(op):
+        return [trace.strings[trace.host.name[f]].split(": ")[1] for f in ix.python_chain(by_name[op])]
+
+    assert chain("aten::bmm") == ["attn", "model", "main"]
+    assert chain("aten::mm") == ["mlp", "model", "main"]

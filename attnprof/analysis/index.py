@@ -226,13 +226,17 @@ class TraceIndex:
         rows = np.flatnonzero(h.kind == HostKind.PYTHON)
         if not len(rows):
             return out
-        ids = h.py_id[rows]
-        if len(ids) > 1 and (ids[1:] >= ids[:-1]).all():  # Kineto numbers frames as it records them
-            id_rows = rows
-        else:
-            order = np.argsort(ids, kind="stable")
-            ids, id_rows = ids[order], rows[order]
-        wanted = h.py_parent[rows]
+        ids, wanted = h.py_id[rows], h.py_parent[rows]
+        lo, span = int(ids.min()), int(ids.max()) - int(ids.min()) + 1
+        if span <= 2 * len(ids) and (ids[1:] > ids[:-1]).all():
+            # Kineto numbers frames 1, 2, 3, ... as it records them: an id's row is a table lookup
+            row_of_id = np.full(span, -1, dtype=np.int64)
+            row_of_id[ids - lo] = rows
+            inside = (wanted >= lo) & (wanted < lo + span)
+            out[rows[inside]] = row_of_id[wanted[inside] - lo]
+            return out
+        order = np.argsort(ids, kind="stable")
+        ids, id_rows = ids[order], rows[order]
         at = ids.searchsorted(wanted, side="right") - 1
         found = (at >= 0) & (ids[np.maximum(at, 0)] == wanted)
         out[rows[found]] = id_rows[at[found]]

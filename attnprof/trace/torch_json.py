@@ -415,7 +415,6 @@ def _load_plain_file(path: Path, size: int) -> Trace | None:
     pool = _worker_pool()
     if pool is None:
         return None
-    _free_big_blocks_at_once()
     try:
         with open(path, "rb", buffering=0) as f:
             fd = f.fileno()
@@ -432,6 +431,7 @@ def _load_plain_file(path: Path, size: int) -> Trace | None:
                     return None
                 blocks.append(pool.submit(_range_columns, path, at, lo + cut[0]))
                 at = lo + cut[1]
+                _free_big_blocks_at_once()  # here, once the workers are forked: they keep malloc's default
             rest = bytearray(head[:start])
             rest += os.pread(fd, size - at, at)
         if len(rest) < start + size - at:
@@ -464,7 +464,8 @@ def _free_big_blocks_at_once() -> None:
     By default glibc raises that threshold each time such a block is freed, so the blocks' columns, freed as they
     are joined into the trace's, stay in the heap between live ones: the load's peak was twice the trace's columns
     (a 1 GB trace: 845 MB instead of 570). Set once the user's script is over (analysis runs after it), for the rest
-    of the process; a no-op elsewhere than glibc."""
+    of the process (not in the workers, which allocate and free big blocks all along: it would cost them time);
+    a no-op elsewhere than glibc."""
     global _MMAP_THRESHOLD_SET
     if _MMAP_THRESHOLD_SET:
         return
