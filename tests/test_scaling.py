@@ -92,12 +92,22 @@ def _columns(trace) -> dict:
     return out
 
 
+def _write(path, doc, gz: bool):
+    """As Kineto writes it: one key per line; gzipped (then streamed through this process) or plain (read by the
+    workers where the cuts fall)."""
+    text = json.dumps(doc, indent=1).encode()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("odd", [False, True], ids=["seed", "odd-seed"])
-def test_blockwise_load_is_the_whole_load(tmp_path, monkeypatch, workers, odd):
+def test_blockwise_load_is_the_whole_load(tmp_path, monkeypatch, workers, odd, gz):
     doc = _odd_seed() if odd else json.loads(gzip.decompress(SEED_TRACE.read_bytes()))
-    path = tmp_path / "t.pt.trace.json"
-    path.write_text(json.dumps(doc, indent=1))  # one key per line, as Kineto writes it
+    path = _write(tmp_path / "t.pt.trace.json", doc, gz)
     with monkeypatch.context() as m:
         m.setattr(torch_json, "_events_start", lambda path, buf: None)  # no cut: the document decoded whole
         whole = load_torch_trace(path)
@@ -111,17 +121,18 @@ def test_blockwise_load_is_the_whole_load(tmp_path, monkeypatch, workers, odd):
     monkeypatch.setattr(torch_json, "_worker_pool", lambda: ProcessPoolExecutor(workers, mp_context=get_context(
         "fork")) if workers else None)
     blocks = load_torch_trace(path)
-    assert len([c for c in cuts if c]) >= path.stat().st_size // (16 << 10) - 1  # it was cut, many times
+    size = len(gzip.decompress(path.read_bytes())) if gz else path.stat().st_size
+    assert len([c for c in cuts if c]) >= size // (16 << 10) - 1  # it was cut, many times
     assert _columns(blocks) == _columns(whole)
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("inside", [rb'weird\\"\}, \{', rb'"a": 1\s*\},\s*\{'], ids=["in-a-name", "in-an-event"])
-def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, inside, workers):
-    """Streamed (no workers), or read by the workers at the cuts (a plain file): either way the load gives up the
-    cut and decodes the whole again."""
-    path = tmp_path / "t.pt.trace.json"
-    path.write_text(json.dumps(_odd_seed(), indent=1))
+def test_a_cut_that_is_not_between_events_is_undone(tmp_path, monkeypatch, inside, workers, gz):
+    """Streamed (gzip, or no workers: blocks handed over in shared slots or decoded here), or read by the workers at
+    the cuts (a plain file): either way the load gives up the cut and decodes that part with the rest."""
+    path = _write(tmp_path / "t.pt.trace.json", _odd_seed(), gz)
     with monkeypatch.context() as m:
         m.setattr(torch_json, "_events_start", lambda path, buf: None)
         whole = load_torch_trace(path)

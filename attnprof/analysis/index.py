@@ -54,12 +54,12 @@ class TraceIndex:
         self._python = self._per_thread(order[kinds == HostKind.PYTHON])
         # Scalar reads of one row: a memoryview item is a Python number; a numpy scalar costs several times more, and
         # the walks read a few hundred thousand of them on a large trace.
-        self.start_of = memoryview(np.ascontiguousarray(h.ts))
-        self.end_of = memoryview(self.end)
-        self.kind_of = memoryview(np.ascontiguousarray(h.kind))
-        self.tid_of = memoryview(np.ascontiguousarray(h.tid))
-        self.parent_of = memoryview(np.ascontiguousarray(self.parent))
-        self.name_id_of = memoryview(np.ascontiguousarray(h.name))
+        self.start_of = np.ascontiguousarray(h.ts).data
+        self.end_of = self.end.data
+        self.kind_of = np.ascontiguousarray(h.kind).data
+        self.tid_of = np.ascontiguousarray(h.tid).data
+        self.parent_of = np.ascontiguousarray(self.parent).data
+        self.name_id_of = np.ascontiguousarray(h.name).data
         self._siblings: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._python_spans: dict[int, tuple[float, float]] = {}
         self._source_ranges: dict[int, SourceRange | None] = {}  # name id -> its parse (None: not a source range)
@@ -263,7 +263,7 @@ class TraceIndex:
 
     @cached_property
     def _py_parent_of(self) -> memoryview:
-        return memoryview(self._py_parent_row)
+        return self._py_parent_row.data
 
     def python_span(self, tid: int) -> tuple[float, float]:
         """(first start, last end) of the Python frames recorded on a thread: frames still running when the profiler
