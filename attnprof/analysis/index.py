@@ -4,7 +4,7 @@ the Python source line it ran from. Built once per trace with numpy; each query 
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -28,6 +28,12 @@ def parse_python_frame(name: str) -> tuple[str, int, str] | None:
 
 
 _NO_ROWS = (np.empty(0, np.int64), np.empty(0))
+
+
+@lru_cache(maxsize=1 << 16)  # a trace repeats a few thousand frame names millions of times
+def _is_user_code(frame_name: str) -> bool:
+    parsed = parse_python_frame(frame_name)
+    return parsed is not None and not _LIBRARY_PATH_RE.search(parsed[0])
 
 
 def short_path(path: str) -> str:
@@ -280,8 +286,7 @@ class TraceIndex:
         return span
 
     def is_user_frame(self, frame: int) -> bool:
-        parsed = parse_python_frame(self.name(frame))
-        return parsed is not None and not _LIBRARY_PATH_RE.search(parsed[0])
+        return _is_user_code(self.name(frame))
 
     def python_site(self, row: int) -> tuple[str, str] | None:
         """(file:line, function) of the innermost user-code Python frame around `row`, from with_stack frames.

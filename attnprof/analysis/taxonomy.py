@@ -6,6 +6,7 @@ analysis reasons about categories, not strings.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # --- host ops -------------------------------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ _LAYOUT_WORDS = frozenset(
     "cat stack t alias as strided constant pad nd index".split())
 
 
+@lru_cache(maxsize=1 << 16)  # a trace repeats a few hundred kernel names over and over: each matched once
 def is_copy_kernel_name(name: str) -> bool:
     generated = _GENERATED_OPS_RE.match(name)
     if generated:  # a copy when everything fused into it only moves data; a softmax or matmul fused in is compute
@@ -220,6 +222,7 @@ _LIBRARY_BACKEND = {"flash_attn": "flash-attn2", "flash_attn_interface": "fa3", 
                     "transformers": "eager"}  # HF eager: plain matmul + softmax, no fused kernel
 
 
+@lru_cache(maxsize=1 << 16)
 def backend_from_kernel(name: str) -> str | None:
     for backend, pattern in _BACKEND_PATTERNS:
         if pattern.search(name):
