@@ -16,8 +16,10 @@ itself) and then F.scaled_dot_product_attention (attnprof's wrapper, or the orig
 mode's figure is the difference of the two medians in its run (the same load on both: the machine is shared),
 the `bare` row is that difference without attnprof (0 up to noise). Rounds alternate the order of the modes; the
 table gives the median over rounds with the lowest and highest round.
-GPU: the script times whole `generate()` calls (synchronised); added per call = (median generate time - bare's) /
-attention calls per generate.
+GPU: the script times whole `generate()` calls (synchronised) in pairs: one whose calls pass straight through
+attnprof's wrappers, one as the mode runs them, in alternating order; added per call = median over the pairs of
+(the mode's generate - the other) / attention calls per generate. Across runs a generate's time drifts by a third;
+within a pair it does not.
 
     python benchmarks/overhead.py                       # this machine (a few minutes on 2 loaded cores)
     python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, ~2-3 min
@@ -68,6 +70,7 @@ GPU_SCRIPT = '''\
 import json, sys, time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from attnprof.capture import patching
 
 out, n, device, layers, width, new_tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:7])
 sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -79,17 +82,35 @@ with torch.device(device):  # initialised on the GPU: seconds less per run than 
     model = GPT2LMHeadModel(config).to(torch.bfloat16 if device == "cuda" else torch.float32).eval()
 prompt = torch.randint(0, 32000, (4, 32), device=device)
 mask = torch.ones_like(prompt)
-times = []
+
+
+def generate():
+    sync()
+    t0 = time.perf_counter()
+    model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False, pad_token_id=0)
+    sync()
+    return time.perf_counter() - t0
+
+
+pairs = []
 with torch.no_grad():
-    for _ in range(n):
-        sync()
-        t0 = time.perf_counter()
-        model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, pad_token_id=0)
-        sync()
-        times.append(time.perf_counter() - t0)
+    for i in range(n):
+        # each pair: a generate whose wrapped calls pass straight through (attnprof's wrappers with no session behind
+        # them, as after `patching._dispatch = None`), and one as the mode runs it, in alternating order; the
+        # machine's drift between runs (a third of a generate's time) cancels within a pair
+        pair = [0.0, 0.0]
+        for half in ((0, 1) if i % 2 == 0 else (1, 0)):
+            saved = patching._dispatch
+            if half == 0:
+                patching._dispatch = None
+            try:
+                pair[half] = generate()
+            finally:
+                patching._dispatch = saved
+        pairs.append(pair)
 with open(out, "w") as f:
-    json.dump(times, f)
+    json.dump(pairs, f)
 '''
 
 
@@ -188,32 +209,40 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...], dry: bool = False) 
     layers, width, new_tokens = (2, 64, 4) if dry else (8, 512, 64)
     extra = ("cpu" if dry else "cuda", str(layers), str(width), str(new_tokens))
     calls_per_generate = layers * new_tokens  # the prompt's forward is the first token's
-    added: dict[str, list[float]] = {m: [] for m in modes if m != "bare"}
-    bare_s: list[float] = []
+    added: dict[str, list[float]] = {m: [] for m in modes}
+    spread: dict[str, list[float]] = {m: [] for m in modes}
+    generate_s: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         script = root / "decode.py"
         script.write_text(GPU_SCRIPT)
         for r in range(rounds):
-            medians = {}
             for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
-                # the first generate: the window, warm-up; profiling every call of more than one takes long to save
-                n = 2 if mode == "profiled" else generates
-                times = run_mode(mode, script, n, root, extra)[1:]
-                medians[mode] = statistics.median(times)
-            bare_s.append(medians["bare"])
-            for mode in added:
-                added[mode].append((medians[mode] - medians["bare"]) * 1e6 / calls_per_generate)
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {medians[m] * 1e3:.1f}" for m in modes)
-                  + " ms/generate", file=sys.stderr)
+                # the first pair: the window, warm-up; profiling every call of many takes long to save
+                n = 3 if mode == "profiled" else generates
+                pairs = run_mode(mode, script, n, root, extra)[1:]
+                per_call = sorted((wrapped - passed) * 1e6 / calls_per_generate for passed, wrapped in pairs)
+                added[mode].append(statistics.median(per_call))
+                spread[mode] += per_call
+                generate_s += [passed for passed, _ in pairs]
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {added[m][-1]:+.1f}" for m in modes)
+                  + " µs/call", file=sys.stderr)
     where = "CPU, --dry: not a measurement" if dry else torch.cuda.get_device_name()
     head = (f"GPU ({where}, torch {torch.__version__}): GPT-2 from a config ({layers} layers, d={width}, "
             f"{'fp32' if dry else 'bf16'}, sdpa), generate() of {new_tokens} new tokens at batch 4 = "
-            f"{calls_per_generate} attention calls; "
-            f"bare generate {statistics.median(bare_s) * 1e3:.1f} ms (median of rounds; rounds "
-            f"{min(bare_s) * 1e3:.1f}–{max(bare_s) * 1e3:.1f} ms: across runs, differences under "
-            f"{(max(bare_s) - min(bare_s)) * 1e6 / calls_per_generate:.0f} µs per call are noise)")
+            f"{calls_per_generate} attention calls, {generates - 1} pairs per run, {rounds} rounds; a generate "
+            f"with the wrappers passing straight through {statistics.median(generate_s) * 1e3:.1f} ms (median). "
+            f"Each pair is one generate as the mode runs it beside one whose calls pass straight through "
+            f"attnprof's wrappers (the `inert` cost, which the CPU loop gives, is not in these figures); `bare` "
+            f"and `inert` pair two alike generates: their spread is the noise. Per-pair spread (all rounds, "
+            f"10th–90th percentile): " + ", ".join(f"{m} {_percentile(spread[m], 10):+.0f} to "
+                                                    f"{_percentile(spread[m], 90):+.0f}" for m in modes) + " µs")
     return head + "\n\n" + table(added, "µs")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
 def main(argv=None) -> None:
@@ -224,7 +253,8 @@ def main(argv=None) -> None:
                    help="the loop of tiny SDPA calls on this device (cuda: the per-call host cost beside a GPU launch)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
-    p.add_argument("--generates", type=int, default=3, help="GPU: generate() calls per run (the first not counted)")
+    p.add_argument("--generates", type=int, default=6,
+                   help="GPU: pairs of generate() calls per run (the first not counted)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     a = p.parse_args(argv)
     modes = tuple(m for m in a.modes.split(",") if m)
