@@ -168,3 +168,15 @@ def test_an_ops_python_frames_are_found_by_their_parent_ids(tmp_path, ids):
 
     assert chain("aten::bmm") == ["attn", "model", "main"]
     assert chain("aten::mm") == ["mlp", "model", "main"]
+
+
+def test_an_input_with_a_negative_size_reads_as_no_shape(tmp_path):
+    """Kineto writes -1 sizes for inputs that are not tensors of known shape: such an entry reads as [], the other
+    entries as written; so does a hand-edited entry that mixes text and a negative integer."""
+    dims = [[2, 4, 8, 16], [-1], [3, -2, 5], [], ["x", -1], ["x", 1], [0, 7]]
+    op = _x("cpu_op", "aten::bmm", 10.0, 2.0, **{"Input Dims": dims})
+    other = _x("cpu_op", "aten::mm", 20.0, 2.0, **{"Input Dims": [[4, 4]]})
+    trace = load_torch_trace(_write(tmp_path, {"traceEvents": [op, other]}))
+    by_name = {trace.strings[trace.host.name[r]]: r for r in range(len(trace.host))}
+    assert trace.host.dims(by_name["aten::bmm"]) == [[2, 4, 8, 16], [], [], [], [], ["x", 1], [0, 7]]
+    assert trace.host.dims(by_name["aten::mm"]) == [[4, 4]]

@@ -6,6 +6,7 @@ names interned in a string table), never as one Python object each. Times are fl
 """
 from __future__ import annotations
 
+import bisect
 from array import array
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -68,6 +69,7 @@ class RawColumn:
         self.rows = rows  # int64, ascending: the rows that have bytes
         self.starts = starts  # int64 per entry of `rows`: their span in blob
         self.ends = ends
+        self._views: tuple[memoryview, ...] | None = None  # rows, starts, ends, for __getitem__
 
     @classmethod
     def from_rows(cls, values: list, n: int | None = None, at: np.ndarray | None = None) -> RawColumn:
@@ -109,11 +111,15 @@ class RawColumn:
         keep = np.ones(len(self.rows), dtype=bool)
         keep[entries] = False
         self.rows, self.starts, self.ends = self.rows[keep], self.starts[keep], self.ends[keep]
+        self._views = None
 
     def __getitem__(self, i: int) -> bytes | None:
-        j = int(self.rows.searchsorted(i))
-        if j < len(self.rows) and self.rows[j] == i:
-            return self.blob[self.starts[j]:self.ends[j]]
+        if self._views is None:  # read one at a time as Python ints: a numpy scalar per read costs several times more
+            self._views = tuple(np.ascontiguousarray(a).data for a in (self.rows, self.starts, self.ends))
+        rows, starts, ends = self._views
+        j = bisect.bisect_left(rows, i)
+        if j < len(rows) and rows[j] == i:
+            return self.blob[starts[j]:ends[j]]
         return None
 
     def __len__(self) -> int:
@@ -152,8 +158,7 @@ class HostEvents:
 
     def dims(self, i: int) -> list:
         """Input shapes; an entry holding a negative size (not a shape) reads as [] ."""
-        return [d if not (isinstance(d, list) and any(isinstance(x, int) and x < 0 for x in d)) else []
-                for d in _decoded(self.input_dims[i])]
+        return [[] if type(d) is list and d and _negative_size(d) else d for d in _decoded(self.input_dims[i])]
 
     def types(self, i: int) -> list:
         return _decoded(self.input_types[i])
@@ -163,6 +168,13 @@ class HostEvents:
 
     def concrete(self, i: int) -> list:
         return _decoded(self.concrete_inputs[i])
+
+
+def _negative_size(sizes: list) -> bool:
+    try:  # sizes are integers: one C-level pass
+        return min(sizes) < 0
+    except TypeError:  # anything else in there (a hand-edited trace): only its integers count
+        return any(isinstance(x, int) and x < 0 for x in sizes)
 
 
 def _decoded(raw: bytes | None) -> list:
