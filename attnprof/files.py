@@ -84,9 +84,11 @@ def plain_size(path: Path, max_mb: float = DEFAULT_MAX_INPUT_MB) -> int | None:
     """The size of a regular file that is not gzipped (it can be read at any offset), None for anything else (a
     pipe, a gzip file, a file that cannot be read: `read_pieces` says why). Too big for the cap: AttnprofError."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # told before opening: opening a FIFO waits for (and steals) its writer
+            return None
         with open(path, "rb", buffering=0) as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode) or os.pread(f.fileno(), 2, 0) == _GZIP_MAGIC:
+            if os.pread(f.fileno(), 2, 0) == _GZIP_MAGIC:
                 return None
     except OSError:
         return None
