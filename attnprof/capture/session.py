@@ -167,10 +167,6 @@ def _run(call: _Call, original: Any, args: tuple, kwargs: dict) -> tuple[Any, fl
     return original(*args, **kwargs), None
 
 
-class _ThreadState(threading.local):
-    busy = False  # inside a followed attention call: nested ones pass straight through
-
-
 class Session:
     def __init__(self, options: TraceOptions, target: Target):
         self.options = options
@@ -202,7 +198,10 @@ class Session:
         self.notes: list[str] = []  # what attnprof did instead of what was asked (runinfo note, said once)
         self._profiled_calls = InFlight()
         self._spans = 0
-        self._tls = _ThreadState()
+        #: threads (idents) inside a followed attention call, or a quiet one that may reach another wrapped function:
+        #: their nested calls pass straight through. A set rather than a threading.local: while it is empty (no
+        #: call nests) the quiet path tests it for nothing but emptiness; its add, discard and `in` are atomic.
+        self._busy: set[int] = set()
         self._optimizer_hook: Any = None  # torch's RemovableHandle, once registered
         self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
@@ -519,7 +518,7 @@ class Session:
         return unwrapped_call
 
     def _on_unwrapped_call(self, frame: Any) -> None:
-        if getattr(self._tls, "busy", False):
+        if self._busy and threading.get_ident() in self._busy:
             return
         try:
             site, _, user = self.resolver.call_site(frame)
@@ -533,7 +532,7 @@ class Session:
     def _passes_through(self, entry: EntryPoint, args: tuple, kwargs: dict) -> bool:
         """Whether a call goes straight to the original: no session, a call nested in one being followed, or one its
         entry point leaves to a nested entry point (`record_if`)."""
-        if not self._enabled or self._tls.busy:
+        if not self._enabled or (self._busy and threading.get_ident() in self._busy):
             return True
         if self.sources is not None and self.sources.pending:
             self.sources.retry()
@@ -550,28 +549,31 @@ class Session:
         """What every wrapped call runs. One that changes nothing but counters (in a warm-up step, the step after the
         window, and after it with --after nvtx) takes the quiet path: its site (found once per path of frames), the
         step counter, the warm-up count and, only when a tool listens to NVTX, its range. The others enter the window
-        under its lock and are timed or profiled (`_follow`). A closure over what it reads: on a slow CPU each
-        attribute lookup saved is ~0.1 µs per call."""
-        session, tls, sources = self, self._tls, self.sources
+        under its lock and are timed or profiled (`_follow`). A closure over what it reads, and what is constant for
+        a path of frames is kept on it (`_quiet_memo`): on a slow CPU each attribute lookup saved is ~0.1 µs per
+        call."""
+        session, busy, get_ident, sources = self, self._busy, threading.get_ident, self.sources
         site_path, quiet_call, follow = self.resolver.site_path, self.window.quiet_call, self._follow
         nvtx, getframe, tensor = self._nvtx_on, sys._getframe, torch.Tensor
 
         def dispatch(entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
-            if tls.busy or not session._enabled:
+            if (busy and get_ident() in busy) or not session._enabled:
                 return original(*args, **kwargs)
             if ((entry.record_if is not None or (sources is not None and sources.pending))
                     and session._passes_through(entry, args, kwargs)):
                 return original(*args, **kwargs)
+            call_id = 0
             try:
                 frame = getframe(2)  # the wrapper's caller
                 path = site_path(frame)
-                call_id, warm = quiet_call(path.site, session._quiet_after) if path is not None else (0, False)
-                if call_id and path is not None:
+                if path is not None:
                     quiet = path.memo
                     if quiet is None or quiet[0] is not entry:
-                        quiet = path.memo = session._quiet_memo(entry, path.site)
-                    if warm:
-                        quiet[1].warmup_calls += 1
+                        quiet = session._quiet_memo(entry, path)
+                    if quiet is not None:
+                        call_id = quiet_call(quiet[5], session._quiet_after)
+                        if call_id > 0:  # a warm-up call
+                            quiet[1].warmup_calls += 1
             except Exception as e:
                 session._note_error("could not follow an attention call", e)
                 return original(*args, **kwargs)
@@ -579,17 +581,18 @@ class Session:
                 return follow(entry, original, args, kwargs, frame, path)
             nests = quiet[4]
             if nvtx:
-                _nvtx_push(quiet[3] + str(call_id))
+                _nvtx_push(quiet[3] + str(call_id if call_id > 0 else -call_id))
             if nests:
-                tls.busy = True
+                me = get_ident()
+                busy.add(me)
             try:
                 result = original(*args, **kwargs)
             finally:
                 if nests:
-                    tls.busy = False
+                    busy.discard(me)
                 if nvtx:
                     _nvtx_pop()
-            if warm:  # a warm-up call's backward is counted too
+            if call_id > 0:  # a warm-up call's backward is counted too
                 out = result if type(result) is tensor else first_tensor(result)
                 if out is not None and out.grad_fn is not None:
                     session.timer.count_backward(out, quiet[2])
@@ -597,19 +600,28 @@ class Session:
 
         return dispatch
 
-    def _quiet_memo(self, entry: EntryPoint, site: str) -> tuple:
-        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points): what the quiet
-        path keeps on a path to `site` (`SitePath.memo`). Only calls that can reach another wrapped function mark
-        their thread busy (transformers' functions call SDPA or flash-attn; torch's own ops call none)."""
+    def _quiet_memo(self, entry: EntryPoint, path: SitePath) -> tuple | None:
+        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points, marks steps): what
+        the quiet path keeps on a path (`SitePath.memo`), made on its first call through `entry`. Only calls that
+        can reach another wrapped function mark their thread busy (transformers' functions call SDPA or flash-attn;
+        torch's own ops call none). `marks steps`: the path's site is the window's first site, whose calls start
+        the steps when steps are found by site recurrence; None (nothing kept) until the first call set that site
+        (it never changes after)."""
+        first_site = self.window.first_site
+        if first_site is None:
+            return None
+        site = path.site
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
-        return (entry, self.timer.clock(site, entry.op, "fwd").timing, self.timer.clock(site, entry.op, "bwd"),
-                self._range_prefix(entry.op, site), nests)
+        memo = path.memo = (entry, self.timer.clock(site, entry.op, "fwd").timing,
+                            self.timer.clock(site, entry.op, "bwd"), self._range_prefix(entry.op, site), nests,
+                            site == first_site)
+        return memo
 
     def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any,
                 path: SitePath | None) -> Any:
         """A call that is timed or profiled, or may open or close the window. Between the start of its timing and
         the call nothing else runs, nor between the call and the end: the end event (or clock) comes first."""
-        tls = self._tls
+        busy = self._busy
         try:
             if path is None:
                 site, function, user = UNKNOWN_SITE, "?", None
@@ -619,7 +631,8 @@ class Session:
         except Exception as e:
             self._note_error("could not follow an attention call", e)
             return original(*args, **kwargs)
-        tls.busy = True
+        me = threading.get_ident()
+        busy.add(me)
         us = None
         try:
             if call.phase == PROFILED:
@@ -628,10 +641,10 @@ class Session:
             else:
                 result, us = _run(call, original, args, kwargs)
         except BaseException:
-            tls.busy = False
+            busy.discard(me)
             self._abort(call)
             raise
-        tls.busy = False
+        busy.discard(me)
         try:
             self._exit(entry, original, call, args, kwargs, result, us)
         except Exception as e:

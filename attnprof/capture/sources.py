@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
@@ -121,6 +122,7 @@ class SiteResolver:
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
         #: instruction offset of a call's first frame -> the paths seen from there (see site_path)
         self._site_paths: dict[int, tuple[SitePath, ...]] = {}
+        self.site_path = self._make_site_path()
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -172,25 +174,38 @@ class SiteResolver:
             return UNKNOWN_SITE, "?", None
         return path.site, path.function, self.user_of(path, frame)
 
-    def site_path(self, frame: FrameType) -> SitePath | None:
-        """The path from `frame` to its call site (None: no user frame). Found once per path: a later call on the
-        same path compares code objects by identity and two instruction offsets, one dictionary lookup in all."""
-        code = frame.f_code
-        lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
-        for path in self._site_paths.get(lasti, ()):
-            if path.code is not code:
-                continue
-            f = frame.f_back
-            for step_code, step_lasti in path.steps:
-                if f is None:
-                    if step_code is None:  # the path ran off the stack there too
-                        return path
-                    break
-                if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
-                    break
-                f = f.f_back
-            else:
-                return path
+    def _make_site_path(self) -> Callable[[FrameType], SitePath | None]:
+        """`site_path(frame)`: the path from `frame` to its call site (None: no user frame). Found once per path: a
+        later call on the same path compares code objects by identity and instruction offsets, one dictionary lookup
+        in all. A closure over the table it reads: it runs on every attention call."""
+        paths_at = self._site_paths.get
+        add_path = self._add_path
+
+        def site_path(frame: FrameType) -> SitePath | None:
+            code = frame.f_code
+            lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
+            for path in paths_at(lasti, ()):
+                if path.code is not code:
+                    continue
+                steps = path.steps
+                if not steps:  # the call's first frame is its site, at module level
+                    return path
+                f = frame.f_back
+                for step_code, step_lasti in steps:
+                    if f is None:
+                        if step_code is None:  # the path ran off the stack there too
+                            return path
+                        break
+                    if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
+                        break
+                    f = f.f_back
+                else:
+                    return path
+            return add_path(frame, lasti)
+
+        return site_path
+
+    def _add_path(self, frame: FrameType, lasti: int) -> SitePath | None:
         user = self.user_frame(frame)
         if user is None:
             return None

@@ -164,41 +164,44 @@ class StepWindow:
             self.first_timed_call = self.calls
         return self.calls, self.step, profiled
 
-    def quiet_call(self, site: str, after_too: bool) -> tuple[int, bool]:
+    def quiet_call(self, marks: bool, after_too: bool) -> int:
         """`enter_call` and `exit_call` at once, without the lock, for a call that changes nothing but counters: one
         in a warm-up step that neither opens nor closes the window, the step right after the window, or (with
-        `after_too`) any call after the window. (call id, counted as warm-up), or (0, False) for any other call: the
-        caller then takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the
-        same instant can lose a count (a call id or step number, never a timing)."""
-        state = self.state
-        if state == OPEN or not self.calls:  # the first call (or one after unwrapped calls only): `enter_call`
-            return 0, False
+        `after_too`) any call after the window. `marks`: the call's site is `first_site` (whose calls start the steps
+        when they are found by site recurrence); the caller knows it once per path of frames. Returns the call id,
+        negated when the call is not a warm-up call (after the window), or 0 for any other call: the caller then
+        takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the same instant
+        can lose a count (a call id or step number, never a timing). Plain attributes only, no tuple: it runs on
+        every quiet call."""
+        state = self._state
+        if state is OPEN or not self.calls:  # the first call (or one after unwrapped calls only): `enter_call`
+            return 0
         unit = self.unit
         step = self.step
         if unit == "call":
             step += 1
-        elif unit != "optimizer" and self.root is None and site == self.first_site:
+        elif marks and unit != "optimizer" and self.root is None:
             if self.period is None:  # the first recurrence sets the unit and the period
-                return 0, False
+                return 0
             step += 1
         if step < self.warmup:
-            if state == WAITING and step >= self.first - 1:  # its exit may open the window
-                return 0, False
+            if state is WAITING and step >= self.first - 1:  # its exit may open the window
+                return 0
             warm = True
-        elif state == WAITING or not self.tried or self.first_timed_call is None:  # timed (or --active 0)
-            return 0, False
+        elif state is WAITING or not self.tried or self.first_timed_call is None:  # timed (or --active 0)
+            return 0
         else:  # after the window
             warm = self.settling(step)
             if not (warm or after_too):
-                return 0, False
-        self.calls += 1
+                return 0
+        calls = self.calls = self.calls + 1
         if step != self.step:
             self.step = step
             self.calls_in_step = 1
         else:
             self.calls_in_step += 1
         self.step_ran = True
-        return self.calls, warm
+        return calls if warm else -calls
 
     def unwrapped_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
         """A call whose attention runs unwrapped inside it (a torch.compile'd module or function, a fused layer op)
