@@ -554,7 +554,7 @@ class Session:
         call."""
         session, busy, get_ident, sources = self, self._busy, threading.get_ident, self.sources
         site_path, quiet_call, follow = self.resolver.site_path, self.window.quiet_call, self._follow
-        nvtx, getframe, tensor = self._nvtx_on, sys._getframe, torch.Tensor
+        nvtx, getframe, tensor, grad_enabled = self._nvtx_on, sys._getframe, torch.Tensor, torch.is_grad_enabled
 
         def dispatch(entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
             if (busy and get_ident() in busy) or not session._enabled:
@@ -592,7 +592,9 @@ class Session:
                     busy.discard(me)
                 if nvtx:
                     _nvtx_pop()
-            if call_id > 0:  # a warm-up call's backward is counted too
+            # a warm-up call's backward is counted too; with grad off (no_grad, inference_mode) a torch op's result
+            # has none: the grad mode is cheaper to ask than the result's grad_fn
+            if call_id > 0 and (nests or grad_enabled()):
                 out = result if type(result) is tensor else first_tensor(result)
                 if out is not None and out.grad_fn is not None:
                     session.timer.count_backward(out, quiet[2])
