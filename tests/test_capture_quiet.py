@@ -157,8 +157,8 @@ def test_a_site_recurrence_before_the_period_is_known_takes_the_locked_path():
 
 def test_warm_up_backward_is_counted_with_grad_on_and_not_asked_for_with_grad_off(trace):
     """A warm-up call's backward is counted (the gate on grad mode must not skip it), and under no_grad there is none
-    to count. Fails when the gate drops the grad-mode case (`call_id > 0 and (nests or grad_enabled())` -> `nests`):
-    the backward of warm-up calls 2-3 goes uncounted."""
+    to count. Fails when the dispatch's gate on grad mode skips the grad-on case (`call_id > 0 and grad_enabled()`
+    -> `call_id > 0 and False`): no warm-up backward is counted."""
     r = trace("""\
         import torch
         import torch.nn.functional as F

@@ -47,8 +47,9 @@ _compiler = torch.compiler
 #: Whether the wrapper runs under a tracer: dynamo folds `is_dynamo_compiling()` to True where it traces (and its
 #: runtime body is `return False`, one call instead of is_compiling's two); export's non-strict tracing runs the
 #: wrapper for real with `torch.compiler._is_compiling_flag` set. Together they are `is_compiling()` (whose third
-#: case, TorchScript, never reaches a wrapper's body: the wrappers are TorchScript builtins). Older torch without
-#: them: is_compiling itself.
+#: case, TorchScript, never reaches a wrapper's body: the wrappers are TorchScript builtins). The order matters:
+#: dynamo must stop at `is_dynamo_compiling()`, or it reads the flag (True while it compiles, on torch 2.13) and
+#: may guard the graph on that value, false when the graph runs. Older torch without them: is_compiling itself.
 _FAST_COMPILING_TEST = (callable(getattr(_compiler, "is_dynamo_compiling", None))
                         and isinstance(getattr(_compiler, "_is_compiling_flag", None), bool))
 _is_dynamo_compiling = _compiler.is_dynamo_compiling if _FAST_COMPILING_TEST else _is_compiling

@@ -157,6 +157,13 @@ class _Call:
     place: Place | None
 
 
+class _NoSources:
+    pending = False  # --no-source-lines: no source-line mode waits to come off the stack
+
+
+_NO_SOURCES = _NoSources()
+
+
 def _run(call: _Call, original: Any, args: tuple, kwargs: dict) -> tuple[Any, float | None]:
     """(the call's result, its host-clock µs when timed on the CPU): between CUDA events when timed on a GPU (their
     µs come later), else as is."""
@@ -551,50 +558,38 @@ class Session:
         step counter, the warm-up count and, only when a tool listens to NVTX, its range. The others enter the window
         under its lock and are timed or profiled (`_follow`). A closure over what it reads, and what is constant for
         a path of frames is kept on it (`_quiet_memo`): on a slow CPU each attribute lookup saved is ~0.1 µs per
-        call."""
-        session, busy, get_ident, sources = self, self._busy, threading.get_ident, self.sources
-        site_path, quiet_call, follow = self.resolver.site_path, self.window.quiet_call, self._follow
-        nvtx, getframe, tensor, grad_enabled = self._nvtx_on, sys._getframe, torch.Tensor, torch.is_grad_enabled
+        call, and a quiet call that neither nests nor pushes an NVTX range runs the original with nothing around."""
+        session, busy, get_ident = self, self._busy, threading.get_ident
+        sources = self.sources if self.sources is not None else _NO_SOURCES
+        site_path, quiet_call, follow, careful = (self.resolver.site_path, self.window.quiet_call, self._follow,
+                                                  self._quiet_careful)
+        getframe, tensor, grad_enabled = sys._getframe, torch.Tensor, torch.is_grad_enabled
 
         def dispatch(entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
             if (busy and get_ident() in busy) or not session._enabled:
                 return original(*args, **kwargs)
-            if ((entry.record_if is not None or (sources is not None and sources.pending))
-                    and session._passes_through(entry, args, kwargs)):
+            if (entry.record_if is not None or sources.pending) and session._passes_through(entry, args, kwargs):
                 return original(*args, **kwargs)
-            call_id = 0
             try:
                 frame = getframe(2)  # the wrapper's caller
                 path = site_path(frame)
-                if path is not None:
-                    quiet = path.memo
-                    if quiet is None or quiet[0] is not entry:
-                        quiet = session._quiet_memo(entry, path)
-                    if quiet is not None:
-                        call_id = quiet_call(quiet[5], session._quiet_after)
-                        if call_id > 0:  # a warm-up call
-                            quiet[1].warmup_calls += 1
+                quiet: Any = path.memo if path is not None else None
+                if quiet is None or quiet[0] is not entry:
+                    quiet = session._quiet_memo(entry, path)
+                call_id = quiet_call(quiet[5], session._quiet_after) if quiet is not None else 0
+                if call_id > 0:  # a warm-up call
+                    quiet[1].warmup_calls += 1
             except Exception as e:
                 session._note_error("could not follow an attention call", e)
                 return original(*args, **kwargs)
             if not call_id:
                 return follow(entry, original, args, kwargs, frame, path)
-            nests = quiet[4]
-            if nvtx:
-                _nvtx_push(quiet[3] + str(call_id if call_id > 0 else -call_id))
-            if nests:
-                me = get_ident()
-                busy.add(me)
-            try:
-                result = original(*args, **kwargs)
-            finally:
-                if nests:
-                    busy.discard(me)
-                if nvtx:
-                    _nvtx_pop()
+            if quiet[4]:
+                return careful(quiet, call_id, original, args, kwargs)
+            result = original(*args, **kwargs)
             # a warm-up call's backward is counted too; with grad off (no_grad, inference_mode) a torch op's result
             # has none: the grad mode is cheaper to ask than the result's grad_fn
-            if call_id > 0 and (nests or grad_enabled()):
+            if call_id > 0 and grad_enabled():
                 out = result if type(result) is tensor else first_tensor(result)
                 if out is not None and out.grad_fn is not None:
                     session.timer.count_backward(out, quiet[2])
@@ -602,21 +597,44 @@ class Session:
 
         return dispatch
 
-    def _quiet_memo(self, entry: EntryPoint, path: SitePath) -> tuple | None:
-        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points, marks steps): what
-        the quiet path keeps on a path (`SitePath.memo`), made on its first call through `entry`. Only calls that
-        can reach another wrapped function mark their thread busy (transformers' functions call SDPA or flash-attn;
-        torch's own ops call none). `marks steps`: the path's site is the window's first site, whose calls start
-        the steps when steps are found by site recurrence; None (nothing kept) until the first call set that site
-        (it never changes after)."""
+    def _quiet_careful(self, quiet: tuple, call_id: int, original: Any, args: tuple, kwargs: dict) -> Any:
+        """A quiet call that may reach another wrapped function (its thread is busy meanwhile: nested calls pass
+        straight through) or whose NVTX range is pushed (a tool listens)."""
+        nests, nvtx = quiet[6], self._nvtx_on
+        if nvtx:
+            _nvtx_push(quiet[3] + str(call_id if call_id > 0 else -call_id))
+        if nests:
+            me = threading.get_ident()
+            self._busy.add(me)
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            if nests:
+                self._busy.discard(me)
+            if nvtx:
+                _nvtx_pop()
+        if call_id > 0 and (nests or torch.is_grad_enabled()):  # a function may turn grad on inside
+            out = result if type(result) is torch.Tensor else first_tensor(result)
+            if out is not None and out.grad_fn is not None:
+                self.timer.count_backward(out, quiet[2])
+        return result
+
+    def _quiet_memo(self, entry: EntryPoint, path: SitePath | None) -> tuple | None:
+        """(entry, forward SiteTiming, backward clock, range prefix, careful, marks steps, nests): what the quiet path
+        keeps on a path (`SitePath.memo`), made on its first call through `entry`; None (nothing kept) without a
+        path or until the first call set the window's first site (it never changes after). `nests`: the call can
+        reach another wrapped function, so its thread is marked busy (transformers' functions call SDPA or
+        flash-attn; torch's own ops call none). `careful`: it nests or pushes an NVTX range (`_quiet_careful`).
+        `marks steps`: the path's site is the first site, whose calls start the steps when steps are found by
+        site recurrence."""
         first_site = self.window.first_site
-        if first_site is None:
+        if path is None or first_site is None:
             return None
         site = path.site
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
         memo = path.memo = (entry, self.timer.clock(site, entry.op, "fwd").timing,
-                            self.timer.clock(site, entry.op, "bwd"), self._range_prefix(entry.op, site), nests,
-                            site == first_site)
+                            self.timer.clock(site, entry.op, "bwd"), self._range_prefix(entry.op, site),
+                            nests or self._nvtx_on, site == first_site, nests)
         return memo
 
     def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any,
