@@ -43,7 +43,7 @@ from attnprof.capture.runner import (
 )
 from attnprof.capture.sources import UNKNOWN_SITE, Place, SitePath, SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, SiteClock, Timer, event_timed, host_timed
-from attnprof.capture.window import StepWindow
+from attnprof.capture.window import StepWindow, WindowState
 from attnprof.errors import AttnprofError, failure_reason
 from attnprof.files import say
 from attnprof.trace.runinfo import (
@@ -620,9 +620,10 @@ class Session:
         return result
 
     def _quiet_memo(self, entry: EntryPoint, path: SitePath | None) -> tuple | None:
-        """(entry, forward SiteTiming, backward clock, range prefix, careful, marks steps, nests): what the quiet path
-        keeps on a path (`SitePath.memo`), made on its first call through `entry`; None (nothing kept) without a
-        path or until the first call set the window's first site (it never changes after). `nests`: the call can
+        """(entry, forward SiteTiming, backward clock, range prefix, careful, marks steps, nests, forward clock): what
+        the quiet path (and `_follow`, the clock) keeps on a path (`SitePath.memo`), made on its first call through
+        `entry`; None (nothing kept) without a path or until the first call set the window's first site (it never
+        changes after). `nests`: the call can
         reach another wrapped function, so its thread is marked busy (transformers' functions call SDPA or
         flash-attn; torch's own ops call none). `careful`: it nests or pushes an NVTX range (`_quiet_careful`).
         `marks steps`: the path's site is the first site, whose calls start the steps when steps are found by
@@ -632,9 +633,9 @@ class Session:
             return None
         site = path.site
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
-        memo = path.memo = (entry, self.timer.clock(site, entry.op, "fwd").timing,
-                            self.timer.clock(site, entry.op, "bwd"), self._range_prefix(entry.op, site),
-                            nests or self._nvtx_on, site == first_site, nests)
+        fwd = self.timer.clock(site, entry.op, "fwd")
+        memo = path.memo = (entry, fwd.timing, self.timer.clock(site, entry.op, "bwd"),
+                            self._range_prefix(entry.op, site), nests or self._nvtx_on, site == first_site, nests, fwd)
         return memo
 
     def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any,
@@ -647,7 +648,9 @@ class Session:
                 site, function, user = UNKNOWN_SITE, "?", None
             else:
                 site, function, user = path.site, path.function, self.resolver.user_of(path, frame)
-            call = self._enter(entry, args, kwargs, frame, site, function, user)
+            memo = path.memo if path is not None else None
+            clock = memo[7] if memo is not None and memo[0] is entry else self.timer.clock(site, entry.op, "fwd")
+            call = self._enter(entry, args, kwargs, frame, site, function, user, clock)
         except Exception as e:
             self._note_error("could not follow an attention call", e)
             return original(*args, **kwargs)
@@ -695,9 +698,9 @@ class Session:
         return prefix
 
     def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict, frame: Any, site: str, function: str,
-               user: Any) -> _Call:
+               user: Any, clock: SiteClock) -> _Call:
         """`frame`: the wrapper's caller (inside the module calls, where the step's root is found); `user`: the user
-        frame of the call site."""
+        frame of the call site; `clock`: the forward clock of the site and op."""
         call = _Call()
         with self.window.lock:
             call.call_id, call.step, profiled = self.window.enter_call(site, frame, user)
@@ -713,7 +716,7 @@ class Session:
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
             self._cuda_device = call.device
-        call.clock = clock = self.timer.clock(site, entry.op, "fwd")
+        call.clock = clock
         call.events = None
         call.timed = call.phase != WARMUP
         if not call.timed:
@@ -748,8 +751,16 @@ class Session:
             self._arm_backward(entry, call, args, kwargs, result)
         finally:
             self.timer.tick()
-            with self.window.lock:
-                self.window.exit_call()
+            self._exit_window()
+
+    def _exit_window(self) -> None:
+        """`exit_call` under the lock, when it may open the window: a call in the step before the window's first
+        while it waits. Read first without the lock: a call in any other step leaves the window as it is, and the
+        call that ends that step checks for itself."""
+        w = self.window
+        if w.state is WindowState.WAITING and w.step == w.first - 1:
+            with w.lock:
+                w.exit_call()
 
     def _abort(self, call: _Call) -> None:
         try:
@@ -759,8 +770,7 @@ class Session:
             if self._nvtx_on:
                 _nvtx_pop()
             ncu_select.exit(call.ncu)
-            with self.window.lock:
-                self.window.exit_call()
+            self._exit_window()
         except Exception as e:
             self._note_error("could not close an attention call that raised", e,
                              "its timing and NVTX range may be left open")
@@ -783,7 +793,7 @@ class Session:
         self.calls.append(info)
 
     def _arm_backward(self, entry: EntryPoint, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
-        out = first_tensor(result)
+        out = result if type(result) is torch.Tensor else first_tensor(result)
         if out is None or out.grad_fn is None:  # no grad_fn: no backward (also under no_grad / inference_mode)
             return
         clock = self.timer.clock(call.site, entry.op, "bwd")

@@ -143,15 +143,15 @@ class StepWindow:
     # --- events -----------------------------------------------------------------------------------------------------
 
     def before_script(self) -> None:
-        try:
-            if self.first == 0 and self.active > 0:
-                self._open()
-        finally:
-            self._relane()
+        if self.first == 0 and self.active > 0:
+            self._open()
 
     def enter_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> tuple[int, int, bool]:
         """(call id, step, profiled) of an attention call about to run; `frame` is the innermost frame outside
-        attnprof (where the module calls are), `user` the user frame of the call site."""
+        attnprof (where the module calls are), `user` the user frame of the call site. What `quiet_call` reads is
+        derived again only when the call changed it (the first call, the unit or period found, the first timed
+        call; the state changes do it themselves): this runs on every timed call."""
+        unit, period, first_timed = self.unit, self.period, self.first_timed_call
         try:
             self.calls += 1
             self.step_ran = True
@@ -172,9 +172,13 @@ class StepWindow:
             self.calls_in_step += 1
             if self.first_timed_call is None and self.step >= self.warmup:
                 self.first_timed_call = self.calls
-            return self.calls, self.step, profiled
-        finally:
+        except BaseException:
             self._relane()
+            raise
+        if (self.calls == 1 or self.unit != unit or self.period != period
+                or self.first_timed_call != first_timed):
+            self._relane()
+        return self.calls, self.step, profiled
 
     def quiet_call(self, marks: bool, after_too: bool) -> int:
         """`enter_call` and `exit_call` at once, without the lock, for a call that changes nothing but counters: one
@@ -211,8 +215,9 @@ class StepWindow:
         moves the step (`_bump`; `_bump_marked` for a call at `first_site`, None while the period is unknown), the
         steps whose calls are quiet warm-up calls (below `_warm_below`: in a warm-up step that cannot open the
         window), whether calls after the window may be quiet (`_after_ok`) and the step right after it
-        (`_settle`). Called at the end of every event and whenever the state changes (`_set_state`), so that a
-        window about to open is never seen as waiting."""
+        (`_settle`). Called at the end of the events that change what it reads besides the state (a call's entry,
+        an unwrapped call, an optimizer step, a root forward) and whenever the state changes (`_set_state`, before
+        the profiler starts or stops)."""
         unit = self.unit
         if unit == "call":
             self._bump, self._bump_marked = 1, 1
@@ -248,14 +253,11 @@ class StepWindow:
             self._relane()
 
     def exit_call(self) -> None:
-        try:
-            if self._state != WAITING or self.step != self.first - 1:
-                return
-            if self.unit == "call" or (self.unit == "iteration" and self.root is None and self.period is not None
-                                       and self.calls_in_step >= self.period):
-                self._open()
-        finally:
-            self._relane()
+        if self._state is not WAITING or self.step != self.first - 1:
+            return
+        if self.unit == "call" or (self.unit == "iteration" and self.root is None and self.period is not None
+                                   and self.calls_in_step >= self.period):
+            self._open()
 
     def optimizer_step(self) -> None:
         try:
@@ -287,24 +289,18 @@ class StepWindow:
                          "that forward was not counted as a step")
 
     def script_ended(self) -> None:
-        try:
-            if self._state == OPEN:
-                # A step that began (an optimizer step ended the one before) but ran nothing was not profiled.
-                last = self.step if self.step_ran or not self.profiled or self.step <= self.profiled[0] else self.step - 1
-                if last < self.end - 1 and not self.cold:
-                    self.stopped_early = (f"the script ended during step {last}, before the window's last step "
-                                          f"{self.end - 1}")
-                self._close(None, last=last)
-        finally:
-            self._relane()
+        if self._state == OPEN:
+            # A step that began (an optimizer step ended the one before) but ran nothing was not profiled.
+            last = self.step if self.step_ran or not self.profiled or self.step <= self.profiled[0] else self.step - 1
+            if last < self.end - 1 and not self.cold:
+                self.stopped_early = (f"the script ended during step {last}, before the window's last step "
+                                      f"{self.end - 1}")
+            self._close(None, last=last)
 
     def stop_early(self, reason: str) -> None:
         """Close an open window now, whatever the step (the script needs the profiler for itself)."""
-        try:
-            if self._state == OPEN:
-                self._close(reason, last=self.step)
-        finally:
-            self._relane()
+        if self._state == OPEN:
+            self._close(reason, last=self.step)
 
     def disable(self) -> None:
         """No window from here on, whatever the hooks see (a forked child: no profiler there; the parent's is not
