@@ -219,3 +219,38 @@ def test_the_wrapper_passes_through_where_dynamo_traces(monkeypatch):
         torch._dynamo.reset()
     assert dispatched == []
     assert torch.allclose(out, torch._C._nn.scaled_dot_product_attention(q, q, q) * 2)
+
+
+# --- the timed path ---------------------------------------------------------------------------------------------------
+
+
+def test_the_current_stream_is_read_per_call_and_its_object_made_once_per_stream(monkeypatch):
+    """Timer.pair hands out the stream that is current at the call (CUDA faked: the current stream's numbers come
+    from a variable), building a Stream object once per stream. Fails when the cache is keyed by the device alone
+    (`self._streams.get(device)`: the call after a switch to another stream records on the old one) or when there
+    is no cache (one Stream built per call)."""
+    from attnprof.capture import timing
+
+    current = [(7, 0, 1)]
+    built = []
+
+    class Stream:
+        def __init__(self, stream_id, device_index, device_type):
+            built.append(stream_id)
+            self.stream_id = stream_id
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+    monkeypatch.setattr(timing, "_current_stream_data", lambda device: current[0])
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    timer = timing.Timer()
+    first = timer.pair(0)[2]
+    assert timer.pair(0)[2] is first and first.stream_id == 7
+    current[0] = (9, 0, 1)  # the script entered `with torch.cuda.stream(s)`
+    assert timer.pair(0)[2].stream_id == 9
+    current[0] = (7, 0, 1)
+    assert timer.pair(0)[2] is first
+    assert built == [7, 9]
