@@ -217,6 +217,7 @@ class Session:
         self._final: RunInfo | None = None
         self._range_prefixes: dict[tuple[str, str], str] = {}  # (op, site) -> ASCII `<op> <site> #`
         self._nvtx_on = _nvtx_listening()
+        self._ncu = ncu_select.selecting()  # under `attnprof ncu` (fixed for the process: its environment)
         #: calls after the window take the quiet path: set when a profiled window closes under --after nvtx
         self._quiet_after = False
         self.dispatch = self._make_dispatch()
@@ -702,13 +703,14 @@ class Session:
         """`frame`: the wrapper's caller (inside the module calls, where the step's root is found); `user`: the user
         frame of the call site; `clock`: the forward clock of the site and op."""
         call = _Call()
-        with self.window.lock:
-            call.call_id, call.step, profiled = self.window.enter_call(site, frame, user)
-        untimed = call.step < self.window.warmup or self.window.settling(call.step)
+        w = self.window
+        with w.lock:
+            call.call_id, call.step, profiled = w.enter_call(site, frame, user)
+        untimed = call.step < w.warmup or w.settling(call.step)
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
         # (traces/h100/seed-fwd). Calls after the window are timed apart; true times come from before it.
-        after = self.window.tried and self.window.is_over
+        after = w.tried and w.is_over
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
@@ -723,7 +725,7 @@ class Session:
             clock.timing.warmup_calls += 1
         if self._nvtx_on:
             _nvtx_push(call.name)
-        call.ncu = ncu_select.enter(call.step >= self.window.warmup, self.resolver)
+        call.ncu = ncu_select.enter(call.step >= w.warmup, self.resolver) if self._ncu else False
         if call.timed and call.device is not None:
             try:
                 call.events = self.timer.pair(call.device)
@@ -744,7 +746,8 @@ class Session:
             self._note_error("could not time an attention call", e)
         if self._nvtx_on:
             _nvtx_pop()
-        ncu_select.exit(call.ncu)
+        if call.ncu:
+            ncu_select.exit(True)
         try:
             if call.phase == PROFILED:
                 self._record(entry, original, call, args, kwargs, result)
