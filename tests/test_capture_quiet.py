@@ -93,9 +93,9 @@ def test_a_call_in_a_window_opened_cold_is_never_quiet():
 
 def test_quiet_calls_follow_the_window_from_warm_up_to_after_it():
     """Step = call, --warmup 2 --timed 1 --active 1: the quiet path takes call 2 (warm-up) and, with after_too, the
-    calls after the window (the settling step as a warm-up call, later ones not); the others are refused. Fails when
-    the after-window lane ignores the settling step (`_settle = -1`) or lets timed calls through (`_after_ok`
-    without `state is DONE`)."""
+    calls after the window (not as warm-up calls: the settling step's call closed the window under the lock); the
+    others are refused. Fails when the after-window lane lets timed calls through (`_after_ok` without `state is
+    DONE`) or when a call's entry does not derive the lane again after the first call (the warm-up call refused)."""
     w = _window()
     assert w.quiet_call(False, True) == 0  # no call yet: the first call finds the step
     assert _enter(w) == (1, 0, False)
