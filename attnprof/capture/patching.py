@@ -43,6 +43,23 @@ _originals: dict[int, Any] = {}
 _lock = threading.Lock()
 
 _is_compiling = torch.compiler.is_compiling
+_compiler = torch.compiler
+#: Whether the wrapper runs under a tracer: dynamo folds `is_dynamo_compiling()` to True where it traces (and its
+#: runtime body is `return False`, one call instead of is_compiling's two); export's non-strict tracing runs the
+#: wrapper for real with `torch.compiler._is_compiling_flag` set. Together they are `is_compiling()` (whose third
+#: case, TorchScript, never reaches a wrapper's body: the wrappers are TorchScript builtins). The order matters:
+#: dynamo must stop at `is_dynamo_compiling()`, or it reads the flag (True while it compiles, on torch 2.13) and
+#: may guard the graph on that value, false when the graph runs. Older torch without them: is_compiling itself.
+_FAST_COMPILING_TEST = (callable(getattr(_compiler, "is_dynamo_compiling", None))
+                        and isinstance(getattr(_compiler, "_is_compiling_flag", None), bool))
+_is_dynamo_compiling = _compiler.is_dynamo_compiling if _FAST_COMPILING_TEST else _is_compiling
+
+
+class _NoCompilingFlag:
+    _is_compiling_flag = False
+
+
+_flag_owner: Any = _compiler if _FAST_COMPILING_TEST else _NoCompilingFlag
 
 
 def set_dispatch(dispatch: Dispatch | None) -> None:
@@ -105,7 +122,8 @@ def implementation_wrapper(key: Any, fn: Any) -> Any:
 def _make_wrapper(entry: EntryPoint, original: Any, on_failure: Callable[[str], None] | None = None) -> Any:
     def wrapper(*args, **kwargs):
         dispatch = _dispatch
-        if dispatch is None or _is_compiling():  # the cheap test first: is_compiling is a Python call
+        # the cheap test first: the other two are a Python call and a module attribute
+        if dispatch is None or _is_dynamo_compiling() or _flag_owner._is_compiling_flag:
             return original(*args, **kwargs)
         return dispatch(entry, original, args, kwargs)
 

@@ -43,7 +43,7 @@ from attnprof.capture.runner import (
 )
 from attnprof.capture.sources import UNKNOWN_SITE, Place, SitePath, SiteResolver, SourceLines
 from attnprof.capture.timing import AFTER, PROFILED, TRUE, WARMUP, SiteClock, Timer, event_timed, host_timed
-from attnprof.capture.window import StepWindow
+from attnprof.capture.window import StepWindow, WindowState
 from attnprof.errors import AttnprofError, failure_reason
 from attnprof.files import say
 from attnprof.trace.runinfo import (
@@ -157,6 +157,13 @@ class _Call:
     place: Place | None
 
 
+class _NoSources:
+    pending = False  # --no-source-lines: no source-line mode waits to come off the stack
+
+
+_NO_SOURCES = _NoSources()
+
+
 def _run(call: _Call, original: Any, args: tuple, kwargs: dict) -> tuple[Any, float | None]:
     """(the call's result, its host-clock µs when timed on the CPU): between CUDA events when timed on a GPU (their
     µs come later), else as is."""
@@ -165,10 +172,6 @@ def _run(call: _Call, original: Any, args: tuple, kwargs: dict) -> tuple[Any, fl
     if call.timed:
         return host_timed(original, args, kwargs)
     return original(*args, **kwargs), None
-
-
-class _ThreadState(threading.local):
-    busy = False  # inside a followed attention call: nested ones pass straight through
 
 
 class Session:
@@ -202,7 +205,10 @@ class Session:
         self.notes: list[str] = []  # what attnprof did instead of what was asked (runinfo note, said once)
         self._profiled_calls = InFlight()
         self._spans = 0
-        self._tls = _ThreadState()
+        #: threads (idents) inside a followed attention call, or a quiet one that may reach another wrapped function:
+        #: their nested calls pass straight through. A set rather than a threading.local: while it is empty (no
+        #: call nests) the quiet path tests it for nothing but emptiness; its add, discard and `in` are atomic.
+        self._busy: set[int] = set()
         self._optimizer_hook: Any = None  # torch's RemovableHandle, once registered
         self._unwrapped: list[tuple[str, Any, Any]] = []  # (torch attribute, original, attnprof's wrapper)
         self._enabled = False
@@ -211,6 +217,7 @@ class Session:
         self._final: RunInfo | None = None
         self._range_prefixes: dict[tuple[str, str], str] = {}  # (op, site) -> ASCII `<op> <site> #`
         self._nvtx_on = _nvtx_listening()
+        self._ncu = ncu_select.selecting()  # under `attnprof ncu` (fixed for the process: its environment)
         #: calls after the window take the quiet path: set when a profiled window closes under --after nvtx
         self._quiet_after = False
         self.dispatch = self._make_dispatch()
@@ -519,7 +526,7 @@ class Session:
         return unwrapped_call
 
     def _on_unwrapped_call(self, frame: Any) -> None:
-        if getattr(self._tls, "busy", False):
+        if self._busy and threading.get_ident() in self._busy:
             return
         try:
             site, _, user = self.resolver.call_site(frame)
@@ -533,7 +540,7 @@ class Session:
     def _passes_through(self, entry: EntryPoint, args: tuple, kwargs: dict) -> bool:
         """Whether a call goes straight to the original: no session, a call nested in one being followed, or one its
         entry point leaves to a nested entry point (`record_if`)."""
-        if not self._enabled or self._tls.busy:
+        if not self._enabled or (self._busy and threading.get_ident() in self._busy):
             return True
         if self.sources is not None and self.sources.pending:
             self.sources.retry()
@@ -550,46 +557,40 @@ class Session:
         """What every wrapped call runs. One that changes nothing but counters (in a warm-up step, the step after the
         window, and after it with --after nvtx) takes the quiet path: its site (found once per path of frames), the
         step counter, the warm-up count and, only when a tool listens to NVTX, its range. The others enter the window
-        under its lock and are timed or profiled (`_follow`). A closure over what it reads: on a slow CPU each
-        attribute lookup saved is ~0.1 µs per call."""
-        session, tls, sources = self, self._tls, self.sources
-        site_path, quiet_call, follow = self.resolver.site_path, self.window.quiet_call, self._follow
-        nvtx, getframe, tensor = self._nvtx_on, sys._getframe, torch.Tensor
+        under its lock and are timed or profiled (`_follow`). A closure over what it reads, and what is constant for
+        a path of frames is kept on it (`_quiet_memo`): on a slow CPU each attribute lookup saved is ~0.1 µs per
+        call, and a quiet call that neither nests nor pushes an NVTX range runs the original with nothing around."""
+        session, busy, get_ident = self, self._busy, threading.get_ident
+        sources = self.sources if self.sources is not None else _NO_SOURCES
+        site_path, quiet_call, follow, careful = (self.resolver.site_path, self.window.quiet_call, self._follow,
+                                                  self._quiet_careful)
+        getframe, tensor, grad_enabled = sys._getframe, torch.Tensor, torch.is_grad_enabled
 
         def dispatch(entry: EntryPoint, original: Any, args: tuple, kwargs: dict) -> Any:
-            if tls.busy or not session._enabled:
+            if (busy and get_ident() in busy) or not session._enabled:
                 return original(*args, **kwargs)
-            if ((entry.record_if is not None or (sources is not None and sources.pending))
-                    and session._passes_through(entry, args, kwargs)):
+            if (entry.record_if is not None or sources.pending) and session._passes_through(entry, args, kwargs):
                 return original(*args, **kwargs)
             try:
                 frame = getframe(2)  # the wrapper's caller
                 path = site_path(frame)
-                call_id, warm = quiet_call(path.site, session._quiet_after) if path is not None else (0, False)
-                if call_id and path is not None:
-                    quiet = path.memo
-                    if quiet is None or quiet[0] is not entry:
-                        quiet = path.memo = session._quiet_memo(entry, path.site)
-                    if warm:
-                        quiet[1].warmup_calls += 1
+                quiet: Any = path.memo if path is not None else None
+                if quiet is None or quiet[0] is not entry:
+                    quiet = session._quiet_memo(entry, path)
+                call_id = quiet_call(quiet[5], session._quiet_after) if quiet is not None else 0
+                if call_id > 0:  # a warm-up call
+                    quiet[1].warmup_calls += 1
             except Exception as e:
                 session._note_error("could not follow an attention call", e)
                 return original(*args, **kwargs)
             if not call_id:
                 return follow(entry, original, args, kwargs, frame, path)
-            nests = quiet[4]
-            if nvtx:
-                _nvtx_push(quiet[3] + str(call_id))
-            if nests:
-                tls.busy = True
-            try:
-                result = original(*args, **kwargs)
-            finally:
-                if nests:
-                    tls.busy = False
-                if nvtx:
-                    _nvtx_pop()
-            if warm:  # a warm-up call's backward is counted too
+            if quiet[4]:
+                return careful(quiet, call_id, original, args, kwargs)
+            result = original(*args, **kwargs)
+            # a warm-up call's backward is counted too; with grad off (no_grad, inference_mode) a torch op's result
+            # has none: the grad mode is cheaper to ask than the result's grad_fn
+            if call_id > 0 and grad_enabled():
                 out = result if type(result) is tensor else first_tensor(result)
                 if out is not None and out.grad_fn is not None:
                     session.timer.count_backward(out, quiet[2])
@@ -597,29 +598,65 @@ class Session:
 
         return dispatch
 
-    def _quiet_memo(self, entry: EntryPoint, site: str) -> tuple:
-        """(entry, forward SiteTiming, backward clock, range prefix, may call other entry points): what the quiet
-        path keeps on a path to `site` (`SitePath.memo`). Only calls that can reach another wrapped function mark
-        their thread busy (transformers' functions call SDPA or flash-attn; torch's own ops call none)."""
+    def _quiet_careful(self, quiet: tuple, call_id: int, original: Any, args: tuple, kwargs: dict) -> Any:
+        """A quiet call that may reach another wrapped function (its thread is busy meanwhile: nested calls pass
+        straight through) or whose NVTX range is pushed (a tool listens)."""
+        nests, nvtx = quiet[6], self._nvtx_on
+        if nvtx:
+            _nvtx_push(quiet[3] + str(call_id if call_id > 0 else -call_id))
+        if nests:
+            me = threading.get_ident()
+            self._busy.add(me)
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            if nests:
+                self._busy.discard(me)
+            if nvtx:
+                _nvtx_pop()
+        if call_id > 0 and (nests or torch.is_grad_enabled()):  # a function may turn grad on inside
+            out = result if type(result) is torch.Tensor else first_tensor(result)
+            if out is not None and out.grad_fn is not None:
+                self.timer.count_backward(out, quiet[2])
+        return result
+
+    def _quiet_memo(self, entry: EntryPoint, path: SitePath | None) -> tuple | None:
+        """(entry, forward SiteTiming, backward clock, range prefix, careful, marks steps, nests, forward clock): what
+        the quiet path (and `_follow`, the clock) keeps on a path (`SitePath.memo`), made on its first call through
+        `entry`; None (nothing kept) without a path or until the first call set the window's first site (it never
+        changes after). `nests`: the call can
+        reach another wrapped function, so its thread is marked busy (transformers' functions call SDPA or
+        flash-attn; torch's own ops call none). `careful`: it nests or pushes an NVTX range (`_quiet_careful`).
+        `marks steps`: the path's site is the first site, whose calls start the steps when steps are found by
+        site recurrence."""
+        first_site = self.window.first_site
+        if path is None or first_site is None:
+            return None
+        site = path.site
         nests = not (entry.library == "torch" and entry.record_if is None and not entry.op.startswith("hf."))
-        return (entry, self.timer.clock(site, entry.op, "fwd").timing, self.timer.clock(site, entry.op, "bwd"),
-                self._range_prefix(entry.op, site), nests)
+        fwd = self.timer.clock(site, entry.op, "fwd")
+        memo = path.memo = (entry, fwd.timing, self.timer.clock(site, entry.op, "bwd"),
+                            self._range_prefix(entry.op, site), nests or self._nvtx_on, site == first_site, nests, fwd)
+        return memo
 
     def _follow(self, entry: EntryPoint, original: Any, args: tuple, kwargs: dict, frame: Any,
                 path: SitePath | None) -> Any:
         """A call that is timed or profiled, or may open or close the window. Between the start of its timing and
         the call nothing else runs, nor between the call and the end: the end event (or clock) comes first."""
-        tls = self._tls
+        busy = self._busy
         try:
             if path is None:
                 site, function, user = UNKNOWN_SITE, "?", None
             else:
                 site, function, user = path.site, path.function, self.resolver.user_of(path, frame)
-            call = self._enter(entry, args, kwargs, frame, site, function, user)
+            memo = path.memo if path is not None else None
+            clock = memo[7] if memo is not None and memo[0] is entry else self.timer.clock(site, entry.op, "fwd")
+            call = self._enter(entry, args, kwargs, frame, site, function, user, clock)
         except Exception as e:
             self._note_error("could not follow an attention call", e)
             return original(*args, **kwargs)
-        tls.busy = True
+        me = threading.get_ident()
+        busy.add(me)
         us = None
         try:
             if call.phase == PROFILED:
@@ -628,10 +665,10 @@ class Session:
             else:
                 result, us = _run(call, original, args, kwargs)
         except BaseException:
-            tls.busy = False
+            busy.discard(me)
             self._abort(call)
             raise
-        tls.busy = False
+        busy.discard(me)
         try:
             self._exit(entry, original, call, args, kwargs, result, us)
         except Exception as e:
@@ -662,17 +699,18 @@ class Session:
         return prefix
 
     def _enter(self, entry: EntryPoint, args: tuple, kwargs: dict, frame: Any, site: str, function: str,
-               user: Any) -> _Call:
+               user: Any, clock: SiteClock) -> _Call:
         """`frame`: the wrapper's caller (inside the module calls, where the step's root is found); `user`: the user
-        frame of the call site."""
+        frame of the call site; `clock`: the forward clock of the site and op."""
         call = _Call()
-        with self.window.lock:
-            call.call_id, call.step, profiled = self.window.enter_call(site, frame, user)
-        untimed = call.step < self.window.warmup or self.window.settling(call.step)
+        w = self.window
+        with w.lock:
+            call.call_id, call.step, profiled = w.enter_call(site, frame, user)
+        untimed = call.step < w.warmup or w.settling(call.step)
         # The profiler can leave the process slower for the rest of the run: on an H100 (torch 2.11, CUPTI torn
         # down) two of the seed case's three sites still ran 25-90% slower after the window than before it
         # (traces/h100/seed-fwd). Calls after the window are timed apart; true times come from before it.
-        after = self.window.tried and self.window.is_over
+        after = w.tried and w.is_over
         call.phase = PROFILED if profiled else (WARMUP if untimed else (AFTER if after else TRUE))
         call.site, call.function = site, function
         call.place = self.resolver.place(frame, user) if profiled else None  # the site's name, for runinfo
@@ -680,14 +718,14 @@ class Session:
         call.device = _cuda_index(args, kwargs)
         if call.device is not None and self._cuda_device is None:
             self._cuda_device = call.device
-        call.clock = clock = self.timer.clock(site, entry.op, "fwd")
+        call.clock = clock
         call.events = None
         call.timed = call.phase != WARMUP
         if not call.timed:
             clock.timing.warmup_calls += 1
         if self._nvtx_on:
             _nvtx_push(call.name)
-        call.ncu = ncu_select.enter(call.step >= self.window.warmup, self.resolver)
+        call.ncu = ncu_select.enter(call.step >= w.warmup, self.resolver) if self._ncu else False
         if call.timed and call.device is not None:
             try:
                 call.events = self.timer.pair(call.device)
@@ -708,15 +746,24 @@ class Session:
             self._note_error("could not time an attention call", e)
         if self._nvtx_on:
             _nvtx_pop()
-        ncu_select.exit(call.ncu)
+        if call.ncu:
+            ncu_select.exit(True)
         try:
             if call.phase == PROFILED:
                 self._record(entry, original, call, args, kwargs, result)
             self._arm_backward(entry, call, args, kwargs, result)
         finally:
             self.timer.tick()
-            with self.window.lock:
-                self.window.exit_call()
+            self._exit_window()
+
+    def _exit_window(self) -> None:
+        """`exit_call` under the lock, when it may open the window: a call in the step before the window's first
+        while it waits. Read first without the lock: a call in any other step leaves the window as it is, and the
+        call that ends that step checks for itself."""
+        w = self.window
+        if w.state is WindowState.WAITING and w.step == w.first - 1:
+            with w.lock:
+                w.exit_call()
 
     def _abort(self, call: _Call) -> None:
         try:
@@ -726,8 +773,7 @@ class Session:
             if self._nvtx_on:
                 _nvtx_pop()
             ncu_select.exit(call.ncu)
-            with self.window.lock:
-                self.window.exit_call()
+            self._exit_window()
         except Exception as e:
             self._note_error("could not close an attention call that raised", e,
                              "its timing and NVTX range may be left open")
@@ -750,7 +796,7 @@ class Session:
         self.calls.append(info)
 
     def _arm_backward(self, entry: EntryPoint, call: _Call, args: tuple, kwargs: dict, result: Any) -> None:
-        out = first_tensor(result)
+        out = result if type(result) is torch.Tensor else first_tensor(result)
         if out is None or out.grad_fn is None:  # no grad_fn: no backward (also under no_grad / inference_mode)
             return
         clock = self.timer.clock(call.site, entry.op, "bwd")

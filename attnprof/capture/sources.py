@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, NamedTuple
 
@@ -103,11 +104,12 @@ class SitePath:
     offset or -1 where any will do), up to the user frame's caller or to where the search for it stops (code None:
     the end of the stack), and the site it names."""
 
-    __slots__ = ("code", "function", "memo", "site", "steps", "user_at")
+    __slots__ = ("code", "function", "memo", "next", "site", "steps", "user_at")
 
     def __init__(self, code: CodeType, user_at: int, steps: tuple, site: str, function: str):
         self.code, self.user_at, self.steps, self.site, self.function = code, user_at, steps, site, function
         self.memo: Any = None  # what the session keeps per path (its quiet path's counters), None until it does
+        self.next: SitePath | None = None  # the path found before it from the same instruction offset
 
 
 class SiteResolver:
@@ -119,8 +121,10 @@ class SiteResolver:
         # hashing a code object hashes its bytecode and constants on every lookup (several us per frame).
         self._kinds: dict[int, tuple[CodeType, int]] = {}
         self._sites: dict[tuple[CodeType, int], tuple[str, str]] = {}
-        #: instruction offset of a call's first frame -> the paths seen from there (see site_path)
-        self._site_paths: dict[int, tuple[SitePath, ...]] = {}
+        #: instruction offset of a call's first frame -> the last path seen from there, the others through its `next`
+        #: (see site_path)
+        self._site_paths: dict[int, SitePath] = {}
+        self.site_path = self._make_site_path()
         self._paths: dict[str, str] = {}
         #: module -> (its model, its dotted path there): named_modules() is walked once per model
         self._module_paths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -172,31 +176,49 @@ class SiteResolver:
             return UNKNOWN_SITE, "?", None
         return path.site, path.function, self.user_of(path, frame)
 
-    def site_path(self, frame: FrameType) -> SitePath | None:
-        """The path from `frame` to its call site (None: no user frame). Found once per path: a later call on the
-        same path compares code objects by identity and two instruction offsets, one dictionary lookup in all."""
-        code = frame.f_code
-        lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
-        for path in self._site_paths.get(lasti, ()):
-            if path.code is not code:
-                continue
-            f = frame.f_back
-            for step_code, step_lasti in path.steps:
-                if f is None:
-                    if step_code is None:  # the path ran off the stack there too
+    def _make_site_path(self) -> Callable[[FrameType], SitePath | None]:
+        """`site_path(frame)`: the path from `frame` to its call site (None: no user frame). Found once per path: a
+        later call on the same path compares code objects by identity and instruction offsets, one dictionary lookup
+        in all. A closure over the table it reads: it runs on every attention call."""
+        paths = self._site_paths
+        add_path = self._add_path
+
+        def site_path(frame: FrameType) -> SitePath | None:
+            lasti = frame.f_lasti  # the key: hashing a code object costs microseconds, an offset nothing
+            try:
+                path: SitePath | None = paths[lasti]
+            except KeyError:
+                return add_path(frame, lasti)
+            code = frame.f_code
+            while path is not None:
+                if path.code is code:
+                    steps = path.steps
+                    if not steps:  # the call's first frame is its site, at module level
                         return path
-                    break
-                if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
-                    break
-                f = f.f_back
-            else:
-                return path
+                    f = frame.f_back
+                    for step_code, step_lasti in steps:
+                        if f is None:
+                            if step_code is None:  # the path ran off the stack there too
+                                return path
+                            break
+                        if f.f_code is not step_code or (step_lasti >= 0 and f.f_lasti != step_lasti):
+                            break
+                        f = f.f_back
+                    else:
+                        return path
+                path = path.next
+            return add_path(frame, lasti)
+
+        return site_path
+
+    def _add_path(self, frame: FrameType, lasti: int) -> SitePath | None:
         user = self.user_frame(frame)
         if user is None:
             return None
         path = self._new_path(frame, user)
-        # replaced, never mutated: other threads may be iterating it
-        self._site_paths[lasti] = (*self._site_paths.get(lasti, ()), path)
+        # the chain is never changed, only a new head put in front: other threads may be walking it
+        path.next = self._site_paths.get(lasti)
+        self._site_paths[lasti] = path
         return path
 
     @staticmethod

@@ -30,6 +30,10 @@ MAX_GRAPH_NODES = 32
 
 WARMUP, TRUE, PROFILED, AFTER = "warmup", "true", "profiled", "after"
 
+#: (stream id, device index, device type) of a device's current stream: what torch.cuda.current_stream reads before
+#: it builds a Stream object around it (absent from CPU-only builds).
+_current_stream_data: Callable[[int], tuple[int, int, int]] | None = getattr(torch._C, "_cuda_getCurrentStream", None)
+
 
 class SiteClock:
     """The SiteTiming of one (site, op, phase), its CUDA-event measurements still in flight, and how many values
@@ -64,6 +68,8 @@ class Timer:
     def __init__(self) -> None:
         self.sites: dict[tuple[str, str, str], SiteClock] = {}
         self._pools: dict[int, list[Any]] = {}
+        #: (stream id, device index, device type) -> the Stream object for it, made once (see `current_stream`)
+        self._streams: dict[tuple[int, int, int], Any] = {}
         self._pending: deque = deque()
         self._lock = threading.RLock()
         self._calls = 0
@@ -95,12 +101,29 @@ class Timer:
     def pair(self, device: int) -> tuple[Any, Any, Any]:
         """(start, end, stream) for one call on `device`: two events from its pool (new ones when it is empty) and
         the current stream, taken before the call so that nothing but the call runs between the two records."""
+        stream = self.current_stream(device)
         with self._lock:
             pool = self._pools.get(device)
             if pool and len(pool) >= 2:
-                return pool.pop(), pool.pop(), torch.cuda.current_stream(device)
-        return (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
-                torch.cuda.current_stream(device))
+                return pool.pop(), pool.pop(), stream
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), stream
+
+    def current_stream(self, device: int) -> Any:
+        """torch.cuda.current_stream(device), without building a Stream object per call (its constructor is Python,
+        microseconds a call): the current stream's (id, device, type) is asked each time, so a stream the script
+        switches to (`with torch.cuda.stream(s)`) is the one used, and its object is made once. A Stream object is
+        nothing but those three numbers."""
+        read = _current_stream_data
+        if read is None:
+            return torch.cuda.current_stream(device)
+        data = read(device)
+        if type(data) is not tuple:  # a torch whose binding answers otherwise: its own function
+            return torch.cuda.current_stream(device)
+        stream = self._streams.get(data)
+        if stream is None:
+            stream = self._streams[data] = torch.cuda.Stream(stream_id=data[0], device_index=data[1],
+                                                             device_type=data[2])
+        return stream
 
     def host_done(self, clock: SiteClock, phase: str, us: float) -> None:
         with self._lock:

@@ -92,6 +92,12 @@ class StepWindow:
         self._last_profiled_step: int | None = None
         self.stopped_early: str | None = None
         self._module_codes = _module_call_codes()
+        self._bump: int = 0
+        self._bump_marked: int | None = None
+        self._warm_below = -1
+        self._after_ok = False
+        self._settle = -1
+        self._relane()
 
     # --- what a step is ---------------------------------------------------------------------------------------------
 
@@ -142,91 +148,130 @@ class StepWindow:
 
     def enter_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> tuple[int, int, bool]:
         """(call id, step, profiled) of an attention call about to run; `frame` is the innermost frame outside
-        attnprof (where the module calls are), `user` the user frame of the call site."""
-        self.calls += 1
-        self.step_ran = True
-        if self.calls + self.unwrapped_calls == 1:
-            self._first_mark(site, frame, user)
-        elif self.unit == "call":
-            if self.calls > 1:
-                self._next_step("call")
-        elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
-            self._next_step("iteration")
-        if self._state == OPEN and self.profiled_calls >= self.max_calls:
-            self._close(f"--max-calls {self.max_calls} reached: the profiler stopped at the next attention call "
-                        f"(step {self.step})", last=self._last_profiled_step)
-        profiled = self._state == OPEN
-        if profiled:
-            self.profiled_calls += 1
-            self._last_profiled_step = self.step
-        self.calls_in_step += 1
-        if self.first_timed_call is None and self.step >= self.warmup:
-            self.first_timed_call = self.calls
+        attnprof (where the module calls are), `user` the user frame of the call site. What `quiet_call` reads is
+        derived again only when the call changed it (the first call, the unit or period found, the first timed
+        call; the state changes do it themselves): this runs on every timed call."""
+        unit, period, first_timed = self.unit, self.period, self.first_timed_call
+        try:
+            self.calls += 1
+            self.step_ran = True
+            if self.calls + self.unwrapped_calls == 1:
+                self._first_mark(site, frame, user)
+            elif self.unit == "call":
+                if self.calls > 1:
+                    self._next_step("call")
+            elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
+                self._next_step("iteration")
+            if self._state == OPEN and self.profiled_calls >= self.max_calls:
+                self._close(f"--max-calls {self.max_calls} reached: the profiler stopped at the next attention call "
+                            f"(step {self.step})", last=self._last_profiled_step)
+            profiled = self._state == OPEN
+            if profiled:
+                self.profiled_calls += 1
+                self._last_profiled_step = self.step
+            self.calls_in_step += 1
+            if self.first_timed_call is None and self.step >= self.warmup:
+                self.first_timed_call = self.calls
+        except BaseException:
+            self._relane()
+            raise
+        if (self.calls == 1 or self.unit != unit or self.period != period
+                or self.first_timed_call != first_timed):
+            self._relane()
         return self.calls, self.step, profiled
 
-    def quiet_call(self, site: str, after_too: bool) -> tuple[int, bool]:
+    def quiet_call(self, marks: bool, after_too: bool) -> int:
         """`enter_call` and `exit_call` at once, without the lock, for a call that changes nothing but counters: one
         in a warm-up step that neither opens nor closes the window, the step right after the window, or (with
-        `after_too`) any call after the window. (call id, counted as warm-up), or (0, False) for any other call: the
-        caller then takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the
-        same instant can lose a count (a call id or step number, never a timing)."""
-        state = self.state
-        if state == OPEN or not self.calls:  # the first call (or one after unwrapped calls only): `enter_call`
-            return 0, False
-        unit = self.unit
-        step = self.step
-        if unit == "call":
-            step += 1
-        elif unit != "optimizer" and self.root is None and site == self.first_site:
-            if self.period is None:  # the first recurrence sets the unit and the period
-                return 0, False
-            step += 1
-        if step < self.warmup:
-            if state == WAITING and step >= self.first - 1:  # its exit may open the window
-                return 0, False
+        `after_too`) any call after the window. `marks`: the call's site is `first_site` (whose calls start the steps
+        when they are found by site recurrence); the caller knows it once per path of frames. Returns the call id,
+        negated when the call is not a warm-up call (after the window), or 0 for any other call: the caller then
+        takes `enter_call` and `exit_call` under the lock. Without the lock, two threads calling at the same instant
+        can lose a count (a call id or step number, never a timing). It reads what `_relane` derived from the state
+        at the last event, a few plain attributes: it runs on every quiet call."""
+        bump = self._bump_marked if marks else self._bump
+        if bump is None:  # the first recurrence sets the unit and the period: `enter_call`
+            return 0
+        step = self.step + bump
+        if step < self._warm_below:
             warm = True
-        elif state == WAITING or not self.tried or self.first_timed_call is None:  # timed (or --active 0)
-            return 0, False
+        elif not self._after_ok:  # the first call, a call in the window or one that may open it, a timed call
+            return 0
         else:  # after the window
-            warm = self.settling(step)
+            warm = step == self._settle
             if not (warm or after_too):
-                return 0, False
-        self.calls += 1
+                return 0
+        calls = self.calls = self.calls + 1
         if step != self.step:
             self.step = step
             self.calls_in_step = 1
         else:
             self.calls_in_step += 1
         self.step_ran = True
-        return self.calls, warm
+        return calls if warm else -calls
+
+    def _relane(self) -> None:
+        """Derive what `quiet_call` reads from the state that only events change (under the lock): how far a call
+        moves the step (`_bump`; `_bump_marked` for a call at `first_site`, None while the period is unknown), the
+        steps whose calls are quiet warm-up calls (below `_warm_below`: in a warm-up step that cannot open the
+        window), whether calls after the window may be quiet (`_after_ok`) and the step right after it
+        (`_settle`). Called at the end of the events that change what it reads besides the state (a call's entry,
+        an unwrapped call, an optimizer step, a root forward) and whenever the state changes (`_set_state`, before
+        the profiler starts or stops)."""
+        unit = self.unit
+        if unit == "call":
+            self._bump, self._bump_marked = 1, 1
+        elif unit == "optimizer" or self.root is not None:
+            self._bump, self._bump_marked = 0, 0
+        else:
+            self._bump, self._bump_marked = 0, (1 if self.period is not None else None)
+        state = self._state
+        if not self.calls or state is OPEN:  # the first call (or one after unwrapped calls only), or in the window
+            self._warm_below = -1
+        elif state is WAITING:  # a call in step first - 1 may open the window at its exit
+            self._warm_below = min(self.warmup, self.first - 1)
+        else:
+            self._warm_below = self.warmup
+        self._after_ok = (bool(self.calls) and state is DONE and self.tried and self.first_timed_call is not None)
+        self._settle = self.profiled[1] + 1 if self._after_ok and len(self.profiled) == 2 else -1
+
+    def _set_state(self, state: WindowState) -> None:
+        self._state = state
+        self._relane()
 
     def unwrapped_call(self, site: str, frame: FrameType | None, user: FrameType | None) -> None:
         """A call whose attention runs unwrapped inside it (a torch.compile'd module or function, a fused layer op)
         stands in for the attention calls when finding what a step is."""
-        self.unwrapped_calls += 1
-        if self.calls + self.unwrapped_calls == 1:
-            self._first_mark(site, frame, user)
-        elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
-            self._next_step("iteration")
-        self.step_ran = True
+        try:
+            self.unwrapped_calls += 1
+            if self.calls + self.unwrapped_calls == 1:
+                self._first_mark(site, frame, user)
+            elif self.unit in (None, "iteration") and self.root is None and site == self.first_site:
+                self._next_step("iteration")
+            self.step_ran = True
+        finally:
+            self._relane()
 
     def exit_call(self) -> None:
-        if self._state != WAITING or self.step != self.first - 1:
+        if self._state is not WAITING or self.step != self.first - 1:
             return
         if self.unit == "call" or (self.unit == "iteration" and self.root is None and self.period is not None
                                    and self.calls_in_step >= self.period):
             self._open()
 
     def optimizer_step(self) -> None:
-        self.optimizer_steps += 1
-        if self.auto and self.unit == "iteration" and self.root is None and self._state == WAITING:
-            # The site recurred before any optimizer step: layers sharing one line inside the first forward, not
-            # iterations. Nothing was profiled yet: count optimizer steps from here.
-            self.unit, self.step, self.period, self.calls_in_step, self.first_timed_call = None, 0, None, 0, None
-        if self.unit is None:
-            self.unit = "optimizer"
-        if self.unit == "optimizer":
-            self._next_step("optimizer")
+        try:
+            self.optimizer_steps += 1
+            if self.auto and self.unit == "iteration" and self.root is None and self._state == WAITING:
+                # The site recurred before any optimizer step: layers sharing one line inside the first forward, not
+                # iterations. Nothing was profiled yet: count optimizer steps from here.
+                self.unit, self.step, self.period, self.calls_in_step, self.first_timed_call = None, 0, None, 0, None
+            if self.unit is None:
+                self.unit = "optimizer"
+            if self.unit == "optimizer":
+                self._next_step("optimizer")
+        finally:
+            self._relane()
 
     def root_forward(self, module: Any = None, args: Any = None) -> None:
         """Forward pre-hook of the root module: a new iteration. Never raises into the user's forward, and does nothing
@@ -235,7 +280,10 @@ class StepWindow:
             return
         try:
             with self.lock:
-                self._next_step("iteration")
+                try:
+                    self._next_step("iteration")
+                finally:
+                    self._relane()
         except Exception as e:
             self._report(f"step counting failed in the forward pre-hook of {self.root}", e,
                          "that forward was not counted as a step")
@@ -257,7 +305,7 @@ class StepWindow:
     def disable(self) -> None:
         """No window from here on, whatever the hooks see (a forked child: no profiler there; the parent's is not
         stopped)."""
-        self._state = DONE
+        self._set_state(DONE)
         self.remove_hooks()
 
     def remove_hooks(self) -> None:
@@ -306,18 +354,19 @@ class StepWindow:
     def _open(self) -> None:
         self.tried = True
         self.profiled = [max(self.step, self.first)]
-        self._state = OPEN
+        self._set_state(OPEN)
         if not self._start():
-            self._state = DONE
+            self._set_state(DONE)
             self.profiled = []
             self._window_over()
 
     def _close(self, reason: str | None, last: int | None) -> None:
-        self._state = DONE
+        self._set_state(DONE)
         if reason is not None:
             self.stopped_early = reason
         first = self.profiled[0] if self.profiled else self.first
         self.profiled = [first, max(first, last if last is not None else first)]
+        self._relane()
         self._stop()
         self._window_over()
 
