@@ -738,7 +738,7 @@ class Session:
               us: float | None) -> None:
         try:
             if call.events is not None and call.device is not None:
-                start, end, _ = call.events
+                start, end, _, _ = call.events
                 self.timer.events_done(call.device, start, end, call.clock, call.phase)
             elif us is not None:
                 self.timer.host_done(call.clock, call.phase, us)
@@ -768,7 +768,7 @@ class Session:
     def _abort(self, call: _Call) -> None:
         try:
             if call.events is not None and call.device is not None:
-                start, end, _ = call.events
+                start, end, _, _ = call.events
                 self.timer.release(call.device, start, end)
             if self._nvtx_on:
                 _nvtx_pop()

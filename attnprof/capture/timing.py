@@ -98,15 +98,21 @@ class Timer:
 
     # --- one measurement --------------------------------------------------------------------------------------------
 
-    def pair(self, device: int) -> tuple[Any, Any, Any]:
-        """(start, end, stream) for one call on `device`: two events from its pool (new ones when it is empty) and
-        the current stream, taken before the call so that nothing but the call runs between the two records."""
+    def pair(self, device: int) -> tuple[Any, Any, Any, Any]:
+        """(start, end, stream, record) for one call on `device`: two events from its pool (new ones when it is
+        empty), the current stream and the function that records an event on it, all taken before the call so that
+        nothing but the call runs between the two records. `record` is the C method itself for torch's events
+        (`Event.record` is a Python method around it: a frame per record)."""
         stream = self.current_stream(device)
         with self._lock:
             pool = self._pools.get(device)
             if pool and len(pool) >= 2:
-                return pool.pop(), pool.pop(), stream
-        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), stream
+                start, end = pool.pop(), pool.pop()
+            else:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        record = _C_RECORD if type(start) is _TORCH_EVENT and _C_RECORD is not None else getattr(type(start), "record",
+                                                                                                 None)
+        return start, end, stream, record
 
     def current_stream(self, device: int) -> Any:
         """torch.cuda.current_stream(device), without building a Stream object per call (its constructor is Python,
@@ -143,7 +149,7 @@ class Timer:
         clock."""
         if device is None:
             return (None, time.perf_counter_ns(), None, None)
-        start, end, stream = self.pair(device)
+        start, end, stream, _ = self.pair(device)
         start.record(stream)
         return (device, start, stream, end)
 
@@ -249,12 +255,17 @@ def host_timed(fn: Any, args: tuple, kwargs: dict) -> tuple[Any, float]:
     return result, (t1 - t0) / 1000.0
 
 
-def event_timed(fn: Any, args: tuple, kwargs: dict, start: Any, end: Any, stream: Any) -> Any:
-    """fn(*args, **kwargs) between two CUDA events recorded on `stream`: nothing else runs between them."""
-    start.record(stream)
+def event_timed(fn: Any, args: tuple, kwargs: dict, start: Any, end: Any, stream: Any, record: Any) -> Any:
+    """fn(*args, **kwargs) between two CUDA events recorded on `stream` (`record(event, stream)`): nothing else
+    runs between them."""
+    record(start, stream)
     result = fn(*args, **kwargs)
-    end.record(stream)
+    record(end, stream)
     return result
+
+
+_TORCH_EVENT = torch.cuda.Event
+_C_RECORD = getattr(getattr(torch._C, "_CudaEventBase", None), "record", None)
 
 
 class _Counter:
