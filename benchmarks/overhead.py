@@ -19,7 +19,8 @@ table gives the median over rounds with the lowest and highest round.
 GPU: the script times whole `generate()` calls (synchronised) in pairs: one whose calls pass straight through
 attnprof's wrappers, one as the mode runs them, in alternating order; added per call = median over the pairs of
 (the mode's generate - the other) / attention calls per generate. Across runs a generate's time drifts by a third;
-within a pair it does not.
+within a pair it does not, but which of the two runs first matters: each order's median is taken, and the two
+averaged.
 
     python benchmarks/overhead.py                       # this machine (a few minutes on 2 loaded cores)
     python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, ~2-3 min
@@ -219,18 +220,22 @@ def gpu(rounds: int, generates: int, modes: tuple[str, ...], dry: bool = False) 
         for r in range(rounds):
             for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
                 # the first pair: the window, warm-up; profiling every call of many takes long to save
-                n = 3 if mode == "profiled" else generates
-                pairs = run_mode(mode, script, n, root, extra)[1:]
-                per_call = sorted((wrapped - passed) * 1e6 / calls_per_generate for passed, wrapped in pairs)
-                added[mode].append(statistics.median(per_call))
-                spread[mode] += per_call
-                generate_s += [passed for passed, _ in pairs]
+                n = 3 if mode == "profiled" else generates  # the first pair skipped: the window opens in it
+                pairs = run_mode(mode, script, n, root, extra)
+                # pair i ran the pass-through generate first when i is even: a generate's time depends on whether it
+                # comes first (tens of ms here), so each order's median is taken and the two averaged
+                per_call = [[(wrapped - passed) * 1e6 / calls_per_generate for passed, wrapped in pairs[first::2]]
+                            for first in (2, 1)]
+                added[mode].append(sum(statistics.median(d) for d in per_call if d) / sum(1 for d in per_call if d))
+                spread[mode] += per_call[0] + per_call[1]
+                generate_s += [passed for passed, _ in pairs[1:]]
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {added[m][-1]:+.1f}" for m in modes)
                   + " µs/call", file=sys.stderr)
     where = "CPU, --dry: not a measurement" if dry else torch.cuda.get_device_name()
     head = (f"GPU ({where}, torch {torch.__version__}): GPT-2 from a config ({layers} layers, d={width}, "
             f"{'fp32' if dry else 'bf16'}, sdpa), generate() of {new_tokens} new tokens at batch 4 = "
-            f"{calls_per_generate} attention calls, {generates - 1} pairs per run, {rounds} rounds; a generate "
+            f"{calls_per_generate} attention calls, {generates - 1} pairs per run (half in each order, the two "
+            f"orders' medians averaged), {rounds} rounds; a generate "
             f"with the wrappers passing straight through {statistics.median(generate_s) * 1e3:.1f} ms (median). "
             f"Each pair is one generate as the mode runs it beside one whose calls pass straight through "
             f"attnprof's wrappers (the `inert` cost, which the CPU loop gives, is not in these figures); `bare` "
@@ -253,7 +258,7 @@ def main(argv=None) -> None:
                    help="the loop of tiny SDPA calls on this device (cuda: the per-call host cost beside a GPU launch)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
-    p.add_argument("--generates", type=int, default=6,
+    p.add_argument("--generates", type=int, default=9,
                    help="GPU: pairs of generate() calls per run (the first not counted)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     a = p.parse_args(argv)
