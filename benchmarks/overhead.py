@@ -26,6 +26,7 @@ averaged.
     python benchmarks/overhead.py --gpu                 # on a CUDA machine: GPT-2-style decode loop, ~2-3 min
     python benchmarks/overhead.py --gpu --dry           # the GPU run's code path on the CPU, tiny (a check, no figures)
     python benchmarks/overhead.py --loop-device cuda    # the paired loop of tiny SDPA calls, on the GPU
+    python benchmarks/overhead.py --hf-layer            # the paired loop on a transformers attention layer
 """
 from __future__ import annotations
 
@@ -62,6 +63,36 @@ with torch.no_grad():
         bare(q, k, v)
         t1 = clock()
         F.scaled_dot_product_attention(q, k, v)  # looked up each time: --after none puts the original back
+        pairs.append((t1 - t0, clock() - t1))
+with open(out, "w") as f:
+    json.dump(pairs, f)
+'''
+
+HF_LAYER_SCRIPT = '''\
+import json, sys, time
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from attnprof.capture import patching
+
+out, n = sys.argv[1], int(sys.argv[2])
+device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+torch.set_num_threads(1)
+torch.manual_seed(0)
+config = GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=1000, n_positions=256)
+config._attn_implementation = "sdpa"
+attention = GPT2LMHeadModel(config).to(device).eval().transformer.h[0].attn
+x = torch.randn(2, 1, 64, device=device)  # one decoding step
+clock = time.perf_counter_ns
+pairs = []
+with torch.no_grad():
+    for _ in range(n):
+        saved = patching._dispatch
+        patching._dispatch = None  # attnprof's wrappers pass straight through: the call without attnprof
+        t0 = clock()
+        attention(x)
+        t1 = clock()
+        patching._dispatch = saved
+        attention(x)
         pairs.append((t1 - t0, clock() - t1))
 with open(out, "w") as f:
     json.dump(pairs, f)
@@ -170,7 +201,7 @@ def table(rows: dict[str, list[float]], unit: str) -> str:
     return "\n".join(lines)
 
 
-def cpu(rounds: int, calls: int, modes: tuple[str, ...], device: str = "cpu") -> str:
+def cpu(rounds: int, calls: int, modes: tuple[str, ...], device: str = "cpu", hf: bool = False) -> str:
     """Each iteration of the script calls the bare op, then the (wrapped) F.scaled_dot_product_attention: the
     difference of their medians in one run is what attnprof added, under the same load (this machine is shared).
     `device` "cuda": the same loop on the GPU (each call launches its kernel; the host time per call is what the
@@ -179,8 +210,8 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...], device: str = "cpu") ->
     bare_us: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        script = root / "tiny_sdpa.py"
-        script.write_text(CPU_SCRIPT)
+        script = root / ("hf_attention_layer.py" if hf else "tiny_sdpa.py")
+        script.write_text(HF_LAYER_SCRIPT if hf else CPU_SCRIPT)
         for r in range(rounds):
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
             for mode in order:
@@ -194,9 +225,11 @@ def cpu(rounds: int, calls: int, modes: tuple[str, ...], device: str = "cpu") ->
 
     where = (f"GPU loop ({torch.cuda.get_device_name()}, host clock per call)" if device == "cuda"
              else f"CPU ({os.cpu_count()} cores")
-    head = (f"{where}, torch {torch.__version__}): SDPA on (1, 2, 8, 16) float32, {calls} calls "
-            f"per run, each beside a bare call, {rounds} rounds; bare call {statistics.median(bare_us):.1f} µs "
-            f"(median)")
+    what = ("a transformers GPT-2 attention layer (d=64, 4 heads, sdpa: its attention function and SDPA, two "
+            "wrapped entry points per call) on one decoding step, each call beside one whose calls pass straight "
+            "through attnprof's wrappers" if hf else "SDPA on (1, 2, 8, 16) float32, each call beside a bare call")
+    head = (f"{where}, torch {torch.__version__}): {what}, {calls} calls per run, {rounds} rounds; the call "
+            f"beside {statistics.median(bare_us):.1f} µs (median)")
     return head + "\n\n" + table(added, "µs")
 
 
@@ -256,6 +289,9 @@ def main(argv=None) -> None:
     p.add_argument("--dry", action="store_true", help="with --gpu: its code path on the CPU, tiny (no figures)")
     p.add_argument("--loop-device", default="cpu", choices=("cpu", "cuda"),
                    help="the loop of tiny SDPA calls on this device (cuda: the per-call host cost beside a GPU launch)")
+    p.add_argument("--hf-layer", action="store_true",
+                   help="the paired loop on a transformers GPT-2 attention layer instead of a bare SDPA call (what a "
+                        "real model's call costs: two nested entry points; `bare` and `inert` are its noise)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all modes (default: CPU 5, GPU 2)")
     p.add_argument("--calls", type=int, default=3000, help="CPU: SDPA calls per run")
     p.add_argument("--generates", type=int, default=9,
@@ -269,7 +305,7 @@ def main(argv=None) -> None:
     if a.gpu:
         text = gpu(a.rounds or 2, a.generates, modes, dry=a.dry)
     else:
-        text = cpu(a.rounds or 5, a.calls, modes, a.loop_device)
+        text = cpu(a.rounds or 5, a.calls, modes, a.loop_device, hf=a.hf_layer)
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     print(text)
 
