@@ -307,15 +307,20 @@ def _merge(columns: _Columns, pending: deque, buf: bytearray) -> bool:
     _free_big_blocks_at_once()  # the workers, if any, are forked by now
     part = pending[0][0]
     if isinstance(part, Future):
-        try:
-            part = part.result()
-        except BrokenProcessPool:
-            raise AttnprofError("a trace-decoding worker process died (out of memory?)") from None
+        part = _worker_result(part)
     if part is None:
         return False
     pending.popleft()
     columns.add(part)
     return True
+
+
+def _worker_result(future: Future) -> _Columns | None:
+    """A block's columns from the worker that decoded it (None: the cut was not between two events)."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise AttnprofError("a trace-decoding worker process died (out of memory?)") from None
 
 
 def _worker_pool() -> ProcessPoolExecutor | None:
@@ -487,7 +492,7 @@ def _load_plain_file(path: Path, size: int) -> Trace | None:
                     return None
                 blocks.append(pool.submit(_range_columns, path, at, lo + cut[0]))
                 at = lo + cut[1]
-                _free_big_blocks_at_once()  # here, once the workers are forked: they keep malloc's default
+            _free_big_blocks_at_once()  # the first submit forked the workers: they keep malloc's default
             rest = bytearray(head[:start])
             rest += os.pread(fd, size - at, at)
         if len(rest) < start + size - at:
@@ -499,10 +504,7 @@ def _load_plain_file(path: Path, size: int) -> Trace | None:
         doc.traceEvents = []
         blocks.reverse()
         while blocks:  # each merged block let go of, its future with it: memory holds the columns once
-            try:
-                part = blocks.pop().result()
-            except BrokenProcessPool:
-                raise AttnprofError("a trace-decoding worker process died (out of memory?)") from None
+            part = _worker_result(blocks.pop())
             if part is None:
                 return None
             columns.add(part)
