@@ -385,7 +385,7 @@ class CallFinder:
         return any(a != anchor and self.ix.tid_of[a] == tid for a in self._anchor_rows[lo:hi])
 
     def _cut_off(self, frame: int) -> bool:
-        first, last = self.ix.python_span(int(self.ix.tid_of[frame]))
+        first, last = self.ix.python_span(self.ix.tid_of[frame])
         return self.ix.start_of[frame] <= first + _EDGE_US or self.ix.end_of[frame] >= last - _EDGE_US
 
     def _source(self, row: int) -> SourceRange | None:
@@ -573,7 +573,7 @@ class CallFinder:
             if anchors[-1].found_by != FoundBy.ATTNPROF:
                 next_id += 1
         self._anchor_rows = [a.row for a in anchors]
-        self._anchor_starts = [float(self.ix.start_of[a]) for a in self._anchor_rows]
+        self._anchor_starts = [self.ix.start_of[a] for a in self._anchor_rows]
         # Copies feeding a call are claimed first; the walk after the previous call then settles each copy both
         # could own (its output's copy, the next call's input copies: alike in shape when they run back to back).
         claims: dict[int, _Claim] = {}
@@ -599,7 +599,8 @@ class CallFinder:
                 calls.append(self._split(base, Phase.BWD, bwd, a.attn_ops, a.info))
         ids = {a.row: a.call_id for a in anchors}
         owned = {p.top for phase in phases for p in phase.preps}
-        unsure = [(row, between) for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.start_of[kv[0]])
+        unsure = [(row, between)
+                  for row, between in sorted(self.unsure.items(), key=lambda kv: self.ix.start_of[kv[0]])
                   if row not in owned]
         self.unattributed = [self._unattributed(row, sorted(ids[a] for a in between)) for row, between in unsure]
         from attnprof.analysis.manual import manual_calls  # manual.py builds on this module
@@ -615,9 +616,9 @@ class CallFinder:
             dur = float(sum(d.dur[r] for r in work))
             nbytes = int(sum(d.nbytes[r] for r in work))
         else:
-            dur, nbytes = float(self.ix.end_of[row] - self.ix.start_of[row]), 0
+            dur, nbytes = self.ix.end_of[row] - self.ix.start_of[row], 0
         return UnattributedCopy(site=self._copy_site(row), op=self.ix.name(row),
-                                bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=float(self.ix.start_of[top]),
+                                bytes=nbytes or self._copy_bytes(row), dur_us=dur, start_us=self.ix.start_of[top],
                                 calls=call_ids)
 
     def _base_record(self, call_id: int, op: str, site: str, found_by: FoundBy, info: CallInfo | None,
@@ -648,7 +649,8 @@ class CallFinder:
     def _backward_phase(self, anchors: list[int], fwd: _Phase) -> _Phase | None:
         h = self.trace.host
         attn_seqs = {int(h.seq[r]) for a in anchors for r in self.ix.subtree(a).tolist() if h.seq[r] != NO_ID}
-        attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())}, key=lambda r: self.ix.start_of[r])
+        attn_nodes = sorted({n for s in attn_seqs for n in self.nodes_by_seq.get(s, ())},
+                            key=lambda r: self.ix.start_of[r])
         if not attn_nodes and len(anchors) == 1:  # ops of a compiled graph carry no sequence number
             attn_nodes = compiled.backward_ops(self.ix, self.nodes_by_seq, anchors[0])
         if not attn_nodes:
@@ -659,7 +661,8 @@ class CallFinder:
             for s in seqs:
                 for node in self.nodes_by_seq.get(s, ()):
                     if self._moves_data(node):
-                        position = Position.BEFORE if self.ix.start_of[node] < self.ix.start_of[attn_nodes[0]] else Position.AFTER
+                        before = self.ix.start_of[node] < self.ix.start_of[attn_nodes[0]]
+                        position = Position.BEFORE if before else Position.AFTER
                         phase.preps.append(_Prep(row=node, top=node, position=position))
         return phase
 
@@ -692,8 +695,8 @@ class CallFinder:
         ix = self.ix
         # a copy starts at its own op, not at the attnprof.src range around it (attnprof's cost of opening it)
         host_rows = phase.anchor_rows + [p.row for p in phase.preps]
-        host_start = float(min(ix.start_of[r] for r in host_rows))
-        host_end = float(max(ix.end_of[r] for r in host_rows))
+        host_start = min(ix.start_of[r] for r in host_rows)
+        host_end = max(ix.end_of[r] for r in host_rows)
         op_names = [ix.name(r) for a in phase.anchor_rows for r in ix.subtree(a).tolist()]
         work = self._device_work(phase) if self.on_device else []
         if work:
@@ -813,7 +816,8 @@ class CallFinder:
                 elif inner != r and n in _FILL_OPS:
                     intervals.append((ix.start_of[inner], ix.end_of[inner], OTHER))
         for p in phase.preps:
-            intervals.append((ix.start_of[p.row], ix.end_of[p.row], COPY))  # the op's own time, not its attnprof.src range
+            # the op's own time, not its attnprof.src range
+            intervals.append((ix.start_of[p.row], ix.end_of[p.row], COPY))
             copy_rows.append(_HostCopy(p.row, p.position))
         ours = set(phase.anchor_rows) | {p.top for p in phase.preps} | set(phase.views)
         for anchor in phase.anchor_rows:
@@ -823,7 +827,7 @@ class CallFinder:
             hi = int(np.searchsorted(starts, host_end, side="left"))
             for r in sib[lo:hi].tolist():
                 if r not in ours and ix.end_of[r] > host_start:
-                    intervals.append((float(ix.start_of[r]), float(ix.end_of[r]), FOREIGN))
+                    intervals.append((ix.start_of[r], ix.end_of[r], FOREIGN))
         s = split_window(host_start, host_end, intervals, _CPU_PRIORITY)
         call.segments = _segments(s, idle=Part.OTHER)  # CPU: time between ops is other, there is no launch
         call.device = "cpu"
@@ -831,15 +835,15 @@ class CallFinder:
         call.compute_us, call.copy_us = s.compute_us, s.copy_us
         call.other_us, call.launch_us = s.other_us + s.idle_us, None
         call.interleaved_us = s.span_us - s.window_us
-        call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=float(ix.start_of[r]),
-                                    dur_us=float(ix.end_of[r] - ix.start_of[r])) for r, cat in kernels]
+        call.kernels = [KernelSlice(name=ix.name(r), category=cat, start_us=ix.start_of[r],
+                                    dur_us=ix.end_of[r] - ix.start_of[r]) for r, cat in kernels]
         for r, position, own_line in copy_rows:
-            call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=float(ix.start_of[r]),
-                                            dur_us=float(ix.end_of[r] - ix.start_of[r])))
+            call.kernels.append(KernelSlice(name=ix.name(r), category=COPY, start_us=ix.start_of[r],
+                                            dur_us=ix.end_of[r] - ix.start_of[r]))
             inside_op = position == Position.INSIDE and not own_line  # the attention op's own copy: the call's line
             call.copies.append(CopyRecord(site=call.site if inside_op else (self._copy_site(r) or call.site),
-                                          op=ix.name(r), bytes=self._copy_bytes(r), dur_us=float(ix.end_of[r] - ix.start_of[r]),
-                                          position=position))
+                                          op=ix.name(r), bytes=self._copy_bytes(r),
+                                          dur_us=ix.end_of[r] - ix.start_of[r], position=position))
         call.kernels.sort(key=lambda k: k.start_us)
 
 
