@@ -526,7 +526,7 @@ class Session:
         return unwrapped_call
 
     def _on_unwrapped_call(self, frame: Any) -> None:
-        if self._busy and threading.get_ident() in self._busy:
+        if self._thread_busy():
             return
         try:
             site, _, user = self.resolver.call_site(frame)
@@ -537,10 +537,15 @@ class Session:
 
     # --- every attention call ---------------------------------------------------------------------------------------
 
+    def _thread_busy(self) -> bool:
+        """This thread is inside a followed call, or a quiet one that may reach another wrapped function (`dispatch`
+        asks the same inline: it runs on every call)."""
+        return bool(self._busy) and threading.get_ident() in self._busy
+
     def _passes_through(self, entry: EntryPoint, args: tuple, kwargs: dict) -> bool:
         """Whether a call goes straight to the original: no session, a call nested in one being followed, or one its
         entry point leaves to a nested entry point (`record_if`)."""
-        if not self._enabled or (self._busy and threading.get_ident() in self._busy):
+        if not self._enabled or self._thread_busy():
             return True
         if self.sources is not None and self.sources.pending:
             self.sources.retry()
